@@ -1,0 +1,154 @@
+"""Decode stage: a file path becomes a uint8 HxWx3 array at the model's input geometry.
+
+Every failure becomes a short reason string instead of an exception, so one bad file
+never takes down its batch or the run (img2dataset ``downloader.py`` habit).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ._preprocess import Preprocess
+
+# Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+DecodeResult = Union[np.ndarray, str]
+
+
+def _classify_error(exc: BaseException) -> str:
+    """Map an exception raised while reading an image to a short, stable reason."""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return "missing: file does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return "unreadable: is a directory"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image: cannot identify image file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too large: {msg}"
+    low = msg.lower()
+    if "truncated" in low or "broken data stream" in low or "premature end" in low:
+        return f"truncated: {msg}"
+    return f"unreadable: {type(exc).__name__}: {msg}"
+
+
+def _scaled_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map a single-channel integer or float array to 0..255 by its nominal range."""
+    arr = arr.astype(np.float64, copy=False)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0 and arr.dtype.kind == "f":
+        arr = arr * 255.0  # float image in [0, 1]
+    elif lo >= 0.0 and hi <= 255.0:
+        pass  # already 8-bit range
+    elif lo >= 0.0 and hi <= 65535.0:
+        arr = arr / 257.0  # 16-bit range
+    else:
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Turn an image of any Pillow mode into RGB; transparency is composited onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = _scaled_to_uint8(np.asarray(img))
+        return Image.fromarray(grey, "L").convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
+
+
+def _resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)``: shorter side to ``size``, longer side truncated proportionally."""
+    if w <= h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
+def center_crop(img: Image.Image, crop: tuple[int, int]) -> Image.Image:
+    """torchvision ``center_crop`` offsets (rounded), padding with black when the image is smaller."""
+    ch, cw = crop
+    w, h = img.size
+    if w < cw or h < ch:
+        padded = Image.new(img.mode, (max(w, cw), max(h, ch)))
+        padded.paste(img, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
+        img, (w, h) = padded, padded.size
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def load_image(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> Image.Image:
+    """Open ``path`` as an upright RGB PIL image, raising on any problem.
+
+    JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    domain (Pillow ``draft``), which is several times faster and keeps at least ``resize_size``
+    pixels on the shorter side, so the final resize still antialiases from more pixels.
+    """
+    if os.path.getsize(path) == 0:
+        raise _EmptyFile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise _TooLarge(f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+    if draft and img.format == "JPEG":
+        ratio = pp.resize_size / min(w, h)
+        if ratio <= 0.5:
+            img.draft(img.mode, (max(1, int(np.ceil(w * ratio))), max(1, int(np.ceil(h * ratio)))))
+    img.load()  # first frame of animated files; raises on truncation
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a corrupt EXIF block must not cost the image its pixels
+        pass
+    return to_rgb(img)
+
+
+class _EmptyFile(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
+    """Resize the shorter side and centre-crop, returning a contiguous uint8 (H, W, 3) array."""
+    size = _resized_size(*img.size, pp.resize_size)
+    if size != img.size:
+        img = img.resize(size, _RESAMPLE[pp.interpolation])
+    return np.asarray(center_crop(img, pp.crop_size), dtype=np.uint8)
+
+
+def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> DecodeResult:
+    """Decode one file: the uint8 (H, W, 3) array, or a reason string if it cannot be used."""
+    try:
+        return preprocess(load_image(path, pp, max_pixels, draft), pp)
+    except _EmptyFile:
+        return "empty: file has 0 bytes"
+    except _TooLarge as exc:
+        return f"too large: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
+        return _classify_error(exc)

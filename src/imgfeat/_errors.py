@@ -1,0 +1,36 @@
+"""Exceptions raised to users. Each message names what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class ImgfeatError(Exception):
+    """Base class for errors imgfeat reports to the user (the CLI prints them without a traceback)."""
+
+
+class InvalidParameterError(ImgfeatError, ValueError):
+    """A user-facing parameter had a value outside its allowed set."""
+
+
+class WeightsUnavailableError(ImgfeatError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class MissingDependencyError(ImgfeatError, ImportError):
+    """An optional dependency is not installed; the message carries the pip line that fixes it."""
+
+
+def bad_param(name: str, allowed: str, got: object) -> InvalidParameterError:
+    """Build the scikit-learn style message: The 'x' parameter must be ... Got ... instead."""
+    return InvalidParameterError(f"The '{name}' parameter must be {allowed}. Got {got!r} instead.")
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional module or fail with the install line (timm ``_hub.py`` habit)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"{purpose} needs the '{module}' package: pip install 'imgfeat[{extra}]'"
+        ) from exc

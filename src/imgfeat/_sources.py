@@ -1,0 +1,206 @@
+"""Source stage: turn the user's INPUT into a lazy stream of ``Record(id, path)``.
+
+Sources are small picklable descriptors: every decode worker re-opens the source itself
+and reads it lazily, so a 100M-line list starts at once and memory does not grow with it.
+Sources are chosen by a registry keyed on what INPUT is (folder, or file suffix).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+from ._errors import bad_param
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input item. ``error`` is set when the input line itself is unusable."""
+
+    id: str
+    path: str
+    error: Optional[str] = None
+
+
+class Source:
+    """Base class: ``records()`` yields every record in a deterministic order."""
+
+    def records(self) -> Iterator[Record]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """Number of records; sources override this with something cheaper than a full parse."""
+        return sum(1 for _ in self.records())
+
+    def describe(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _check_id(rid: str) -> Optional[str]:
+    if "\t" in rid or "\n" in rid or "\r" in rid:
+        return "invalid id: contains a tab or newline"
+    return None
+
+
+@dataclass(frozen=True)
+class TsvSource(Source):
+    """``id<TAB>path`` lines (the classic extractor's input). Relative paths resolve against the TSV's folder."""
+
+    path: str
+
+    def records(self) -> Iterator[Record]:
+        base = os.path.dirname(os.path.abspath(self.path))
+        with open(self.path, encoding="utf-8", newline="\n") as fh:
+            for lineno, line in enumerate(fh, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if lineno == 1 and [p.strip().lower() for p in parts] == ["id", "path"]:
+                    continue  # optional header
+                if len(parts) != 2 or not parts[0] or not parts[1]:
+                    rid = parts[0] if parts and parts[0] else f"<line {lineno}>"
+                    yield Record(rid, line.replace("\t", " "),
+                                 f"bad input line {lineno}: expected 'id<TAB>path', got {len(parts)} field(s)")
+                    continue
+                rid, p = parts
+                yield Record(rid, p if os.path.isabs(p) else os.path.join(base, p))
+
+    def count(self) -> int:
+        with open(self.path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+    def describe(self) -> str:
+        return f"TSV {self.path}"
+
+
+@dataclass(frozen=True)
+class PathListSource(Source):
+    """A plain text file with one image path per line; the id is the path as written."""
+
+    path: str
+
+    def records(self) -> Iterator[Record]:
+        base = os.path.dirname(os.path.abspath(self.path))
+        with open(self.path, encoding="utf-8", newline="\n") as fh:
+            for line in fh:
+                p = line.rstrip("\r\n")
+                if p.strip():
+                    yield Record(p, p if os.path.isabs(p) else os.path.join(base, p), _check_id(p))
+
+    count = TsvSource.count
+
+    def describe(self) -> str:
+        return f"path list {self.path}"
+
+
+@dataclass(frozen=True)
+class FolderSource(Source):
+    """Every image file under a folder, walked recursively in sorted order; id = relative path."""
+
+    root: str
+
+    def records(self) -> Iterator[Record]:
+        root = os.path.abspath(self.root)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    full = os.path.join(dirpath, name)
+                    rid = os.path.relpath(full, root).replace(os.sep, "/")
+                    yield Record(rid, full, _check_id(rid))
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+
+@dataclass(frozen=True)
+class ListSource(Source):
+    """An in-memory list of paths or ``(id, path)`` pairs (Python API)."""
+
+    items: tuple = field(default_factory=tuple)
+
+    def records(self) -> Iterator[Record]:
+        for item in self.items:
+            if isinstance(item, (str, os.PathLike)):
+                p = os.fspath(item)
+                yield Record(p, p, _check_id(p))
+            else:
+                rid, p = item
+                rid = str(rid)
+                yield Record(rid, os.fspath(p), _check_id(rid))
+
+    def count(self) -> int:
+        return len(self.items)
+
+    def describe(self) -> str:
+        return f"list of {len(self.items)} items"
+
+
+@dataclass(frozen=True)
+class Slice(Source):
+    """Records ``start`` (inclusive) to ``stop`` (exclusive) of another source, read lazily."""
+
+    inner: Source
+    start: int = 0
+    stop: Optional[int] = None
+
+    def records(self) -> Iterator[Record]:
+        return itertools.islice(self.inner.records(), self.start, self.stop)
+
+    def count(self) -> int:
+        n = self.inner.count()
+        stop = n if self.stop is None else min(self.stop, n)
+        return max(0, stop - self.start)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} [{self.start}:{'' if self.stop is None else self.stop}]"
+
+
+# Registry of file-suffix -> source class; folders are handled before the lookup.
+_FILE_SOURCES: dict[str, Callable[[str], Source]] = {}
+
+
+def register_source(suffix: str, factory: Callable[[str], Source]) -> None:
+    if suffix in _FILE_SOURCES:
+        raise ValueError(f"a source is already registered for {suffix!r}")
+    _FILE_SOURCES[suffix] = factory
+
+
+for _suffix in (".tsv", ".tab"):
+    register_source(_suffix, TsvSource)
+for _suffix in (".txt", ".lst", ".list"):
+    register_source(_suffix, PathListSource)
+
+
+DataArg = Union[str, os.PathLike, Sequence]
+
+
+def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> Source:
+    """Choose the source for ``data`` and apply the ``start``/``stop`` block."""
+    if start < 0:
+        raise bad_param("start", "an integer >= 0", start)
+    if stop is not None and stop < start:
+        raise bad_param("stop", f"an integer >= start ({start}) or None", stop)
+    if isinstance(data, (str, os.PathLike)):
+        p = Path(data)
+        if p.is_dir():
+            src: Source = FolderSource(str(p))
+        elif not p.exists():
+            raise bad_param("data", "an existing folder, TSV (id<TAB>path) or text list of paths", str(p))
+        elif p.suffix.lower() in _FILE_SOURCES:
+            src = _FILE_SOURCES[p.suffix.lower()](str(p))
+        else:
+            raise bad_param("data", f"a folder or a file ending in one of {sorted(_FILE_SOURCES)}", str(p))
+    elif isinstance(data, Sequence):
+        src = ListSource(tuple(data))
+    else:
+        raise bad_param("data", "a path or a list of paths / (id, path) pairs", type(data).__name__)
+    if start or stop is not None:
+        src = Slice(src, start, stop)
+    return src

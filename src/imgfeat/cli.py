@@ -1,0 +1,103 @@
+"""Command line: ``imgfeat extract | models | layers``. The extract flags are generated from
+:class:`ExtractOptions`, the same object the Python API uses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from typing import Optional, Sequence
+
+from . import __version__
+from ._errors import ImgfeatError
+from ._options import ExtractOptions, option_fields
+
+
+def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(ExtractOptions)
+    for f in option_fields():
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        kind = int if base is int else str
+        default = None if f.default is dataclasses.MISSING else f.default
+        parser.add_argument(flag, type=kind, default=default, choices=meta.get("choices"),
+                            required=meta.get("cli_required", False),
+                            help=meta["help"] + ("" if default is None else f" (default: {default})"))
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from ._runner import run
+
+    opts = ExtractOptions(**{f.name: getattr(args, f.name) for f in option_fields()})
+    if opts.out is None:
+        raise ImgfeatError("imgfeat extract needs --out FILE (.tsv .pkl .h5 .npy .parquet)")
+    result = run(opts)
+    if not opts.quiet:
+        print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ._models import list_models
+
+    rows = [("name", "dim", "input", "default layer", "weights", "offline")]
+    for spec in list_models():
+        h, w = spec.preprocess.crop_size
+        rows.append((spec.name, str(spec.dim), f"{h}x{w}", spec.default_layer or "(pooled)",
+                     spec.weights.describe(), "yes" if spec.weights.available() else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
+    print("\nAlso: timm:<name> for any timm model (its pretrained weights download from the hub when online).")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from ._backbone import list_layers
+    from ._models import get_model_spec
+
+    for node in list_layers(get_model_spec(args.model)):
+        print(node)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgfeat", description="Deep feature vectors for image collections.")
+    parser.add_argument("--version", action="version", version=f"imgfeat {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ext = sub.add_parser("extract", help="one feature vector per image",
+                         description="Extract one feature vector per image and stream them to --out.")
+    _add_option_arguments(ext)
+    ext.set_defaults(func=_cmd_extract)
+    models = sub.add_parser("models", help="list the registered backbones")
+    models.set_defaults(func=_cmd_models)
+    layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
+    layers.add_argument("model")
+    layers.set_defaults(func=_cmd_layers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="imgfeat: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except ImgfeatError as exc:
+        print(f"imgfeat: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
