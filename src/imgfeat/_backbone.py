@@ -45,17 +45,15 @@ class FeatureModel(nn.Module):
         self.body = body
         self.pool = pool
         self.bgr = pp.channel_order == "BGR"
-        std = torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean = torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std  ==  x * scale - shift
-        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
-        self.register_buffer("shift", mean / std, persistent=False)
+        # The canonical (x / 255 - mean) / std, rounded exactly as torchvision's Normalize rounds it.
+        self.register_buffer("mean", torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float()
+        x = pixels.float().div_(255.0)
         if self.bgr:
             x = x.flip(1)
-        return x * self.scale - self.shift
+        return x.sub_(self.mean).div_(self.std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         y = self.body(self.normalize(pixels))

@@ -139,7 +139,7 @@ def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
     size = _resized_size(*img.size, pp.resize_size)
     if size != img.size:
         img = img.resize(size, _RESAMPLE[pp.interpolation])
-    return np.asarray(center_crop(img, pp.crop_size), dtype=np.uint8)
+    return np.array(center_crop(img, pp.crop_size), dtype=np.uint8)
 
 
 def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> DecodeResult:

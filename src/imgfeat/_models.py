@@ -204,7 +204,7 @@ def _register_torchvision(name: str, default_layer: str, dim: int, description: 
 
 
 for _name, _layer, _dim, _desc in [
-    ("alexnet", "classifier.4", 4096, "AlexNet fc7 after ReLU"),
+    ("alexnet", "classifier.5", 4096, "AlexNet fc7 after ReLU"),  # its classifier starts with Dropout
     ("vgg16", "classifier.4", 4096, "VGG-16 fc7 after ReLU"),
     ("vgg19", "classifier.4", 4096, "VGG-19 fc7 after ReLU"),
     ("resnet18", "flatten", 512, "ResNet-18 global pool"),

@@ -283,7 +283,9 @@ def _load_tsv(path: Path):
             rid, vec = line.rstrip("\n").split("\t", 1)
             ids.append(rid)
             rows.append(json.loads(vec))
-    return ids, np.asarray(rows, dtype=np.float32).reshape(len(ids), -1)
+    if not ids:
+        return ids, np.zeros((0, 0), np.float32)
+    return ids, np.asarray(rows, dtype=np.float32)
 
 
 def _load_pkl(path: Path):

@@ -1,0 +1,50 @@
+"""Shared fixtures: the repository's real photos, generated images, and an isolated offline cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "examples" / "images"
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(tmp_path_factory, monkeypatch):
+    """Every test gets empty torch-hub and Hugging Face caches, and the hub is offline."""
+    home = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # re-read TORCH_HOME
+    return home
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return PHOTOS
+
+
+@pytest.fixture
+def photo_dir(tmp_path, photos) -> Path:
+    """A writable copy of the example photos."""
+    dst = tmp_path / "photos"
+    shutil.copytree(photos, dst)
+    return dst
+
+
+def write_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB", fmt: str | None = None, **kw) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path

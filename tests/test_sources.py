@@ -1,0 +1,76 @@
+"""Source stage: TSV, folder, path list, in-memory list, start/stop blocks, bad arguments."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from imgfeat import InvalidParameterError
+from imgfeat._sources import open_source
+
+from conftest import write_image
+
+
+def ids_paths(src):
+    return [(r.id, r.path, r.error) for r in src.records()]
+
+
+def test_tsv_keeps_ids_and_resolves_relative_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    tsv = tmp_path / "sub" / "list.tsv"
+    tsv.write_text("id\tpath\n 0042 \timg/a.jpg\nCaf\u00e9 #2\t/abs/b.png\n\nbroken line\n")
+    rows = ids_paths(open_source(str(tsv)))
+    assert rows[0] == (" 0042 ", str(tmp_path / "sub" / "img" / "a.jpg"), None)
+    assert rows[1] == ("Caf\u00e9 #2", "/abs/b.png", None)
+    assert rows[2][0] == "broken line" and rows[2][2].startswith("bad input line 5")
+    assert open_source(str(tsv)).count() == 5  # newline count: cheap upper bound used for progress
+
+
+def test_folder_is_walked_recursively_in_sorted_order(tmp_path):
+    for rel in ["b/2.PNG", "a.jpg", "b/1.JPEG", "b/c/3.webp", "notes.txt", "x.Tif"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    ids = [r.id for r in open_source(str(tmp_path)).records()]
+    assert ids == ["a.jpg", "x.Tif", "b/1.JPEG", "b/2.PNG", "b/c/3.webp"]
+
+
+def test_path_list_and_python_list(tmp_path):
+    lst = tmp_path / "paths.txt"
+    lst.write_text("rel/a.jpg\n/abs/b.jpg\n")
+    assert ids_paths(open_source(str(lst))) == [
+        ("rel/a.jpg", str(tmp_path / "rel" / "a.jpg"), None), ("/abs/b.jpg", "/abs/b.jpg", None)]
+    assert ids_paths(open_source(["x.jpg", ("id7", "y.jpg")])) == [("x.jpg", "x.jpg", None), ("id7", "y.jpg", None)]
+
+
+def test_start_stop_select_a_block(tmp_path):
+    tsv = tmp_path / "l.tsv"
+    tsv.write_text("".join(f"{i}\t{i}.jpg\n" for i in range(100)))
+    src = open_source(str(tsv), start=10, stop=25)
+    assert [r.id for r in src.records()] == [str(i) for i in range(10, 25)]
+    assert src.count() == 15
+    assert [r.id for r in open_source(str(tsv), start=95).records()] == ["95", "96", "97", "98", "99"]
+
+
+def test_large_tsv_is_read_lazily(tmp_path):
+    tsv = tmp_path / "big.tsv"
+    with open(tsv, "w") as fh:
+        for i in range(200_000):
+            fh.write(f"{i}\t{i}.jpg\n")
+    it = open_source(str(tsv), start=5).records()
+    first = next(it)  # a generator: nothing beyond what is needed has been parsed
+    assert first.id == "5"
+    assert type(it).__name__ in ("islice", "generator")
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"data": "/no/such/input.tsv"}, "'data' parameter"),
+    ({"data": "README.md"}, "'data' parameter"),
+    ({"data": ".", "start": -1}, "'start' parameter"),
+    ({"data": ".", "start": 5, "stop": 2}, "'stop' parameter"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, needle):
+    os.chdir(os.path.dirname(os.path.dirname(__file__)))
+    with pytest.raises(InvalidParameterError, match=needle):
+        open_source(**kwargs)
