@@ -171,3 +171,9 @@ def test_cli_missing_weights_offline(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "resnet50-11ad3fa6.pth" in err and "--weights FILE" in err and "Traceback" not in err
     assert not (tmp_path / "f.tsv").exists()
+
+
+def test_progress_bar_reports_rate_and_total(photo_dir, capsys):
+    imgfeat.extract(str(photo_dir), workers=0, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "img/s" in err and "failed=0" in err

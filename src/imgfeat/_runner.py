@@ -109,14 +109,12 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run one extraction job described by ``opts``."""
     opts.validate()
     source = open_source(opts.data, opts.start, opts.stop)
-    if opts.out is not None:
-        open_sink(opts.out)  # fail on a bad extension before the model is built
+    sink = open_sink(opts.out) if opts.out is not None else MemorySink()  # a bad extension fails here, early
     device = resolve_device(opts.device)
     spec, model, dim = prepare_model(opts, device)
     if opts.random_weights:
         log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
 
-    sink = open_sink(opts.out) if opts.out is not None else MemorySink()
     errors = ErrorLog(opts.out)
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
                          pin_memory=device.type == "cuda")

@@ -47,6 +47,27 @@ def _check_id(rid: str) -> Optional[str]:
     return None
 
 
+def _lines(path: str) -> Iterator[tuple[int, str, Callable[[str], str]]]:
+    """Non-blank lines of a text input with their 1-based numbers, and a resolver that makes
+    relative paths relative to the input file's folder."""
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(base, p)
+
+    with open(path, encoding="utf-8", newline="\n") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line, resolve
+
+
+def _count_lines(path: str) -> int:
+    """Newline count: a cheap upper bound on the records (used for the progress bar's total)."""
+    with open(path, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
 @dataclass(frozen=True)
 class TsvSource(Source):
     """``id<TAB>path`` lines (the classic extractor's input). Relative paths resolve against the TSV's folder."""
@@ -54,26 +75,19 @@ class TsvSource(Source):
     path: str
 
     def records(self) -> Iterator[Record]:
-        base = os.path.dirname(os.path.abspath(self.path))
-        with open(self.path, encoding="utf-8", newline="\n") as fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                parts = line.split("\t")
-                if lineno == 1 and [p.strip().lower() for p in parts] == ["id", "path"]:
-                    continue  # optional header
-                if len(parts) != 2 or not parts[0] or not parts[1]:
-                    rid = parts[0] if parts and parts[0] else f"<line {lineno}>"
-                    yield Record(rid, line.replace("\t", " "),
-                                 f"bad input line {lineno}: expected 'id<TAB>path', got {len(parts)} field(s)")
-                    continue
-                rid, p = parts
-                yield Record(rid, p if os.path.isabs(p) else os.path.join(base, p))
+        for lineno, line, resolve in _lines(self.path):
+            parts = line.split("\t")
+            if lineno == 1 and [p.strip().lower() for p in parts] == ["id", "path"]:
+                continue  # optional header
+            if len(parts) != 2 or not parts[0] or not parts[1]:
+                rid = parts[0] if parts and parts[0] else f"<line {lineno}>"
+                yield Record(rid, line.replace("\t", " "),
+                             f"bad input line {lineno}: expected 'id<TAB>path', got {len(parts)} field(s)")
+                continue
+            yield Record(parts[0], resolve(parts[1]))
 
     def count(self) -> int:
-        with open(self.path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return _count_lines(self.path)
 
     def describe(self) -> str:
         return f"TSV {self.path}"
@@ -86,14 +100,11 @@ class PathListSource(Source):
     path: str
 
     def records(self) -> Iterator[Record]:
-        base = os.path.dirname(os.path.abspath(self.path))
-        with open(self.path, encoding="utf-8", newline="\n") as fh:
-            for line in fh:
-                p = line.rstrip("\r\n")
-                if p.strip():
-                    yield Record(p, p if os.path.isabs(p) else os.path.join(base, p), _check_id(p))
+        for _, line, resolve in _lines(self.path):
+            yield Record(line, resolve(line), _check_id(line))
 
-    count = TsvSource.count
+    def count(self) -> int:
+        return _count_lines(self.path)
 
     def describe(self) -> str:
         return f"path list {self.path}"
