@@ -13,9 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "images"
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> Path:
+    """ONNX exports are shared by the whole session (they are keyed by the weights' hash)."""
+    return tmp_path_factory.mktemp("imgfeat-cache")
+
+
 @pytest.fixture(autouse=True)
-def offline_caches(tmp_path_factory, monkeypatch):
+def offline_caches(tmp_path_factory, monkeypatch, export_cache):
     """Every test gets empty torch-hub and Hugging Face caches, and the hub is offline."""
+    monkeypatch.setenv("IMGFEAT_CACHE", str(export_cache))
     home = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_results_do_not_depend_on_batch_size_or_workers(photo_dir):
-    runs = {(bs, w): imgfeat.extract(str(photo_dir), batch_size=bs, workers=w) for bs, w in [(1, 0), (7, 0), (2, 2)]}
+    runs = {(bs, w): imgfeat.extract(str(photo_dir), batch_size=bs, backend="torch", workers=w) for bs, w in [(1, 0), (7, 0), (2, 2)]}
     ref = runs[(1, 0)]
     assert ref.ids == sorted(p.name for p in photo_dir.iterdir())
     for key, r in runs.items():
@@ -46,7 +46,7 @@ def test_bad_files_get_error_rows_and_their_batch_mates_get_vectors(tmp_path, ph
              "huge.png", "camera.png"]
     tsv.write_text("".join(f"id{i}\tmixed/{n}\n" for i, n in enumerate(names)) + "bad line without tab\n")
     out = tmp_path / "f.h5"
-    result = imgfeat.extract(str(tsv), out, batch_size=16, workers=0, max_pixels=1_000_000)
+    result = imgfeat.extract(str(tsv), out, batch_size=16, backend="torch", workers=0, max_pixels=1_000_000)
     assert (result.n_done, result.n_failed) == (3, 6)
     ids, mat = imgfeat.load(out)
     assert ids == ["id0", "id2", "id7"]
@@ -54,7 +54,7 @@ def test_bad_files_get_error_rows_and_their_batch_mates_get_vectors(tmp_path, ph
     reasons = {r[0]: r[2].split(":")[0] for r in rows}
     assert reasons == {"id1": "empty", "id3": "missing", "id4": "not an image", "id5": "truncated",
                        "id6": "too large", "bad line without tab": "bad input line 9"}
-    alone = imgfeat.extract([("id2", str(good))], workers=0)
+    alone = imgfeat.extract([("id2", str(good))], backend="torch", workers=0)
     np.testing.assert_allclose(mat[1], alone.features[0], atol=1e-5)
 
 
@@ -64,13 +64,13 @@ def test_exif_rotated_photo_gives_the_upright_vector(tmp_path, photos):
     exif = Image.Exif()
     exif[0x0112] = 8  # "rotate 90 CCW to display"
     upright.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.png", exif=exif)
-    r = imgfeat.extract([str(tmp_path / "upright.png"), str(tmp_path / "rotated.png")], workers=0)
+    r = imgfeat.extract([str(tmp_path / "upright.png"), str(tmp_path / "rotated.png")], backend="torch", workers=0)
     assert np.abs(r.features[0] - r.features[1]).max() <= 1e-5
 
 
 def test_relu_l2_and_storage_dtype(photo_dir):
-    raw = imgfeat.extract(str(photo_dir), model="squeezenet1_1", workers=0, layer="classifier.1")
-    both = imgfeat.extract(str(photo_dir), model="squeezenet1_1", workers=0, layer="classifier.1",
+    raw = imgfeat.extract(str(photo_dir), model="squeezenet1_1", backend="torch", workers=0, layer="classifier.1")
+    both = imgfeat.extract(str(photo_dir), model="squeezenet1_1", backend="torch", workers=0, layer="classifier.1",
                            relu=True, l2=True, dtype="float16")
     assert (raw.features < 0).any()  # conv10 before its ReLU
     expected = np.maximum(raw.features, 0)
@@ -81,9 +81,9 @@ def test_relu_l2_and_storage_dtype(photo_dir):
 
 
 def test_last_partial_batch_and_start_stop(photo_dir):
-    everything = imgfeat.extract(str(photo_dir), batch_size=4, workers=2)
+    everything = imgfeat.extract(str(photo_dir), batch_size=4, backend="torch", workers=2)
     assert len(everything.ids) == 6
-    block = imgfeat.extract(str(photo_dir), batch_size=4, workers=0, start=2, stop=5)
+    block = imgfeat.extract(str(photo_dir), batch_size=4, backend="torch", workers=0, start=2, stop=5)
     assert block.ids == everything.ids[2:5]
     np.testing.assert_allclose(block.features, everything.features[2:5], atol=1e-5)
 
@@ -101,7 +101,7 @@ def test_crash_leaves_no_file_under_the_final_name(photo_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(FeatureModel, "forward", failing_forward)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        imgfeat.extract(str(photo_dir), out, batch_size=2, workers=0)
+        imgfeat.extract(str(photo_dir), out, batch_size=2, backend="torch", workers=0)
     assert list(tmp_path.glob("f*")) == [] and list(tmp_path.glob(".f*")) == []
 
 
@@ -116,8 +116,8 @@ def test_options_are_validated():
 
 def test_bf16_on_cpu_is_close_to_fp32(photos):
     paths = [str(photos / "chelsea.jpg")]
-    a = imgfeat.extract(paths, workers=0, l2=True)
-    b = imgfeat.extract(paths, workers=0, l2=True, precision="bf16", device="cpu")
+    a = imgfeat.extract(paths, backend="torch", workers=0, l2=True)
+    b = imgfeat.extract(paths, backend="torch", workers=0, l2=True, precision="bf16", device="cpu")
     assert float(a.features[0] @ b.features[0]) > 0.98
 
 
@@ -174,6 +174,6 @@ def test_cli_missing_weights_offline(tmp_path, monkeypatch, capsys):
 
 
 def test_progress_bar_reports_rate_and_total(photo_dir, capsys):
-    imgfeat.extract(str(photo_dir), workers=0, batch_size=2, progress=True)
+    imgfeat.extract(str(photo_dir), backend="torch", workers=0, batch_size=2, progress=True)
     err = capsys.readouterr().err
     assert "6/6" in err and "img/s" in err and "failed=0" in err

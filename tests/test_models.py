@@ -94,7 +94,7 @@ def _reference_squeezenet(net, x):
 ])
 def test_bundled_features_equal_a_plain_forward(name, reference, photos):
     spec = get_model_spec(name)
-    result = imgfeat.extract([str(photos / "chelsea.jpg"), str(photos / "camera.png")], model=name, workers=0)
+    result = imgfeat.extract([str(photos / "chelsea.jpg"), str(photos / "camera.png")], model=name, backend="torch", workers=0)
     net = instantiate(spec)
     for i, photo in enumerate(("chelsea.jpg", "camera.png")):
         with torch.inference_mode():
@@ -116,7 +116,7 @@ def test_torchvision_weights_from_a_prefilled_cache(photos):
     assert not spec.weights.available()
     state = _save_random_state("resnet18", Path(spec.weights.cache_path))
     assert spec.weights.available()
-    result = imgfeat.extract([str(photos / "coffee.jpg")], model="resnet18", workers=0)
+    result = imgfeat.extract([str(photos / "coffee.jpg")], model="resnet18", backend="torch", workers=0)
     net = torchvision.models.resnet18(weights=None).eval()
     net.load_state_dict(state)
     net.fc = torch.nn.Identity()
@@ -132,7 +132,7 @@ def test_fc7_layer_from_a_weights_file(tmp_path, photos):
     state = _save_random_state("alexnet", tmp_path / "alexnet.pth")
     spec = get_model_spec("alexnet")
     result = imgfeat.extract([str(photos / "rocket.jpg")], model="alexnet", weights=str(tmp_path / "alexnet.pth"),
-                             workers=0)
+                             backend="torch", workers=0)
     net = torchvision.models.alexnet(weights=None).eval()
     net.load_state_dict(state)
     with torch.inference_mode():
@@ -168,10 +168,10 @@ def test_weights_download_into_the_cache(http_dir, photos):
     register_model(spec)
     try:
         assert not spec.weights.available()
-        first = imgfeat.extract([str(photos / "chelsea.jpg")], model=spec.name, workers=0)
+        first = imgfeat.extract([str(photos / "chelsea.jpg")], model=spec.name, backend="torch", workers=0)
         assert Path(hub_checkpoint_dir(), "resnet18-test.pth").is_file()
         (root / "resnet18-test.pth").unlink()  # now only the cache has it
-        second = imgfeat.extract([str(photos / "chelsea.jpg")], model=spec.name, workers=0)
+        second = imgfeat.extract([str(photos / "chelsea.jpg")], model=spec.name, backend="torch", workers=0)
         np.testing.assert_array_equal(first.features, second.features)
         net = torchvision.models.resnet18(weights=None).eval()
         net.load_state_dict(state)
@@ -220,13 +220,13 @@ def test_timm_model_with_local_weights(tmp_path, photos):
     spec = get_model_spec("timm:resnet18")
     assert spec.preprocess.crop_size == (224, 224) and spec.preprocess.interpolation == "bicubic"
     result = imgfeat.extract([str(photos / "coffee.jpg")], model="timm:resnet18",
-                             weights=str(tmp_path / "timm_r18.pth"), workers=0)
+                             weights=str(tmp_path / "timm_r18.pth"), backend="torch", workers=0)
     with torch.inference_mode():
         ref = net.forward_head(net.forward_features(normalised(pixels(photos / "coffee.jpg", spec), spec)),
                                pre_logits=True)[0].numpy()
     assert np.abs(result.features[0] - ref).max() <= 1e-5
     layer = imgfeat.extract([str(photos / "coffee.jpg")], model="timm:resnet18", layer="layer2",
-                            weights=str(tmp_path / "timm_r18.pth"), workers=0)
+                            weights=str(tmp_path / "timm_r18.pth"), backend="torch", workers=0)
     assert layer.dim == 128
 
 

@@ -87,6 +87,10 @@ def instantiate(spec: ModelSpec, weights: Optional[str] = None, random_weights: 
                 f"or --random-weights to run the untrained network."
             ) from exc
         return net.eval()
+    if random_weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same untrained network every run: reproducible, and its export caches
+            return spec.build().eval()
     net = spec.build()
     if not random_weights:
         state = load_state_dict_file(weights) if weights else spec.weights.load()

@@ -17,15 +17,19 @@ DEVICES = "auto|cpu|cuda|cuda:N|mps"
 PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = ("float32", "float16")
 POOLS = ("avg", "max", "none")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
 
 
 def default_workers() -> int:
     """Decode processes: up to 4, never more than the cores the process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, available_cores()))
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -48,6 +52,9 @@ class ExtractOptions:
     batch_size: int = _opt(32, "images per forward pass")
     workers: Optional[int] = _opt(None, "parallel decode processes (0 decodes in the main process; "
                                         "default: one per core, at most 4)")
+    backend: str = _opt("auto", "inference backend; auto times torch, ONNX Runtime and OpenVINO once per model "
+                                "on the CPU and caches the fastest (torch on a GPU)", choices=BACKENDS)
+    threads: Optional[int] = _opt(None, "intra-op threads of the model (default: all available cores)")
     device: str = _opt("auto", f"{DEVICES}; auto picks CUDA, then MPS, then the CPU")
     precision: str = _opt("fp32", "compute precision (fp16 needs a GPU)", choices=PRECISIONS)
     relu: bool = _opt(False, "apply ReLU to the features")
@@ -70,7 +77,9 @@ class ExtractOptions:
             raise bad_param("workers", "an integer >= 0", self.workers)
         if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
             raise bad_param("max_pixels", "an integer >= 1", self.max_pixels)
-        for name, allowed in (("precision", PRECISIONS), ("dtype", DTYPES)):
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise bad_param("threads", "an integer >= 1 or None", self.threads)
+        for name, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise bad_param(name, f"one of {allowed}", getattr(self, name))
         if self.pool is not None and self.pool not in POOLS:

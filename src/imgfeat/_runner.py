@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from ._backbone import FeatureModel, build_feature_model
+from ._backends import make_executor
 from ._errors import bad_param
 from ._loader import make_loader
 from ._models import ModelSpec, get_model_spec
-from ._options import ExtractOptions
+from ._options import ExtractOptions, available_cores
 from ._postprocess import postprocess, to_numpy
 from ._sinks import ErrorLog, MemorySink, open_sink
 from ._sources import open_source
@@ -36,12 +37,14 @@ class ExtractResult:
     seconds: float
     dim: int
     model: str
+    backend: str = "torch"
     out: Optional[str] = None
     errors_path: Optional[str] = None
     ids: Optional[list[str]] = None
     paths: Optional[list[str]] = None
     features: Optional[np.ndarray] = None
     errors: list[tuple[str, str, str]] = field(default_factory=list)
+    backend_report: dict = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -53,7 +56,7 @@ class ExtractResult:
         if self.n_failed and self.errors_path:
             failed += f" (reasons in {self.errors_path})"
         return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
-                f"{self.seconds:.1f} s, {self.dim}-d {self.model} -> {dest}")
+                f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}) -> {dest}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,9 +114,17 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     source = open_source(opts.data, opts.start, opts.stop)
     sink = open_sink(opts.out) if opts.out is not None else MemorySink()  # a bad extension fails here, early
     device = resolve_device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     spec, model, dim = prepare_model(opts, device)
     if opts.random_weights:
         log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
+    executor, report = make_executor(
+        model, backend=opts.backend, device=device, precision=opts.precision,
+        autocast=lambda: autocast_for(opts.precision, device), model_name=spec.name,
+        layer=opts.layer or spec.default_layer, pool=opts.pool or spec.default_pool,
+        input_size=spec.preprocess.crop_size, batch_size=opts.batch_size,
+        threads=opts.threads or available_cores())
 
     errors = ErrorLog(opts.out)
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
@@ -128,8 +139,7 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
                 errors.write(batch["errors"])
                 ids, paths = batch["ids"], batch["paths"]
                 if ids:
-                    with autocast_for(opts.precision, device):
-                        feats = model(batch["pixels"].to(device, non_blocking=True))
+                    feats = executor(batch["pixels"])
                     rows = to_numpy(postprocess(feats, opts.relu, opts.l2), opts.dtype)
                     rejected = sink.write(ids, paths, rows) or []
                     errors.write([(ids[i], paths[i], reason) for i, reason in rejected])
@@ -148,6 +158,7 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
             bar.close()
     seconds = time.perf_counter() - start
     result = ExtractResult(n_done=n_done, n_failed=errors.count, seconds=seconds, dim=dim, model=spec.name,
+                           backend=report["backend"], backend_report=report,
                            out=str(opts.out) if opts.out is not None else None,
                            errors_path=str(errors.path) if errors.path and errors.count else None,
                            errors=errors.rows)

@@ -68,6 +68,18 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import format_table, run_bench
+
+    rows, facts = run_bench(model=args.model, random_weights=args.random_weights, sets=args.sets.split(","),
+                            images=args.images, workdir=args.workdir, seconds=args.seconds,
+                            naive_images=args.naive_images, log=lambda m: print(m, file=sys.stderr))
+    print(f"machine: {facts['cpu']}, {facts['cores']} cores, GPU: {facts['gpu']}, torch {facts['torch']}; "
+          f"model {facts['model']}{' (random weights)' if args.random_weights else ''}")
+    print(format_table(rows, markdown=args.markdown))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgfeat", description="Deep feature vectors for image collections.")
     parser.add_argument("--version", action="version", version=f"imgfeat {__version__}")
@@ -79,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     ext.set_defaults(func=_cmd_extract)
     models = sub.add_parser("models", help="list the registered backbones")
     models.set_defaults(func=_cmd_models)
+    bench = sub.add_parser("bench", help="measure forward ceiling, decode, end-to-end and naive rates",
+                           description="Generate JPEG sets from real photos and measure, in one run: the forward "
+                                       "ceiling per backend and batch size, the physical limit, decode rates per "
+                                       "worker count, imgfeat end-to-end with default flags and a naive baseline.")
+    bench.add_argument("--model", default="efficientnet_lite0")
+    bench.add_argument("--random-weights", action="store_true", help="for models whose weights are not offline")
+    bench.add_argument("--sets", default="imagenet,camera", help="comma list of: imagenet (500x375), camera (4000x3000)")
+    bench.add_argument("--images", type=int, default=300, help="JPEGs per set (generated once, then reused)")
+    bench.add_argument("--naive-images", type=int, default=40, help="images timed for the naive baseline")
+    bench.add_argument("--seconds", type=float, default=3.0, help="time per forward measurement")
+    bench.add_argument("--workdir", default=None, help="where the JPEG sets live (default: the imgfeat cache)")
+    bench.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    bench.set_defaults(func=_cmd_bench)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
     layers.add_argument("model")
     layers.set_defaults(func=_cmd_layers)

@@ -1,0 +1,280 @@
+"""Inference backends for the backbone stage: torch (the reference and the GPU path), ONNX
+Runtime and OpenVINO (CPU). Every exported model is checked against torch before it is used,
+and ``auto`` times the candidates once per model/layer/weights/batch/threads and caches the winner.
+
+Exports live in ``$IMGFEAT_CACHE`` (default ``~/.cache/imgfeat``) under ``export/<key>/``, where
+the key hashes the model name, layer, pool, input size, the weights' bytes and the versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._backbone import FeatureModel
+from ._errors import ImgfeatError, bad_param
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+CPU_BACKENDS = ("onnx", "openvino")
+MAX_REL_DIFF = 1e-4  # fp32: max |backend - torch| / max |torch| on a check batch
+MIN_COSINE_BF16 = 0.99  # bf16: two bf16 implementations round differently; compare directions
+
+
+class BackendCheckError(ImgfeatError):
+    """An exported model disagreed with torch beyond the tolerance."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMGFEAT_CACHE") or Path.home() / ".cache" / "imgfeat")
+
+
+def available_backends() -> list[str]:
+    """Backends whose runtime is importable here (torch always is)."""
+    found = ["torch"]
+    for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        try:
+            __import__(module)
+            found.append(name)
+        except ImportError:
+            pass
+    return found
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer: the export cache can never serve other weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def export_key(model_name: str, layer: Optional[str], pool: str, input_size: tuple[int, int],
+               fingerprint: str) -> str:
+    ident = json.dumps([model_name, layer, pool, list(input_size), fingerprint, torch.__version__, __version__])
+    return hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Executor:
+    """Runs uint8 NCHW pixels through one backend; returns float32 (N, D) on the CPU or device."""
+
+    name: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+    threads: int
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.run(pixels)
+
+
+def _uses_channels_last(model: FeatureModel) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def torch_executor(model: FeatureModel, device: torch.device, autocast, threads: int) -> Executor:
+    """torch eager in inference mode: the reference. channels_last only for convnets on CUDA (tensor
+    cores); on the CPU it changes the summation order, and ONNX Runtime / OpenVINO are faster anyway."""
+    channels_last = device.type == "cuda" and _uses_channels_last(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast():
+            return model(x).float()
+
+    return Executor("torch", run, threads)
+
+
+def export_onnx(model: FeatureModel, input_size: tuple[int, int], path: Path) -> None:
+    """TorchScript-based ONNX export with a dynamic batch axis (fast and dependency-free)."""
+    h, w = input_size
+    example = torch.zeros((2, 3, h, w), dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.cpu().eval(), (example,), str(path), input_names=["pixels"],
+                          output_names=["features"], opset_version=17, dynamo=False,
+                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+
+
+def onnx_executor(path: Path, threads: int) -> Executor:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {"pixels": np.ascontiguousarray(pixels.numpy())})[0]
+        return torch.from_numpy(out).float()
+
+    return Executor("onnx", run, threads)
+
+
+def openvino_executor(path: Path, threads: int, precision: str) -> Executor:
+    import openvino as ov
+
+    core = ov.Core()
+    # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise.
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    compiled = core.compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        out = request.infer({0: np.ascontiguousarray(pixels.numpy())})
+        return torch.from_numpy(np.array(out[compiled.output(0)], copy=True)).float()
+
+    return Executor("openvino", run, threads)
+
+
+def _check(executor: Executor, reference: Executor, input_size: tuple[int, int], precision: str) -> dict:
+    """Compare ``executor`` with the torch reference on a seeded batch; raise beyond tolerance."""
+    h, w = input_size
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 3, h, w), dtype=torch.uint8, generator=gen)
+    ref = reference(pixels).cpu()
+    out = executor(pixels).cpu()
+    if out.shape != ref.shape:
+        raise BackendCheckError(f"the {executor.name} export of this model returns shape {tuple(out.shape)}, "
+                                f"torch {tuple(ref.shape)}; use --backend torch")
+    max_abs = float((out - ref).abs().max())
+    rel = max_abs / max(float(ref.abs().max()), 1e-12)
+    cosine = float(torch.nn.functional.cosine_similarity(out, ref, dim=1, eps=1e-12).min())
+    ok = cosine >= MIN_COSINE_BF16 if precision == "bf16" else rel <= MAX_REL_DIFF
+    if not ok:
+        bound = f"min cosine {MIN_COSINE_BF16}" if precision == "bf16" else f"relative {MAX_REL_DIFF}"
+        raise BackendCheckError(
+            f"the {executor.name} export of this model disagrees with torch: max abs diff {max_abs:.3g}, "
+            f"relative {rel:.3g}, min cosine {cosine:.5f} (allowed: {bound}); use --backend torch")
+    return {"max_abs_diff": max_abs, "rel_diff": rel, "min_cosine": cosine}
+
+
+def _time(executor: Executor, input_size: tuple[int, int], batch_size: int, seconds: float = 1.5) -> float:
+    h, w = input_size
+    pixels = torch.randint(0, 256, (batch_size, 3, h, w), dtype=torch.uint8)
+    executor(pixels)  # warm-up (allocations, kernel selection)
+    n, start = 0, time.perf_counter()
+    while True:
+        executor(pixels)
+        n += batch_size
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and n >= 2 * batch_size:
+            return n / elapsed
+
+
+def _load_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_meta(path: Path, meta: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _exported(model: FeatureModel, key: str, input_size: tuple[int, int]) -> Path:
+    """The cached ONNX file for ``key``, exporting it (atomically, by directory rename) if needed."""
+    folder = cache_dir() / "export" / key
+    onnx_path = folder / "model.onnx"
+    if onnx_path.is_file():
+        return onnx_path
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
+    try:
+        t0 = time.perf_counter()
+        export_onnx(model, input_size, staging / "model.onnx")
+        log.info("exported ONNX in %.1f s to %s", time.perf_counter() - t0, folder)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process won the race; its export is as good as ours
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return onnx_path
+
+
+def make_executor(model: FeatureModel, *, backend: str, device: torch.device, precision: str, autocast,
+                  model_name: str, layer: Optional[str], pool: str, input_size: tuple[int, int],
+                  batch_size: int, threads: int) -> tuple[Executor, dict]:
+    """Build the executor for ``backend`` ('auto' picks the fastest checked one on the CPU).
+
+    Returns the executor and a report: the chosen backend, check diffs and (for auto) timings.
+    """
+    if backend not in BACKENDS:
+        raise bad_param("backend", f"one of {BACKENDS}", backend)
+    reference = torch_executor(model, device, autocast, threads)
+    if backend == "torch" or (backend == "auto" and (device.type != "cpu" or precision == "fp16")):
+        return reference, {"backend": "torch"}
+    if device.type != "cpu":
+        raise bad_param("backend", "torch or auto on a GPU (onnx and openvino run on the CPU here)", backend)
+    have = available_backends()
+    wanted = [backend] if backend != "auto" else [b for b in CPU_BACKENDS if b in have]
+    for name in wanted:
+        if name not in have:
+            module = {"onnx": "onnxruntime", "openvino": "openvino"}[name]
+            raise bad_param("backend", f"a backend whose runtime is installed (pip install {module})", name)
+
+    key = export_key(model_name, layer, pool, input_size, weights_fingerprint(model))
+    onnx_path = _exported(model, key, input_size)
+    meta_path = onnx_path.parent / "meta.json"
+    meta = _load_meta(meta_path)
+    report: dict = {"export": str(onnx_path.parent)}
+    candidates = {"torch": reference}
+    for name in wanted:
+        try:
+            ex = onnx_executor(onnx_path, threads) if name == "onnx" else openvino_executor(onnx_path, threads,
+                                                                                           precision)
+            diffs = _check(ex, reference, input_size, precision)
+        except BackendCheckError:
+            if backend != "auto":
+                raise
+            log.warning("auto: %s export rejected (disagrees with torch); not using it", name, exc_info=True)
+            continue
+        except Exception as exc:  # a runtime that cannot compile this graph
+            if backend != "auto":
+                raise ImgfeatError(f"the {name} backend cannot run this model: {type(exc).__name__}: {exc}") from exc
+            log.warning("auto: %s backend unavailable for this model: %s", name, exc)
+            continue
+        report.setdefault("check", {})[name] = diffs
+        candidates[name] = ex
+    if backend != "auto":
+        chosen = candidates[backend]
+        report["backend"] = backend
+        return chosen, report
+
+    timing_key = f"{precision}/bs{batch_size}/t{threads}"
+    timings = meta.get("timings", {}).get(timing_key)
+    if not timings or set(timings) != set(candidates):
+        timings = {name: _time(ex, input_size, batch_size) for name, ex in candidates.items()}
+        meta.setdefault("timings", {})[timing_key] = timings
+        _save_meta(meta_path, meta)
+    best = max(timings, key=timings.get)
+    report.update(backend=best, timings=timings)
+    log.info("auto backend: %s (%s)", best, ", ".join(f"{k} {v:.1f} img/s" for k, v in timings.items()))
+    return candidates[best], report

@@ -1,0 +1,188 @@
+"""``imgfeat bench``: one run that measures, on this machine, the forward ceiling of every
+backend, the physical limit, the decode rate per worker count, imgfeat end-to-end with default
+flags, and the naive one-image-at-a-time baseline, and prints them as one table."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._backbone import build_feature_model
+from ._backends import available_backends, cache_dir, make_executor
+from ._loader import make_loader
+from ._models import get_model_spec
+from ._options import available_cores
+from ._runner import extract
+from ._sources import FolderSource
+
+PHOTOS = Path(__file__).parent / "_data" / "photos"
+SETS = {"imagenet": (500, 375), "camera": (4000, 3000)}  # ImageNet-like and camera-size JPEGs
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    backend: str = ""
+    batch: str = ""
+    rate: Optional[float] = None
+    note: str = ""
+
+
+def _make_one(args: tuple[int, str, tuple[int, int], str]) -> None:
+    i, out, size, photo = args
+    rng = np.random.default_rng(i)
+    img = Image.open(photo).convert("RGB")
+    w, h = img.size
+    cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = img.crop((left, top, left + cw, top + ch)).resize(size, Image.Resampling.BICUBIC)
+    if i % 2:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img.save(out, quality=90)
+
+
+def make_image_set(root: Path, kind: str, n: int) -> Path:
+    """``n`` JPEGs (quality 90) of the ``kind`` size, cropped, resized and re-encoded from real photos."""
+    size = SETS[kind]
+    folder = root / f"{kind}_{size[0]}x{size[1]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted(str(p) for p in PHOTOS.glob("*.jpg"))
+    todo = [(i, str(folder / f"{i:05d}.jpg"), size, photos[i % len(photos)]) for i in range(n)
+            if not (folder / f"{i:05d}.jpg").exists()]
+    if todo:
+        with multiprocessing.get_context("fork").Pool(available_cores()) as pool:
+            pool.map(_make_one, todo, chunksize=4)
+    return folder
+
+
+def _first(folder: Path, n: int) -> list[str]:
+    return sorted(str(p) for p in folder.glob("*.jpg"))[:n]
+
+
+def _rate(fn: Callable[[], int], seconds: float, warm_up: bool = True) -> float:
+    if warm_up:
+        fn()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n == 0:
+        n += fn()
+    return n / elapsed
+
+
+def matmul_gflops(seconds: float = 1.0) -> float:
+    """Best fp32 matrix-product rate over a few sizes, all threads."""
+    best = 0.0
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best = max(best, _rate(lambda: (a @ b, 1)[1], seconds) * 2 * n ** 3 / 1e9)
+    return best
+
+
+def model_gflops(model: torch.nn.Module, input_size: tuple[int, int]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = input_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros((1, 3, h, w), dtype=torch.uint8))
+    return counter.get_total_flops() / 1e9
+
+
+def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, sets=("imagenet", "camera"),
+              images: int = 300, workdir: Optional[Path] = None, batch_sizes=(1, 8, 32), seconds: float = 3.0,
+              naive_images: int = 40, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
+    workdir = Path(workdir or cache_dir() / "bench")
+    spec = get_model_spec(model)
+    size = spec.preprocess.crop_size
+    threads = available_cores()
+    fm = build_feature_model(spec, random_weights=random_weights)
+    rows: list[Row] = []
+    facts = {"cpu": _cpu_name(), "cores": threads, "torch": torch.__version__, "model": model,
+             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+
+    log("measuring the forward ceiling ...")
+    ceiling = 0.0
+    device = torch.device("cpu")
+    for backend in available_backends():
+        for bs in batch_sizes:
+            ex, _ = make_executor(fm, backend=backend, device=device, precision="fp32",
+                                  autocast=contextlib.nullcontext, model_name=spec.name, layer=spec.default_layer,
+                                  pool=spec.default_pool, input_size=size, batch_size=bs, threads=threads)
+            x = torch.randint(0, 256, (bs, 3, *size), dtype=torch.uint8)
+            rate = _rate(lambda: (ex(x), bs)[1], seconds)
+            ceiling = max(ceiling, rate)
+            rows.append(Row("forward", "backbone on pre-made tensors", backend, str(bs), rate))
+    gflops_rate, flops = matmul_gflops(), model_gflops(fm, size)
+    rows.append(Row("forward", "physical limit", "", "", gflops_rate / flops,
+                    f"{gflops_rate:.0f} GFLOP/s matmul / {flops:.2f} GFLOP per image"))
+    facts.update(ceiling=ceiling, matmul_gflops=gflops_rate, model_gflops=flops)
+
+    for kind in sets:
+        log(f"preparing {images} {kind} JPEGs in {workdir} ...")
+        folder = make_image_set(workdir, kind, images)
+        for workers in range(0, threads + 1):
+            loader_args = (FolderSource(str(folder)), spec.preprocess, 32, workers)
+
+            def decode_all() -> int:
+                return sum(b["n"] for b in make_loader(*loader_args, max_pixels=10 ** 9))
+
+            rows.append(Row(kind, "decode + preprocess only", "", f"workers={workers}",
+                            _rate(decode_all, 0.1, warm_up=False)))
+        log(f"{kind}: imgfeat extract end-to-end, default flags ...")
+        with tempfile.TemporaryDirectory() as tmp:
+            res = extract(str(folder), Path(tmp) / "features.npy", model=model, random_weights=random_weights)
+        e2e = res.images_per_s
+        rows.append(Row(kind, "imgfeat extract end-to-end (default flags)", res.backend, "32", e2e,
+                        f"{res.n_done} images -> .npy"))
+        log(f"{kind}: naive baseline ...")
+        naive = naive_rate(spec, build_feature_model(spec, random_weights=random_weights),
+                           _first(folder, naive_images))
+        rows.append(Row(kind, "naive: PIL + torchvision transforms + model(x[None])", "torch", "1", naive,
+                        f"{min(naive_images, images)} images"))
+        rows.append(Row(kind, "end-to-end / forward ceiling", rate=None, note=f"{e2e / ceiling:.2f}"))
+        rows.append(Row(kind, "end-to-end / naive", rate=None, note=f"{e2e / naive:.1f}x"))
+        facts[f"{kind}_e2e"], facts[f"{kind}_naive"] = e2e, naive
+    return rows, facts
+
+
+def naive_rate(spec, fm, files: list[str]) -> float:
+    """The blog-post way: one image at a time, full PIL decode, torchvision transforms, torch eager."""
+    from torchvision import transforms as T
+
+    pp = spec.preprocess
+    tf = T.Compose([T.Resize(pp.resize_size, interpolation=T.InterpolationMode(pp.interpolation)),
+                    T.CenterCrop(pp.crop_size), T.PILToTensor()])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in files:
+            fm(tf(Image.open(path).convert("RGB"))[None])
+    return len(files) / (time.perf_counter() - start)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def format_table(rows: list[Row], markdown: bool = False) -> str:
+    header = ("set", "measurement", "backend", "batch", "images/s", "note")
+    body = [(r.section, r.what, r.backend, r.batch, "" if r.rate is None else f"{r.rate:.1f}", r.note) for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])
