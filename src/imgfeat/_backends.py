@@ -133,15 +133,22 @@ def onnx_executor(path: Path, threads: int) -> Executor:
     return Executor("onnx", run, threads)
 
 
+# Compiled OpenVINO models live as long as the process: destroying one (OpenVINO 2026.4, CPU
+# plugin) later corrupted the Python heap in our test suite (a segfault far from the cause).
+_OPENVINO_COMPILED: dict = {}
+
+
 def openvino_executor(path: Path, threads: int, precision: str) -> Executor:
     import openvino as ov
 
-    core = ov.Core()
-    # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise.
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    compiled = core.compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
+    key = (str(path), threads, precision)
+    if key not in _OPENVINO_COMPILED:
+        # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise.
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        _OPENVINO_COMPILED[key] = (compiled, compiled.create_infer_request())
+    compiled, request = _OPENVINO_COMPILED[key]
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
         out = request.infer({0: np.ascontiguousarray(pixels.numpy())})
