@@ -9,6 +9,7 @@ files, so a bad file never costs its neighbours their vectors.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
@@ -42,20 +43,56 @@ def _batches(it: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """How records group into shards: ``size`` records each (None: one block), minus ``skip``
+    (already done), restricted to ``part = (I, N)``: shards k with k % N == I."""
+
+    size: Optional[int] = None
+    skip: frozenset = frozenset()
+    part: Optional[tuple[int, int]] = None
+
+    def wanted(self, shard: int) -> bool:
+        return shard not in self.skip and (self.part is None or shard % self.part[1] == self.part[0])
+
+
+def planned_batches(records: Iterator[Record], batch_size: int,
+                    plan: ShardPlan) -> Iterator[tuple[Optional[int], list[Record], bool]]:
+    """(shard, records, is_last_batch_of_shard) in input order; batches never straddle shards."""
+    if plan.size is None:
+        for chunk in _batches(records, batch_size):
+            yield None, chunk, False
+        return
+    for shard, group in itertools.groupby(enumerate(records), key=lambda t: t[0] // plan.size):
+        if not plan.wanted(shard):
+            continue  # groupby skips the rest of this shard's records itself
+        previous = None
+        for chunk in _batches((rec for _, rec in group), batch_size):
+            if previous is not None:
+                yield shard, previous, False
+            previous = chunk
+        if previous is not None:
+            yield shard, previous, True
+
+
 class DecodedBatches(IterableDataset):
-    """Batch k of the source is decoded by worker ``k % num_workers``; DataLoader then yields
+    """Batch k of the plan is decoded by worker ``k % num_workers``; DataLoader then yields
     the workers' outputs round-robin, which restores the input order exactly."""
 
-    def __init__(self, source: Source, pp: Preprocess, batch_size: int, max_pixels: int) -> None:
+    def __init__(self, source: Source, pp: Preprocess, batch_size: int, max_pixels: int,
+                 plan: ShardPlan = ShardPlan()) -> None:
         super().__init__()
-        self.source, self.pp, self.batch_size, self.max_pixels = source, pp, batch_size, max_pixels
+        self.source, self.pp, self.batch_size, self.max_pixels, self.plan = source, pp, batch_size, max_pixels, plan
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k, chunk in enumerate(_batches(iter(self.source.records()), self.batch_size)):
+        batches = planned_batches(iter(self.source.records()), self.batch_size, self.plan)
+        for k, (shard, chunk, last) in enumerate(batches):
             if k % nw == wid:
-                yield decode_batch(chunk, self.pp, self.max_pixels)
+                batch = decode_batch(chunk, self.pp, self.max_pixels)
+                batch.update(shard=shard, last=last)
+                yield batch
 
 
 def _worker_init(_: int) -> None:
@@ -63,9 +100,9 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(source: Source, pp: Preprocess, batch_size: int, workers: int, max_pixels: int,
-                pin_memory: bool = False, prefetch: Optional[int] = None) -> DataLoader:
+                pin_memory: bool = False, prefetch: Optional[int] = None, plan: ShardPlan = ShardPlan()) -> DataLoader:
     kwargs = {}
     if workers > 0:
         kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch or 2, "persistent_workers": False}
-    return DataLoader(DecodedBatches(source, pp, batch_size, max_pixels), batch_size=None,
+    return DataLoader(DecodedBatches(source, pp, batch_size, max_pixels, plan), batch_size=None,
                       num_workers=workers, pin_memory=pin_memory, **kwargs)

@@ -42,7 +42,16 @@ class ExtractOptions:
 
     data: Any = _opt(None, "input: a TSV of id<TAB>path, a folder (walked recursively) or a text list of paths",
                      cli_required=True)
-    out: Optional[str] = _opt(None, "output file; the extension picks the format: .tsv .pkl .h5/.hdf5 .npy .parquet")
+    out: Optional[str] = _opt(None, "output: a file whose extension picks the format (.tsv .pkl .h5/.hdf5 .npy "
+                                    ".parquet), or a directory (no extension) for a resumable sharded feature store")
+    format: str = _opt("auto", "auto: by --out's extension; store: a sharded feature store even if --out has a dot",
+                       choices=("auto", "store"))
+    shard_size: int = _opt(10_000, "input records per store shard (the unit of resume and of --shard I/N)")
+    shard: Optional[str] = _opt(None, "I/N: process only the I-th (0-based) of N disjoint parts (shards k with "
+                                      "k %% N == I), for Slurm arrays and other schedulers")
+    engine: str = _opt("local", "local, or ray: spread the store's shards over a Ray cluster", choices=("local", "ray"))
+    ray_address: Optional[str] = _opt(None, "Ray cluster address for --engine ray (default: RAY_ADDRESS or a "
+                                            "local cluster)")
     model: str = _opt("efficientnet_lite0", "backbone name (see `imgfeat models`) or timm:<name>")
     layer: Optional[str] = _opt(None, "fx node whose output is the feature (see `imgfeat layers MODEL`); "
                                       "default: the model's own feature layer")
@@ -65,6 +74,18 @@ class ExtractOptions:
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused as 'too large'")
     quiet: bool = _opt(False, "no progress bar and no summary line")
 
+    def part(self) -> Optional[tuple[int, int]]:
+        """``--shard I/N`` parsed as (I, N)."""
+        if self.shard is None:
+            return None
+        try:
+            i, n = (int(x) for x in str(self.shard).split("/"))
+        except ValueError:
+            raise bad_param("shard", "'I/N' with integers 0 <= I < N", self.shard) from None
+        if not 0 <= i < n:
+            raise bad_param("shard", "'I/N' with integers 0 <= I < N", self.shard)
+        return i, n
+
     def validate(self) -> "ExtractOptions":
         """Raise a clear error for any value outside its allowed set; return self."""
         if self.data is None:
@@ -77,6 +98,9 @@ class ExtractOptions:
             raise bad_param("workers", "an integer >= 0", self.workers)
         if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
             raise bad_param("max_pixels", "an integer >= 1", self.max_pixels)
+        if not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise bad_param("shard_size", "an integer >= 1", self.shard_size)
+        self.part()
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise bad_param("threads", "an integer >= 1 or None", self.threads)
         for name, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("backend", BACKENDS)):

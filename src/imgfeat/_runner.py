@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -22,7 +23,9 @@ from ._loader import make_loader
 from ._models import ModelSpec, get_model_spec
 from ._options import ExtractOptions, available_cores
 from ._postprocess import postprocess, to_numpy
+from ._loader import ShardPlan
 from ._sinks import ErrorLog, MemorySink, open_sink
+from ._store import FeatureStore, ShardWriter, is_store_path
 from ._sources import open_source
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class ExtractResult:
     features: Optional[np.ndarray] = None
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     backend_report: dict = field(default_factory=dict)
+    shards_written: Optional[int] = None
+    shards_skipped: Optional[int] = None
 
     @property
     def images_per_s(self) -> float:
@@ -55,6 +60,8 @@ class ExtractResult:
         failed = f"{self.n_failed} failed"
         if self.n_failed and self.errors_path:
             failed += f" (reasons in {self.errors_path})"
+        if self.shards_written is not None:
+            failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
         return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
                 f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}) -> {dest}")
 
@@ -108,17 +115,118 @@ def _progress(opts: ExtractOptions, source, enabled: Optional[bool]):
     return tqdm(total=source.count(), unit="img", dynamic_ncols=True, smoothing=0.1)
 
 
+class _FileOutput:
+    """A single-file sink plus its ``.errors.tsv`` (or memory, for the API)."""
+
+    def __init__(self, out: Optional[str]) -> None:
+        self.sink = open_sink(out) if out is not None else MemorySink()
+        self.error_log = ErrorLog(out)
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        self.sink.open(dim, dtype)
+
+    def write(self, shard, ids, paths, rows) -> int:
+        rejected = self.sink.write(ids, paths, rows) or []
+        self.error_log.write([(ids[i], paths[i], reason) for i, reason in rejected])
+        return len(ids) - len(rejected)
+
+    def errors(self, shard, rows) -> None:
+        self.error_log.write(rows)
+
+    def end_shard(self, shard, n_inputs: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sink.close()
+        self.error_log.close()
+
+    def abort(self) -> None:
+        self.sink.abort()
+        self.error_log.abort()
+
+    @property
+    def n_failed(self) -> int:
+        return self.error_log.count
+
+
+class _StoreOutput:
+    """Routes each batch to its shard's writer and commits the shard on its last batch."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self.writers: dict[int, ShardWriter] = {}
+        self.n_failed = 0
+        self.shards_written = 0
+
+    def open(self, dim: int, dtype: np.dtype) -> None:
+        pass
+
+    def _writer(self, shard: int) -> ShardWriter:
+        if shard not in self.writers:
+            self.writers[shard] = self.store.shard_writer(shard)
+        return self.writers[shard]
+
+    def write(self, shard, ids, paths, rows) -> int:
+        self._writer(shard).write(ids, paths, rows)
+        return len(ids)
+
+    def errors(self, shard, rows) -> None:
+        if rows:
+            self._writer(shard).errors(rows)
+            self.n_failed += len(rows)
+
+    def end_shard(self, shard, n_inputs: int) -> None:
+        writer = self._writer(shard)
+        writer.n_inputs = n_inputs
+        writer.commit()
+        del self.writers[shard]
+        self.shards_written += 1
+
+    def close(self) -> None:
+        for writer in self.writers.values():  # cannot happen: every shard ends with a last batch
+            writer.abort()
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+
+def store_identity(opts: ExtractOptions, spec: ModelSpec, model: FeatureModel, source, dim: int) -> dict:
+    """What a store must agree on to be resumed (JSON-normalised so it compares with the file)."""
+    from ._backends import weights_fingerprint
+
+    identity = {"model": spec.name, "layer": opts.layer or spec.default_layer, "pool": opts.pool or spec.default_pool,
+                "weights": weights_fingerprint(model), "preprocess": dataclasses.asdict(spec.preprocess),
+                "dim": dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2, "input": source.describe(),
+                "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size}
+    return json.loads(json.dumps(identity))
+
+
+def wants_store(opts: ExtractOptions) -> bool:
+    return opts.out is not None and (opts.format == "store" or is_store_path(opts.out))
+
+
 def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run one extraction job described by ``opts``."""
     opts.validate()
+    if opts.engine == "ray":
+        from ._engine_ray import run_ray
+
+        return run_ray(opts)
     source = open_source(opts.data, opts.start, opts.stop)
-    sink = open_sink(opts.out) if opts.out is not None else MemorySink()  # a bad extension fails here, early
+    store = FeatureStore(opts.out) if wants_store(opts) else None
+    output = _FileOutput(opts.out) if store is None else None  # a bad extension fails here, early
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     spec, model, dim = prepare_model(opts, device)
     if opts.random_weights:
         log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
+    plan = ShardPlan(size=opts.shard_size if (store is not None or opts.part()) else None, part=opts.part())
+    if store is not None:
+        store.open(store_identity(opts, spec, model, source, dim))
+        plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
+        output = _StoreOutput(store)
     executor, report = make_executor(
         model, backend=opts.backend, device=device, precision=opts.precision,
         autocast=lambda: autocast_for(opts.precision, device), model_name=spec.name,
@@ -126,44 +234,48 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
         input_size=spec.preprocess.crop_size, batch_size=opts.batch_size,
         threads=opts.threads or available_cores())
 
-    errors = ErrorLog(opts.out)
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", plan=plan)
     bar = _progress(opts, source, progress)
-    n_done = 0
+    n_done, shard_inputs = 0, 0
     start = time.perf_counter()
-    sink.open(dim, np.dtype(opts.dtype))
+    output.open(dim, np.dtype(opts.dtype))
     try:
         with torch.inference_mode():
             for batch in loader:
-                errors.write(batch["errors"])
-                ids, paths = batch["ids"], batch["paths"]
+                shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
+                output.errors(shard, batch["errors"])
                 if ids:
-                    feats = executor(batch["pixels"])
-                    rows = to_numpy(postprocess(feats, opts.relu, opts.l2), opts.dtype)
-                    rejected = sink.write(ids, paths, rows) or []
-                    errors.write([(ids[i], paths[i], reason) for i, reason in rejected])
-                    n_done += len(ids) - len(rejected)
+                    rows = to_numpy(postprocess(executor(batch["pixels"]), opts.relu, opts.l2), opts.dtype)
+                    n_done += output.write(shard, ids, paths, rows)
+                shard_inputs += batch["n"]
+                if batch["last"]:
+                    output.end_shard(shard, shard_inputs)
+                    shard_inputs = 0
                 if bar is not None:
                     bar.update(batch["n"])
-                    bar.set_postfix(failed=errors.count, refresh=False)
-        sink.close()
-        errors.close()
+                    bar.set_postfix(failed=output.n_failed, refresh=False)
+        output.close()
     except BaseException:
-        sink.abort()
-        errors.abort()
+        output.abort()
         raise
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    result = ExtractResult(n_done=n_done, n_failed=errors.count, seconds=seconds, dim=dim, model=spec.name,
+    result = ExtractResult(n_done=n_done, n_failed=output.n_failed, seconds=seconds, dim=dim, model=spec.name,
                            backend=report["backend"], backend_report=report,
-                           out=str(opts.out) if opts.out is not None else None,
-                           errors_path=str(errors.path) if errors.path and errors.count else None,
-                           errors=errors.rows)
-    if isinstance(sink, MemorySink):
-        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
+                           out=str(opts.out) if opts.out is not None else None)
+    if store is not None:
+        store.refresh_manifest(total_inputs=sum(1 for _ in source.records()))
+        result.shards_written = output.shards_written
+        result.shards_skipped = len(plan.skip)
+    else:
+        log_ = output.error_log
+        result.errors_path = str(log_.path) if log_.path and log_.count else None
+        result.errors = log_.rows
+        if isinstance(output.sink, MemorySink):
+            result.ids, result.paths, result.features = output.sink.ids, output.sink.paths, output.sink.features
     return result
 
 

@@ -352,10 +352,17 @@ def output_files(path: str | Path) -> list[Path]:
     return [Path(path), npy_ids_path(path)] if Path(path).suffix.lower() == ".npy" else [Path(path)]
 
 
-def load(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read any imgfeat output back as ``(ids, matrix)``. ``.npy`` matrices are memory-mapped."""
+def load(path: str | Path):
+    """Read any imgfeat output back as ``(ids, matrix)``.
+
+    ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
+    memory-mapped view over its shards that is never read into RAM whole."""
     if not Path(path).exists():
         raise FileNotFoundError(f"no imgfeat output at {path}")
+    if Path(path).is_dir():
+        from ._store import FeatureStore
+
+        return FeatureStore(path).load()
     return _SINKS[_ext(path, "path")][1](Path(path))
 
 

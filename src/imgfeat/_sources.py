@@ -90,7 +90,7 @@ class TsvSource(Source):
         return _count_lines(self.path)
 
     def describe(self) -> str:
-        return f"TSV {self.path}"
+        return f"TSV {os.path.abspath(self.path)}"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class PathListSource(Source):
         return _count_lines(self.path)
 
     def describe(self) -> str:
-        return f"path list {self.path}"
+        return f"path list {os.path.abspath(self.path)}"
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class FolderSource(Source):
                     yield Record(rid, full, _check_id(rid))
 
     def describe(self) -> str:
-        return f"folder {self.root}"
+        return f"folder {os.path.abspath(self.root)}"
 
 
 @dataclass(frozen=True)

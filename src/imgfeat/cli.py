@@ -10,6 +10,8 @@ import sys
 import typing
 from typing import Optional, Sequence
 
+import numpy as np
+
 from . import __version__
 from ._errors import ImgfeatError
 from ._options import ExtractOptions, option_fields
@@ -80,6 +82,64 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ._store import FeatureStore
+
+    store = FeatureStore(args.store)
+    if not store.manifest:
+        raise ImgfeatError(f"{args.store} is not an imgfeat feature store (no manifest.json)")
+    m = store.manifest
+    report = store.verify()
+    pending = report["pending"]
+    print(f"store     {args.store}")
+    print(f"model     {m['model']}  layer {m['layer']}  pool {m['pool']}  dim {m['dim']}  dtype {m['dtype']}"
+          f"  relu {m['relu']}  l2 {m['l2']}")
+    print(f"input     {m['input']}  (start {m['start']}, stop {m['stop']})")
+    print(f"shards    {report['done']} done of {m['total_shards'] if m['total_shards'] is not None else '?'}"
+          f" ({m['shard_size']} inputs each)" + (f", pending: {_ranges(pending)}" if pending else ""))
+    print(f"rows      {report['rows']} vectors, {report['errors']} error rows")
+    print(f"imgfeat   {m['imgfeat_version']}")
+    if report["corrupt"]:
+        print(f"CORRUPT   {len(report['corrupt'])} file(s) fail their checksum: {', '.join(report['corrupt'][:10])}")
+        return 1
+    print("verified  every done shard matches its checksums")
+    return 0
+
+
+def _ranges(values: list[int]) -> str:
+    out, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ._sinks import open_sink
+    from ._store import FeatureStore
+
+    store = FeatureStore(args.store)
+    if not store.manifest:
+        raise ImgfeatError(f"{args.store} is not an imgfeat feature store (no manifest.json)")
+    sink = open_sink(args.out)
+    sink.open(store.manifest["dim"], np.dtype(store.manifest["dtype"]))
+    n = 0
+    try:
+        for ids, paths, vectors in store.iter_shards():
+            for start in range(0, len(ids), 8192):  # bounded memory whatever the shard size
+                sink.write(ids[start:start + 8192], paths[start:start + 8192], np.asarray(vectors[start:start + 8192]))
+            n += len(ids)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    print(f"imgfeat: exported {n} vectors from {args.store} -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgfeat", description="Deep feature vectors for image collections.")
     parser.add_argument("--version", action="version", version=f"imgfeat {__version__}")
@@ -104,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default=None, help="where the JPEG sets live (default: the imgfeat cache)")
     bench.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     bench.set_defaults(func=_cmd_bench)
+    info = sub.add_parser("info", help="summarise a feature store and verify its shards")
+    info.add_argument("store")
+    info.set_defaults(func=_cmd_info)
+    export = sub.add_parser("export", help="convert a feature store to .tsv .pkl .h5 .npy or .parquet")
+    export.add_argument("store")
+    export.add_argument("out")
+    export.set_defaults(func=_cmd_export)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
     layers.add_argument("model")
     layers.set_defaults(func=_cmd_layers)

@@ -1,0 +1,278 @@
+"""The feature store: a directory of fixed-size shards for jobs too large for one file.
+
+    features/
+      manifest.json              identity of the run + the shard list (refreshed after each run)
+      shards/000012.npy          vectors of input records 12*S .. 13*S-1 that decoded
+      shards/000012.ids.parquet  their ids and paths
+      shards/000012.errors.tsv   id<TAB>path<TAB>reason of the records that did not
+      shards/000012.done.json    row counts and sha256 of the three files, written LAST
+
+A shard's files are written under temporary names and renamed; the done-marker goes last,
+so after ``kill -9`` at any moment a shard is either complete (marker present, checksums
+match) or absent and redone. Rerunning the same command skips done shards; a run whose
+identity (model, layer, weights, preprocessing, input, shard size...) differs is refused.
+Several writers (``--shard I/N``, Ray actors) may fill one store: each shard is written by
+exactly one of them and the manifest's shard list is recomputed from the markers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._errors import ImgfeatError
+from ._sinks import _npy_header
+
+FORMAT = "imgfeat-store"
+MANIFEST = "manifest.json"
+# Fields that must match for a rerun to resume into an existing store.
+IDENTITY = ("model", "layer", "pool", "weights", "preprocess", "dim", "dtype", "relu", "l2", "input", "start",
+            "stop", "shard_size")
+DEFAULT_SHARD_SIZE = 10_000
+
+
+class StoreMismatchError(ImgfeatError):
+    """The store was written by a different job."""
+
+
+def is_store_path(path: str | os.PathLike) -> bool:
+    """An output with no file extension (or an existing store directory) is a feature store."""
+    p = Path(path)
+    return str(path).endswith(("/", os.sep)) or (p / MANIFEST).is_file() or p.suffix == ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{_tag()}.partial")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ShardWriter:
+    """Streams one shard's vectors to a temporary .npy; ``commit`` makes the shard visible."""
+
+    def __init__(self, store: "FeatureStore", index: int) -> None:
+        self.store, self.index = store, index
+        self.name = f"{index:06d}"
+        folder = store.shard_dir
+        for stale in folder.glob(f".{self.name}.*.partial"):  # left by a killed writer of this shard
+            stale.unlink(missing_ok=True)
+        tag = _tag()
+        self.final = {"vectors": folder / f"{self.name}.npy", "ids": folder / f"{self.name}.ids.parquet",
+                      "errors": folder / f"{self.name}.errors.tsv"}
+        self.tmp = {k: p.with_name(f".{p.name}.{tag}.partial") for k, p in self.final.items()}
+        self.dim, self.dtype = store.manifest["dim"], np.dtype(store.manifest["dtype"])
+        self._vec = open(self.tmp["vectors"], "wb")
+        self._vec.write(_npy_header(0, self.dim, self.dtype))
+        self._err = open(self.tmp["errors"], "w", encoding="utf-8", newline="\n")
+        self.ids: list[str] = []
+        self.paths: list[str] = []
+        self.n_errors = 0
+        self.n_inputs = 0
+
+    def write(self, ids: Sequence[str], paths: Sequence[str], features: np.ndarray) -> None:
+        self._vec.write(np.ascontiguousarray(features, dtype=self.dtype).tobytes())
+        self.ids.extend(ids)
+        self.paths.extend(paths)
+
+    def errors(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        for row in rows:
+            self._err.write("\t".join(str(v).replace("\t", " ").replace("\n", " ") for v in row) + "\n")
+        self.n_errors += len(rows)
+
+    def commit(self) -> dict:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._vec.seek(0)
+        self._vec.write(_npy_header(len(self.ids), self.dim, self.dtype))
+        for fh in (self._vec, self._err):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        pq.write_table(pa.table({"id": pa.array(self.ids, pa.string()), "path": pa.array(self.paths, pa.string())}),
+                       self.tmp["ids"])
+        files = {}
+        for key in ("vectors", "ids", "errors"):
+            files[key] = {"name": self.final[key].name, "sha256": _sha256(self.tmp[key]),
+                          "bytes": self.tmp[key].stat().st_size}
+            os.replace(self.tmp[key], self.final[key])
+        marker = {"shard": self.index, "rows": len(self.ids), "errors": self.n_errors,
+                  "inputs": self.n_inputs, "first_input": self.index * self.store.manifest["shard_size"],
+                  "files": files}
+        _write_atomic(self.store.marker(self.index), json.dumps(marker, indent=1).encode())
+        return marker
+
+    def abort(self) -> None:
+        for fh in (self._vec, self._err):
+            fh.close()
+        for p in self.tmp.values():
+            p.unlink(missing_ok=True)
+
+
+class FeatureStore:
+    """A store directory: identity in ``manifest.json``, one marker per finished shard."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.shard_dir = self.path / "shards"
+        self.manifest: dict = {}
+        if (self.path / MANIFEST).is_file():
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
+            if self.manifest.get("format") != FORMAT:
+                raise ImgfeatError(f"{self.path} is not an imgfeat feature store")
+
+    # ------------------------------------------------------------------ writing
+    def open(self, identity: dict) -> "FeatureStore":
+        """Create the store, or check that ``identity`` matches the one it was created with."""
+        if self.manifest:
+            diffs = [f"{k}: store has {self.manifest.get(k)!r}, this run {identity.get(k)!r}"
+                     for k in IDENTITY if self.manifest.get(k) != identity.get(k)]
+            if diffs:
+                raise StoreMismatchError(
+                    f"{self.path} holds features of a different job, refusing to mix them:\n  " + "\n  ".join(diffs)
+                    + "\nWrite to another --out directory, or delete this one to start over.")
+            return self
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT, "format_version": 1, "imgfeat_version": __version__, **identity,
+                    "shards": [], "total_inputs": None, "total_shards": None}
+        try:  # first writer wins; a concurrent writer re-reads and compares
+            fd = os.open(self.path / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(manifest, fh, indent=1)
+            self.manifest = manifest
+        except FileExistsError:
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
+            return self.open(identity)
+        return self
+
+    def marker(self, index: int) -> Path:
+        return self.shard_dir / f"{index:06d}.done.json"
+
+    def done_shards(self) -> set[int]:
+        if not self.shard_dir.is_dir():
+            return set()
+        return {int(p.name.split(".")[0]) for p in self.shard_dir.glob("*.done.json")}
+
+    def shard_writer(self, index: int) -> ShardWriter:
+        return ShardWriter(self, index)
+
+    def markers(self) -> list[dict]:
+        return [json.loads(self.marker(i).read_text()) for i in sorted(self.done_shards())]
+
+    def refresh_manifest(self, total_inputs: Optional[int] = None) -> None:
+        """Rewrite the manifest's shard list (and totals, once known) from the done-markers."""
+        current = json.loads((self.path / MANIFEST).read_text())
+        if total_inputs is not None:
+            size = current["shard_size"]
+            current["total_inputs"] = total_inputs
+            current["total_shards"] = -(-total_inputs // size)
+        current["shards"] = [{k: m[k] for k in ("shard", "rows", "errors", "inputs", "files")} for m in self.markers()]
+        _write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
+        self.manifest = current
+
+    # ------------------------------------------------------------------ reading
+    def verify(self) -> dict:
+        """Check every done shard's files against its checksums; report pending shards."""
+        bad, rows, errors = [], 0, 0
+        for m in self.markers():
+            for f in m["files"].values():
+                p = self.shard_dir / f["name"]
+                if not p.is_file() or p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
+                    bad.append(f["name"])
+            rows += m["rows"]
+            errors += m["errors"]
+        done = self.done_shards()
+        total = self.manifest.get("total_shards")
+        pending = sorted(set(range(total)) - done) if total is not None else None
+        return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad, "rows": rows,
+                "errors": errors}
+
+    def load(self) -> tuple[list[str], "StoreMatrix"]:
+        import pyarrow.parquet as pq
+
+        shards = sorted(self.done_shards())
+        ids: list[str] = []
+        for i in shards:
+            ids.extend(pq.read_table(self.shard_dir / f"{i:06d}.ids.parquet", columns=["id"]).column("id").to_pylist())
+        return ids, StoreMatrix([self.shard_dir / f"{i:06d}.npy" for i in shards], self.manifest["dim"],
+                                np.dtype(self.manifest["dtype"]))
+
+    def iter_shards(self) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+        """(ids, paths, memory-mapped vectors) shard by shard, in input order."""
+        import pyarrow.parquet as pq
+
+        for i in sorted(self.done_shards()):
+            t = pq.read_table(self.shard_dir / f"{i:06d}.ids.parquet")
+            yield t.column("id").to_pylist(), t.column("path").to_pylist(), \
+                np.load(self.shard_dir / f"{i:06d}.npy", mmap_mode="r")
+
+
+class StoreMatrix:
+    """A read-only N x D matrix over the store's shard files, memory-mapped, never loaded whole.
+
+    Supports ``len``, ``shape``, ``dtype``, row indexing (int, slice, integer array),
+    ``iter_blocks(rows)`` and ``np.asarray`` (which does read everything)."""
+
+    def __init__(self, files: list[Path], dim: int, dtype: np.dtype) -> None:
+        self._parts = [np.load(f, mmap_mode="r") for f in files]
+        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+        self.dtype = np.dtype(dtype)
+        self.shape = (int(self._offsets[-1]), dim)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), self.shape[1]), self.dtype)
+        part = np.searchsorted(self._offsets, idx, side="right") - 1
+        for p in np.unique(part):
+            sel = part == p
+            out[sel] = self._parts[p][idx[sel] - self._offsets[p]]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            rows, cols = key[0], key[1:]
+            return self[rows][(slice(None), *cols)] if not np.isscalar(rows) else self[rows][cols]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} rows")
+            return self._rows(np.array([i]))[0]
+        if isinstance(key, slice):
+            return self._rows(np.arange(len(self))[key])
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return self._rows(np.where(idx < 0, idx + len(self), idx))
+
+    def iter_blocks(self, rows: int = 65536) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), rows):
+            yield self[start:start + rows]
+
+    def __array__(self, dtype=None, copy=None):
+        full = np.concatenate(self._parts) if self._parts else np.zeros(self.shape, self.dtype)
+        return full.astype(dtype) if dtype is not None else full

@@ -1,0 +1,173 @@
+"""The sharded feature store: layout, resume, refusal of a different job, kill -9 safety,
+--shard I/N parts, info / export / load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgfeat
+from imgfeat._store import FeatureStore, StoreMismatchError
+from imgfeat.cli import main
+
+from conftest import write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def image_tsv(tmp_path) -> Path:
+    """23 small generated images and 2 bad entries, listed in a TSV."""
+    lines = []
+    for i in range(25):
+        if i == 7:
+            lines.append(f"img{i:02d}\tmissing.png")
+            continue
+        if i == 18:
+            (tmp_path / "bad.png").write_text("not an image")
+            lines.append(f"img{i:02d}\tbad.png")
+            continue
+        write_image(tmp_path / f"{i:02d}.png", size=(40 + i, 30), seed=i)
+        lines.append(f"img{i:02d}\t{i:02d}.png")
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    return tsv
+
+
+def _run(tsv, out, **kw):
+    kw = {"model": "squeezenet1_1", "backend": "torch", "workers": 0, "batch_size": 3, "shard_size": 5, **kw}
+    return imgfeat.extract(str(tsv), str(out), **kw)
+
+
+def _expected_ids():
+    return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]
+
+
+def test_store_layout_manifest_and_load(image_tsv, tmp_path):
+    out = tmp_path / "features"
+    res = _run(image_tsv, out)
+    assert (res.n_done, res.n_failed, res.shards_written) == (23, 2, 5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total_inputs"] == 25 and manifest["total_shards"] == 5
+    assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3, 4]
+    assert manifest["shards"][1]["errors"] == 1 and manifest["shards"][1]["rows"] == 4
+    assert sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith("000001")) == [
+        "000001.done.json", "000001.errors.tsv", "000001.ids.parquet", "000001.npy"]
+    ids, mat = imgfeat.load(out)
+    assert ids == _expected_ids() and mat.shape == (23, 512)
+    ref = imgfeat.extract(str(image_tsv), model="squeezenet1_1", backend="torch", workers=0)
+    full = np.asarray(mat)
+    np.testing.assert_allclose(full, ref.features, atol=1e-5)  # batch 3 vs 32: float rounding only
+    np.testing.assert_array_equal(mat[[0, 22, 5]], full[[0, 22, 5]])
+    np.testing.assert_array_equal(mat[3:9], full[3:9])
+    np.testing.assert_array_equal(mat[-1], full[-1])
+    np.testing.assert_array_equal(mat[2, 10:20], full[2, 10:20])
+    assert sum(len(b) for b in mat.iter_blocks(4)) == 23
+    assert "missing" in (out / "shards" / "000001.errors.tsv").read_text()
+
+
+def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path):
+    out = tmp_path / "features"
+    _run(image_tsv, out)
+    (out / "shards" / "000002.done.json").unlink()  # as if the run had died in shard 2
+    (out / "shards" / "000003.npy").write_bytes(b"garbage")  # and shard 3's vectors were never renamed
+    (out / "shards" / "000003.done.json").unlink()
+    res = _run(image_tsv, out)
+    assert (res.shards_written, res.shards_skipped, res.n_done) == (2, 3, 9)  # img18 in shard 3 is bad
+    ids, mat = imgfeat.load(out)
+    assert ids == _expected_ids()
+    assert FeatureStore(out).verify()["corrupt"] == []
+
+
+def test_a_different_job_is_refused(image_tsv, tmp_path):
+    out = tmp_path / "features"
+    _run(image_tsv, out)
+    with pytest.raises(StoreMismatchError, match="layer: store has 'features.12', this run 'features.9'"):
+        _run(image_tsv, out, layer="features.9")
+    with pytest.raises(StoreMismatchError, match="model"):
+        _run(image_tsv, out, model="efficientnet_lite0")
+
+
+def test_parts_together_equal_the_whole(image_tsv, tmp_path):
+    whole = tmp_path / "whole"
+    _run(image_tsv, whole)
+    parts = tmp_path / "parts"
+    a = _run(image_tsv, parts, shard="0/2")
+    b = _run(image_tsv, parts, shard="1/2")
+    assert (a.shards_written, b.shards_written) == (3, 2)
+    ids_w, mat_w = imgfeat.load(whole)
+    ids_p, mat_p = imgfeat.load(parts)
+    assert ids_p == ids_w
+    np.testing.assert_array_equal(np.asarray(mat_p), np.asarray(mat_w))
+    # file outputs: the parts are disjoint and cover the input
+    r = [imgfeat.extract(str(image_tsv), model="squeezenet1_1", backend="torch", workers=0, shard_size=4,
+                         shard=f"{i}/3") for i in range(3)]
+    assert sorted(sum((x.ids for x in r), [])) == _expected_ids()
+
+
+def test_bad_shard_argument():
+    with pytest.raises(imgfeat.InvalidParameterError, match="'shard' parameter"):
+        imgfeat.extract(".", shard="2/2")
+
+
+def test_info_and_export(image_tsv, tmp_path, capsys):
+    out = tmp_path / "features"
+    _run(image_tsv, out)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "5 done of 5" in text and "23 vectors, 2 error rows" in text and "verified" in text
+    assert main(["export", str(out), str(tmp_path / "all.parquet")]) == 0
+    ids, mat = imgfeat.load(tmp_path / "all.parquet")
+    assert ids == _expected_ids() and mat.shape == (23, 512)
+    npy = out / "shards" / "000004.npy"
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0xFF  # flip one bit of one vector
+    npy.write_bytes(bytes(data))
+    assert main(["info", str(out)]) == 1
+    assert "CORRUPT" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    """Really kill a running extraction (SIGKILL) several times, then finish it."""
+    n = 60
+    lines = []
+    for i in range(n):
+        write_image(tmp_path / "img" / f"{i:03d}.jpg", size=(300, 200), seed=i)
+        lines.append(f"id{i:03d}\timg/{i:03d}.jpg")
+    (tmp_path / "list.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "imgfeat.cli", "extract", "--data", str(tmp_path / "list.tsv"), "--out", str(out),
+           "--model", "squeezenet1_1", "--backend", "torch", "--batch-size", "2", "--shard-size", "4",
+           "--workers", "1", "--quiet"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for attempt in range(6):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        before = len(FeatureStore(out).done_shards()) if (out / "manifest.json").exists() else 0
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # wait for progress, then kill mid-flight
+            if (out / "manifest.json").exists() and len(FeatureStore(out).done_shards()) > before:
+                break
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0, 0.4)))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    subprocess.run(cmd, check=True, timeout=300)
+    ids, mat = imgfeat.load(out)
+    assert ids == [f"id{i:03d}" for i in range(n)]  # each exactly once, in input order
+    ref = imgfeat.extract(str(tmp_path / "list.tsv"), model="squeezenet1_1", backend="torch", workers=0)
+    np.testing.assert_allclose(np.asarray(mat), ref.features, atol=1e-5)
+    assert FeatureStore(out).verify()["corrupt"] == []
+    assert not list((out / "shards").glob("*.partial"))
