@@ -6,9 +6,10 @@ never takes down its batch or the run (img2dataset ``downloader.py`` habit).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -98,14 +99,14 @@ def center_crop(img: Image.Image, crop: tuple[int, int]) -> Image.Image:
     return img.crop((left, top, left + cw, top + ch))
 
 
-def load_image(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> Image.Image:
+def load_image(path: Union[str, io.BytesIO], pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> Image.Image:
     """Open ``path`` as an upright RGB PIL image, raising on any problem.
 
     JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale in the DCT
     domain (Pillow ``draft``), which is several times faster and keeps at least ``resize_size``
     pixels on the shorter side, so the final resize still antialiases from more pixels.
     """
-    if os.path.getsize(path) == 0:
+    if isinstance(path, str) and os.path.getsize(path) == 0:
         raise _EmptyFile()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -142,10 +143,44 @@ def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
     return np.array(center_crop(img, pp.crop_size), dtype=np.uint8)
 
 
-def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> DecodeResult:
-    """Decode one file: the uint8 (H, W, 3) array, or a reason string if it cannot be used."""
+def _read_bytes(path: str, offset: Optional[int], size: Optional[int]) -> io.BytesIO:
+    """Bytes of a tar member (``archive::member`` at ``offset``) or of a URL (through fsspec)."""
+    if offset is not None:
+        with open(path.rsplit("::", 1)[0], "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+        if len(data) != size:
+            raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
+    else:
+        try:
+            import fsspec
+        except ImportError:
+            raise _NeedsFsspec() from None
+        with fsspec.open(path, "rb") as fh:
+            data = fh.read()
+    if not data:
+        raise _EmptyFile()
+    return io.BytesIO(data)
+
+
+class _NeedsFsspec(Exception):
+    pass
+
+
+def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
+           offset: Optional[int] = None, size: Optional[int] = None) -> DecodeResult:
+    """Decode one image: the uint8 (H, W, 3) array, or a reason string if it cannot be used.
+
+    ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar member
+    ``archive.tar::member`` read at ``offset`` / ``size``."""
     try:
-        return preprocess(load_image(path, pp, max_pixels, draft), pp)
+        if offset is not None or ("://" in path and not path.startswith("file://")):
+            source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
+        else:
+            source = path.removeprefix("file://")
+        return preprocess(load_image(source, pp, max_pixels, draft), pp)
+    except _NeedsFsspec:
+        return "unreadable: URL inputs need fsspec: pip install 'imgfeat[remote]'"
     except _EmptyFile:
         return "empty: file has 0 bytes"
     except _TooLarge as exc:

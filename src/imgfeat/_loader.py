@@ -25,7 +25,7 @@ def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int) -> dict
     """Decode ``records``: ids/paths/pixels of the good ones, ``errors`` rows for the rest."""
     ids, paths, arrays, errors = [], [], [], []
     for rec in records:
-        result = rec.error or decode(rec.path, pp, max_pixels)
+        result = rec.error or decode(rec.path, pp, max_pixels, offset=rec.offset, size=rec.size)
         if isinstance(result, str):
             errors.append((rec.id, rec.path, result))
         else:
@@ -51,6 +51,7 @@ class ShardPlan:
     size: Optional[int] = None
     skip: frozenset = frozenset()
     part: Optional[tuple[int, int]] = None
+    offset: int = 0  # index of the first shard (a Ray actor handed shard k's records uses k)
 
     def wanted(self, shard: int) -> bool:
         return shard not in self.skip and (self.part is None or shard % self.part[1] == self.part[0])
@@ -63,7 +64,7 @@ def planned_batches(records: Iterator[Record], batch_size: int,
         for chunk in _batches(records, batch_size):
             yield None, chunk, False
         return
-    for shard, group in itertools.groupby(enumerate(records), key=lambda t: t[0] // plan.size):
+    for shard, group in itertools.groupby(enumerate(records), key=lambda t: plan.offset + t[0] // plan.size):
         if not plan.wanted(shard):
             continue  # groupby skips the rest of this shard's records itself
         previous = None

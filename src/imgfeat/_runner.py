@@ -156,6 +156,7 @@ class _StoreOutput:
         self.store = store
         self.writers: dict[int, ShardWriter] = {}
         self.n_failed = 0
+        self.n_written = 0
         self.shards_written = 0
 
     def open(self, dim: int, dtype: np.dtype) -> None:
@@ -168,6 +169,7 @@ class _StoreOutput:
 
     def write(self, shard, ids, paths, rows) -> int:
         self._writer(shard).write(ids, paths, rows)
+        self.n_written += len(ids)
         return len(ids)
 
     def errors(self, shard, rows) -> None:
@@ -206,6 +208,45 @@ def wants_store(opts: ExtractOptions) -> bool:
     return opts.out is not None and (opts.format == "store" or is_store_path(opts.out))
 
 
+def build_pipeline(opts: ExtractOptions, device: torch.device, before_executor=None):
+    """Model, output dimension and the executor for ``opts`` on ``device`` (also used by Ray actors).
+
+    ``before_executor(spec, model, dim)`` runs before the (possibly slow) export and timing,
+    so a store that refuses this job does so at once."""
+    spec, model, dim = prepare_model(opts, device)
+    if opts.random_weights:
+        log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
+    if before_executor is not None:
+        before_executor(spec, model, dim)
+    executor, report = make_executor(
+        model, backend=opts.backend, device=device, precision=opts.precision,
+        autocast=lambda: autocast_for(opts.precision, device), model_name=spec.name,
+        layer=opts.layer or spec.default_layer, pool=opts.pool or spec.default_pool,
+        input_size=spec.preprocess.crop_size, batch_size=opts.batch_size,
+        threads=opts.threads or available_cores())
+    return spec, model, dim, executor, report
+
+
+def drive(loader, executor, output, opts: ExtractOptions, bar=None) -> int:
+    """The loop: decoded batches -> executor -> postprocess -> output; returns vectors written."""
+    n_done, shard_inputs = 0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
+            output.errors(shard, batch["errors"])
+            if ids:
+                rows = to_numpy(postprocess(executor(batch["pixels"]), opts.relu, opts.l2), opts.dtype)
+                n_done += output.write(shard, ids, paths, rows)
+            shard_inputs += batch["n"]
+            if batch["last"]:
+                output.end_shard(shard, shard_inputs)
+                shard_inputs = 0
+            if bar is not None:
+                bar.update(batch["n"])
+                bar.set_postfix(failed=output.n_failed, refresh=False)
+    return n_done
+
+
 def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run one extraction job described by ``opts``."""
     opts.validate()
@@ -219,42 +260,22 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    spec, model, dim = prepare_model(opts, device)
-    if opts.random_weights:
-        log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
     plan = ShardPlan(size=opts.shard_size if (store is not None or opts.part()) else None, part=opts.part())
-    if store is not None:
+
+    def open_store(spec: ModelSpec, model: FeatureModel, dim: int) -> None:
         store.open(store_identity(opts, spec, model, source, dim))
+
+    spec, model, dim, executor, report = build_pipeline(opts, device, open_store if store is not None else None)
+    if store is not None:
         plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
         output = _StoreOutput(store)
-    executor, report = make_executor(
-        model, backend=opts.backend, device=device, precision=opts.precision,
-        autocast=lambda: autocast_for(opts.precision, device), model_name=spec.name,
-        layer=opts.layer or spec.default_layer, pool=opts.pool or spec.default_pool,
-        input_size=spec.preprocess.crop_size, batch_size=opts.batch_size,
-        threads=opts.threads or available_cores())
-
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
                          pin_memory=device.type == "cuda", plan=plan)
     bar = _progress(opts, source, progress)
-    n_done, shard_inputs = 0, 0
     start = time.perf_counter()
     output.open(dim, np.dtype(opts.dtype))
     try:
-        with torch.inference_mode():
-            for batch in loader:
-                shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
-                output.errors(shard, batch["errors"])
-                if ids:
-                    rows = to_numpy(postprocess(executor(batch["pixels"]), opts.relu, opts.l2), opts.dtype)
-                    n_done += output.write(shard, ids, paths, rows)
-                shard_inputs += batch["n"]
-                if batch["last"]:
-                    output.end_shard(shard, shard_inputs)
-                    shard_inputs = 0
-                if bar is not None:
-                    bar.update(batch["n"])
-                    bar.set_postfix(failed=output.n_failed, refresh=False)
+        n_done = drive(loader, executor, output, opts, bar)
         output.close()
     except BaseException:
         output.abort()

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-from ._errors import bad_param
+from ._errors import InvalidParameterError, bad_param
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
 class Record:
-    """One input item. ``error`` is set when the input line itself is unusable."""
+    """One input item. ``error`` is set when the input line itself is unusable.
+
+    ``path`` is a local path, a URL (``scheme://``, read through fsspec), or for a tar
+    member ``archive.tar::member`` with the member's byte ``offset`` and ``size``."""
 
     id: str
     path: str
     error: Optional[str] = None
+    offset: Optional[int] = None
+    size: Optional[int] = None
 
 
 class Source:
@@ -53,7 +59,7 @@ def _lines(path: str) -> Iterator[tuple[int, str, Callable[[str], str]]]:
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(base, p)
+        return p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
 
     with open(path, encoding="utf-8", newline="\n") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -138,7 +144,9 @@ class ListSource(Source):
 
     def records(self) -> Iterator[Record]:
         for item in self.items:
-            if isinstance(item, (str, os.PathLike)):
+            if isinstance(item, Record):
+                yield item
+            elif isinstance(item, (str, os.PathLike)):
                 p = os.fspath(item)
                 yield Record(p, p, _check_id(p))
             else:
@@ -173,6 +181,136 @@ class Slice(Source):
         return f"{self.inner.describe()} [{self.start}:{'' if self.stop is None else self.stop}]"
 
 
+def _is_url(p: str) -> bool:
+    return "://" in p and not p.startswith("file://")
+
+
+def _resolver(base_file: str) -> Callable[[str], str]:
+    base = os.path.dirname(os.path.abspath(base_file))
+    return lambda p: p if os.path.isabs(p) or _is_url(p) else os.path.join(base, p)
+
+
+def _columns_error(path: str, have: list[str]) -> InvalidParameterError:
+    return bad_param("data", f"a table with columns 'id' and 'path' (or 'url'); {path} has {have}", path)
+
+
+@dataclass(frozen=True)
+class ParquetSource(Source):
+    """A parquet file with ``id`` and ``path`` (or ``url``) columns, read batch by batch."""
+
+    path: str
+
+    def _columns(self) -> tuple[str, str]:
+        import pyarrow.parquet as pq
+
+        names = pq.ParquetFile(self.path).schema_arrow.names
+        path_col = "path" if "path" in names else "url" if "url" in names else None
+        if "id" not in names or path_col is None:
+            raise _columns_error(self.path, names)
+        return "id", path_col
+
+    def records(self) -> Iterator[Record]:
+        import pyarrow.parquet as pq
+
+        id_col, path_col = self._columns()
+        resolve = _resolver(self.path)
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=65536, columns=[id_col, path_col]):
+            for rid, p in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                rid = "" if rid is None else str(rid)
+                if not rid or not p:
+                    yield Record(rid or "<missing id>", p or "", "bad input row: empty id or path")
+                else:
+                    yield Record(rid, resolve(p), _check_id(rid))
+
+    def count(self) -> int:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    def describe(self) -> str:
+        return f"parquet {os.path.abspath(self.path)}"
+
+
+@dataclass(frozen=True)
+class CsvSource(Source):
+    """A CSV file with a header naming ``id`` and ``path`` (or ``url``) columns."""
+
+    path: str
+
+    def records(self) -> Iterator[Record]:
+        import csv
+
+        resolve = _resolver(self.path)
+        with open(self.path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            names = reader.fieldnames or []
+            path_col = "path" if "path" in names else "url" if "url" in names else None
+            if "id" not in names or path_col is None:
+                raise _columns_error(self.path, names)
+            for row in reader:
+                rid, p = row.get("id") or "", row.get(path_col) or ""
+                if not rid or not p:
+                    yield Record(rid or f"<line {reader.line_num}>", p, f"bad input line {reader.line_num}: empty id or path")
+                else:
+                    yield Record(rid, resolve(p), _check_id(rid))
+
+    def describe(self) -> str:
+        return f"CSV {os.path.abspath(self.path)}"
+
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset / bash brace patterns: ``{000000..000099}`` (zero padding kept) and ``{a,b}``."""
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    body = m.group(1)
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [out for opt in options for out in expand_braces(pattern[:m.start()] + opt + pattern[m.end():])]
+
+
+@dataclass(frozen=True)
+class TarSource(Source):
+    """Image members of uncompressed tar shards (WebDataset convention: the id is the member's
+    path up to the first dot of its name, e.g. ``000123.jpg`` -> ``000123``). Members are read
+    by byte offset, so no worker ever extracts a whole archive."""
+
+    pattern: str
+
+    def tars(self) -> list[str]:
+        return expand_braces(self.pattern)
+
+    def records(self) -> Iterator[Record]:
+        import tarfile
+
+        for tar_path in self.tars():
+            try:
+                archive = tarfile.open(tar_path, "r:")  # plain tar only: members must be seekable
+            except (OSError, tarfile.TarError) as exc:
+                reason = "missing: file does not exist" if isinstance(exc, FileNotFoundError) else \
+                    f"unreadable tar: {exc} (compressed tars are not supported: decompress them)"
+                yield Record(os.path.basename(tar_path), tar_path, reason)
+                continue
+            with archive:
+                for member in archive:
+                    if not member.isfile() or os.path.splitext(member.name)[1].lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    folder, name = os.path.split(member.name)
+                    key = os.path.join(folder, name.split(".", 1)[0]) if folder else name.split(".", 1)[0]
+                    yield Record(key, f"{tar_path}::{member.name}", _check_id(key), member.offset_data, member.size)
+
+    def describe(self) -> str:
+        return f"tar {os.path.abspath(self.pattern)}"
+
+
 # Registry of file-suffix -> source class; folders are handled before the lookup.
 _FILE_SOURCES: dict[str, Callable[[str], Source]] = {}
 
@@ -187,6 +325,9 @@ for _suffix in (".tsv", ".tab"):
     register_source(_suffix, TsvSource)
 for _suffix in (".txt", ".lst", ".list"):
     register_source(_suffix, PathListSource)
+register_source(".parquet", ParquetSource)
+register_source(".csv", CsvSource)
+register_source(".tar", TarSource)
 
 
 DataArg = Union[str, os.PathLike, Sequence]
@@ -202,6 +343,8 @@ def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> So
         p = Path(data)
         if p.is_dir():
             src: Source = FolderSource(str(p))
+        elif p.suffix.lower() == ".tar" and "{" in str(p):
+            src = TarSource(str(p))  # a brace pattern of shards
         elif not p.exists():
             raise bad_param("data", "an existing folder, TSV (id<TAB>path) or text list of paths", str(p))
         elif p.suffix.lower() in _FILE_SOURCES:

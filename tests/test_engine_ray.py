@@ -1,0 +1,59 @@
+"""--engine ray on a local Ray cluster started by the test (CPU only): the store it writes
+equals the local engine's; without Ray the error names the install line."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import imgfeat
+from imgfeat._store import FeatureStore
+
+from test_store import _expected_ids, image_tsv  # noqa: F401  (fixture)
+
+
+def _opts(**kw):
+    return {"model": "squeezenet1_1", "backend": "torch", "batch_size": 3, "shard_size": 5, **kw}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):  # noqa: F811
+    local = tmp_path / "local"
+    imgfeat.extract(str(image_tsv), str(local), workers=0, **_opts())
+    distributed = tmp_path / "ray"
+    res = imgfeat.extract(str(image_tsv), str(distributed), engine="ray", **_opts())
+    assert (res.n_done, res.n_failed, res.shards_written) == (23, 2, 5)
+    ids_l, mat_l = imgfeat.load(local)
+    ids_r, mat_r = imgfeat.load(distributed)
+    assert ids_r == ids_l == _expected_ids()
+    # actors run 1 thread, the local engine 2: only summation order differs
+    np.testing.assert_allclose(np.asarray(mat_r), np.asarray(mat_l), rtol=1e-5, atol=1e-5)
+    report = FeatureStore(distributed).verify()
+    assert (report["done"], report["total_shards"], report["corrupt"], report["errors"]) == (5, 5, [], 2)
+    # resuming through Ray: drop two shards, rerun, only those are redone
+    for k in (1, 3):
+        (distributed / "shards" / f"{k:06d}.done.json").unlink()
+    again = imgfeat.extract(str(image_tsv), str(distributed), engine="ray", **_opts())
+    assert (again.shards_written, again.shards_skipped) == (2, 3)
+    assert imgfeat.load(distributed)[0] == _expected_ids()
+
+
+def test_ray_engine_needs_a_store(tmp_path, ray_cluster):
+    with pytest.raises(imgfeat.InvalidParameterError, match="feature store directory"):
+        imgfeat.extract(".", str(tmp_path / "f.npy"), engine="ray", **_opts())
+
+
+def test_without_ray_the_error_names_the_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(imgfeat.MissingDependencyError, match=r"pip install 'imgfeat\[ray\]'"):
+        imgfeat.extract(".", str(tmp_path / "store"), engine="ray", **_opts())

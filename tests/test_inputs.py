@@ -1,0 +1,104 @@
+"""Large-input sources: WebDataset tar shards, parquet and CSV tables, URLs through fsspec."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import imgfeat
+from imgfeat._sources import open_source
+
+NAMES = ["chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg"]
+
+
+def _extract(data, **kw):
+    return imgfeat.extract(data, **{"model": "squeezenet1_1", "backend": "torch", "workers": 0, **kw})
+
+
+@pytest.fixture
+def reference(photos):
+    res = _extract([(n.split(".")[0], str(photos / n)) for n in NAMES])
+    return dict(zip(res.ids, res.features))
+
+
+def _add(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_tar_shards(tmp_path, photos, reference):
+    for k, names in enumerate((NAMES[:2], NAMES[2:])):
+        with tarfile.open(tmp_path / f"{k:06d}.tar", "w") as tar:
+            for n in names:
+                key = n.split(".")[0]
+                _add(tar, f"{key}.jpg", (photos / n).read_bytes())
+                _add(tar, f"{key}.txt", b"a caption, not an image")
+            if k == 1:
+                _add(tar, "broken.jpg", b"\xff\xd8 not really a jpeg")
+    with tarfile.open(tmp_path / "000002.tar.gz", "w:gz") as tar:
+        _add(tar, "x.jpg", (photos / NAMES[0]).read_bytes())
+    shutil.copy(tmp_path / "000002.tar.gz", tmp_path / "000002.tar")  # a compressed tar named .tar
+    res = _extract(str(tmp_path / "{000000..000003}.tar"))
+    assert res.ids == ["chelsea", "coffee", "rocket", "astronaut"]
+    for rid, vec in zip(res.ids, res.features):
+        np.testing.assert_allclose(vec, reference[rid], atol=1e-5)
+    reasons = {row[0]: row[2] for row in res.errors}
+    assert reasons["broken"].startswith("not an image")
+    assert "compressed tars are not supported" in reasons["000002.tar"]
+    assert reasons["000003.tar"].startswith("missing")
+    assert any(row[1].endswith("000001.tar::broken.jpg") for row in res.errors)
+
+
+def test_parquet_and_csv_tables(tmp_path, photos, reference):
+    for n in NAMES:
+        shutil.copy(photos / n, tmp_path / n)
+    ids = [n.split(".")[0] for n in NAMES]
+    pq.write_table(pa.table({"id": ids, "path": NAMES, "label": [1, 2, 3, 4]}), tmp_path / "t.parquet")
+    (tmp_path / "t.csv").write_text("label,url,id\n" + "".join(f"x,{n},{i}\n" for n, i in zip(NAMES, ids)))
+    for name in ("t.parquet", "t.csv"):
+        res = _extract(str(tmp_path / name))
+        assert res.ids == ids, name
+        for rid, vec in zip(res.ids, res.features):
+            np.testing.assert_allclose(vec, reference[rid], atol=1e-5)
+    assert open_source(str(tmp_path / "t.parquet")).count() == 4
+    pq.write_table(pa.table({"name": ids}), tmp_path / "bad.parquet")
+    with pytest.raises(imgfeat.InvalidParameterError, match="columns 'id' and 'path'.*\\['name'\\]"):
+        list(open_source(str(tmp_path / "bad.parquet")).records())
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_urls_through_fsspec(tmp_path, photos, reference):
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    www = tmp_path / "www"
+    www.mkdir()
+    for n in NAMES[:2]:
+        shutil.copy(photos / n, www / n)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        tsv = tmp_path / "urls.tsv"
+        tsv.write_text(f"chelsea\t{base}/chelsea.jpg\ngone\t{base}/nope.jpg\ncoffee\t{base}/coffee.jpg\n")
+        res = _extract(str(tsv), workers=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.ids == ["chelsea", "coffee"]
+    for rid, vec in zip(res.ids, res.features):
+        np.testing.assert_allclose(vec, reference[rid], atol=1e-5)
+    assert res.errors[0][0] == "gone" and res.errors[0][2].startswith("missing")
