@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("out")
     export.set_defaults(func=_cmd_export)
+    from .tools._cli import add_parsers
+
+    add_parsers(sub)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
     layers.add_argument("model")
     layers.set_defaults(func=_cmd_layers)

@@ -1,0 +1,341 @@
+"""CLI subcommands of the downstream tools. Each takes ``--features`` (any imgfeat output or
+store) and ``--json`` (print the result as one JSON object on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import ImgfeatError, bad_param
+from ._io import align, iter_blocks, read_features, read_labels, read_paths
+
+
+def _emit(args: argparse.Namespace, result: dict, lines: list[str]) -> int:
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _features_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", required=True, help="an imgfeat output file or feature store")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+# ----------------------------------------------------------------------------- pca
+def _pca_fit(args) -> int:
+    from .pca import StreamingPCA
+
+    pca = StreamingPCA(n_components=args.dim, whiten=args.whiten).fit(b for _, b in iter_blocks(args.features))
+    pca.save(args.out)
+    kept = float(pca.explained_variance_ratio_.sum())
+    return _emit(args, {"out": args.out, "n": pca.n_samples_seen_, "input_dim": int(pca.mean_.shape[0]),
+                        "dim": args.dim, "explained_variance_ratio": kept},
+                 [f"PCA {pca.mean_.shape[0]} -> {args.dim} on {pca.n_samples_seen_} vectors keeps "
+                  f"{kept:.1%} of the variance -> {args.out}"])
+
+
+def _pca_apply(args) -> int:
+    from .._sinks import open_sink
+    from ._io import check_dim
+    from .pca import StreamingPCA
+
+    pca = StreamingPCA.load(args.pca)
+    sink = open_sink(args.out)
+    sink.open(pca.components_.shape[0], np.dtype(np.float32))
+    n = 0
+    try:
+        for ids, block in iter_blocks(args.features):
+            check_dim("features", pca.mean_.shape[0], block.shape[1], f"the PCA was fitted on {args.pca}")
+            sink.write(ids, [""] * len(ids), pca.transform(block))
+            n += len(ids)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return _emit(args, {"out": args.out, "n": n, "dim": int(pca.components_.shape[0])},
+                 [f"{n} vectors reduced to {pca.components_.shape[0]}-d -> {args.out}"])
+
+
+# ----------------------------------------------------------------------------- probe
+def _probe(args) -> int:
+    from .probe import LinearProbe, confusion_png
+
+    ids, X = read_features(args.features)
+    Xtr, ytr, _ = align(ids, X, read_labels(args.labels))
+    if args.test_labels:
+        Xte, yte, _ = align(ids, X, read_labels(args.test_labels), "test labels")
+    else:
+        from sklearn.model_selection import train_test_split
+
+        strat = ytr if min(np.unique(ytr, return_counts=True)[1]) >= 2 else None
+        Xtr, Xte, ytr, yte = train_test_split(Xtr, ytr, test_size=args.test_size, random_state=args.seed,
+                                              stratify=strat)
+    probe = LinearProbe(classifier=args.classifier, C=args.C, seed=args.seed).fit(Xtr, ytr)
+    report = probe.report(Xte, yte)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "probe.pkl", "wb") as fh:
+        pickle.dump(probe, fh)
+    confusion_png(report, str(out / "confusion.png"))
+    result = {"train": int(len(ytr)), "test": report["n"], "top1": report["top1"], "top5": report.get("top5"),
+              "C": report["C"], "classifier": args.classifier, "per_class": report["per_class"],
+              "probe": str(out / "probe.pkl"), "confusion_png": str(out / "confusion.png")}
+    (out / "report.json").write_text(json.dumps({**result, "confusion": report["confusion"],
+                                                 "classes": report["classes"]}, indent=1))
+    lines = [f"{args.classifier} (C={report['C']}) trained on {len(ytr)}, tested on {report['n']}: "
+             f"top-1 {report['top1']:.4f}" + (f", top-5 {report['top5']:.4f}" if "top5" in report else ""),
+             *[f"  {c}: {a:.4f}" for c, a in report["per_class"].items()],
+             f"probe -> {out / 'probe.pkl'}, confusion matrix -> {out / 'confusion.png'}"]
+    return _emit(args, result, lines)
+
+
+def _predict(args) -> int:
+    with open(args.probe, "rb") as fh:
+        probe = pickle.load(fh)  # a probe this tool saved; never load pickles from untrusted sources
+    n = 0
+    with open(args.out, "w", encoding="utf-8") as out:
+        for ids, block in iter_blocks(args.features):
+            expected = probe.model_.coef_.shape[1]
+            if block.shape[1] != expected:
+                raise bad_param("features", f"features of dimension {expected} (the probe's)", block.shape[1])
+            out.writelines(f"{i}\t{p}\n" for i, p in zip(ids, probe.predict(block)))
+            n += len(ids)
+    return _emit(args, {"out": args.out, "n": n}, [f"{n} predictions -> {args.out}"])
+
+
+# ----------------------------------------------------------------------------- map
+def _map(args) -> int:
+    from .maps import embed_2d, mosaic_png, scatter_png
+
+    ids, X = read_features(args.features)
+    if args.limit and len(ids) > args.limit:
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(ids))[: args.limit])
+        ids, X = [ids[i] for i in keep], X[keep]
+    labels = None
+    if args.labels:
+        lab = read_labels(args.labels)
+        labels = [lab.get(i, "(unlabelled)") for i in ids]
+    coords = embed_2d(X, args.method, args.seed)
+    scatter_png(coords, labels, args.out, title=f"{args.method} of {len(ids)} vectors")
+    coords_path = args.coords or str(Path(args.out).with_suffix(".coords.tsv"))
+    with open(coords_path, "w", encoding="utf-8") as fh:
+        fh.writelines(f"{i}\t{x:.5f}\t{y:.5f}\n" for i, (x, y) in zip(ids, coords))
+    result = {"png": args.out, "coords": coords_path, "n": len(ids), "method": args.method}
+    if args.mosaic:
+        paths = read_paths(args.features)
+        result["mosaic"] = args.mosaic
+        result["thumbnails"] = mosaic_png(coords, [paths.get(i, "") for i in ids], args.mosaic)
+    return _emit(args, result, [f"{args.method} map of {len(ids)} vectors -> {args.out} (coordinates {coords_path})"]
+                 + ([f"mosaic of {result['thumbnails']} thumbnails -> {args.mosaic}"] if args.mosaic else []))
+
+
+# ----------------------------------------------------------------------------- knn
+def _knn(args) -> int:
+    from .knn import KNNIndex, recall_at_k
+
+    ids, X = read_features(args.features)
+    index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
+    D, I = index.fit(X).graph(X, args.k)
+    np.savez(args.out, I=I, D=D, ids=np.array(ids))
+    result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
+    if args.raw:
+        I.tofile(f"{args.raw}.int32")
+        D.tofile(f"{args.raw}.float32")
+        result["raw"] = [f"{args.raw}.int32", f"{args.raw}.float32"]
+    lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {args.out}"]
+    if args.approx:
+        sample = np.random.default_rng(0).permutation(len(ids))[: args.recall_sample]
+        _, exact_I = KNNIndex(metric=args.metric).fit(X).graph(X, args.k)
+        result["recall_at_k"] = recall_at_k(I[sample], exact_I[sample])
+        lines.append(f"recall@{args.k} against exact on {len(sample)} queries: {result['recall_at_k']:.4f}")
+    return _emit(args, result, lines)
+
+
+# ----------------------------------------------------------------------------- search
+def _search(args) -> int:
+    from .knn import KNNIndex, l2_normalise
+
+    ids, X = read_features(args.features)
+    index_of = {rid: i for i, rid in enumerate(ids)}
+    by_id = [q for q in args.query if q in index_of]
+    files = [q for q in args.query if q not in index_of]
+    queries, names = [], []
+    if by_id:
+        queries.append(X[[index_of[q] for q in by_id]])
+        names += by_id
+    if files:
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
+        queries.append(_extract_like(args.features, files, X.shape[1]))
+        names += files
+    Q = np.concatenate(queries)
+    metric = "ip" if args.metric == "cosine" else args.metric
+    if args.metric == "cosine":
+        X, Q = l2_normalise(X), l2_normalise(Q)
+    D, I = KNNIndex(metric=metric).fit(X).search(Q, min(args.k, len(ids)))
+    hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js)] for q, Ds, Js in zip(names, D, I)}
+    lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]
+    return _emit(args, {"queries": hits}, lines)
+
+
+def _extract_like(features: str, files: list[str], dim: int) -> np.ndarray:
+    """Extract query images with the store's own model, layer and post-processing."""
+    from .._runner import extract
+    from .._store import FeatureStore
+
+    store = FeatureStore(features) if Path(features).is_dir() else None
+    if store is None or not store.manifest:
+        raise ImgfeatError("image queries need a feature store (its manifest names the model); "
+                           "with other outputs, query by id")
+    m = store.manifest
+    res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
+                  workers=0, quiet=True)
+    if res.errors:
+        raise ImgfeatError(f"query images could not be read: {res.errors[:3]}")
+    if res.dim != dim:
+        raise ImgfeatError(f"query features are {res.dim}-d but the store's are {dim}-d")
+    return res.features
+
+
+# ----------------------------------------------------------------------------- dedup
+def _dedup(args) -> int:
+    from .dedup import duplicate_groups
+
+    ids, X = read_features(args.features)
+    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
+    result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
+              "threshold": args.threshold, "out": args.out, "largest": groups[:5]}
+    lines = [f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among {len(ids)} vectors; "
+             f"{result['duplicates']} could be dropped" + (f" -> {args.out}" if args.out else "")]
+    lines += ["  " + ", ".join(g) for g in groups[:10]]
+    return _emit(args, result, lines)
+
+
+# ----------------------------------------------------------------------------- diffuse
+def _diffuse(args) -> int:
+    from .diffusion import LabelDiffusion
+    from .probe import LinearProbe
+
+    ids, X = read_features(args.features)
+    labels = read_labels(args.labels)
+    Xl, yl, _ = align(ids, X, labels)
+    if len(set(yl.tolist())) < 2:
+        raise ImgfeatError(f"{args.labels} holds a single class; diffusion needs at least 2")
+    all_ids, all_X = ids, X
+    if args.background:
+        bids, bX = read_features(args.background)
+        if bX.shape[1] != X.shape[1]:
+            raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
+        all_ids, all_X = ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
+    y = [labels.get(i) for i in all_ids]
+    model = LabelDiffusion(k=args.k, iterations=args.iterations, index=args.index).fit(all_X, y)
+    pred = dict(zip(all_ids, model.predict()))
+    result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": args.iterations}
+    lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors"]
+    if args.test_labels:
+        test = read_labels(args.test_labels)
+        Xt, yt, tids = align(ids, X, test, "test labels")
+        acc = float(np.mean([pred[i] == t for i, t in zip(tids, yt)]))
+        base = LinearProbe(classifier="logreg", C=args.C).fit(Xl, yl)
+        base_acc = float((base.predict(Xt) == yt).mean())
+        result.update(test=int(len(yt)), accuracy=acc, logreg_accuracy=base_acc)
+        lines.append(f"accuracy on {len(yt)} test images: diffusion {acc:.4f}, logistic regression on the same "
+                     f"labels {base_acc:.4f}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)
+        result["out"] = args.out
+    return _emit(args, result, lines)
+
+
+def add_parsers(sub) -> None:
+    pca = sub.add_parser("pca", help="streaming PCA: fit, then apply")
+    pca_sub = pca.add_subparsers(dest="pca_command", required=True)
+    fit = pca_sub.add_parser("fit", help="fit a PCA on features, block by block")
+    _features_arg(fit)
+    fit.add_argument("--dim", type=int, required=True, help="output dimension")
+    fit.add_argument("--whiten", action="store_true")
+    fit.add_argument("--out", required=True, help="the fitted PCA (.npz)")
+    fit.set_defaults(func=_pca_fit)
+    apply = pca_sub.add_parser("apply", help="reduce features with a fitted PCA")
+    _features_arg(apply)
+    apply.add_argument("--pca", required=True)
+    apply.add_argument("--out", required=True, help=".tsv .pkl .h5 .npy or .parquet")
+    apply.set_defaults(func=_pca_apply)
+
+    probe = sub.add_parser("probe", help="linear SVM / logistic regression on features + labels")
+    _features_arg(probe)
+    probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
+    probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
+    probe.add_argument("--test-size", type=float, default=0.2, help="seeded split when no --test-labels")
+    probe.add_argument("--classifier", choices=("svm", "logreg"), default="logreg")
+    probe.add_argument("--C", type=float, default=None, help="regularisation (default: cross-validated)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--out-dir", default="probe", help="probe.pkl, confusion.png and report.json go here")
+    probe.set_defaults(func=_probe)
+    predict = sub.add_parser("predict", help="label features with a saved probe")
+    _features_arg(predict)
+    predict.add_argument("--probe", required=True)
+    predict.add_argument("--out", required=True, help="TSV id<TAB>predicted label")
+    predict.set_defaults(func=_predict)
+
+    mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
+    _features_arg(mp)
+    mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
+    mp.add_argument("--method", choices=("tsne", "umap"), default="tsne")
+    mp.add_argument("--out", required=True, help="scatter PNG")
+    mp.add_argument("--coords", help="TSV id<TAB>x<TAB>y (default: next to --out)")
+    mp.add_argument("--mosaic", help="also draw the images at their positions into this PNG")
+    mp.add_argument("--limit", type=int, default=None, help="map a seeded random sample of this many vectors")
+    mp.add_argument("--seed", type=int, default=0)
+    mp.set_defaults(func=_map)
+
+    knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
+    _features_arg(knn)
+    knn.add_argument("--k", type=int, required=True)
+    knn.add_argument("--out", required=True, help=".npz with I (int32), D (float32) and ids")
+    knn.add_argument("--metric", choices=("ip", "l2"), default="ip")
+    knn.add_argument("--approx", choices=("ivf", "hnsw"), default=None)
+    knn.add_argument("--nlist", type=int, default=None)
+    knn.add_argument("--nprobe", type=int, default=16)
+    knn.add_argument("--raw", help="also write PREFIX.int32 and PREFIX.float32")
+    knn.add_argument("--recall-sample", type=int, default=1000)
+    knn.set_defaults(func=_knn)
+
+    search = sub.add_parser("search", help="nearest neighbours of query ids or images")
+    _features_arg(search)
+    search.add_argument("--query", nargs="+", required=True, help="ids in the features, or image files")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    search.set_defaults(func=_search)
+
+    dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
+    _features_arg(dedup)
+    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
+    dedup.add_argument("--k", type=int, default=10, help="neighbours examined per image")
+    dedup.add_argument("--out", help="TSV group<TAB>id")
+    dedup.set_defaults(func=_dedup)
+
+    diffuse = sub.add_parser("diffuse", help="label propagation for low-shot learning")
+    _features_arg(diffuse)
+    diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
+    diffuse.add_argument("--test-labels", help="TSV id<TAB>label to score the unlabelled part")
+    diffuse.add_argument("--background", help="more unlabelled features added to the graph")
+    diffuse.add_argument("--k", type=int, default=30)
+    diffuse.add_argument("--iterations", type=int, default=20)
+    diffuse.add_argument("--index", choices=("exact", "ivf", "hnsw"), default="exact")
+    diffuse.add_argument("--C", type=float, default=1.0, help="C of the logistic-regression baseline")
+    diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
+    diffuse.set_defaults(func=_diffuse)

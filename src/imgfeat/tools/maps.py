@@ -1,0 +1,75 @@
+"""2-D maps of features: t-SNE (scikit-learn) or UMAP (umap-learn), drawn as a scatter
+coloured by label and as a mosaic of thumbnails placed at their 2-D positions."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .._errors import bad_param, require
+
+METHODS = ("tsne", "umap")
+
+
+def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    if method not in METHODS:
+        raise bad_param("method", f"one of {METHODS}", method)
+    if method == "umap":
+        umap = require("umap", "umap", "UMAP maps")
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(X).astype(np.float32)
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    X = np.asarray(X, dtype=np.float32)
+    if X.shape[1] > 50 and len(X) > 50:  # the usual t-SNE recipe: PCA to 50 first
+        X = PCA(50, random_state=seed).fit_transform(X)
+    perplexity = min(perplexity, max(2.0, (len(X) - 1) / 3))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X).astype(np.float32)
+
+
+def scatter_png(coords: np.ndarray, labels: Optional[Sequence[str]], path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 8))
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=3)
+    else:
+        labels = np.asarray(labels)
+        classes = sorted(set(labels.tolist()))
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for j, c in enumerate(classes):
+            sel = labels == c
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=3, color=cmap(j % cmap.N), label=c)
+        ax.legend(markerscale=4, fontsize=8, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mosaic_png(coords: np.ndarray, paths: Sequence[str], path: str, size: int = 2000, thumb: int = 40) -> int:
+    """Thumbnails at their 2-D positions on a white canvas; returns how many were drawn."""
+    from PIL import Image
+
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    xy = ((coords - lo) / span * (size - thumb)).astype(int)
+    canvas = Image.new("RGB", (size, size), "white")
+    drawn = 0
+    for (x, y), p in zip(xy, paths):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                im.thumbnail((thumb, thumb))
+                canvas.paste(im, (int(x), int(size - thumb - y)))
+                drawn += 1
+        except Exception:  # noqa: BLE001 - a map with one missing thumbnail is still a map
+            continue
+    canvas.save(path)
+    return drawn

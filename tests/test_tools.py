@@ -1,0 +1,198 @@
+"""The downstream tools on seeded synthetic features, each against a plain in-memory
+reference, plus CLI round trips and the bad inputs they must refuse clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("sklearn")
+
+from imgfeat._errors import ImgfeatError, InvalidParameterError  # noqa: E402
+from imgfeat._sinks import open_sink  # noqa: E402
+from imgfeat.cli import main  # noqa: E402
+from imgfeat.tools import (KNNIndex, LabelDiffusion, LinearProbe, StreamingPCA, duplicate_groups,  # noqa: E402
+                           iter_blocks, recall_at_k)
+
+
+def clusters(n_per=60, k=4, d=32, spread=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * 3
+    X = np.concatenate([c + spread * rng.standard_normal((n_per, d)) for c in centres]).astype(np.float32)
+    y = np.repeat([f"c{i}" for i in range(k)], n_per)
+    return X, y
+
+
+def write_features(path: Path, X, ids=None):
+    ids = ids or [f"id{i:04d}" for i in range(len(X))]
+    sink = open_sink(path)
+    sink.open(X.shape[1], np.dtype(np.float32))
+    for s in range(0, len(X), 50):
+        sink.write(ids[s:s + 50], [f"/img/{i}.jpg" for i in ids[s:s + 50]], X[s:s + 50])
+    sink.close()
+    return ids
+
+
+def write_labels(path: Path, ids, labels):
+    path.write_text("".join(f"{i}\t{label}\n" for i, label in zip(ids, labels)))
+
+
+def test_streaming_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((500, 20)) @ rng.standard_normal((20, 20))).astype(np.float32)
+    ours = StreamingPCA(n_components=5).fit(np.array_split(X, 7))
+    ref = PCA(5).fit(X)
+    np.testing.assert_allclose(np.abs(ours.components_), np.abs(ref.components_), atol=1e-4)
+    np.testing.assert_allclose(ours.explained_variance_, ref.explained_variance_, rtol=1e-4)
+    rec_ours = ours.inverse_transform(ours.transform(X))
+    rec_ref = ref.inverse_transform(ref.transform(X))
+    np.testing.assert_allclose(rec_ours, rec_ref, atol=1e-3)
+    white = StreamingPCA(n_components=5, whiten=True).fit(X).transform(X)
+    np.testing.assert_allclose(white.std(axis=0, ddof=1), 1.0, rtol=1e-3)
+    with pytest.raises(InvalidParameterError, match="'n_components' parameter"):
+        StreamingPCA(n_components=30).fit(X)
+
+
+def test_probe_separable_clusters():
+    X, y = clusters()
+    for clf in ("svm", "logreg"):
+        probe = LinearProbe(classifier=clf).fit(X[::2], y[::2])
+        rep = probe.report(X[1::2], y[1::2])
+        assert rep["top1"] == 1.0 and probe.C_ in (0.01, 0.1, 1.0, 10.0)
+        assert set(rep["per_class"]) == {"c0", "c1", "c2", "c3"} and "top5" not in rep
+    with pytest.raises(ImgfeatError, match="at least 2 classes"):
+        LinearProbe().fit(X[:10], ["a"] * 10)
+
+
+def test_exact_knn_equals_brute_force_and_approx_recall():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 16)).astype(np.float32)
+    D, I = KNNIndex(metric="l2").fit(np.array_split(X, 3)).graph(X, 5)
+    dist = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    ref = np.argsort(dist, axis=1)[:, :5]
+    assert I.dtype == np.int32 and D.dtype == np.float32
+    assert (np.sort(I, axis=1) == np.sort(ref, axis=1)).mean() > 0.99
+    np.testing.assert_allclose(D, np.sort(dist, axis=1)[:, :5], rtol=1e-4)
+    Dip, Iip = KNNIndex(metric="ip").fit(X).search(X[:3], 4)
+    np.testing.assert_array_equal(Iip, np.argsort(-(X[:3] @ X.T), axis=1)[:, :4])
+    for approx in ("ivf", "hnsw"):
+        _, Ia = KNNIndex(metric="l2", index=approx, nprobe=64).fit(X).graph(X, 5)
+        assert recall_at_k(Ia, I) > 0.9, approx
+    with pytest.raises(InvalidParameterError, match="'k' parameter"):
+        KNNIndex().fit(X[:5]).graph(X[:5], 5)
+
+
+def test_diffusion_recovers_clusters_from_one_label_each():
+    X, y = clusters(n_per=80, spread=0.8, seed=2)
+    given = [None] * len(y)
+    for c in range(4):
+        given[c * 80] = y[c * 80]
+    pred = LabelDiffusion(k=10, iterations=30).fit(X, given).predict()
+    assert (pred == y).mean() > 0.98
+
+
+def test_duplicate_groups_stream_not_quadratic():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 24)).astype(np.float32)
+    X[10] = X[3] + 1e-3
+    X[150] = X[3] * 2.0  # same direction: cosine 1
+    X[77] = X[42] + 1e-3
+    groups = duplicate_groups(X, [f"i{j}" for j in range(200)], threshold=0.99, k=5)
+    assert groups == [["i3", "i10", "i150"], ["i42", "i77"]]
+
+
+def test_blocks_from_every_format(tmp_path):
+    X, _ = clusters(n_per=30)
+    for ext in (".npy", ".h5", ".parquet", ".tsv", ".pkl"):
+        ids = write_features(tmp_path / f"f{ext}", X)
+        got_ids, blocks = zip(*iter_blocks(tmp_path / f"f{ext}", rows=25))
+        assert sum(got_ids, []) == ids
+        np.testing.assert_allclose(np.concatenate(blocks), X, atol=1e-6)
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_round_trips(tmp_path, capsys):
+    X, y = clusters(n_per=50)
+    ids = write_features(tmp_path / "f.h5", X)
+    write_labels(tmp_path / "train.tsv", ids[::2], y[::2])
+    write_labels(tmp_path / "test.tsv", ids[1::2], y[1::2])
+    f = str(tmp_path / "f.h5")
+
+    assert main(["pca", "fit", "--features", f, "--dim", "8", "--out", str(tmp_path / "p.npz"), "--json"]) == 0
+    assert _json(capsys)["n"] == 200
+    assert main(["pca", "apply", "--features", f, "--pca", str(tmp_path / "p.npz"),
+                 "--out", str(tmp_path / "r.npy"), "--json"]) == 0
+    assert np.load(tmp_path / "r.npy").shape == (200, 8)
+    capsys.readouterr()
+
+    assert main(["probe", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--test-labels",
+                 str(tmp_path / "test.tsv"), "--classifier", "svm", "--out-dir", str(tmp_path / "pr"), "--json"]) == 0
+    rep = _json(capsys)
+    assert rep["top1"] == 1.0 and rep["test"] == 100 and Path(rep["confusion_png"]).stat().st_size > 1000
+    assert main(["predict", "--features", f, "--probe", rep["probe"], "--out", str(tmp_path / "pred.tsv")]) == 0
+    pred = dict(line.split("\t") for line in (tmp_path / "pred.tsv").read_text().splitlines())
+    assert all(pred[i] == label for i, label in zip(ids, y))
+    capsys.readouterr()
+
+    assert main(["knn", "--features", f, "--k", "5", "--out", str(tmp_path / "g.npz"), "--approx", "hnsw",
+                 "--raw", str(tmp_path / "g"), "--json"]) == 0
+    res = _json(capsys)
+    assert res["recall_at_k"] > 0.9
+    g = np.load(tmp_path / "g.npz")
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "g.int32", np.int32).reshape(200, 5), g["I"])
+    assert g["ids"].tolist() == ids
+
+    assert main(["search", "--features", f, "--query", ids[0], "--k", "3", "--json"]) == 0
+    hits = _json(capsys)["queries"][ids[0]]
+    assert hits[0]["id"] == ids[0] and len(hits) == 3
+
+    few = [ids[i * 50] for i in range(4)]
+    write_labels(tmp_path / "few.tsv", few, [y[i * 50] for i in range(4)])
+    rest = [i for i in ids if i not in few]
+    write_labels(tmp_path / "rest.tsv", rest, [y[ids.index(i)] for i in rest])
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "few.tsv"), "--test-labels",
+                 str(tmp_path / "rest.tsv"), "--k", "10", "--json"]) == 0
+    res = _json(capsys)
+    assert res["accuracy"] > 0.95 and 0 <= res["logreg_accuracy"] <= 1
+
+    assert main(["dedup", "--features", f, "--threshold", "0.999", "--json"]) == 0
+    assert _json(capsys)["groups"] == 0
+
+    assert main(["map", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--out",
+                 str(tmp_path / "m.png"), "--mosaic", str(tmp_path / "mo.png"), "--json"]) == 0
+    res = _json(capsys)
+    coords = (tmp_path / "m.coords.tsv").read_text().splitlines()
+    assert len(coords) == 200 and Path(res["png"]).stat().st_size > 1000 and res["thumbnails"] == 0
+
+
+def test_bad_inputs_are_clear(tmp_path, capsys):
+    X, y = clusters(n_per=20)
+    ids = write_features(tmp_path / "f.npy", X)
+    f = str(tmp_path / "f.npy")
+    write_labels(tmp_path / "ghost.tsv", ["nobody", ids[0]], ["a", "b"])
+    write_labels(tmp_path / "one.tsv", ids[:10], ["a"] * 10)
+    cases = [
+        (["probe", "--features", f, "--labels", str(tmp_path / "ghost.tsv")], "have no feature vector"),
+        (["probe", "--features", f, "--labels", str(tmp_path / "one.tsv")], "at least 2 classes"),
+        (["knn", "--features", f, "--k", "500", "--out", str(tmp_path / "g.npz")], "'k' parameter"),
+        (["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv")], "single class"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        assert needle in capsys.readouterr().err, argv
+    other = write_features(tmp_path / "g.npy", np.zeros((5, 7), np.float32))
+    assert other
+    assert main(["pca", "fit", "--features", f, "--dim", "4", "--out", str(tmp_path / "p.npz")]) == 0
+    assert main(["pca", "apply", "--features", str(tmp_path / "g.npy"), "--pca", str(tmp_path / "p.npz"),
+                 "--out", str(tmp_path / "r.npy")]) == 2
+    assert "dimension 32" in capsys.readouterr().err
