@@ -196,3 +196,24 @@ def test_bad_inputs_are_clear(tmp_path, capsys):
     assert main(["pca", "apply", "--features", str(tmp_path / "g.npy"), "--pca", str(tmp_path / "p.npz"),
                  "--out", str(tmp_path / "r.npy")]) == 2
     assert "dimension 32" in capsys.readouterr().err
+
+
+def test_search_by_image_uses_the_stores_model(tmp_path, photos, capsys):
+    import imgfeat
+
+    store = tmp_path / "store"
+    imgfeat.extract(str(photos), str(store), model="squeezenet1_1", backend="torch", workers=0, l2=True)
+    assert main(["search", "--features", str(store), "--query", str(photos / "coffee.jpg"), "chelsea.jpg",
+                 "--k", "2", "--json"]) == 0
+    hits = _json(capsys)["queries"]
+    assert hits[str(photos / "coffee.jpg")][0]["id"] == "coffee.jpg"
+    assert hits[str(photos / "coffee.jpg")][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits["chelsea.jpg"][0]["id"] == "chelsea.jpg"
+    wrong = tmp_path / "w.pth"
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), wrong)
+    assert main(["search", "--features", str(store), "--query", str(photos / "coffee.jpg"),
+                 "--weights", str(wrong)]) == 2
+    assert "other squeezenet1_1 weights" in capsys.readouterr().err

@@ -116,13 +116,17 @@ def _map(args) -> int:
     from .maps import embed_2d, mosaic_png, scatter_png
 
     ids, X = read_features(args.features)
-    if args.limit and len(ids) > args.limit:
-        keep = np.sort(np.random.default_rng(args.seed).permutation(len(ids))[: args.limit])
-        ids, X = [ids[i] for i in keep], X[keep]
     labels = None
     if args.labels:
         lab = read_labels(args.labels)
+        if args.only_labelled:
+            keep = np.array([i in lab for i in ids])
+            ids, X = [i for i in ids if i in lab], X[keep]
         labels = [lab.get(i, "(unlabelled)") for i in ids]
+    if args.limit and len(ids) > args.limit:
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(ids))[: args.limit])
+        ids, X = [ids[i] for i in keep], X[keep]
+        labels = [labels[i] for i in keep] if labels is not None else None
     coords = embed_2d(X, args.method, args.seed)
     scatter_png(coords, labels, args.out, title=f"{args.method} of {len(ids)} vectors")
     coords_path = args.coords or str(Path(args.out).with_suffix(".coords.tsv"))
@@ -175,7 +179,7 @@ def _search(args) -> int:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        queries.append(_extract_like(args.features, files, X.shape[1]))
+        queries.append(_extract_like(args.features, files, X.shape[1], args.weights))
         names += files
     Q = np.concatenate(queries)
     metric = "ip" if args.metric == "cosine" else args.metric
@@ -187,8 +191,11 @@ def _search(args) -> int:
     return _emit(args, {"queries": hits}, lines)
 
 
-def _extract_like(features: str, files: list[str], dim: int) -> np.ndarray:
-    """Extract query images with the store's own model, layer and post-processing."""
+def _extract_like(features: str, files: list[str], dim: int, weights: str | None) -> np.ndarray:
+    """Extract query images with the store's own model, layer, weights and post-processing."""
+    from .._backbone import build_feature_model
+    from .._backends import weights_fingerprint
+    from .._models import get_model_spec
     from .._runner import extract
     from .._store import FeatureStore
 
@@ -197,8 +204,12 @@ def _extract_like(features: str, files: list[str], dim: int) -> np.ndarray:
         raise ImgfeatError("image queries need a feature store (its manifest names the model); "
                            "with other outputs, query by id")
     m = store.manifest
+    model = build_feature_model(get_model_spec(m["model"]), m["layer"], m["pool"], weights)
+    if weights_fingerprint(model) != m["weights"]:
+        raise ImgfeatError(f"{features} was extracted with other {m['model']} weights than "
+                           f"{weights or 'the pretrained ones'}: pass the same --weights FILE")
     res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
-                  workers=0, quiet=True)
+                  weights=weights, workers=0, quiet=True)
     if res.errors:
         raise ImgfeatError(f"query images could not be read: {res.errors[:3]}")
     if res.dim != dim:
@@ -298,6 +309,7 @@ def add_parsers(sub) -> None:
     mp.add_argument("--out", required=True, help="scatter PNG")
     mp.add_argument("--coords", help="TSV id<TAB>x<TAB>y (default: next to --out)")
     mp.add_argument("--mosaic", help="also draw the images at their positions into this PNG")
+    mp.add_argument("--only-labelled", action="store_true", help="map only the ids that --labels names")
     mp.add_argument("--limit", type=int, default=None, help="map a seeded random sample of this many vectors")
     mp.add_argument("--seed", type=int, default=0)
     mp.set_defaults(func=_map)
@@ -319,6 +331,7 @@ def add_parsers(sub) -> None:
     search.add_argument("--query", nargs="+", required=True, help="ids in the features, or image files")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
     search.set_defaults(func=_search)
 
     dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
