@@ -55,3 +55,27 @@ def write_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB", fmt
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt, **kw)
     return path
+
+
+@pytest.fixture
+def image_tsv(tmp_path) -> Path:
+    """23 small generated images and 2 bad entries, listed in a TSV."""
+    lines = []
+    for i in range(25):
+        if i == 7:
+            lines.append(f"img{i:02d}\tmissing.png")
+            continue
+        if i == 18:
+            (tmp_path / "bad.png").write_text("not an image")
+            lines.append(f"img{i:02d}\tbad.png")
+            continue
+        write_image(tmp_path / f"{i:02d}.png", size=(40 + i, 30), seed=i)
+        lines.append(f"img{i:02d}\t{i:02d}.png")
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    return tsv
+
+
+def expected_ids() -> list[str]:
+    """The ids of ``image_tsv`` that hold readable images."""
+    return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]

@@ -11,7 +11,7 @@ import pytest
 import imgfeat
 from imgfeat._store import FeatureStore
 
-from test_store import _expected_ids, image_tsv  # noqa: F401  (fixture)
+from conftest import expected_ids as _expected_ids
 
 
 def _opts(**kw):
@@ -27,7 +27,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):  # noqa: F811
+def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):
     local = tmp_path / "local"
     imgfeat.extract(str(image_tsv), str(local), workers=0, **_opts())
     distributed = tmp_path / "ray"

@@ -9,8 +9,6 @@ import pytest
 from imgfeat import InvalidParameterError
 from imgfeat._sources import open_source
 
-from conftest import write_image
-
 
 def ids_paths(src):
     return [(r.id, r.path, r.error) for r in src.records()]

@@ -18,28 +18,10 @@ import imgfeat
 from imgfeat._store import FeatureStore, StoreMismatchError
 from imgfeat.cli import main
 
+from conftest import expected_ids as _expected_ids
 from conftest import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def image_tsv(tmp_path) -> Path:
-    """23 small generated images and 2 bad entries, listed in a TSV."""
-    lines = []
-    for i in range(25):
-        if i == 7:
-            lines.append(f"img{i:02d}\tmissing.png")
-            continue
-        if i == 18:
-            (tmp_path / "bad.png").write_text("not an image")
-            lines.append(f"img{i:02d}\tbad.png")
-            continue
-        write_image(tmp_path / f"{i:02d}.png", size=(40 + i, 30), seed=i)
-        lines.append(f"img{i:02d}\t{i:02d}.png")
-    tsv = tmp_path / "list.tsv"
-    tsv.write_text("\n".join(lines) + "\n")
-    return tsv
 
 
 def _run(tsv, out, **kw):
@@ -47,14 +29,11 @@ def _run(tsv, out, **kw):
     return imgfeat.extract(str(tsv), str(out), **kw)
 
 
-def _expected_ids():
-    return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]
-
-
 def test_store_layout_manifest_and_load(image_tsv, tmp_path):
     out = tmp_path / "features"
     res = _run(image_tsv, out)
     assert (res.n_done, res.n_failed, res.shards_written) == (23, 2, 5)
+    assert f"2 failed (reasons in {out}/shards/*.errors.tsv)" in res.summary()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total_inputs"] == 25 and manifest["total_shards"] == 5
     assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3, 4]

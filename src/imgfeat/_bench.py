@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import platform
 import tempfile
 import time

@@ -12,7 +12,7 @@ import warnings
 from typing import Optional, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._preprocess import Preprocess
 

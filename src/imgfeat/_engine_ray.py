@@ -21,8 +21,8 @@ import torch
 from ._errors import ImgfeatError, bad_param, require
 from ._loader import ShardPlan, make_loader
 from ._options import ExtractOptions
-from ._runner import (ExtractResult, _StoreOutput, build_pipeline, drive, resolve_device, store_identity,
-                      wants_store, prepare_model)
+from ._runner import (ExtractResult, _StoreOutput, build_pipeline, drive, prepare_model, resolve_device,
+                      store_identity, wants_store)
 from ._sources import ListSource, Record, open_source
 from ._store import FeatureStore
 
@@ -62,9 +62,8 @@ class ShardWorker:
 
 def _pending(source, size: int, skip: set[int], part) -> Iterator[tuple[int, list[Record]]]:
     for shard, group in itertools.groupby(enumerate(source.records()), key=lambda t: t[0] // size):
-        recs = [rec for _, rec in group]
         if shard not in skip and (part is None or shard % part[1] == part[0]):
-            yield shard, recs
+            yield shard, [rec for _, rec in group]  # skipped shards are never materialised
 
 
 def run_ray(opts: ExtractOptions) -> ExtractResult:

@@ -19,11 +19,10 @@ import torch
 from ._backbone import FeatureModel, build_feature_model
 from ._backends import make_executor
 from ._errors import bad_param
-from ._loader import make_loader
+from ._loader import ShardPlan, make_loader
 from ._models import ModelSpec, get_model_spec
 from ._options import ExtractOptions, available_cores
 from ._postprocess import postprocess, to_numpy
-from ._loader import ShardPlan
 from ._sinks import ErrorLog, MemorySink, open_sink
 from ._store import FeatureStore, ShardWriter, is_store_path
 from ._sources import open_source
@@ -291,6 +290,8 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
         store.refresh_manifest(total_inputs=sum(1 for _ in source.records()))
         result.shards_written = output.shards_written
         result.shards_skipped = len(plan.skip)
+        if output.n_failed:
+            result.errors_path = str(store.shard_dir / "*.errors.tsv")
     else:
         log_ = output.error_log
         result.errors_path = str(log_.path) if log_.path and log_.count else None
