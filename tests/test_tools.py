@@ -73,7 +73,11 @@ def test_probe_separable_clusters():
 def test_exact_knn_equals_brute_force_and_approx_recall():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((400, 16)).astype(np.float32)
-    D, I = KNNIndex(metric="l2").fit(np.array_split(X, 3)).graph(X, 5)
+    index = KNNIndex(metric="l2").fit(np.array_split(X, 3))
+    D, I = index.graph(X, 5)
+    Ds, Is = index.graph(X, 5, rows=np.array([7, 3, 399]))
+    np.testing.assert_array_equal(Is, I[[7, 3, 399]])
+    np.testing.assert_array_equal(Ds, D[[7, 3, 399]])
     dist = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(dist, np.inf)
     ref = np.argsort(dist, axis=1)[:, :5]

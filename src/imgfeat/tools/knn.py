@@ -61,17 +61,20 @@ class KNNIndex:
             Is.append(I.astype(np.int32))
         return np.concatenate(Ds), np.concatenate(Is)
 
-    def graph(self, X: np.ndarray, k: int, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-        """The kNN graph of the indexed set against itself, each point's own entry removed."""
+    def graph(self, X: np.ndarray, k: int, block: int = 16384,
+              rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The kNN graph of the indexed set ``X`` against itself, each point's own entry removed;
+        only the rows ``rows`` (indices into X) when given."""
         if k >= self.n_:
             raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
-        D, I = self.search(X, k + 1, block)
-        own = I == np.arange(len(X), dtype=np.int32)[:, None]
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        D, I = self.search(X[rows], k + 1, block)
+        own = I == rows.astype(np.int32)[:, None]
         # Drop the self match where found, else the last neighbour (exact duplicates may outrank self).
         drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
         keep = np.ones_like(own)
-        keep[np.arange(len(X)), drop] = False
-        return D[keep].reshape(len(X), k), I[keep].reshape(len(X), k)
+        keep[np.arange(len(rows)), drop] = False
+        return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
 
 
 def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
