@@ -10,8 +10,8 @@ import torch
 import imgfeat
 from imgfeat import InvalidParameterError
 from imgfeat import _backends
-from imgfeat._backbone import build_feature_model
-from imgfeat._backends import BackendCheckError, make_executor, weights_fingerprint
+from imgfeat._backbone import build_feature_model, weights_fingerprint
+from imgfeat._backends import BackendCheckError, make_executor
 from imgfeat._models import get_model_spec
 
 RUNTIMES = [b for b in ("onnx", "openvino") if b in _backends.available_backends()]

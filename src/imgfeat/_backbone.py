@@ -7,6 +7,7 @@ decode workers ship uint8 tensors, then runs the network up to the chosen fx nod
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Optional
 
@@ -35,6 +36,16 @@ def list_layers(spec: ModelSpec, net: Optional[nn.Module] = None) -> list[str]:
     return list(eval_nodes)
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer: the export cache can never serve other weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class FeatureModel(nn.Module):
     """Normalise uint8 input, run ``body`` and pool its output to (N, D)."""
 
@@ -45,9 +56,17 @@ class FeatureModel(nn.Module):
         self.body = body
         self.pool = pool
         self.bgr = pp.channel_order == "BGR"
+        self._fingerprint: Optional[str] = None
         # The canonical (x / 255 - mean) / std, rounded exactly as torchvision's Normalize rounds it.
         self.register_buffer("mean", torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def fingerprint(self) -> str:
+        """:func:`weights_fingerprint` of this model, hashed once: a FeatureModel is built for
+        inference and its weights never change afterwards."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self)
+        return self._fingerprint
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float().div_(255.0)

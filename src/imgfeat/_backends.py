@@ -55,16 +55,6 @@ def available_backends() -> list[str]:
     return found
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer: the export cache can never serve other weights."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def export_key(model_name: str, layer: Optional[str], pool: str, input_size: tuple[int, int],
                fingerprint: str) -> str:
     ident = json.dumps([model_name, layer, pool, list(input_size), fingerprint, torch.__version__, __version__])
@@ -247,7 +237,7 @@ def make_executor(model: FeatureModel, *, backend: str, device: torch.device, pr
             module = {"onnx": "onnxruntime", "openvino": "openvino"}[name]
             raise bad_param("backend", f"a backend whose runtime is installed (pip install {module})", name)
 
-    key = export_key(model_name, layer, pool, input_size, weights_fingerprint(model))
+    key = export_key(model_name, layer, pool, input_size, model.fingerprint())
     onnx_path = _exported(model, key, input_size)
     meta_path = onnx_path.parent / "meta.json"
     meta = _load_meta(meta_path)

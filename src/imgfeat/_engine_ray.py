@@ -38,9 +38,7 @@ class ShardWorker:
         self.store = FeatureStore(opts.out)
 
         def same_weights(spec, model, dim) -> None:
-            from ._backends import weights_fingerprint
-
-            if weights_fingerprint(model) != self.store.manifest["weights"]:
+            if model.fingerprint() != self.store.manifest["weights"]:
                 raise ImgfeatError(f"this node's {spec.name} weights differ from the driver's: refusing to mix "
                                    f"features in {opts.out}")
 

@@ -194,10 +194,8 @@ class _StoreOutput:
 
 def store_identity(opts: ExtractOptions, spec: ModelSpec, model: FeatureModel, source, dim: int) -> dict:
     """What a store must agree on to be resumed (JSON-normalised so it compares with the file)."""
-    from ._backends import weights_fingerprint
-
     identity = {"model": spec.name, "layer": opts.layer or spec.default_layer, "pool": opts.pool or spec.default_pool,
-                "weights": weights_fingerprint(model), "preprocess": dataclasses.asdict(spec.preprocess),
+                "weights": model.fingerprint(), "preprocess": dataclasses.asdict(spec.preprocess),
                 "dim": dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2, "input": source.describe(),
                 "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size}
     return json.loads(json.dumps(identity))

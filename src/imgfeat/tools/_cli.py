@@ -193,7 +193,6 @@ def _search(args) -> int:
 def _extract_like(features: str, files: list[str], dim: int, weights: str | None) -> np.ndarray:
     """Extract query images with the store's own model, layer, weights and post-processing."""
     from .._backbone import build_feature_model
-    from .._backends import weights_fingerprint
     from .._models import get_model_spec
     from .._runner import extract
     from .._store import FeatureStore
@@ -204,7 +203,7 @@ def _extract_like(features: str, files: list[str], dim: int, weights: str | None
                            "with other outputs, query by id")
     m = store.manifest
     model = build_feature_model(get_model_spec(m["model"]), m["layer"], m["pool"], weights)
-    if weights_fingerprint(model) != m["weights"]:
+    if model.fingerprint() != m["weights"]:
         raise ImgfeatError(f"{features} was extracted with other {m['model']} weights than "
                            f"{weights or 'the pretrained ones'}: pass the same --weights FILE")
     res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
