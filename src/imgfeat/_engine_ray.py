@@ -58,9 +58,9 @@ class ShardWorker:
         return {"shard": shard, "rows": output.n_written, "errors": output.n_failed}
 
 
-def _pending(source, size: int, skip: set[int], part) -> Iterator[tuple[int, list[Record]]]:
-    for shard, group in itertools.groupby(enumerate(source.records()), key=lambda t: t[0] // size):
-        if shard not in skip and (part is None or shard % part[1] == part[0]):
+def _pending(source, plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:
+    for shard, group in itertools.groupby(enumerate(source.records()), key=lambda t: t[0] // plan.size):
+        if plan.wanted(shard):
             yield shard, [rec for _, rec in group]  # skipped shards are never materialised
 
 
@@ -92,7 +92,7 @@ def run_ray(opts: ExtractOptions) -> ExtractResult:
 
     start = time.perf_counter()
     idle, in_flight, n_done, n_failed, written = list(actors) * 2, {}, 0, 0, 0
-    jobs = _pending(source, opts.shard_size, done, opts.part())
+    jobs = _pending(source, ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part()))
     exhausted = False
     while True:
         while idle and not exhausted:

@@ -366,6 +366,15 @@ def load(path: str | Path):
     return _SINKS[_ext(path, "path")][1](Path(path))
 
 
+def _field(value: object) -> str:
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def error_row(row: Sequence[object]) -> str:
+    """One ``id<TAB>path<TAB>reason`` line; tabs and newlines inside a field become spaces."""
+    return "\t".join(_field(v) for v in row) + "\n"
+
+
 class ErrorLog:
     """``<out>.errors.tsv`` rows ``id<TAB>path<TAB>reason``, committed like the output itself."""
 
@@ -376,17 +385,16 @@ class ErrorLog:
         self._fh = None
 
     def write(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        clean = [tuple(str(v).replace("\t", " ").replace("\n", " ") for v in row) for row in rows]
-        self.count += len(clean)
+        self.count += len(rows)
         if self.path is None:
-            self.rows.extend(clean)
+            self.rows.extend(tuple(_field(v) for v in row) for row in rows)
             return
-        if not clean:
+        if not rows:
             return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(partial_path(self.path), "w", encoding="utf-8", newline="\n")
-        self._fh.write("".join("\t".join(row) + "\n" for row in clean))
+        self._fh.write("".join(error_row(row) for row in rows))
 
     def close(self) -> None:
         if self.path is None:

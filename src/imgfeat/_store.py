@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from ._errors import ImgfeatError
-from ._sinks import _npy_header
+from ._sinks import _npy_header, error_row
 
 FORMAT = "imgfeat-store"
 MANIFEST = "manifest.json"
@@ -97,8 +97,7 @@ class ShardWriter:
         self.paths.extend(paths)
 
     def errors(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        for row in rows:
-            self._err.write("\t".join(str(v).replace("\t", " ").replace("\n", " ") for v in row) + "\n")
+        self._err.write("".join(error_row(row) for row in rows))
         self.n_errors += len(rows)
 
     def commit(self) -> dict:
