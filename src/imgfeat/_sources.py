@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-from ._errors import InvalidParameterError, bad_param
+from ._errors import bad_param
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -53,14 +53,16 @@ def _check_id(rid: str) -> Optional[str]:
     return None
 
 
+def _resolver(base_file: str) -> Callable[[str], str]:
+    """Makes relative paths relative to the input file's folder; absolute paths and URLs
+    (``scheme://``, ``file://`` included) stay as written."""
+    base = os.path.dirname(os.path.abspath(base_file))
+    return lambda p: p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
+
+
 def _lines(path: str) -> Iterator[tuple[int, str, Callable[[str], str]]]:
-    """Non-blank lines of a text input with their 1-based numbers, and a resolver that makes
-    relative paths relative to the input file's folder."""
-    base = os.path.dirname(os.path.abspath(path))
-
-    def resolve(p: str) -> str:
-        return p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
-
+    """Non-blank lines of a text input with their 1-based numbers, and its ``_resolver``."""
+    resolve = _resolver(path)
     with open(path, encoding="utf-8", newline="\n") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
@@ -181,17 +183,12 @@ class Slice(Source):
         return f"{self.inner.describe()} [{self.start}:{'' if self.stop is None else self.stop}]"
 
 
-def _is_url(p: str) -> bool:
-    return "://" in p and not p.startswith("file://")
-
-
-def _resolver(base_file: str) -> Callable[[str], str]:
-    base = os.path.dirname(os.path.abspath(base_file))
-    return lambda p: p if os.path.isabs(p) or _is_url(p) else os.path.join(base, p)
-
-
-def _columns_error(path: str, have: list[str]) -> InvalidParameterError:
-    return bad_param("data", f"a table with columns 'id' and 'path' (or 'url'); {path} has {have}", path)
+def _path_column(path: str, names: Sequence[str]) -> str:
+    """The column holding image paths (``path``, else ``url``) of a table that has ``id``."""
+    column = "path" if "path" in names else "url" if "url" in names else None
+    if "id" not in names or column is None:
+        raise bad_param("data", f"a table with columns 'id' and 'path' (or 'url'); {path} has {list(names)}", path)
+    return column
 
 
 @dataclass(frozen=True)
@@ -200,21 +197,13 @@ class ParquetSource(Source):
 
     path: str
 
-    def _columns(self) -> tuple[str, str]:
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(self.path).schema_arrow.names
-        path_col = "path" if "path" in names else "url" if "url" in names else None
-        if "id" not in names or path_col is None:
-            raise _columns_error(self.path, names)
-        return "id", path_col
-
     def records(self) -> Iterator[Record]:
         import pyarrow.parquet as pq
 
-        id_col, path_col = self._columns()
+        table = pq.ParquetFile(self.path)
+        path_col = _path_column(self.path, table.schema_arrow.names)
         resolve = _resolver(self.path)
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=65536, columns=[id_col, path_col]):
+        for batch in table.iter_batches(batch_size=65536, columns=["id", path_col]):
             for rid, p in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 rid = "" if rid is None else str(rid)
                 if not rid or not p:
@@ -243,10 +232,7 @@ class CsvSource(Source):
         resolve = _resolver(self.path)
         with open(self.path, encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
-            names = reader.fieldnames or []
-            path_col = "path" if "path" in names else "url" if "url" in names else None
-            if "id" not in names or path_col is None:
-                raise _columns_error(self.path, names)
+            path_col = _path_column(self.path, reader.fieldnames or [])
             for row in reader:
                 rid, p = row.get("id") or "", row.get(path_col) or ""
                 if not rid or not p:
@@ -304,7 +290,7 @@ class TarSource(Source):
                     if not member.isfile() or os.path.splitext(member.name)[1].lower() not in IMAGE_EXTENSIONS:
                         continue
                     folder, name = os.path.split(member.name)
-                    key = os.path.join(folder, name.split(".", 1)[0]) if folder else name.split(".", 1)[0]
+                    key = os.path.join(folder, name.split(".", 1)[0])
                     yield Record(key, f"{tar_path}::{member.name}", _check_id(key), member.offset_data, member.size)
 
     def describe(self) -> str:
