@@ -92,6 +92,58 @@ def test_parts_together_equal_the_whole(image_tsv, tmp_path):
     assert sorted(sum((x.ids for x in r), [])) == _expected_ids()
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after the raising line runs, no except/finally cleans up the store."""
+
+
+def test_manifest_appears_whole_or_not_at_all(image_tsv, tmp_path, monkeypatch):
+    """A run killed while creating the manifest leaves no manifest, so the rerun starts cleanly.
+
+    (It used to create the file first and write it after: killed in between, the store was left
+    with an empty manifest.json that no rerun could read.)
+    """
+    import imgfeat._store as store_mod
+
+    out = tmp_path / "features"
+    real_link = os.link
+
+    def killed_before_link(src, dst):
+        assert json.loads(Path(src).read_text())["dim"] == 512  # the temporary file is complete
+        raise _Killed
+
+    monkeypatch.setattr(store_mod.os, "link", killed_before_link)
+    with pytest.raises(_Killed):
+        _run(image_tsv, out)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(store_mod.os, "link", real_link)
+    res = _run(image_tsv, out)
+    assert res.n_done == 23 and json.loads((out / "manifest.json").read_text())["total_inputs"] == 25
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_manifest_without_hard_links_and_a_second_writer(image_tsv, tmp_path, monkeypatch):
+    import imgfeat._store as store_mod
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(store_mod.os, "link", no_links)
+    out = tmp_path / "features"
+    _run(image_tsv, out)
+    assert imgfeat.load(out)[0] == _expected_ids()
+    with pytest.raises(StoreMismatchError, match="layer"):  # an existing manifest is never overwritten
+        _run(image_tsv, out, layer="features.9")
+
+
+def test_damaged_manifest_is_a_clear_error(image_tsv, tmp_path):
+    out = tmp_path / "features"
+    _run(image_tsv, out)
+    (out / "manifest.json").write_text("")
+    with pytest.raises(imgfeat.ImgfeatError, match="manifest.json is damaged"):
+        _run(image_tsv, out)
+    assert main(["info", str(out)]) != 0
+
+
 def test_bad_shard_argument():
     with pytest.raises(imgfeat.InvalidParameterError, match="'shard' parameter"):
         imgfeat.extract(".", shard="2/2")

@@ -56,13 +56,45 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` in full, and durably, next to ``path`` under a temporary name."""
     tmp = path.with_name(f".{path.name}.{_tag()}.partial")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old file or the new one, never a part."""
+    os.replace(_write_temp(path, data), path)
+
+
+def _create_atomic(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; False if another writer was first.
+
+    The file appears with its whole content or not at all (a hard link of a finished
+    temporary file), so a reader, or a rerun after ``kill -9``, never sees it empty.
+    """
+    tmp = _write_temp(path, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: rename, with a small race between writers
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _tag() -> str:
@@ -112,6 +144,7 @@ class ShardWriter:
             fh.close()
         pq.write_table(pa.table({"id": pa.array(self.ids, pa.string()), "path": pa.array(self.paths, pa.string())}),
                        self.tmp["ids"])
+        _fsync_file(self.tmp["ids"])
         files = {}
         for key in ("vectors", "ids", "errors"):
             files[key] = {"name": self.final[key].name, "sha256": _sha256(self.tmp[key]),
@@ -138,9 +171,20 @@ class FeatureStore:
         self.shard_dir = self.path / "shards"
         self.manifest: dict = {}
         if (self.path / MANIFEST).is_file():
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-            if self.manifest.get("format") != FORMAT:
-                raise ImgfeatError(f"{self.path} is not an imgfeat feature store")
+            self.manifest = self._read_manifest()
+
+    def _read_manifest(self) -> dict:
+        path = self.path / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImgfeatError(
+                f"{path} is damaged ({exc}); imgfeat writes it atomically, so something else changed it. "
+                "The shards with .done.json markers are intact: restore the manifest, or move the store away "
+                "and extract again.") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ImgfeatError(f"{self.path} is not an imgfeat feature store")
+        return manifest
 
     # ------------------------------------------------------------------ writing
     def open(self, identity: dict) -> "FeatureStore":
@@ -156,15 +200,11 @@ class FeatureStore:
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "format_version": 1, "imgfeat_version": __version__, **identity,
                     "shards": [], "total_inputs": None, "total_shards": None}
-        try:  # first writer wins; a concurrent writer re-reads and compares
-            fd = os.open(self.path / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(manifest, fh, indent=1)
+        if _create_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1).encode()):
             self.manifest = manifest
-        except FileExistsError:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-            return self.open(identity)
-        return self
+            return self
+        self.manifest = self._read_manifest()  # another writer was first: compare with its identity
+        return self.open(identity)
 
     def marker(self, index: int) -> Path:
         return self.shard_dir / f"{index:06d}.done.json"
@@ -182,7 +222,7 @@ class FeatureStore:
 
     def refresh_manifest(self, total_inputs: Optional[int] = None) -> None:
         """Rewrite the manifest's shard list (and totals, once known) from the done-markers."""
-        current = json.loads((self.path / MANIFEST).read_text())
+        current = self._read_manifest()
         if total_inputs is not None:
             size = current["shard_size"]
             current["total_inputs"] = total_inputs
