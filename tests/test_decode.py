@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,6 +106,7 @@ def _bad_files(tmp_path):
     (tmp_path / "text.jpg").write_text("this is not an image\n")
     (tmp_path / "folder.jpg").mkdir()
     write_image(tmp_path / "huge.png", size=(300, 300))
+    os.mkfifo(tmp_path / "fifo.jpg")  # opening it would block forever
     return {
         "missing": tmp_path / "nope.jpg",
         "empty": tmp_path / "empty.jpg",
@@ -111,6 +114,7 @@ def _bad_files(tmp_path):
         "not an image": tmp_path / "text.jpg",
         "unreadable": tmp_path / "folder.jpg",
         "too large": tmp_path / "huge.png",
+        "unreadable: not a regular file": tmp_path / "fifo.jpg",
     }
 
 

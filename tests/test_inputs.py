@@ -102,3 +102,45 @@ def test_urls_through_fsspec(tmp_path, photos, reference):
     for rid, vec in zip(res.ids, res.features):
         np.testing.assert_allclose(vec, reference[rid], atol=1e-5)
     assert res.errors[0][0] == "gone" and res.errors[0][2].startswith("missing")
+
+
+class _Stalls(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with a length, sends half the body, then goes silent (a stalled server)."""
+
+    release = threading.Event()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\xff\xd8" + b"\0" * 49998)
+        self.wfile.flush()
+        self.release.wait(60)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stalled_url_becomes_a_timeout_row_not_a_hang(tmp_path, photos, reference, workers):
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    _Stalls.release.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text(f"chelsea\t{photos / 'chelsea.jpg'}\n"
+                   f"stuck\thttp://127.0.0.1:{server.server_address[1]}/stuck.jpg\n"
+                   f"coffee\t{photos / 'coffee.jpg'}\n")
+    try:
+        res = _extract(str(tsv), workers=workers, decode_timeout=1.5)
+    finally:
+        _Stalls.release.set()
+        server.shutdown()
+        server.server_close()
+    assert res.ids == ["chelsea", "coffee"]
+    np.testing.assert_allclose(res.features[1], reference["coffee"], atol=1e-5)
+    assert [(r[0], r[2]) for r in res.errors] == [("stuck", "timeout: reading and decoding took longer than 1.5 s")]

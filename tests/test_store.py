@@ -59,8 +59,10 @@ def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path):
     (out / "shards" / "000002.done.json").unlink()  # as if the run had died in shard 2
     (out / "shards" / "000003.npy").write_bytes(b"garbage")  # and shard 3's vectors were never renamed
     (out / "shards" / "000003.done.json").unlink()
-    res = _run(image_tsv, out)
+    res = _run(image_tsv, out, workers=2)
     assert (res.shards_written, res.shards_skipped, res.n_done) == (2, 3, 9)  # img18 in shard 3 is bad
+    manifest = json.loads((out / "manifest.json").read_text())  # counted in the same pass, skipped shards too
+    assert (manifest["total_inputs"], manifest["total_shards"], len(manifest["shards"])) == (25, 5, 5)
     ids, mat = imgfeat.load(out)
     assert ids == _expected_ids()
     assert FeatureStore(out).verify()["corrupt"] == []

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import stat
+import threading
 import warnings
-from typing import Optional, Union
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,6 +22,8 @@ from ._preprocess import Preprocess
 
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# Seconds one image may take to read and decode (a stalled network mount or URL, a FIFO).
+DEFAULT_DECODE_TIMEOUT = 60.0
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -106,8 +112,14 @@ def load_image(path: Union[str, io.BytesIO], pp: Preprocess, max_pixels: int = D
     domain (Pillow ``draft``), which is several times faster and keeps at least ``resize_size``
     pixels on the shorter side, so the final resize still antialiases from more pixels.
     """
-    if isinstance(path, str) and os.path.getsize(path) == 0:
-        raise _EmptyFile()
+    if isinstance(path, str):
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise _NotAFile()
+        if st.st_size == 0:
+            raise _EmptyFile()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(path)
@@ -128,6 +140,10 @@ def load_image(path: Union[str, io.BytesIO], pp: Preprocess, max_pixels: int = D
 
 
 class _EmptyFile(Exception):
+    pass
+
+
+class _NotAFile(Exception):
     pass
 
 
@@ -167,22 +183,58 @@ class _NeedsFsspec(Exception):
     pass
 
 
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: Optional[float]) -> Iterator[None]:
+    """Raise ``_Timeout`` in this thread if the block runs longer than ``seconds``.
+
+    A real-time interval timer (SIGALRM): it interrupts blocking reads (a stalled network
+    file system, an HTTP server that stops sending, a FIFO) as well as Python code. Signals
+    reach only a process's main thread, which is where decode workers (and ``--workers 0``)
+    decode; elsewhere the block runs without a deadline.
+    """
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
-           offset: Optional[int] = None, size: Optional[int] = None) -> DecodeResult:
+           offset: Optional[int] = None, size: Optional[int] = None,
+           timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
     """Decode one image: the uint8 (H, W, 3) array, or a reason string if it cannot be used.
 
     ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar member
-    ``archive.tar::member`` read at ``offset`` / ``size``."""
+    ``archive.tar::member`` read at ``offset`` / ``size``. Reading and decoding together may
+    take at most ``timeout`` seconds (None: no limit)."""
     try:
-        if offset is not None or ("://" in path and not path.startswith("file://")):
-            source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
-        else:
-            source = path.removeprefix("file://")
-        return preprocess(load_image(source, pp, max_pixels, draft), pp)
+        with _deadline(timeout):
+            if offset is not None or ("://" in path and not path.startswith("file://")):
+                source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
+            else:
+                source = path.removeprefix("file://")
+            return preprocess(load_image(source, pp, max_pixels, draft), pp)
+    except _Timeout:
+        return f"timeout: reading and decoding took longer than {timeout:g} s"
     except _NeedsFsspec:
         return "unreadable: URL inputs need fsspec: pip install 'imgfeat[remote]'"
     except _EmptyFile:
         return "empty: file has 0 bytes"
+    except _NotAFile:
+        return "unreadable: not a regular file (a FIFO, socket or device)"
     except _TooLarge as exc:
         return f"too large: {exc}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash

@@ -23,7 +23,7 @@ from ._loader import ShardPlan, make_loader
 from ._options import ExtractOptions
 from ._runner import (ExtractResult, _StoreOutput, build_pipeline, drive, prepare_model, resolve_device,
                       store_identity, wants_store)
-from ._sources import ListSource, Record, open_source
+from ._sources import Counted, ListSource, Record, open_source
 from ._store import FeatureStore
 
 
@@ -48,7 +48,8 @@ class ShardWorker:
         opts = self.opts
         plan = ShardPlan(size=len(records), offset=shard)
         loader = make_loader(ListSource(tuple(records)), self.spec.preprocess, opts.batch_size, opts.workers,
-                             opts.max_pixels, pin_memory=self.device.type == "cuda", plan=plan)
+                             opts.max_pixels, pin_memory=self.device.type == "cuda", plan=plan,
+                             decode_timeout=opts.decode_timeout or None)
         output = _StoreOutput(self.store)
         try:
             drive(loader, self.executor, output, opts)
@@ -58,8 +59,8 @@ class ShardWorker:
         return {"shard": shard, "rows": output.n_written, "errors": output.n_failed}
 
 
-def _pending(source, plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:
-    for shard, group in itertools.groupby(enumerate(source.records()), key=lambda t: t[0] // plan.size):
+def _pending(records: Iterator[Record], plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:
+    for shard, group in itertools.groupby(enumerate(records), key=lambda t: t[0] // plan.size):
         if plan.wanted(shard):
             yield shard, [rec for _, rec in group]  # skipped shards are never materialised
 
@@ -92,7 +93,8 @@ def run_ray(opts: ExtractOptions) -> ExtractResult:
 
     start = time.perf_counter()
     idle, in_flight, n_done, n_failed, written = list(actors) * 2, {}, 0, 0, 0
-    jobs = _pending(source, ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part()))
+    records = Counted(source.records())
+    jobs = _pending(iter(records), ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part()))
     exhausted = False
     while True:
         while idle and not exhausted:
@@ -110,7 +112,7 @@ def run_ray(opts: ExtractOptions) -> ExtractResult:
         n_done, n_failed, written = n_done + report["rows"], n_failed + report["errors"], written + 1
         idle.append(actor)
     seconds = time.perf_counter() - start
-    store.refresh_manifest(total_inputs=sum(1 for _ in source.records()))
+    store.refresh_manifest(total_inputs=records.n)  # the driver has read every record by now
     return ExtractResult(n_done=n_done, n_failed=n_failed, seconds=seconds, dim=dim, model=spec.name,
                          backend=f"ray x{n_actors}", out=str(opts.out), shards_written=written,
                          shards_skipped=len(done))

@@ -1,5 +1,6 @@
 """Decode driver: records are cut into batches in input order, each batch is decoded by one
-worker process, and a DataLoader returns the batches in order while the model runs.
+worker process, and a DataLoader returns the batches in order while the model runs. The
+last item carries no images but ``total``, the number of input records read.
 
 Only the picklable source descriptor and preprocessing config cross into the workers.
 A batch carries its good images as one uint8 tensor plus the error rows of its bad
@@ -16,16 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ._decode import decode
+from ._decode import DEFAULT_DECODE_TIMEOUT, decode
 from ._preprocess import Preprocess
-from ._sources import Record, Source
+from ._sources import Counted, Record, Source
 
 
-def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int) -> dict:
+def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int,
+                 timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> dict:
     """Decode ``records``: ids/paths/pixels of the good ones, ``errors`` rows for the rest."""
     ids, paths, arrays, errors = [], [], [], []
     for rec in records:
-        result = rec.error or decode(rec.path, pp, max_pixels, offset=rec.offset, size=rec.size)
+        result = rec.error or decode(rec.path, pp, max_pixels, offset=rec.offset, size=rec.size, timeout=timeout)
         if isinstance(result, str):
             errors.append((rec.id, rec.path, result))
         else:
@@ -81,19 +83,30 @@ class DecodedBatches(IterableDataset):
     the workers' outputs round-robin, which restores the input order exactly."""
 
     def __init__(self, source: Source, pp: Preprocess, batch_size: int, max_pixels: int,
-                 plan: ShardPlan = ShardPlan()) -> None:
+                 plan: ShardPlan = ShardPlan(), timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> None:
         super().__init__()
         self.source, self.pp, self.batch_size, self.max_pixels, self.plan = source, pp, batch_size, max_pixels, plan
+        self.timeout = timeout
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        batches = planned_batches(iter(self.source.records()), self.batch_size, self.plan)
+        records = Counted(self.source.records())
+        batches = planned_batches(iter(records), self.batch_size, self.plan)
         for k, (shard, chunk, last) in enumerate(batches):
             if k % nw == wid:
-                batch = decode_batch(chunk, self.pp, self.max_pixels)
+                batch = decode_batch(chunk, self.pp, self.max_pixels, self.timeout)
                 batch.update(shard=shard, last=last)
                 yield batch
+        if wid == 0:  # worker 0 has the most batches, so round-robin delivers this one last
+            yield end_of_input(records.n, self.pp)
+
+
+def end_of_input(total: int, pp: Preprocess) -> dict:
+    """The closing item of a loader: no images, and ``total``, the number of input records."""
+    batch = decode_batch([], pp, 0)
+    batch.update(shard=None, last=False, total=total)
+    return batch
 
 
 def _worker_init(_: int) -> None:
@@ -101,9 +114,10 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(source: Source, pp: Preprocess, batch_size: int, workers: int, max_pixels: int,
-                pin_memory: bool = False, prefetch: Optional[int] = None, plan: ShardPlan = ShardPlan()) -> DataLoader:
+                pin_memory: bool = False, prefetch: Optional[int] = None, plan: ShardPlan = ShardPlan(),
+                decode_timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DataLoader:
     kwargs = {}
     if workers > 0:
         kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch or 2, "persistent_workers": False}
-    return DataLoader(DecodedBatches(source, pp, batch_size, max_pixels, plan), batch_size=None,
+    return DataLoader(DecodedBatches(source, pp, batch_size, max_pixels, plan, decode_timeout), batch_size=None,
                       num_workers=workers, pin_memory=pin_memory, **kwargs)

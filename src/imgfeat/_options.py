@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from ._decode import DEFAULT_MAX_PIXELS
+from ._decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from ._errors import bad_param
 
 DEVICES = "auto|cpu|cuda|cuda:N|mps"
@@ -72,6 +72,9 @@ class ExtractOptions:
     start: int = _opt(0, "first input item to process (0-based, inclusive)")
     stop: Optional[int] = _opt(None, "input item to stop before (exclusive); with --start selects a block")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused as 'too large'")
+    decode_timeout: float = _opt(DEFAULT_DECODE_TIMEOUT, "seconds one image may take to read and decode; a "
+                                                         "slower one (a stalled mount or URL) becomes a 'timeout' "
+                                                         "error row (0: no limit)")
     quiet: bool = _opt(False, "no progress bar and no summary line")
 
     def part(self) -> Optional[tuple[int, int]]:
@@ -98,6 +101,8 @@ class ExtractOptions:
             raise bad_param("workers", "an integer >= 0", self.workers)
         if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
             raise bad_param("max_pixels", "an integer >= 1", self.max_pixels)
+        if not isinstance(self.decode_timeout, (int, float)) or self.decode_timeout < 0:
+            raise bad_param("decode_timeout", "a number of seconds >= 0 (0: no limit)", self.decode_timeout)
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise bad_param("shard_size", "an integer >= 1", self.shard_size)
         self.part()

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +112,22 @@ def _progress(opts: ExtractOptions, source, enabled: Optional[bool]):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=source.count(), unit="img", dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=None, unit="img", dynamic_ncols=True, smoothing=0.1)
+
+    def count() -> None:  # the total arrives when known; extraction does not wait for it
+        try:
+            bar.total = source.count()
+        except Exception:  # noqa: BLE001 - a bar without a total is still a bar
+            pass
+
+    threading.Thread(target=count, name="imgfeat-count", daemon=True).start()
+    return bar
 
 
 class _FileOutput:
     """A single-file sink plus its ``.errors.tsv`` (or memory, for the API)."""
+
+    total_inputs: Optional[int] = None  # set by drive() at the end of the input
 
     def __init__(self, out: Optional[str]) -> None:
         self.sink = open_sink(out) if out is not None else MemorySink()
@@ -150,6 +162,8 @@ class _FileOutput:
 
 class _StoreOutput:
     """Routes each batch to its shard's writer and commits the shard on its last batch."""
+
+    total_inputs: Optional[int] = None  # set by drive() at the end of the input
 
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
@@ -229,6 +243,11 @@ def drive(loader, executor, output, opts: ExtractOptions, bar=None) -> int:
     n_done, shard_inputs = 0, 0
     with torch.inference_mode():
         for batch in loader:
+            if "total" in batch:  # end of input: how many records the source held
+                output.total_inputs = batch["total"]
+                if bar is not None:
+                    bar.total = batch["total"]  # exact now, whatever the background count reached
+                continue
             shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
             output.errors(shard, batch["errors"])
             if ids:
@@ -267,7 +286,7 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
         plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
         output = _StoreOutput(store)
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
-                         pin_memory=device.type == "cuda", plan=plan)
+                         pin_memory=device.type == "cuda", plan=plan, decode_timeout=opts.decode_timeout or None)
     bar = _progress(opts, source, progress)
     start = time.perf_counter()
     output.open(dim, np.dtype(opts.dtype))
@@ -285,7 +304,7 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
                            backend=report["backend"], backend_report=report,
                            out=str(opts.out) if opts.out is not None else None)
     if store is not None:
-        store.refresh_manifest(total_inputs=sum(1 for _ in source.records()))
+        store.refresh_manifest(total_inputs=output.total_inputs)
         result.shards_written = output.shards_written
         result.shards_skipped = len(plan.skip)
         if output.n_failed:

@@ -47,6 +47,19 @@ class Source:
         raise NotImplementedError
 
 
+class Counted:
+    """Wraps a record iterator and counts what passes through (``n``), so the one pass that
+    feeds the model also measures the input; no second read of a 100M-line list."""
+
+    def __init__(self, records: Iterator[Record]) -> None:
+        self._it, self.n = iter(records), 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for rec in self._it:
+            self.n += 1
+            yield rec
+
+
 def _check_id(rid: str) -> Optional[str]:
     if "\t" in rid or "\n" in rid or "\r" in rid:
         return "invalid id: contains a tab or newline"

@@ -27,7 +27,7 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", help=meta["help"])
             continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        kind = int if base is int else str
+        kind = base if base in (int, float) else str
         default = None if f.default is dataclasses.MISSING else f.default
         parser.add_argument(flag, type=kind, default=default, choices=meta.get("choices"),
                             required=meta.get("cli_required", False),
