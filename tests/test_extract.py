@@ -104,6 +104,33 @@ def test_crash_leaves_no_file_under_the_final_name(photo_dir, tmp_path, monkeypa
     assert list(tmp_path.glob("f*")) == [] and list(tmp_path.glob(".f*")) == []
 
 
+@pytest.mark.parametrize("out_name", ["f.tsv", "store"])
+def test_a_killed_decode_worker_is_a_clear_error_not_a_hang(photo_dir, tmp_path, monkeypatch, out_name):
+    """The OOM killer (SIGKILL) takes a decode worker: the run stops at once and says what to do."""
+    import signal
+
+    import imgfeat._loader as loader_mod
+
+    real_decode = loader_mod.decode
+
+    def killed_on_coffee(path, *args, **kwargs):
+        if "coffee" in path:
+            os.kill(os.getpid(), signal.SIGKILL)  # runs in the forked worker, not in pytest
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "decode", killed_on_coffee)
+    out = tmp_path / out_name
+    with pytest.raises(imgfeat.ImgfeatError, match="a decode worker died.*--workers 0") as info:
+        imgfeat.extract(str(photo_dir), out, batch_size=1, backend="torch", workers=2, shard_size=2)
+    if out_name == "store":
+        assert "rerun the same command to resume" in str(info.value)
+        monkeypatch.setattr(loader_mod, "decode", real_decode)
+        imgfeat.extract(str(photo_dir), out, batch_size=1, backend="torch", workers=2, shard_size=2)
+        assert imgfeat.load(out)[0] == imgfeat.extract(str(photo_dir), backend="torch", workers=0).ids
+    else:
+        assert "nothing was written" in str(info.value) and list(tmp_path.glob("f*")) == []
+
+
 def test_options_are_validated():
     with pytest.raises(InvalidParameterError, match="'batch_size' parameter"):
         imgfeat.extract(".", batch_size=0)

@@ -19,7 +19,7 @@ import torch
 
 from ._backbone import FeatureModel, build_feature_model
 from ._backends import make_executor
-from ._errors import bad_param
+from ._errors import ImgfeatError, bad_param
 from ._loader import ShardPlan, make_loader
 from ._models import ModelSpec, get_model_spec
 from ._options import ExtractOptions, available_cores
@@ -238,6 +238,18 @@ def build_pipeline(opts: ExtractOptions, device: torch.device, before_executor=N
     return spec, model, dim, executor, report
 
 
+class WorkerDiedError(ImgfeatError):
+    """A decode worker process ended without a word: the OS killed it, or a native decoder crashed."""
+
+    def __init__(self, cause: BaseException, resumable: bool) -> None:
+        then = ("the store keeps every finished shard: rerun the same command to resume" if resumable else
+                "nothing was written; for long runs write to a store directory (--out DIR), which resumes")
+        super().__init__(
+            f"a decode worker died ({cause}). The usual causes are the OS killing it for lack of memory "
+            f"(fewer --workers, a smaller --batch-size) or a crash inside an image decoder (run with --workers 0 "
+            f"to see which file); {then}.")
+
+
 def drive(loader, executor, output, opts: ExtractOptions, bar=None) -> int:
     """The loop: decoded batches -> executor -> postprocess -> output; returns vectors written."""
     n_done, shard_inputs = 0, 0
@@ -293,8 +305,10 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     try:
         n_done = drive(loader, executor, output, opts, bar)
         output.close()
-    except BaseException:
+    except BaseException as exc:
         output.abort()
+        if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+            raise WorkerDiedError(exc, resumable=store is not None) from exc
         raise
     finally:
         if bar is not None:
