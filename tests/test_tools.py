@@ -221,3 +221,17 @@ def test_search_by_image_uses_the_stores_model(tmp_path, photos, capsys):
     assert main(["search", "--features", str(store), "--query", str(photos / "coffee.jpg"),
                  "--weights", str(wrong)]) == 2
     assert "other squeezenet1_1 weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["tsne", pytest.param("umap", marks=pytest.mark.slow)])
+def test_maps_keep_clusters_apart(method):
+    """Both 2-D embeddings are real: in the map, each point's nearest neighbour is of its own cluster."""
+    from imgfeat.tools.maps import embed_2d
+
+    X, y = clusters(n_per=50, k=4, d=64, spread=1.0)
+    coords = embed_2d(X, method=method, seed=0)
+    assert coords.shape == (200, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+    d = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(1)] == y).mean() > 0.95
+    np.testing.assert_array_equal(embed_2d(X, method=method, seed=0), coords)  # seeded: same map twice

@@ -3,6 +3,7 @@ coloured by label and as a mosaic of thumbnails placed at their 2-D positions.""
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,7 +18,9 @@ def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: flo
         raise bad_param("method", f"one of {METHODS}", method)
     if method == "umap":
         umap = require("umap", "umap", "UMAP maps")
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(X).astype(np.float32)
+        with warnings.catch_warnings():  # a seed makes UMAP single-threaded, and it says so every time
+            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+            return umap.UMAP(n_components=2, random_state=seed).fit_transform(X).astype(np.float32)
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
