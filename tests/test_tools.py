@@ -93,6 +93,67 @@ def test_exact_knn_equals_brute_force_and_approx_recall():
         KNNIndex().fit(X[:5]).graph(X[:5], 5)
 
 
+class _Watched:
+    """An N x D matrix that records how many rows each read asks for (a stand-in for a memory map)."""
+
+    def __init__(self, X):
+        self.X, self.shape, self.reads = X, X.shape, []
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, key):
+        out = self.X[key]
+        self.reads.append(len(out))
+        return out
+
+
+def test_knn_streams_its_input_and_takes_faiss_factory_strings():
+    from imgfeat.tools.knn import exact_graph_rows
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 16)).astype(np.float32)
+    exact = KNNIndex(metric="l2").fit(X)
+    D, I = exact.graph(X, 5)
+    W = _Watched(X)
+    Dw, Iw = KNNIndex(metric="l2", block=256).fit(W).graph(W, 5, block=256)
+    np.testing.assert_array_equal(Iw, I)
+    assert max(W.reads) <= 256  # never the whole matrix at once
+    rows = np.array([0, 17, 2999])
+    W.reads.clear()
+    De, Ie = exact_graph_rows(W, rows, 5, metric="l2", block=500)
+    np.testing.assert_array_equal(Ie, I[rows])
+    np.testing.assert_allclose(De, D[rows], rtol=1e-5)
+    assert max(W.reads) <= 500
+
+    ivf = KNNIndex(metric="l2", index="IVF8,Flat", nprobe=8).fit(X)  # every cell visited: exact
+    assert recall_at_k(ivf.graph(X, 5)[1], I) > 0.99
+    pq = KNNIndex(metric="l2", index="IVF8,PQ8", nprobe=8).fit(X)
+    assert pq.index_.code_size == 8  # 8 bytes per vector instead of 64
+    assert recall_at_k(pq.graph(X, 5)[1], I) > 0.4  # compressed codes: approximate, far above chance
+    with pytest.raises(InvalidParameterError, match="index_factory"):
+        KNNIndex(index="IVF8,Bogus").fit(X)
+
+
+def test_knn_cli_on_a_store_with_a_factory_index(tmp_path, capsys):
+    from imgfeat._store import FeatureStore
+
+    X, _ = clusters(n_per=100, k=4, d=32, spread=0.5)
+    store = FeatureStore(tmp_path / "st").open({"dim": 32, "dtype": "float32", "shard_size": 150})
+    for k in range(0, len(X), 150):
+        w = store.shard_writer(k // 150)
+        w.write([f"id{i:04d}" for i in range(k, min(k + 150, len(X)))], ["-"] * len(X[k:k + 150]), X[k:k + 150])
+        w.n_inputs = len(X[k:k + 150])
+        w.commit()
+    store.refresh_manifest(total_inputs=len(X))
+    assert main(["knn", "--features", str(tmp_path / "st"), "--k", "10", "--out", str(tmp_path / "g.npz"),
+                 "--approx", "IVF4,PQ8", "--nprobe", "4", "--recall-sample", "50", "--json"]) == 0
+    res = _json(capsys)
+    assert res["index"] == "IVF4,PQ8" and res["n"] == 400 and 0.3 < res["recall_at_k"] <= 1.0
+    g = np.load(tmp_path / "g.npz")
+    assert g["I"].shape == (400, 10) and g["ids"][0] == "id0000"
+
+
 def test_diffusion_recovers_clusters_from_one_label_each():
     X, y = clusters(n_per=80, spread=0.8, seed=2)
     given = [None] * len(y)

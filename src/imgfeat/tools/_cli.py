@@ -142,9 +142,12 @@ def _map(args) -> int:
 
 # ----------------------------------------------------------------------------- knn
 def _knn(args) -> int:
-    from .knn import KNNIndex, recall_at_k
+    from .._sinks import load
+    from .knn import KNNIndex, exact_graph_rows, recall_at_k
 
-    ids, X = read_features(args.features)
+    ids, X = load(args.features)  # stores and .npy stay on disk (memory-mapped), read in blocks
+    if len(ids) == 0:
+        raise ImgfeatError(f"{args.features} holds no feature vectors")
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
     D, I = index.fit(X).graph(X, args.k)
     np.savez(args.out, I=I, D=D, ids=np.array(ids))
@@ -156,7 +159,7 @@ def _knn(args) -> int:
     lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {args.out}"]
     if args.approx:
         sample = np.random.default_rng(0).permutation(len(ids))[: args.recall_sample]
-        _, exact_I = KNNIndex(metric=args.metric).fit(X).graph(X, args.k, rows=sample)  # only the sample
+        _, exact_I = exact_graph_rows(X, sample, args.k, args.metric)  # only the sample, X streamed
         result["recall_at_k"] = recall_at_k(I[sample], exact_I)
         lines.append(f"recall@{args.k} against exact on {len(sample)} queries: {result['recall_at_k']:.4f}")
     return _emit(args, result, lines)
@@ -317,7 +320,9 @@ def add_parsers(sub) -> None:
     knn.add_argument("--k", type=int, required=True)
     knn.add_argument("--out", required=True, help=".npz with I (int32), D (float32) and ids")
     knn.add_argument("--metric", choices=("ip", "l2"), default="ip")
-    knn.add_argument("--approx", choices=("ivf", "hnsw"), default=None)
+    knn.add_argument("--approx", default=None, metavar="ivf|hnsw|FACTORY",
+                     help="approximate index: ivf, hnsw, or a faiss index_factory string such as "
+                          "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
     knn.add_argument("--nlist", type=int, default=None)
     knn.add_argument("--nprobe", type=int, default=16)
     knn.add_argument("--raw", help="also write PREFIX.int32 and PREFIX.float32")

@@ -1,80 +1,135 @@
-"""kNN graphs and search with faiss: exact (brute force) or approximate (IVF, HNSW),
-queried block by block; the graph format is the low-shot diffusion code's (int32 I, float32 D)."""
+"""kNN graphs and search with faiss: exact (brute force) or approximate (IVF, HNSW, any
+index_factory string such as IVF-PQ), built and queried block by block; the graph format is
+the low-shot diffusion code's (int32 I, float32 D)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from .._errors import ImgfeatError, bad_param, require
 
 METRICS = ("ip", "l2")
-INDEXES = ("exact", "ivf", "hnsw")
+INDEXES = ("exact", "ivf", "hnsw")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
+TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
+
+
+def _blocks(X, block: int) -> Iterator[np.ndarray]:
+    """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix."""
+    for s in range(0, len(X), block):
+        yield np.ascontiguousarray(X[s:s + block], dtype=np.float32)
+
+
+def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From k + 1 neighbours of each of ``rows``, drop the row itself where found, else the last
+    neighbour (exact duplicates may outrank a point's own entry)."""
+    own = I == rows.astype(I.dtype)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(len(rows)), drop] = False
+    return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
 
 
 class KNNIndex:
     """``metric`` "ip" (inner product; cosine on L2-normalised features) or "l2"; ``index``
-    "exact", "ivf" (``nlist`` cells, ``nprobe`` visited) or "hnsw" (``M``, ``ef_search``)."""
+    "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), or a
+    faiss ``index_factory`` string such as ``"IVF65536,PQ32"`` (compressed codes: what makes a
+    100M-vector graph fit in memory; ``nprobe`` applies to it too).
+
+    ``fit`` reads ``X`` (an array, a ``np.load(mmap_mode="r")`` map or a store's matrix) in
+    blocks of ``block`` rows and trains on a seeded sample, so beyond the index itself it
+    needs memory for one block and the sample only."""
 
     def __init__(self, *, metric: str = "ip", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
-                 M: int = 32, ef_search: int = 128, seed: int = 0) -> None:
+                 M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536) -> None:
         self.metric, self.index, self.nlist, self.nprobe, self.M, self.ef_search, self.seed = \
             metric, index, nlist, nprobe, M, ef_search, seed
+        self.block = block
 
-    def fit(self, X: np.ndarray | Iterable[np.ndarray]) -> "KNNIndex":
+    def _new_index(self, faiss, d: int, n: int):
+        mt = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+        if self.index == "exact":
+            return faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
+        if self.index == "hnsw":
+            idx = faiss.IndexHNSWFlat(d, self.M, mt)
+            idx.hnsw.efSearch = self.ef_search
+            return idx
+        if self.index == "ivf":
+            nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
+            return faiss.IndexIVFFlat(faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d),
+                                      d, nlist, mt)
+        try:
+            return faiss.index_factory(d, self.index, mt)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            raise bad_param("index", f"exact, ivf, hnsw or a faiss index_factory string ({first})",
+                            self.index) from None
+
+    def fit(self, X) -> "KNNIndex":
         faiss = require("faiss", "science", "kNN graphs")
         if self.metric not in METRICS:
             raise bad_param("metric", f"one of {METRICS}", self.metric)
-        if self.index not in INDEXES:
-            raise bad_param("index", f"one of {INDEXES}", self.index)
-        blocks = [X] if isinstance(X, np.ndarray) else list(X)
-        d = blocks[0].shape[1]
-        mt = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
-        n = sum(len(b) for b in blocks)
-        if self.index == "exact":
-            idx = faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
-        elif self.index == "hnsw":
-            idx = faiss.IndexHNSWFlat(d, self.M, mt)
-            idx.hnsw.efSearch = self.ef_search
-        else:
-            nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
-            quantizer = faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
-            idx = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
-            rng = np.random.default_rng(self.seed)
-            sample = np.concatenate(blocks)[rng.permutation(n)[: max(nlist * 39, 1000)]]
-            idx.train(np.ascontiguousarray(sample, dtype=np.float32))
-            idx.nprobe = min(self.nprobe, nlist)
-        for b in blocks:
-            idx.add(np.ascontiguousarray(b, dtype=np.float32))
+        if not hasattr(X, "shape"):  # an iterable of blocks
+            X = np.concatenate([np.asarray(b, dtype=np.float32) for b in X])
+        n, d = len(X), X.shape[1]
+        if n == 0:
+            raise ImgfeatError("no feature vectors to index")
+        idx = self._new_index(faiss, d, n)
+        if not idx.is_trained:
+            ivf = faiss.try_extract_index_ivf(idx)
+            # k-means wants TRAIN_PER_CELL points per centroid: IVF cells, or a PQ's 256 codes
+            want = TRAIN_PER_CELL * max(256, ivf.nlist if ivf is not None else 0)
+            rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
+            idx.train(np.ascontiguousarray(X[rows], dtype=np.float32))
+        ivf = faiss.try_extract_index_ivf(idx)
+        if ivf is not None:
+            ivf.nprobe = min(self.nprobe, ivf.nlist)
+        for b in _blocks(X, self.block):
+            idx.add(b)
         self.index_, self.n_ = idx, n
         return self
 
-    def search(self, Q: np.ndarray, k: int, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, Q, k: int, block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """(D float32, I int32), each len(Q) x k, computed ``block`` queries at a time."""
         if k > self.n_:
             raise bad_param("k", f"an integer <= the number of indexed vectors ({self.n_})", k)
         Ds, Is = [], []
-        for s in range(0, len(Q), block):
-            D, I = self.index_.search(np.ascontiguousarray(Q[s:s + block], dtype=np.float32), k)
+        for q in _blocks(Q, block or self.block):
+            D, I = self.index_.search(q, k)
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
+        if not Ds:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         return np.concatenate(Ds), np.concatenate(Is)
 
-    def graph(self, X: np.ndarray, k: int, block: int = 16384,
+    def graph(self, X, k: int, block: Optional[int] = None,
               rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """The kNN graph of the indexed set ``X`` against itself, each point's own entry removed;
-        only the rows ``rows`` (indices into X) when given."""
+        only the rows ``rows`` (indices into X) when given. ``X`` is read in blocks."""
         if k >= self.n_:
             raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
-        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-        D, I = self.search(X[rows], k + 1, block)
-        own = I == rows.astype(np.int32)[:, None]
-        # Drop the self match where found, else the last neighbour (exact duplicates may outrank self).
-        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-        keep = np.ones_like(own)
-        keep[np.arange(len(rows)), drop] = False
-        return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
+        if rows is None:
+            D, I = self.search(X, k + 1, block)
+            rows = np.arange(len(X))
+        else:
+            rows = np.asarray(rows)
+            D, I = self.search(np.asarray(X[rows]), k + 1, block)
+        return _drop_self(D, I, rows, k)
+
+
+def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
+                     block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k neighbours (self removed) of the ``rows`` of X, streaming X in blocks: the
+    reference for an approximate graph's recall, at O(len(rows) x k) memory whatever N is."""
+    faiss = require("faiss", "science", "kNN graphs")
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    rows = np.asarray(rows)
+    Q = np.ascontiguousarray(X[rows], dtype=np.float32)
+    mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    D, I = knn_ground_truth(Q, _blocks(X, block), k + 1, metric_type=mt)
+    return _drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
 
 
 def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
@@ -85,8 +140,3 @@ def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
-def check_nonempty(X: np.ndarray) -> None:
-    if len(X) == 0:
-        raise ImgfeatError("no feature vectors to index")
