@@ -159,8 +159,9 @@ def test_diffusion_recovers_clusters_from_one_label_each():
     given = [None] * len(y)
     for c in range(4):
         given[c * 80] = y[c * 80]
-    pred = LabelDiffusion(k=10, iterations=30).fit(X, given).predict()
-    assert (pred == y).mean() > 0.98
+    for index in ("exact", "IVF4,PQ8"):  # a compressed index serves the graph as well here
+        pred = LabelDiffusion(k=10, iterations=30, index=index).fit(X, given).predict()
+        assert (pred == y).mean() > 0.98, index
 
 
 def test_duplicate_groups_stream_not_quadratic():
@@ -169,8 +170,9 @@ def test_duplicate_groups_stream_not_quadratic():
     X[10] = X[3] + 1e-3
     X[150] = X[3] * 2.0  # same direction: cosine 1
     X[77] = X[42] + 1e-3
-    groups = duplicate_groups(X, [f"i{j}" for j in range(200)], threshold=0.99, k=5)
-    assert groups == [["i3", "i10", "i150"], ["i42", "i77"]]
+    for index in ("exact", "hnsw"):
+        groups = duplicate_groups(X, [f"i{j}" for j in range(200)], threshold=0.99, k=5, index=index)
+        assert groups == [["i3", "i10", "i150"], ["i42", "i77"]], index
 
 
 def test_blocks_from_every_format(tmp_path):
@@ -232,6 +234,8 @@ def test_cli_round_trips(tmp_path, capsys):
 
     assert main(["dedup", "--features", f, "--threshold", "0.999", "--json"]) == 0
     assert _json(capsys)["groups"] == 0
+    assert main(["dedup", "--features", f, "--threshold", "0.999", "--index", "IVF2,Flat", "--json"]) == 0
+    assert _json(capsys)["n"] == 200
 
     assert main(["map", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--out",
                  str(tmp_path / "m.png"), "--mosaic", str(tmp_path / "mo.png"), "--json"]) == 0

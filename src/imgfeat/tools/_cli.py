@@ -223,7 +223,7 @@ def _dedup(args) -> int:
     from .dedup import duplicate_groups
 
     ids, X = read_features(args.features)
-    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k)
+    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=args.index)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
@@ -341,6 +341,8 @@ def add_parsers(sub) -> None:
     _features_arg(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
     dedup.add_argument("--k", type=int, default=10, help="neighbours examined per image")
+    dedup.add_argument("--index", default="exact", metavar="exact|ivf|hnsw|FACTORY",
+                       help="faiss index (as imgfeat knn --approx)")
     dedup.add_argument("--out", help="TSV group<TAB>id")
     dedup.set_defaults(func=_dedup)
 
@@ -351,7 +353,9 @@ def add_parsers(sub) -> None:
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
     diffuse.add_argument("--k", type=int, default=30)
     diffuse.add_argument("--iterations", type=int, default=20)
-    diffuse.add_argument("--index", choices=("exact", "ivf", "hnsw"), default="exact")
+    diffuse.add_argument("--index", default="exact", metavar="exact|ivf|hnsw|FACTORY",
+                         help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
+                              "for a large --background set")
     diffuse.add_argument("--C", type=float, default=1.0, help="C of the logistic-regression baseline")
     diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
     diffuse.set_defaults(func=_diffuse)
