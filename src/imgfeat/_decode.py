@@ -208,8 +208,10 @@ def _deadline(seconds: Optional[float]) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:  # the alarm may fire right here; the caller's handler is put back all the same
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
