@@ -53,14 +53,16 @@ def test_store_layout_manifest_and_load(image_tsv, tmp_path):
     assert "missing" in (out / "shards" / "000001.errors.tsv").read_text()
 
 
-def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path):
+def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path, capsys):
     out = tmp_path / "features"
     _run(image_tsv, out)
     (out / "shards" / "000002.done.json").unlink()  # as if the run had died in shard 2
     (out / "shards" / "000003.npy").write_bytes(b"garbage")  # and shard 3's vectors were never renamed
     (out / "shards" / "000003.done.json").unlink()
-    res = _run(image_tsv, out, workers=2)
+    capsys.readouterr()
+    res = _run(image_tsv, out, workers=2, progress=True)
     assert (res.shards_written, res.shards_skipped, res.n_done) == (2, 3, 9)  # img18 in shard 3 is bad
+    assert "25/25" in capsys.readouterr().err  # the bar counts the shards done by the earlier run
     manifest = json.loads((out / "manifest.json").read_text())  # counted in the same pass, skipped shards too
     assert (manifest["total_inputs"], manifest["total_shards"], len(manifest["shards"])) == (25, 5, 5)
     ids, mat = imgfeat.load(out)

@@ -300,6 +300,8 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     loader = make_loader(source, spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
                          pin_memory=device.type == "cuda", plan=plan, decode_timeout=opts.decode_timeout or None)
     bar = _progress(opts, source, progress)
+    if bar is not None and store is not None and plan.skip:
+        bar.update(sum(m["inputs"] for m in store.markers()))  # a resumed run starts where the last one stopped
     start = time.perf_counter()
     output.open(dim, np.dtype(opts.dtype))
     try:
