@@ -135,6 +135,21 @@ def test_knn_streams_its_input_and_takes_faiss_factory_strings():
         KNNIndex(index="IVF8,Bogus").fit(X)
 
 
+def test_cosine_metric_normalises_block_by_block():
+    rng = np.random.default_rng(4)
+    X = (rng.standard_normal((500, 12)) * rng.uniform(0.1, 10, (500, 1))).astype(np.float32)  # mixed norms
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    W = _Watched(X)
+    D, I = KNNIndex(metric="cosine", block=100).fit(W).search(X[:7], 5)
+    sims = Xn[:7] @ Xn.T
+    np.testing.assert_array_equal(I, np.argsort(-sims, axis=1)[:, :5])
+    np.testing.assert_allclose(D, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)  # scores are cosines
+    assert max(W.reads) <= 100
+    from imgfeat.tools.knn import exact_graph_rows
+    _, Ig = KNNIndex(metric="cosine").fit(X).graph(X, 4)
+    np.testing.assert_array_equal(exact_graph_rows(X, np.array([3, 9]), 4, metric="cosine")[1], Ig[[3, 9]])
+
+
 def test_knn_cli_on_a_store_with_a_factory_index(tmp_path, capsys):
     from imgfeat._store import FeatureStore
 

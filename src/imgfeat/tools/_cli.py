@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import ImgfeatError, bad_param
-from ._io import align, iter_blocks, read_features, read_labels, read_paths
+from ._io import align, iter_blocks, open_matrix, read_features, read_labels, read_paths
 
 
 def _emit(args: argparse.Namespace, result: dict, lines: list[str]) -> int:
@@ -142,12 +142,9 @@ def _map(args) -> int:
 
 # ----------------------------------------------------------------------------- knn
 def _knn(args) -> int:
-    from .._sinks import load
     from .knn import KNNIndex, exact_graph_rows, recall_at_k
 
-    ids, X = load(args.features)  # stores and .npy stay on disk (memory-mapped), read in blocks
-    if len(ids) == 0:
-        raise ImgfeatError(f"{args.features} holds no feature vectors")
+    ids, X = open_matrix(args.features)
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
     D, I = index.fit(X).graph(X, args.k)
     np.savez(args.out, I=I, D=D, ids=np.array(ids))
@@ -167,15 +164,15 @@ def _knn(args) -> int:
 
 # ----------------------------------------------------------------------------- search
 def _search(args) -> int:
-    from .knn import KNNIndex, l2_normalise
+    from .knn import KNNIndex
 
-    ids, X = read_features(args.features)
+    ids, X = open_matrix(args.features)
     index_of = {rid: i for i, rid in enumerate(ids)}
     by_id = [q for q in args.query if q in index_of]
     files = [q for q in args.query if q not in index_of]
     queries, names = [], []
     if by_id:
-        queries.append(X[[index_of[q] for q in by_id]])
+        queries.append(np.asarray(X[np.array([index_of[q] for q in by_id])], dtype=np.float32))
         names += by_id
     if files:
         missing = [f for f in files if not os.path.exists(f)]
@@ -184,10 +181,7 @@ def _search(args) -> int:
         queries.append(_extract_like(args.features, files, X.shape[1], args.weights))
         names += files
     Q = np.concatenate(queries)
-    metric = "ip" if args.metric == "cosine" else args.metric
-    if args.metric == "cosine":
-        X, Q = l2_normalise(X), l2_normalise(Q)
-    D, I = KNNIndex(metric=metric).fit(X).search(Q, min(args.k, len(ids)))
+    D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k, len(ids)))
     hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js)] for q, Ds, Js in zip(names, D, I)}
     lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]
     return _emit(args, {"queries": hits}, lines)
@@ -222,7 +216,7 @@ def _extract_like(features: str, files: list[str], dim: int, weights: str | None
 def _dedup(args) -> int:
     from .dedup import duplicate_groups
 
-    ids, X = read_features(args.features)
+    ids, X = open_matrix(args.features)
     groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=args.index)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -319,7 +313,8 @@ def add_parsers(sub) -> None:
     _features_arg(knn)
     knn.add_argument("--k", type=int, required=True)
     knn.add_argument("--out", required=True, help=".npz with I (int32), D (float32) and ids")
-    knn.add_argument("--metric", choices=("ip", "l2"), default="ip")
+    knn.add_argument("--metric", choices=("ip", "l2", "cosine"), default="ip",
+                     help="cosine normalises each block as it is read (ip on --l2 features is the same)")
     knn.add_argument("--approx", default=None, metavar="ivf|hnsw|FACTORY",
                      help="approximate index: ivf, hnsw, or a faiss index_factory string such as "
                           "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")

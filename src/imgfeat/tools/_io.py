@@ -64,6 +64,19 @@ def read_features(path: str | Path) -> tuple[list[str], np.ndarray]:
     return ids, np.concatenate(blocks)
 
 
+def open_matrix(path: str | Path):
+    """``(ids, matrix)`` without reading the vectors: stores and .npy come memory-mapped (tools
+    that index or scan them read blocks); the other formats are read into memory."""
+    from .._sinks import load
+
+    if not Path(path).exists():
+        raise bad_param("features", "an imgfeat output file or feature store", str(path))
+    ids, X = load(path)
+    if len(ids) == 0:
+        raise ImgfeatError(f"{path} holds no feature vectors")
+    return ids, X
+
+
 def read_paths(path: str | Path) -> dict[str, str]:
     """id -> image path, where the output records paths (stores, .h5, .parquet)."""
     p = Path(path)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .knn import KNNIndex, l2_normalise
+from .knn import KNNIndex
 
 
-def duplicate_groups(X: np.ndarray, ids: list[str], *, threshold: float = 0.95, k: int = 10,
+def duplicate_groups(X, ids: list[str], *, threshold: float = 0.95, k: int = 10,
                      index: str = "exact") -> list[list[str]]:
-    """Groups (size >= 2) of ids whose cosine similarity chains above ``threshold``."""
-    Xn = l2_normalise(np.asarray(X, dtype=np.float32))
-    knn = KNNIndex(metric="ip", index=index).fit(Xn)
+    """Groups (size >= 2) of ids whose cosine similarity chains above ``threshold``.
+
+    ``X`` may be a memory map or a store's matrix: it is read in blocks."""
+    knn = KNNIndex(metric="cosine", index=index).fit(X)
     parent = np.arange(len(ids))
 
     def root(i: int) -> int:
@@ -21,7 +22,7 @@ def duplicate_groups(X: np.ndarray, ids: list[str], *, threshold: float = 0.95, 
             i = parent[i]
         return i
 
-    D, I = knn.search(Xn, min(k + 1, len(ids)))
+    D, I = knn.search(X, min(k + 1, len(ids)))
     for i, j in zip(*np.nonzero((D >= threshold) & (I >= 0))):
         a, b = root(i), root(int(I[i, j]))
         if a != b:

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._errors import ImgfeatError
-from .knn import KNNIndex, l2_normalise
+from .knn import KNNIndex
 
 
 class LabelDiffusion:
@@ -30,8 +30,7 @@ class LabelDiffusion:
         if len(self.classes_) < 2:
             raise ImgfeatError(f"diffusion needs labels of at least 2 classes, got {self.classes_.tolist()}")
         n = len(X)
-        Xn = l2_normalise(np.asarray(X, dtype=np.float32))
-        D, I = KNNIndex(metric="ip", index=self.index).fit(Xn).graph(Xn, min(self.k, n - 1))
+        D, I = KNNIndex(metric="cosine", index=self.index).fit(X).graph(X, min(self.k, n - 1))
         W = sparse.csr_matrix((np.maximum(D, 0).ravel() ** self.gamma, (np.repeat(np.arange(n), I.shape[1]),
                                                                          I.ravel())), shape=(n, n))
         W = W + W.T

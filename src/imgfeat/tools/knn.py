@@ -10,15 +10,21 @@ import numpy as np
 
 from .._errors import ImgfeatError, bad_param, require
 
-METRICS = ("ip", "l2")
+METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
 INDEXES = ("exact", "ivf", "hnsw")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 
 
-def _blocks(X, block: int) -> Iterator[np.ndarray]:
-    """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix."""
+def _blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
+    """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix
+    (L2-normalised one block at a time if asked: never a normalised copy of all of X)."""
     for s in range(0, len(X), block):
-        yield np.ascontiguousarray(X[s:s + block], dtype=np.float32)
+        b = np.ascontiguousarray(X[s:s + block], dtype=np.float32)
+        yield l2_normalise(b) if normalise else b
+
+
+def _faiss_metric(faiss, metric: str):
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 
 
 def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +38,8 @@ def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[
 
 
 class KNNIndex:
-    """``metric`` "ip" (inner product; cosine on L2-normalised features) or "l2"; ``index``
+    """``metric`` "ip" (inner product), "l2" or "cosine" (vectors L2-normalised as they are
+    added and queried, block by block; scores are cosine similarities); ``index``
     "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), or a
     faiss ``index_factory`` string such as ``"IVF65536,PQ32"`` (compressed codes: what makes a
     100M-vector graph fit in memory; ``nprobe`` applies to it too).
@@ -48,17 +55,16 @@ class KNNIndex:
         self.block = block
 
     def _new_index(self, faiss, d: int, n: int):
-        mt = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+        mt = _faiss_metric(faiss, self.metric)
         if self.index == "exact":
-            return faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
+            return faiss.IndexFlat(d, mt)
         if self.index == "hnsw":
             idx = faiss.IndexHNSWFlat(d, self.M, mt)
             idx.hnsw.efSearch = self.ef_search
             return idx
         if self.index == "ivf":
             nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
-            return faiss.IndexIVFFlat(faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d),
-                                      d, nlist, mt)
+            return faiss.IndexIVFFlat(faiss.IndexFlat(d, mt), d, nlist, mt)
         try:
             return faiss.index_factory(d, self.index, mt)
         except RuntimeError as exc:
@@ -72,6 +78,7 @@ class KNNIndex:
             raise bad_param("metric", f"one of {METRICS}", self.metric)
         if not hasattr(X, "shape"):  # an iterable of blocks
             X = np.concatenate([np.asarray(b, dtype=np.float32) for b in X])
+        self.normalise_ = self.metric == "cosine"
         n, d = len(X), X.shape[1]
         if n == 0:
             raise ImgfeatError("no feature vectors to index")
@@ -81,11 +88,12 @@ class KNNIndex:
             # k-means wants TRAIN_PER_CELL points per centroid: IVF cells, or a PQ's 256 codes
             want = TRAIN_PER_CELL * max(256, ivf.nlist if ivf is not None else 0)
             rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
-            idx.train(np.ascontiguousarray(X[rows], dtype=np.float32))
+            sample = np.ascontiguousarray(X[rows], dtype=np.float32)
+            idx.train(l2_normalise(sample) if self.normalise_ else sample)
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             ivf.nprobe = min(self.nprobe, ivf.nlist)
-        for b in _blocks(X, self.block):
+        for b in _blocks(X, self.block, self.normalise_):
             idx.add(b)
         self.index_, self.n_ = idx, n
         return self
@@ -95,7 +103,7 @@ class KNNIndex:
         if k > self.n_:
             raise bad_param("k", f"an integer <= the number of indexed vectors ({self.n_})", k)
         Ds, Is = [], []
-        for q in _blocks(Q, block or self.block):
+        for q in _blocks(Q, block or self.block, self.normalise_):
             D, I = self.index_.search(q, k)
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
@@ -126,9 +134,9 @@ def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     rows = np.asarray(rows)
-    Q = np.ascontiguousarray(X[rows], dtype=np.float32)
-    mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-    D, I = knn_ground_truth(Q, _blocks(X, block), k + 1, metric_type=mt)
+    cosine = metric == "cosine"
+    Q = next(_blocks(X[rows], max(1, len(rows)), cosine))
+    D, I = knn_ground_truth(Q, _blocks(X, block, cosine), k + 1, metric_type=_faiss_metric(faiss, metric))
     return _drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
 
 
