@@ -167,6 +167,16 @@ def test_knn_cli_on_a_store_with_a_factory_index(tmp_path, capsys):
     assert res["index"] == "IVF4,PQ8" and res["n"] == 400 and 0.3 < res["recall_at_k"] <= 1.0
     g = np.load(tmp_path / "g.npz")
     assert g["I"].shape == (400, 10) and g["ids"][0] == "id0000"
+    # --raw alone: the graph streams to disk block by block, and equals the in-memory one
+    assert main(["knn", "--features", str(tmp_path / "st"), "--k", "10", "--raw", str(tmp_path / "r"),
+                 "--approx", "IVF4,PQ8", "--nprobe", "4", "--recall-sample", "50", "--json"]) == 0
+    res2 = _json(capsys)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "r.int32", np.int32).reshape(400, 10), g["I"])
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "r.float32", np.float32).reshape(400, 10), g["D"])
+    assert (tmp_path / "r.ids.txt").read_text().split() == g["ids"].tolist()
+    assert res2["recall_at_k"] == res["recall_at_k"] and res2["out"] is None
+    assert not list(tmp_path.glob(".*partial"))
+    assert main(["knn", "--features", str(tmp_path / "st"), "--k", "10"]) == 2  # nowhere to write
 
 
 def test_diffusion_recovers_clusters_from_one_label_each():

@@ -142,22 +142,52 @@ def _map(args) -> int:
 
 # ----------------------------------------------------------------------------- knn
 def _knn(args) -> int:
+    from .._sinks import partial_path
     from .knn import KNNIndex, exact_graph_rows, recall_at_k
 
+    if not args.out and not args.raw:
+        raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
     ids, X = open_matrix(args.features)
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
-    D, I = index.fit(X).graph(X, args.k)
-    np.savez(args.out, I=I, D=D, ids=np.array(ids))
+    index.fit(X)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
-    if args.raw:
-        I.tofile(f"{args.raw}.int32")
-        D.tofile(f"{args.raw}.float32")
-        result["raw"] = [f"{args.raw}.int32", f"{args.raw}.float32"]
-    lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {args.out}"]
+    raw = {}
+    if args.raw:  # the bare files stream block by block: memory stays flat whatever N is
+        raw = {f"{args.raw}{ext}": open(partial_path(f"{args.raw}{ext}"), "wb") for ext in (".int32", ".float32")}
+    Ds, Is = [], []
+    try:
+        for D, I in index.iter_graph(X, args.k):
+            if raw:
+                fI, fD = raw.values()
+                fI.write(I.tobytes())
+                fD.write(D.tobytes())
+            if args.out:
+                Ds.append(D)
+                Is.append(I)
+    except BaseException:
+        for name, fh in raw.items():
+            fh.close()
+            partial_path(name).unlink(missing_ok=True)
+        raise
+    for name, fh in raw.items():
+        fh.close()
+        os.replace(partial_path(name), name)
+    if raw:
+        Path(f"{args.raw}.ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        result["raw"] = [*raw, f"{args.raw}.ids.txt"]
+    if args.out:
+        Is = np.concatenate(Is)
+        np.savez(args.out, I=Is, D=np.concatenate(Ds), ids=np.array(ids))
+    where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
+    lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
     if args.approx:
-        sample = np.random.default_rng(0).permutation(len(ids))[: args.recall_sample]
+        sample = np.sort(np.random.default_rng(0).permutation(len(ids))[: args.recall_sample])
+        if args.out:
+            approx_I = Is[sample]
+        else:
+            approx_I = np.memmap(f"{args.raw}.int32", np.int32, "r", shape=(len(ids), args.k))[sample]
         _, exact_I = exact_graph_rows(X, sample, args.k, args.metric)  # only the sample, X streamed
-        result["recall_at_k"] = recall_at_k(I[sample], exact_I)
+        result["recall_at_k"] = recall_at_k(approx_I, exact_I)
         lines.append(f"recall@{args.k} against exact on {len(sample)} queries: {result['recall_at_k']:.4f}")
     return _emit(args, result, lines)
 
@@ -312,7 +342,8 @@ def add_parsers(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
     _features_arg(knn)
     knn.add_argument("--k", type=int, required=True)
-    knn.add_argument("--out", required=True, help=".npz with I (int32), D (float32) and ids")
+    knn.add_argument("--out", help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
+                                   "write it; for 100M rows use --raw alone)")
     knn.add_argument("--metric", choices=("ip", "l2", "cosine"), default="ip",
                      help="cosine normalises each block as it is read (ip on --l2 features is the same)")
     knn.add_argument("--approx", default=None, metavar="ivf|hnsw|FACTORY",
@@ -320,7 +351,8 @@ def add_parsers(sub) -> None:
                           "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
     knn.add_argument("--nlist", type=int, default=None)
     knn.add_argument("--nprobe", type=int, default=16)
-    knn.add_argument("--raw", help="also write PREFIX.int32 and PREFIX.float32")
+    knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
+                                   "block) and PREFIX.ids.txt")
     knn.add_argument("--recall-sample", type=int, default=1000)
     knn.set_defaults(func=_knn)
 

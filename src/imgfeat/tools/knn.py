@@ -111,18 +111,28 @@ class KNNIndex:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         return np.concatenate(Ds), np.concatenate(Is)
 
-    def graph(self, X, k: int, block: Optional[int] = None,
-              rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """The kNN graph of the indexed set ``X`` against itself, each point's own entry removed;
-        only the rows ``rows`` (indices into X) when given. ``X`` is read in blocks."""
+    def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The kNN graph of the indexed set ``X`` against itself, each point's own entry removed,
+        as (D, I) blocks of ``block`` consecutive rows: write them out as they come and a
+        100M-row graph never has to be held in memory."""
         if k >= self.n_:
             raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+        block = block or self.block
+        for s in range(0, len(X), block):
+            D, I = self.search(X[s:s + block], k + 1, block)
+            yield _drop_self(D, I, np.arange(s, s + len(I)), k)
+
+    def graph(self, X, k: int, block: Optional[int] = None,
+              rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The whole graph (see ``iter_graph``) as two arrays; only the rows ``rows`` (indices
+        into X) when given."""
         if rows is None:
-            D, I = self.search(X, k + 1, block)
-            rows = np.arange(len(X))
-        else:
-            rows = np.asarray(rows)
-            D, I = self.search(np.asarray(X[rows]), k + 1, block)
+            Ds, Is = zip(*self.iter_graph(X, k, block))
+            return np.concatenate(Ds), np.concatenate(Is)
+        if k >= self.n_:
+            raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+        rows = np.asarray(rows)
+        D, I = self.search(np.asarray(X[rows]), k + 1, block)
         return _drop_self(D, I, rows, k)
 
 
