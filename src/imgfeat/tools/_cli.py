@@ -142,7 +142,7 @@ def _map(args) -> int:
 
 # ----------------------------------------------------------------------------- knn
 def _knn(args) -> int:
-    from .._sinks import partial_path
+    from .._sinks import _commit, _discard, partial_path
     from .knn import KNNIndex, exact_graph_rows, recall_at_k
 
     if not args.out and not args.raw:
@@ -151,30 +151,32 @@ def _knn(args) -> int:
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
     index.fit(X)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
-    raw = {}
-    if args.raw:  # the bare files stream block by block: memory stays flat whatever N is
-        raw = {f"{args.raw}{ext}": open(partial_path(f"{args.raw}{ext}"), "wb") for ext in (".int32", ".float32")}
+    # --raw files stream block by block (memory stays flat whatever N is), under partial names
+    # committed at the end like every imgfeat output
+    finals = [f"{args.raw}{ext}" for ext in (".int32", ".float32", ".ids.txt")] if args.raw else []
+    partials = [partial_path(f) for f in finals]
+    handles = [open(p, "wb") for p in partials[:2]]
     Ds, Is = [], []
     try:
         for D, I in index.iter_graph(X, args.k):
-            if raw:
-                fI, fD = raw.values()
-                fI.write(I.tobytes())
-                fD.write(D.tobytes())
+            for fh, block in zip(handles, (I, D)):
+                fh.write(block.tobytes())
             if args.out:
                 Ds.append(D)
                 Is.append(I)
-    except BaseException:
-        for name, fh in raw.items():
+        for fh in handles:
             fh.close()
-            partial_path(name).unlink(missing_ok=True)
+        if finals:
+            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    except BaseException:
+        for fh in handles:
+            fh.close()
+        _discard(*partials)
         raise
-    for name, fh in raw.items():
-        fh.close()
-        os.replace(partial_path(name), name)
-    if raw:
-        Path(f"{args.raw}.ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-        result["raw"] = [*raw, f"{args.raw}.ids.txt"]
+    for partial, final in zip(partials, finals):
+        _commit(partial, final)
+    if finals:
+        result["raw"] = finals
     if args.out:
         Is = np.concatenate(Is)
         np.savez(args.out, I=Is, D=np.concatenate(Ds), ids=np.array(ids))

@@ -69,7 +69,7 @@ class KNNIndex:
             return faiss.index_factory(d, self.index, mt)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-            raise bad_param("index", f"exact, ivf, hnsw or a faiss index_factory string ({first})",
+            raise bad_param("index", f"one of {INDEXES} or a faiss index_factory string ({first})",
                             self.index) from None
 
     def fit(self, X) -> "KNNIndex":
@@ -111,12 +111,15 @@ class KNNIndex:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         return np.concatenate(Ds), np.concatenate(Is)
 
+    def _check_graph_k(self, k: int) -> None:
+        if k >= self.n_:  # a point's own entry is dropped, so k + 1 neighbours must exist
+            raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+
     def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The kNN graph of the indexed set ``X`` against itself, each point's own entry removed,
         as (D, I) blocks of ``block`` consecutive rows: write them out as they come and a
         100M-row graph never has to be held in memory."""
-        if k >= self.n_:
-            raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+        self._check_graph_k(k)
         block = block or self.block
         for s in range(0, len(X), block):
             D, I = self.search(X[s:s + block], k + 1, block)
@@ -129,8 +132,7 @@ class KNNIndex:
         if rows is None:
             Ds, Is = zip(*self.iter_graph(X, k, block))
             return np.concatenate(Ds), np.concatenate(Is)
-        if k >= self.n_:
-            raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+        self._check_graph_k(k)
         rows = np.asarray(rows)
         D, I = self.search(np.asarray(X[rows]), k + 1, block)
         return _drop_self(D, I, rows, k)
