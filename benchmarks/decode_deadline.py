@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgfeat._decode import decode
-from imgfeat._models import get_model_spec
+from imgfeat.data.decode import decode
+from imgfeat.models.registry import get_model_spec
 
 
 def main() -> None:

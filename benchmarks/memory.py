@@ -35,9 +35,9 @@ TINY = r"""
 import sys, torch
 from torch import nn
 import imgfeat
-from imgfeat._models import ModelSpec, register_model
-from imgfeat._preprocess import Preprocess
-from imgfeat._weights import UrlWeights
+from imgfeat.models.registry import ModelSpec, register_model
+from imgfeat.models.preprocess import Preprocess
+from imgfeat.models.weights import UrlWeights
 
 def build():
     return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 64, 3, stride=2), nn.ReLU(),

@@ -66,7 +66,7 @@ def main() -> None:
         write_labels(work / f"{split}_labels.tsv", ids[split], y)
 
     # Raw-pixel baseline features (784-d, scaled to [0, 1]) in the same format.
-    from imgfeat._sinks import open_sink
+    from imgfeat.outputs.formats import open_sink
 
     raw = work / "raw_pixels.npy"
     sink = open_sink(raw)

@@ -9,21 +9,16 @@ import torch
 
 import imgfeat
 from imgfeat import InvalidParameterError
-from imgfeat import _backends
-from imgfeat._backbone import build_feature_model, weights_fingerprint
-from imgfeat._backends import BackendCheckError, make_executor
-from imgfeat._models import get_model_spec
+from imgfeat.models import backends as _backends
+from imgfeat.models.backbone import build_feature_model, weights_fingerprint
+from imgfeat.models.backends import BackendCheckError, ExecConfig, make_executor
+from imgfeat.models.registry import get_model_spec
 
 RUNTIMES = [b for b in ("onnx", "openvino") if b in _backends.available_backends()]
 
 
 def _executor(model, backend, spec, batch_size=4, precision="fp32"):
-    from imgfeat._runner import autocast_for
-
-    return make_executor(model, backend=backend, device=torch.device("cpu"), precision=precision,
-                         autocast=lambda: autocast_for(precision, torch.device("cpu")), model_name=spec.name,
-                         layer=spec.default_layer, pool=spec.default_pool, input_size=spec.preprocess.crop_size,
-                         batch_size=batch_size, threads=2)
+    return make_executor(model, ExecConfig(backend=backend, precision=precision, batch_size=batch_size, threads=2))
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
@@ -47,9 +42,8 @@ def test_backend_results_do_not_depend_on_batch_size(backend, photo_dir):
 def test_torchvision_layer_export(backend):
     spec = get_model_spec("resnet18")
     model = build_feature_model(spec, layer="layer3", pool="max", random_weights=True)
-    ex, report = make_executor(model, backend=backend, device=torch.device("cpu"), precision="fp32",
-                               autocast=torch.no_grad, model_name=spec.name, layer="layer3", pool="max",
-                               input_size=(96, 96), batch_size=2, threads=2)
+    model.input_size = (96, 96)  # export and check at this size instead of the spec's 224
+    ex, report = make_executor(model, ExecConfig(backend=backend, batch_size=2, threads=2))
     x = torch.randint(0, 256, (5, 3, 96, 96), dtype=torch.uint8)
     with torch.inference_mode():
         ref = model(x)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from imgfeat._backbone import build_feature_model
-from imgfeat._bench import format_table, make_image_set, model_gflops, run_bench
-from imgfeat._models import get_model_spec
+from imgfeat.models.backbone import build_feature_model
+from imgfeat.bench import format_table, make_image_set, model_gflops, run_bench
+from imgfeat.models.registry import get_model_spec
 
 
 def test_image_sets_are_real_jpegs_of_both_sizes(tmp_path):

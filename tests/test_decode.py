@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-from imgfeat._decode import decode, to_rgb
-from imgfeat._preprocess import Preprocess
+from imgfeat.data.decode import decode, to_rgb
+from imgfeat.models.preprocess import Preprocess
 
 from conftest import write_image
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import imgfeat
-from imgfeat._store import FeatureStore
+from imgfeat.outputs.store import FeatureStore
 
 from conftest import expected_ids as _expected_ids
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import imgfeat
 from imgfeat import InvalidParameterError
-from imgfeat._backbone import FeatureModel
+from imgfeat.models.backbone import FeatureModel
 
 from conftest import write_image
 
@@ -109,7 +109,7 @@ def test_a_killed_decode_worker_is_a_clear_error_not_a_hang(photo_dir, tmp_path,
     """The OOM killer (SIGKILL) takes a decode worker: the run stops at once and says what to do."""
     import signal
 
-    import imgfeat._loader as loader_mod
+    import imgfeat.data.loader as loader_mod
 
     real_decode = loader_mod.decode
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import imgfeat
-from imgfeat._sources import open_source
+from imgfeat.data.sources import open_source
 
 NAMES = ["chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg"]
 

@@ -15,10 +15,10 @@ import torchvision
 
 import imgfeat
 from imgfeat import InvalidParameterError, WeightsUnavailableError
-from imgfeat._backbone import build_feature_model, list_layers
-from imgfeat._decode import decode
-from imgfeat._models import ModelSpec, get_model_spec, instantiate, list_models, register_model, unregister_model
-from imgfeat._weights import UrlWeights, hub_checkpoint_dir
+from imgfeat.models.backbone import build_feature_model, list_layers
+from imgfeat.data.decode import decode
+from imgfeat.models.registry import ModelSpec, get_model_spec, instantiate, list_models, register_model, unregister_model
+from imgfeat.models.weights import UrlWeights, hub_checkpoint_dir
 
 IMAGENET = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}

@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import imgfeat
-from imgfeat._sinks import _SINKS, ErrorLog, open_sink, output_files, partial_path
+from imgfeat.files import partial_path
+from imgfeat.outputs.formats import extensions, open_sink, output_files
+from imgfeat.outputs.sinks import ErrorLog
 
-EXTS = sorted(_SINKS)
+EXTS = extensions()
 
 
 def _batches(dim=5, dtype=np.float32):

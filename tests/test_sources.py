@@ -7,7 +7,7 @@ import os
 import pytest
 
 from imgfeat import InvalidParameterError
-from imgfeat._sources import open_source
+from imgfeat.data.sources import open_source
 
 
 def ids_paths(src):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import imgfeat
-from imgfeat._store import FeatureStore, StoreMismatchError
+from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 from imgfeat.cli import main
 
 from conftest import expected_ids as _expected_ids
@@ -106,7 +106,7 @@ def test_manifest_appears_whole_or_not_at_all(image_tsv, tmp_path, monkeypatch):
     (It used to create the file first and write it after: killed in between, the store was left
     with an empty manifest.json that no rerun could read.)
     """
-    import imgfeat._store as store_mod
+    import imgfeat.files as store_mod
 
     out = tmp_path / "features"
     real_link = os.link
@@ -126,7 +126,7 @@ def test_manifest_appears_whole_or_not_at_all(image_tsv, tmp_path, monkeypatch):
 
 
 def test_manifest_without_hard_links_and_a_second_writer(image_tsv, tmp_path, monkeypatch):
-    import imgfeat._store as store_mod
+    import imgfeat.files as store_mod
 
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")

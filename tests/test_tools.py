@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
 
-from imgfeat._errors import ImgfeatError, InvalidParameterError  # noqa: E402
-from imgfeat._sinks import open_sink  # noqa: E402
+from imgfeat.errors import ImgfeatError, InvalidParameterError  # noqa: E402
+from imgfeat.outputs.formats import open_sink  # noqa: E402
 from imgfeat.cli import main  # noqa: E402
 from imgfeat.tools import (KNNIndex, LabelDiffusion, LinearProbe, StreamingPCA, duplicate_groups,  # noqa: E402
                            iter_blocks, recall_at_k)
@@ -151,7 +151,7 @@ def test_cosine_metric_normalises_block_by_block():
 
 
 def test_knn_cli_on_a_store_with_a_factory_index(tmp_path, capsys):
-    from imgfeat._store import FeatureStore
+    from imgfeat.outputs.store import FeatureStore
 
     X, _ = clusters(n_per=100, k=4, d=32, spread=0.5)
     store = FeatureStore(tmp_path / "st").open({"dim": 32, "dtype": "float32", "shard_size": 150})

@@ -5,23 +5,12 @@
     >>> ids, matrix = imgfeat.load("features.h5")
 """
 
-__version__ = "0.1.0"
-
-from ._errors import ImgfeatError, InvalidParameterError, MissingDependencyError, WeightsUnavailableError  # noqa: E402
-from ._options import ExtractOptions  # noqa: E402
-from ._preprocess import Preprocess  # noqa: E402
-from ._runner import ExtractResult, extract  # noqa: E402
-from ._sinks import load  # noqa: E402
-
-
-def list_models():
-    """The registered model specs (see ``imgfeat models``)."""
-    from ._models import list_models as _list
-
-    return _list()
-
+from ._version import __version__
+from .api import ExtractOptions, ExtractResult, extract, list_layers, list_models, load
+from .errors import ImgfeatError, InvalidParameterError, MissingDependencyError, WeightsUnavailableError
+from .models.preprocess import Preprocess
 
 __all__ = [
-    "__version__", "extract", "load", "list_models", "ExtractOptions", "ExtractResult", "Preprocess",
+    "__version__", "extract", "load", "list_models", "list_layers", "ExtractOptions", "ExtractResult", "Preprocess",
     "ImgfeatError", "InvalidParameterError", "MissingDependencyError", "WeightsUnavailableError",
 ]

@@ -1,11 +1,15 @@
 """What to do with features once they exist: PCA, linear probes, 2-D maps, kNN graphs and
-search, near-duplicates, label diffusion. Estimators follow scikit-learn's shape; every tool
-reads any imgfeat output or store block by block (``iter_blocks``)."""
+search, near-duplicates, label diffusion. Estimators follow scikit-learn's shape
+(``get_params``/``set_params``, fitted attributes ending in ``_``); every tool reads features only
+through ``imgfeat.outputs.formats`` and never reaches back into the extraction pipeline.
+May import: ``imgfeat.errors``, ``imgfeat.outputs``.
+"""
 
-from ._io import align, iter_blocks, read_features, read_labels, read_paths
+from ..outputs.formats import iter_blocks, read_features, read_paths
 from .dedup import duplicate_groups
 from .diffusion import LabelDiffusion
 from .knn import KNNIndex, recall_at_k
+from .labels import align, read_labels
 from .maps import embed_2d, mosaic_png, scatter_png
 from .pca import StreamingPCA
 from .probe import LinearProbe

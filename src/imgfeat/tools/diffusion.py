@@ -7,14 +7,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._errors import ImgfeatError
+from ..errors import ImgfeatError
+from ._base import Params
 from .knn import KNNIndex
 
 
-class LabelDiffusion:
+class LabelDiffusion(Params):
     """Build a k-NN graph (cosine), weight edges by ``max(sim, 0) ** gamma``, symmetrise,
     normalise ``D^-1/2 W D^-1/2`` and iterate ``F <- alpha S F + (1 - alpha) Y`` with the
-    labelled rows as sources. Fitted: ``classes_``, ``label_distributions_``."""
+    labelled rows as sources. Fitted (as ``sklearn.semi_supervised.LabelSpreading``): ``classes_``,
+    ``label_distributions_``, ``transduction_`` (the label of every row)."""
 
     def __init__(self, *, k: int = 30, iterations: int = 20, alpha: float = 0.99, gamma: float = 3.0,
                  index: str = "exact") -> None:
@@ -45,8 +47,9 @@ class LabelDiffusion:
         for _ in range(self.iterations):
             F = self.alpha * (S @ F) + (1 - self.alpha) * Y
         self.label_distributions_ = F
+        self.transduction_ = self.classes_[F.argmax(axis=1)]
         return self
 
     def predict(self) -> np.ndarray:
         """The label of every row (the argmax of its diffused scores)."""
-        return self.classes_[self.label_distributions_.argmax(axis=1)]
+        return self.transduction_

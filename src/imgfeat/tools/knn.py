@@ -4,11 +4,13 @@ the low-shot diffusion code's (int32 I, float32 D)."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .._errors import ImgfeatError, bad_param, require
+from ..errors import ImgfeatError, bad_param, require
+from ..files import atomic_paths
+from ._base import Params
 
 METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
 INDEXES = ("exact", "ivf", "hnsw")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
@@ -37,7 +39,7 @@ def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[
     return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
 
 
-class KNNIndex:
+class KNNIndex(Params):
     """``metric`` "ip" (inner product), "l2" or "cosine" (vectors L2-normalised as they are
     added and queried, block by block; scores are cosine similarities); ``index``
     "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), or a
@@ -160,3 +162,47 @@ def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+RAW_SUFFIXES = (".int32", ".float32", ".ids.txt")  # the low-shot diffusion code's bare graph files
+
+
+def save_graph(index: KNNIndex, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
+               raw: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Compute the k-NN graph of ``X`` block by block and write it: ``raw`` (PREFIX.int32, .float32 row-major
+    N x k, streamed, so memory stays flat whatever N is; .ids.txt) and/or ``npz`` (I, D and ids, collected in
+    memory). Every file appears under its final name only when all are complete. Returns a function that
+    reads rows of I back (to score an approximate graph's recall)."""
+    if not npz and not raw:
+        raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
+    finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
+    Ds, Is = [], []
+    with atomic_paths(finals + ([npz] if npz else [])) as partials:
+        handles = [open(p, "wb") for p in partials[:2]] if raw else []
+        try:
+            for D, I in index.iter_graph(X, k):
+                for fh, block in zip(handles, (I, D)):
+                    fh.write(block.tobytes())
+                if npz:
+                    Ds.append(D)
+                    Is.append(I)
+        finally:
+            for fh in handles:
+                fh.close()
+        if raw:
+            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        if npz:
+            I_all = np.concatenate(Is)
+            with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
+                np.savez(fh, I=I_all, D=np.concatenate(Ds), ids=np.array(list(ids)))
+            return lambda rows: I_all[rows]
+    return lambda rows: np.memmap(finals[0], np.int32, "r", shape=(len(ids), k))[rows]
+
+
+def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,
+                   seed: int = 0) -> tuple[float, int]:
+    """recall@k of an approximate graph on a seeded sample of ``n_sample`` rows, against exact neighbours
+    computed for those rows only (X streamed). Returns (recall, sample size)."""
+    sample = np.sort(np.random.default_rng(seed).permutation(len(X))[:n_sample])
+    _, exact_I = exact_graph_rows(X, sample, k, metric)
+    return recall_at_k(approx_rows(sample), exact_I), len(sample)

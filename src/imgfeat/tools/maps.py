@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._errors import bad_param, require
+from ..errors import bad_param, require
 
 METHODS = ("tsne", "umap")
 

@@ -7,10 +7,11 @@ from typing import Iterable
 
 import numpy as np
 
-from .._errors import ImgfeatError, bad_param
+from ..errors import ImgfeatError, bad_param
+from ._base import Params
 
 
-class StreamingPCA:
+class StreamingPCA(Params):
     """PCA with ``partial_fit`` over blocks; ``fit`` takes a matrix or an iterable of blocks.
 
     Fitted attributes: ``mean_``, ``components_`` (k x D), ``explained_variance_``,

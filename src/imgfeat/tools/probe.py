@@ -6,13 +6,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._errors import ImgfeatError, bad_param
+from ..errors import ImgfeatError, bad_param
+from ._base import Params
 
 CLASSIFIERS = ("svm", "logreg")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-class LinearProbe:
+class LinearProbe(Params):
     """``classifier`` "svm" (LinearSVC) or "logreg"; ``C`` given, or chosen by ``cv``-fold
     cross-validation over ``C_GRID``. Fitted: ``model_``, ``classes_``, ``C_``."""
 

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._errors import bad_param
-from ._models import ModelSpec, instantiate
-from ._preprocess import Preprocess
+from ..errors import bad_param
+from .preprocess import Preprocess
+from .registry import ModelSpec, instantiate
 
 POOLS = ("avg", "max", "none")
 
@@ -47,14 +47,18 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 class FeatureModel(nn.Module):
-    """Normalise uint8 input, run ``body`` and pool its output to (N, D)."""
+    """Normalise uint8 input, run ``body`` and pool its output to (N, D).
 
-    def __init__(self, body: nn.Module, pp: Preprocess, pool: str) -> None:
+    It knows what it is (``name``, ``layer``, ``pool``, ``input_size``), so the export cache and a
+    store's identity are read from the model itself."""
+
+    def __init__(self, body: nn.Module, pp: Preprocess, pool: str, name: str = "", layer: Optional[str] = None) -> None:
         super().__init__()
         if pool not in POOLS:
             raise bad_param("pool", f"one of {POOLS}", pool)
         self.body = body
         self.pool = pool
+        self.name, self.layer, self.input_size = name, layer, tuple(pp.crop_size)
         self.bgr = pp.channel_order == "BGR"
         self._fingerprint: Optional[str] = None
         # The canonical (x / 255 - mean) / std, rounded exactly as torchvision's Normalize rounds it.
@@ -95,7 +99,7 @@ class FeatureModel(nn.Module):
 
 def build_feature_model(spec: ModelSpec, layer: Optional[str] = None, pool: Optional[str] = None,
                         weights: Optional[str] = None, random_weights: bool = False) -> FeatureModel:
-    """The eval-mode ``FeatureModel`` for ``spec`` at ``layer`` (default: the spec's own layer)."""
+    """The eval-mode ``FeatureModel`` for ``spec`` at ``layer`` (default: the spec's own layer and pooling)."""
     net = instantiate(spec, weights=weights, random_weights=random_weights)
     node = layer or spec.default_layer
     if node is None:
@@ -110,4 +114,4 @@ def build_feature_model(spec: ModelSpec, layer: Optional[str] = None, pool: Opti
         except ValueError as exc:
             raise bad_param("layer", f"a node of {spec.name} (list them with `imgfeat layers {spec.name}`)",
                             node) from exc
-    return FeatureModel(body, spec.preprocess, pool or spec.default_pool).eval()
+    return FeatureModel(body, spec.preprocess, pool or spec.default_pool, spec.name, node).eval()

@@ -16,9 +16,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ._errors import InvalidParameterError, WeightsUnavailableError, bad_param, require
-from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ._weights import PackageWeights, TimmHubWeights, UrlWeights, WeightsSource, load_state_dict_file
+from ..errors import bad_param, require
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .weights import PackageWeights, TimmHubWeights, UrlWeights, WeightsSource, resolve_weights
 
 TIMM_PREFIX = "timm:"
 
@@ -74,32 +74,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def instantiate(spec: ModelSpec, weights: Optional[str] = None, random_weights: bool = False) -> nn.Module:
     """Build the network of ``spec`` in eval mode with pretrained, local-file or (only if asked) random weights."""
-    if weights and random_weights:
-        raise InvalidParameterError("--weights and --random-weights are mutually exclusive")
-    if spec.family == "timm" and not weights and not random_weights:
-        timm = require("timm", "timm", "timm models")
-        try:
-            net = timm.create_model(spec.name[len(TIMM_PREFIX):], pretrained=True)
-        except Exception as exc:  # hub errors come in many types
-            raise WeightsUnavailableError(
-                f"timm could not load pretrained weights for {spec.name} ({type(exc).__name__}: {exc}). "
-                f"When offline, put the weights in the Hugging Face cache (HF_HOME), or pass --weights FILE, "
-                f"or --random-weights to run the untrained network."
-            ) from exc
-        return net.eval()
-    if random_weights:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same untrained network every run: reproducible, and its export caches
-            return spec.build().eval()
-    net = spec.build()
-    if not random_weights:
-        state = load_state_dict_file(weights) if weights else spec.weights.load()
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise WeightsUnavailableError(
-                f"weights for {spec.name} do not match the architecture: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}")
-    return net.eval()
+    return resolve_weights(spec.weights, weights, random_weights).instantiate(spec.build, spec.name)
 
 
 # --------------------------------------------------------------------------- bundled
@@ -232,21 +207,22 @@ _register_torchvision("inception_v3", "flatten", 2048, "Inception-v3 pool_3",
 
 @functools.lru_cache(maxsize=64)
 def _timm_spec(model_name: str) -> ModelSpec:
+    """A timm model's spec from its pretrained config alone (no network is built to read it)."""
     timm = require("timm", "timm", "timm models")
     if not timm.is_model(model_name):
         raise bad_param("model", "timm:<name> with a name from timm.list_models()", f"timm:{model_name}")
-    probe = timm.create_model(model_name, pretrained=False)
-    cfg = timm.data.resolve_data_config({}, model=probe)
+    pretrained = timm.models.get_pretrained_cfg(model_name)
+    cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained is not None else {})
     _, h, w = cfg["input_size"]
-    pp = Preprocess.from_crop_pct((h, w), cfg.get("crop_pct") or 0.875, interpolation=cfg["interpolation"],
-                                  mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    pp = Preprocess.from_crop_pct((h, w), cfg.get("crop_pct") or 0.875, crop_mode=cfg.get("crop_mode") or "center",
+                                  interpolation=cfg["interpolation"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
     return ModelSpec(
         name=f"{TIMM_PREFIX}{model_name}",
         family="timm",
         build=functools.partial(timm.create_model, model_name, pretrained=False),
         preprocess=pp,
         default_layer=None,
-        dim=getattr(probe, "num_features", None),
+        dim=None,  # known once built; extraction measures it with a dry forward
         weights=TimmHubWeights(model_name),
         description=f"timm {model_name} pooled pre-logits",
     )

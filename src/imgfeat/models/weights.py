@@ -1,6 +1,8 @@
-"""Where a model's pretrained weights come from: a pip package, a URL cached in the torch hub
-directory, the Hugging Face hub (timm), or a local file. Each source can say whether it is
-usable offline and, when it is not, fails with a message naming the file and the fix."""
+"""Where a model's weights come from: a pip package, a URL cached in the torch hub directory, the
+Hugging Face hub (timm), a local file, or (only when asked) a seeded random initialisation.
+:func:`resolve_weights` is the one place that decides which (timm ``_resolve_pretrained_source``
+habit). Each source can say whether it is usable offline and, when it is not, fails with a message
+naming the file and the fix."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import torch
+from torch import nn
 
-from ._errors import MissingDependencyError, WeightsUnavailableError
+from ..errors import InvalidParameterError, MissingDependencyError, WeightsUnavailableError, require
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -35,7 +38,7 @@ def load_state_dict_file(path: str) -> dict:
 
 
 class WeightsSource:
-    """Interface: ``describe()``, ``available()`` and ``load()`` -> state dict."""
+    """Interface: ``describe()``, ``available()`` and ``instantiate(build, name)`` -> the eval-mode network."""
 
     def describe(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError
@@ -43,12 +46,75 @@ class WeightsSource:
     def available(self) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def load(self) -> dict:  # pragma: no cover - interface
+    def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
 
+class StateDictWeights(WeightsSource):
+    """A source that yields a state dict (``load()``), loaded into the freshly built architecture."""
+
+    def load(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
+        net = build()
+        missing, unexpected = net.load_state_dict(self.load(), strict=False)
+        if missing or unexpected:
+            raise WeightsUnavailableError(
+                f"weights for {name} do not match the architecture: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}")
+        return net.eval()
+
+
 @dataclass(frozen=True)
-class PackageWeights(WeightsSource):
+class FileWeights(StateDictWeights):
+    """``--weights FILE``: a local state dict (.pth/.pt/.safetensors)."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+    def available(self) -> bool:
+        return os.path.isfile(self.path)
+
+    def load(self) -> dict:
+        return load_state_dict_file(self.path)
+
+
+@dataclass(frozen=True)
+class RandomWeights(WeightsSource):
+    """``--random-weights``: the untrained network, seeded, so every run (and its export cache) gets the same one."""
+
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"random (seed {self.seed})"
+
+    def available(self) -> bool:
+        return True
+
+    def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build().eval()
+
+
+def resolve_weights(default: WeightsSource, weights_file: Optional[str] = None,
+                    random_weights: bool = False) -> WeightsSource:
+    """The one place that decides where a model's weights come from: ``--weights FILE``, then
+    ``--random-weights`` (never implicitly), then the model's own pretrained source."""
+    if weights_file and random_weights:
+        raise InvalidParameterError("--weights and --random-weights are mutually exclusive")
+    if weights_file:
+        return FileWeights(str(weights_file))
+    if random_weights:
+        return RandomWeights()
+    return default
+
+
+@dataclass(frozen=True)
+class PackageWeights(StateDictWeights):
     """Weights shipped inside a PyPI package; ``locate(module)`` returns the file path."""
 
     package: str  # module name
@@ -86,7 +152,7 @@ def hub_checkpoint_dir() -> str:
 
 
 @dataclass(frozen=True)
-class UrlWeights(WeightsSource):
+class UrlWeights(StateDictWeights):
     """A state dict at a URL, cached under the torch hub directory exactly as torchvision caches it."""
 
     url: str
@@ -147,5 +213,14 @@ class TimmHubWeights(WeightsSource):
                 return True
         return False
 
-    def load(self) -> dict:  # timm loads its own weights in create_model(pretrained=True)
-        raise NotImplementedError
+    def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
+        """timm's builder fetches and adapts its own checkpoints (per-model filters), so it builds the net here."""
+        timm = require("timm", "timm", "timm models")
+        try:
+            return timm.create_model(self.model_name, pretrained=True).eval()
+        except Exception as exc:  # hub errors come in many types
+            raise WeightsUnavailableError(
+                f"timm could not load pretrained weights for timm:{self.model_name} ({type(exc).__name__}: {exc}). "
+                f"When offline, put the weights in the Hugging Face cache (HF_HOME), or pass --weights FILE, "
+                f"or --random-weights to run the untrained network."
+            ) from exc

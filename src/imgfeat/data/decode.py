@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._preprocess import Preprocess
+from ..models.preprocess import Preprocess
 
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -85,19 +85,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
-def _resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+def _shorter_side(w: int, h: int, size: int) -> tuple[int, int]:
     """torchvision ``Resize(int)``: shorter side to ``size``, longer side truncated proportionally."""
     if w <= h:
         return size, int(size * h / w)
     return int(size * w / h), size
 
 
-def center_crop(img: Image.Image, crop: tuple[int, int]) -> Image.Image:
-    """torchvision ``center_crop`` offsets (rounded), padding with black when the image is smaller."""
+def resized_size(w: int, h: int, pp: Preprocess) -> tuple[int, int]:
+    """(width, height) an image of ``w`` x ``h`` is resized to before the crop, as torchvision / timm do it."""
+    if isinstance(pp.resize_size, int) and pp.crop_mode == "center":
+        return _shorter_side(w, h, pp.resize_size)
+    th, tw = pp.scale_size
+    if pp.crop_mode == "squash":
+        return tw, th
+    # timm ResizeKeepRatio: longest=0 (center) fits the shorter side, longest=1 (border) the longer one
+    ratio = max(h / th, w / tw) if pp.crop_mode == "border" else min(h / th, w / tw)
+    return round(w / ratio), round(h / ratio)
+
+
+def center_crop(img: Image.Image, crop: tuple[int, int], fill: tuple[int, ...] = (0, 0, 0)) -> Image.Image:
+    """torchvision ``center_crop`` / timm ``center_crop_or_pad`` offsets, padding with ``fill`` when
+    the image is smaller than the crop."""
     ch, cw = crop
     w, h = img.size
     if w < cw or h < ch:
-        padded = Image.new(img.mode, (max(w, cw), max(h, ch)))
+        padded = Image.new(img.mode, (max(w, cw), max(h, ch)), fill)
         padded.paste(img, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
         img, (w, h) = padded, padded.size
     top = int(round((h - ch) / 2.0))
@@ -109,8 +122,8 @@ def load_image(path: Union[str, io.BytesIO], pp: Preprocess, max_pixels: int = D
     """Open ``path`` as an upright RGB PIL image, raising on any problem.
 
     JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale in the DCT
-    domain (Pillow ``draft``), which is several times faster and keeps at least ``resize_size``
-    pixels on the shorter side, so the final resize still antialiases from more pixels.
+    domain (Pillow ``draft``), which is several times faster and keeps at least the resized
+    size, so the final resize still antialiases from more pixels.
     """
     if isinstance(path, str):
         st = os.stat(path)
@@ -128,7 +141,8 @@ def load_image(path: Union[str, io.BytesIO], pp: Preprocess, max_pixels: int = D
         img.close()
         raise _TooLarge(f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
     if draft and img.format == "JPEG":
-        ratio = pp.resize_size / min(w, h)
+        rw, rh = resized_size(w, h, pp)
+        ratio = max(rw / w, rh / h)
         if ratio <= 0.5:
             img.draft(img.mode, (max(1, int(np.ceil(w * ratio))), max(1, int(np.ceil(h * ratio)))))
     img.load()  # first frame of animated files; raises on truncation
@@ -152,11 +166,12 @@ class _TooLarge(Exception):
 
 
 def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
-    """Resize the shorter side and centre-crop, returning a contiguous uint8 (H, W, 3) array."""
-    size = _resized_size(*img.size, pp.resize_size)
+    """Resize and centre-crop (or pad) as ``pp`` says, returning a contiguous uint8 (H, W, 3) array."""
+    size = resized_size(*img.size, pp)
     if size != img.size:
         img = img.resize(size, _RESAMPLE[pp.interpolation])
-    return np.array(center_crop(img, pp.crop_size), dtype=np.uint8)
+    fill = tuple(round(255 * m) for m in pp.mean) if pp.crop_mode == "border" else (0, 0, 0)
+    return np.array(center_crop(img, pp.crop_size, fill), dtype=np.uint8)
 
 
 def _read_bytes(path: str, offset: Optional[int], size: Optional[int]) -> io.BytesIO:

@@ -34,3 +34,14 @@ def require(module: str, extra: str, purpose: str):
         raise MissingDependencyError(
             f"{purpose} needs the '{module}' package: pip install 'imgfeat[{extra}]'"
         ) from exc
+
+
+class WorkerDiedError(ImgfeatError):
+    """A decode worker process ended without a word: the OS killed it, or a native decoder crashed."""
+
+    def __init__(self, cause: BaseException, advice: str = "") -> None:
+        self.cause = cause
+        super().__init__(
+            f"a decode worker died ({cause}). The usual causes are the OS killing it for lack of memory "
+            f"(fewer --workers, a smaller --batch-size) or a crash inside an image decoder (run with --workers 0 "
+            f"to see which file)" + (f"; {advice}" if advice else "") + ".")

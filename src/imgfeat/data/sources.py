@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-from ._errors import bad_param
+from ..errors import bad_param
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -310,23 +310,32 @@ class TarSource(Source):
         return f"tar {os.path.abspath(self.pattern)}"
 
 
-# Registry of file-suffix -> source class; folders are handled before the lookup.
-_FILE_SOURCES: dict[str, Callable[[str], Source]] = {}
+# Registry of file suffix -> (source class, what the file holds); folders are handled before the lookup.
+_FILE_SOURCES: dict[str, tuple[Callable[[str], Source], str]] = {}
 
 
-def register_source(suffix: str, factory: Callable[[str], Source]) -> None:
-    if suffix in _FILE_SOURCES:
-        raise ValueError(f"a source is already registered for {suffix!r}")
-    _FILE_SOURCES[suffix] = factory
+def register_source(suffixes: Sequence[str], factory: Callable[[str], Source], what: str) -> None:
+    """Make files ending in ``suffixes`` an input read by ``factory``; ``what`` describes them for help texts."""
+    for suffix in suffixes:
+        if suffix in _FILE_SOURCES:
+            raise ValueError(f"a source is already registered for {suffix!r}")
+        _FILE_SOURCES[suffix] = (factory, what)
 
 
-for _suffix in (".tsv", ".tab"):
-    register_source(_suffix, TsvSource)
-for _suffix in (".txt", ".lst", ".list"):
-    register_source(_suffix, PathListSource)
-register_source(".parquet", ParquetSource)
-register_source(".csv", CsvSource)
-register_source(".tar", TarSource)
+register_source((".tsv", ".tab"), TsvSource, "a TSV of id<TAB>path")
+register_source((".txt", ".lst", ".list"), PathListSource, "a text list of paths")
+register_source((".parquet",), ParquetSource, "a parquet table with id and path (or url) columns")
+register_source((".csv",), CsvSource, "a CSV table with id and path (or url) columns")
+register_source((".tar",), TarSource, "WebDataset tar shards (brace patterns such as 'shards/{000..099}.tar')")
+
+
+def accepted_inputs() -> str:
+    """What ``--data`` accepts, written from the registry (help texts and error messages use it)."""
+    kinds: dict[str, list[str]] = {}
+    for suffix, (_, what) in _FILE_SOURCES.items():
+        kinds.setdefault(what, []).append(suffix)
+    return "a folder of images (walked recursively), " + ", ".join(
+        f"{what} ({' '.join(suffixes)})" for what, suffixes in kinds.items())
 
 
 DataArg = Union[str, os.PathLike, Sequence]
@@ -345,15 +354,16 @@ def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> So
         elif p.suffix.lower() == ".tar" and "{" in str(p):
             src = TarSource(str(p))  # a brace pattern of shards
         elif not p.exists():
-            raise bad_param("data", "an existing folder, TSV (id<TAB>path) or text list of paths", str(p))
+            raise bad_param("data", f"an existing input: {accepted_inputs()}", str(p))
         elif p.suffix.lower() in _FILE_SOURCES:
-            src = _FILE_SOURCES[p.suffix.lower()](str(p))
+            src = _FILE_SOURCES[p.suffix.lower()][0](str(p))
         else:
-            raise bad_param("data", f"a folder or a file ending in one of {sorted(_FILE_SOURCES)}", str(p))
+            raise bad_param("data", accepted_inputs(), str(p))
     elif isinstance(data, Sequence):
         src = ListSource(tuple(data))
     else:
-        raise bad_param("data", "a path or a list of paths / (id, path) pairs", type(data).__name__)
+        raise bad_param("data", f"{accepted_inputs()}, or a Python list of paths / (id, path) pairs",
+                        type(data).__name__)
     if start or stop is not None:
         src = Slice(src, start, stop)
     return src

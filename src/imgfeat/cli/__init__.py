@@ -1,5 +1,6 @@
-"""Command line: ``imgfeat extract | models | layers``. The extract flags are generated from
-:class:`ExtractOptions`, the same object the Python API uses."""
+"""Command line: a thin layer over :mod:`imgfeat.api` (and the tools). The extract flags are
+generated from :class:`ExtractOptions`, the same object the Python API uses: names, types,
+defaults and choices come from its fields."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import sys
 import typing
 from typing import Optional, Sequence
 
-import numpy as np
-
-from . import __version__
-from ._errors import ImgfeatError
-from ._options import ExtractOptions, option_fields
+from .. import api
+from .._version import __version__
+from ..errors import ImgfeatError
+from ..options import ExtractOptions, option_fields
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,28 +29,25 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         kind = base if base in (int, float) else str
         default = None if f.default is dataclasses.MISSING else f.default
-        parser.add_argument(flag, type=kind, default=default, choices=meta.get("choices"),
+        constraint = meta.get("constraint")
+        parser.add_argument(flag, type=kind, default=default, choices=constraint.choices if constraint else None,
                             required=meta.get("cli_required", False),
                             help=meta["help"] + ("" if default is None else f" (default: {default})"))
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from ._runner import run
-
     opts = ExtractOptions(**{f.name: getattr(args, f.name) for f in option_fields()})
     if opts.out is None:
-        raise ImgfeatError("imgfeat extract needs --out FILE (.tsv .pkl .h5 .npy .parquet)")
-    result = run(opts)
+        raise ImgfeatError("imgfeat extract needs --out FILE (.tsv .pkl .h5 .npy .parquet) or a store directory")
+    result = api.extract(options=opts, progress=None)
     if not opts.quiet:
         print(result.summary(), file=sys.stderr)
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from ._models import list_models
-
     rows = [("name", "dim", "input", "default layer", "weights", "offline")]
-    for spec in list_models():
+    for spec in api.list_models():
         h, w = spec.preprocess.crop_size
         rows.append((spec.name, str(spec.dim), f"{h}x{w}", spec.default_layer or "(pooled)",
                      spec.weights.describe(), "yes" if spec.weights.available() else "no"))
@@ -62,16 +59,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from ._backbone import list_layers
-    from ._models import get_model_spec
-
-    for node in list_layers(get_model_spec(args.model)):
+    for node in api.list_layers(args.model):
         print(node)
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import format_table, run_bench
+    from ..bench import format_table, run_bench
 
     rows, facts = run_bench(model=args.model, random_weights=args.random_weights, sets=args.sets.split(","),
                             images=args.images, workdir=args.workdir, seconds=args.seconds,
@@ -83,13 +77,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ._store import FeatureStore
-
-    store = FeatureStore(args.store)
-    if not store.manifest:
-        raise ImgfeatError(f"{args.store} is not an imgfeat feature store (no manifest.json)")
-    m = store.manifest
-    report = store.verify()
+    info = api.store_info(args.store)
+    m, report = info["manifest"], info["report"]
     pending = report["pending"]
     print(f"store     {args.store}")
     print(f"model     {m['model']}  layer {m['layer']}  pool {m['pool']}  dim {m['dim']}  dtype {m['dtype']}"
@@ -118,24 +107,7 @@ def _ranges(values: list[int]) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ._sinks import open_sink
-    from ._store import FeatureStore
-
-    store = FeatureStore(args.store)
-    if not store.manifest:
-        raise ImgfeatError(f"{args.store} is not an imgfeat feature store (no manifest.json)")
-    sink = open_sink(args.out)
-    sink.open(store.manifest["dim"], np.dtype(store.manifest["dtype"]))
-    n = 0
-    try:
-        for ids, paths, vectors in store.iter_shards():
-            for start in range(0, len(ids), 8192):  # bounded memory whatever the shard size
-                sink.write(ids[start:start + 8192], paths[start:start + 8192], np.asarray(vectors[start:start + 8192]))
-            n += len(ids)
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
+    n = api.export_store(args.store, args.out)
     print(f"imgfeat: exported {n} vectors from {args.store} -> {args.out}", file=sys.stderr)
     return 0
 
@@ -171,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("out")
     export.set_defaults(func=_cmd_export)
-    from .tools._cli import add_parsers
+    from .tools import add_parsers
 
     add_parsers(sub)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
@@ -192,7 +164,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

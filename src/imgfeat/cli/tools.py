@@ -1,5 +1,6 @@
-"""CLI subcommands of the downstream tools. Each takes ``--features`` (any imgfeat output or
-store) and ``--json`` (print the result as one JSON object on stdout)."""
+"""CLI subcommands of the downstream tools: argument parsing and printing over ``imgfeat.tools``.
+Each takes ``--features`` (any imgfeat output or store) and ``--json`` (print the result as one
+JSON object on stdout)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import ImgfeatError, bad_param
-from ._io import align, iter_blocks, open_matrix, read_features, read_labels, read_paths
+from ..errors import ImgfeatError, bad_param
+from ..outputs.formats import iter_blocks, open_matrix, read_features, read_paths
+from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
+from ..tools.labels import align, check_dim, read_labels
+from ..tools.maps import METHODS
+from ..tools.probe import CLASSIFIERS
+
+
+_INDEX_METAVAR = "|".join(INDEXES) + "|FACTORY"
 
 
 def _emit(args: argparse.Namespace, result: dict, lines: list[str]) -> int:
@@ -30,7 +38,7 @@ def _features_arg(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- pca
 def _pca_fit(args) -> int:
-    from .pca import StreamingPCA
+    from ..tools.pca import StreamingPCA
 
     pca = StreamingPCA(n_components=args.dim, whiten=args.whiten).fit(b for _, b in iter_blocks(args.features))
     pca.save(args.out)
@@ -42,9 +50,8 @@ def _pca_fit(args) -> int:
 
 
 def _pca_apply(args) -> int:
-    from .._sinks import open_sink
-    from ._io import check_dim
-    from .pca import StreamingPCA
+    from ..outputs.formats import open_sink
+    from ..tools.pca import StreamingPCA
 
     pca = StreamingPCA.load(args.pca)
     sink = open_sink(args.out)
@@ -65,7 +72,7 @@ def _pca_apply(args) -> int:
 
 # ----------------------------------------------------------------------------- probe
 def _probe(args) -> int:
-    from .probe import LinearProbe, confusion_png
+    from ..tools.probe import LinearProbe, confusion_png
 
     ids, X = read_features(args.features)
     Xtr, ytr, _ = align(ids, X, read_labels(args.labels))
@@ -112,7 +119,7 @@ def _predict(args) -> int:
 
 # ----------------------------------------------------------------------------- map
 def _map(args) -> int:
-    from .maps import embed_2d, mosaic_png, scatter_png
+    from ..tools.maps import embed_2d, mosaic_png, scatter_png
 
     ids, X = read_features(args.features)
     labels = None
@@ -142,61 +149,29 @@ def _map(args) -> int:
 
 # ----------------------------------------------------------------------------- knn
 def _knn(args) -> int:
-    from .._sinks import _commit, _discard, partial_path
-    from .knn import KNNIndex, exact_graph_rows, recall_at_k
+    from ..tools.knn import KNNIndex, sampled_recall, save_graph
 
     if not args.out and not args.raw:
         raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
     ids, X = open_matrix(args.features)
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
     index.fit(X)
+    approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
-    # --raw files stream block by block (memory stays flat whatever N is), under partial names
-    # committed at the end like every imgfeat output
-    finals = [f"{args.raw}{ext}" for ext in (".int32", ".float32", ".ids.txt")] if args.raw else []
-    partials = [partial_path(f) for f in finals]
-    handles = [open(p, "wb") for p in partials[:2]]
-    Ds, Is = [], []
-    try:
-        for D, I in index.iter_graph(X, args.k):
-            for fh, block in zip(handles, (I, D)):
-                fh.write(block.tobytes())
-            if args.out:
-                Ds.append(D)
-                Is.append(I)
-        for fh in handles:
-            fh.close()
-        if finals:
-            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    except BaseException:
-        for fh in handles:
-            fh.close()
-        _discard(*partials)
-        raise
-    for partial, final in zip(partials, finals):
-        _commit(partial, final)
-    if finals:
-        result["raw"] = finals
-    if args.out:
-        Is = np.concatenate(Is)
-        np.savez(args.out, I=Is, D=np.concatenate(Ds), ids=np.array(ids))
+    if args.raw:
+        result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
     where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
     lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
     if args.approx:
-        sample = np.sort(np.random.default_rng(0).permutation(len(ids))[: args.recall_sample])
-        if args.out:
-            approx_I = Is[sample]
-        else:
-            approx_I = np.memmap(f"{args.raw}.int32", np.int32, "r", shape=(len(ids), args.k))[sample]
-        _, exact_I = exact_graph_rows(X, sample, args.k, args.metric)  # only the sample, X streamed
-        result["recall_at_k"] = recall_at_k(approx_I, exact_I)
-        lines.append(f"recall@{args.k} against exact on {len(sample)} queries: {result['recall_at_k']:.4f}")
+        result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
+        lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
     return _emit(args, result, lines)
 
 
 # ----------------------------------------------------------------------------- search
 def _search(args) -> int:
-    from .knn import KNNIndex
+    from ..api import extract_like
+    from ..tools.knn import KNNIndex
 
     ids, X = open_matrix(args.features)
     index_of = {rid: i for i, rid in enumerate(ids)}
@@ -210,7 +185,7 @@ def _search(args) -> int:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        queries.append(_extract_like(args.features, files, X.shape[1], args.weights))
+        queries.append(extract_like(args.features, files, args.weights))
         names += files
     Q = np.concatenate(queries)
     D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k, len(ids)))
@@ -219,34 +194,9 @@ def _search(args) -> int:
     return _emit(args, {"queries": hits}, lines)
 
 
-def _extract_like(features: str, files: list[str], dim: int, weights: str | None) -> np.ndarray:
-    """Extract query images with the store's own model, layer, weights and post-processing."""
-    from .._backbone import build_feature_model
-    from .._models import get_model_spec
-    from .._runner import extract
-    from .._store import FeatureStore
-
-    store = FeatureStore(features) if Path(features).is_dir() else None
-    if store is None or not store.manifest:
-        raise ImgfeatError("image queries need a feature store (its manifest names the model); "
-                           "with other outputs, query by id")
-    m = store.manifest
-    model = build_feature_model(get_model_spec(m["model"]), m["layer"], m["pool"], weights)
-    if model.fingerprint() != m["weights"]:
-        raise ImgfeatError(f"{features} was extracted with other {m['model']} weights than "
-                           f"{weights or 'the pretrained ones'}: pass the same --weights FILE")
-    res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
-                  weights=weights, workers=0, quiet=True)
-    if res.errors:
-        raise ImgfeatError(f"query images could not be read: {res.errors[:3]}")
-    if res.dim != dim:
-        raise ImgfeatError(f"query features are {res.dim}-d but the store's are {dim}-d")
-    return res.features
-
-
 # ----------------------------------------------------------------------------- dedup
 def _dedup(args) -> int:
-    from .dedup import duplicate_groups
+    from ..tools.dedup import duplicate_groups
 
     ids, X = open_matrix(args.features)
     groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=args.index)
@@ -263,8 +213,8 @@ def _dedup(args) -> int:
 
 # ----------------------------------------------------------------------------- diffuse
 def _diffuse(args) -> int:
-    from .diffusion import LabelDiffusion
-    from .probe import LinearProbe
+    from ..tools.diffusion import LabelDiffusion
+    from ..tools.probe import LinearProbe
 
     ids, X = read_features(args.features)
     labels = read_labels(args.labels)
@@ -318,7 +268,7 @@ def add_parsers(sub) -> None:
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
     probe.add_argument("--test-size", type=float, default=0.2, help="seeded split when no --test-labels")
-    probe.add_argument("--classifier", choices=("svm", "logreg"), default="logreg")
+    probe.add_argument("--classifier", choices=CLASSIFIERS, default="logreg")
     probe.add_argument("--C", type=float, default=None, help="regularisation (default: cross-validated)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out-dir", default="probe", help="probe.pkl, confusion.png and report.json go here")
@@ -332,7 +282,7 @@ def add_parsers(sub) -> None:
     mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
     _features_arg(mp)
     mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
-    mp.add_argument("--method", choices=("tsne", "umap"), default="tsne")
+    mp.add_argument("--method", choices=METHODS, default="tsne")
     mp.add_argument("--out", required=True, help="scatter PNG")
     mp.add_argument("--coords", help="TSV id<TAB>x<TAB>y (default: next to --out)")
     mp.add_argument("--mosaic", help="also draw the images at their positions into this PNG")
@@ -346,9 +296,9 @@ def add_parsers(sub) -> None:
     knn.add_argument("--k", type=int, required=True)
     knn.add_argument("--out", help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
                                    "write it; for 100M rows use --raw alone)")
-    knn.add_argument("--metric", choices=("ip", "l2", "cosine"), default="ip",
+    knn.add_argument("--metric", choices=METRICS, default="ip",
                      help="cosine normalises each block as it is read (ip on --l2 features is the same)")
-    knn.add_argument("--approx", default=None, metavar="ivf|hnsw|FACTORY",
+    knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",
                      help="approximate index: ivf, hnsw, or a faiss index_factory string such as "
                           "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
     knn.add_argument("--nlist", type=int, default=None)
@@ -362,7 +312,7 @@ def add_parsers(sub) -> None:
     _features_arg(search)
     search.add_argument("--query", nargs="+", required=True, help="ids in the features, or image files")
     search.add_argument("--k", type=int, default=10)
-    search.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    search.add_argument("--metric", choices=METRICS, default="cosine")
     search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
     search.set_defaults(func=_search)
 
@@ -370,7 +320,7 @@ def add_parsers(sub) -> None:
     _features_arg(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
     dedup.add_argument("--k", type=int, default=10, help="neighbours examined per image")
-    dedup.add_argument("--index", default="exact", metavar="exact|ivf|hnsw|FACTORY",
+    dedup.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                        help="faiss index (as imgfeat knn --approx)")
     dedup.add_argument("--out", help="TSV group<TAB>id")
     dedup.set_defaults(func=_dedup)
@@ -382,7 +332,7 @@ def add_parsers(sub) -> None:
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
     diffuse.add_argument("--k", type=int, default=30)
     diffuse.add_argument("--iterations", type=int, default=20)
-    diffuse.add_argument("--index", default="exact", metavar="exact|ivf|hnsw|FACTORY",
+    diffuse.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
                               "for a large --background set")
     diffuse.add_argument("--C", type=float, default=1.0, help="C of the logistic-regression baseline")

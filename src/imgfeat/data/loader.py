@@ -10,16 +10,18 @@ files, so a bad file never costs its neighbours their vectors.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ._decode import DEFAULT_DECODE_TIMEOUT, decode
-from ._preprocess import Preprocess
-from ._sources import Counted, Record, Source
+from ..errors import WorkerDiedError
+from ..models.preprocess import Preprocess
+from .decode import DEFAULT_DECODE_TIMEOUT, decode
+from .shards import ShardPlan, cut_shards
+from .sources import Counted, Record, Source
 
 
 def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int,
@@ -45,37 +47,17 @@ def _batches(it: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-@dataclass(frozen=True)
-class ShardPlan:
-    """How records group into shards: ``size`` records each (None: one block), minus ``skip``
-    (already done), restricted to ``part = (I, N)``: shards k with k % N == I."""
-
-    size: Optional[int] = None
-    skip: frozenset = frozenset()
-    part: Optional[tuple[int, int]] = None
-    offset: int = 0  # index of the first shard (a Ray actor handed shard k's records uses k)
-
-    def wanted(self, shard: int) -> bool:
-        return shard not in self.skip and (self.part is None or shard % self.part[1] == self.part[0])
-
-
 def planned_batches(records: Iterator[Record], batch_size: int,
                     plan: ShardPlan) -> Iterator[tuple[Optional[int], list[Record], bool]]:
     """(shard, records, is_last_batch_of_shard) in input order; batches never straddle shards."""
-    if plan.size is None:
-        for chunk in _batches(records, batch_size):
-            yield None, chunk, False
-        return
-    for shard, group in itertools.groupby(enumerate(records), key=lambda t: plan.offset + t[0] // plan.size):
-        if not plan.wanted(shard):
-            continue  # groupby skips the rest of this shard's records itself
+    for shard, group in cut_shards(records, plan):
         previous = None
-        for chunk in _batches((rec for _, rec in group), batch_size):
+        for chunk in _batches(group, batch_size):
             if previous is not None:
                 yield shard, previous, False
             previous = chunk
         if previous is not None:
-            yield shard, previous, True
+            yield shard, previous, shard is not None
 
 
 class DecodedBatches(IterableDataset):
@@ -121,3 +103,18 @@ def make_loader(source: Source, pp: Preprocess, batch_size: int, workers: int, m
         kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch or 2, "persistent_workers": False}
     return DataLoader(DecodedBatches(source, pp, batch_size, max_pixels, plan, decode_timeout), batch_size=None,
                       num_workers=workers, pin_memory=pin_memory, **kwargs)
+
+
+@contextmanager
+def worker_deaths(batches: Iterator[dict]) -> Iterator[None]:
+    """Around a loop over ``iter(loader)``: a decode worker that died (killed by the OS, a crash in a
+    native decoder) becomes :class:`WorkerDiedError`. The DataLoader reports it as a RuntimeError from
+    ``next`` or from its SIGCHLD handler (anywhere in the loop); it is recognised by the worker
+    processes' exit codes, not by the message."""
+    try:
+        yield
+    except RuntimeError as exc:
+        workers = getattr(batches, "_workers", ())  # the DataLoader's worker processes (none with workers=0)
+        if any(w.exitcode not in (None, 0) for w in workers):
+            raise WorkerDiedError(exc) from exc
+        raise

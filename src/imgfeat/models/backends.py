@@ -8,28 +8,29 @@ the key hashes the model name, layer, pool, input size, the weights' bytes and t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
 
-from . import __version__
-from ._backbone import FeatureModel
-from ._errors import ImgfeatError, bad_param
+from .._version import __version__
+from ..errors import ImgfeatError, bad_param
+from ..files import atomic_dir, write_atomic
+from .backbone import FeatureModel
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_BACKENDS = ("onnx", "openvino")
 MAX_REL_DIFF = 1e-4  # fp32: max |backend - torch| / max |torch| on a check batch
 MIN_COSINE_BF16 = 0.99  # bf16: two bf16 implementations round differently; compare directions
@@ -55,10 +56,56 @@ def available_backends() -> list[str]:
     return found
 
 
-def export_key(model_name: str, layer: Optional[str], pool: str, input_size: tuple[int, int],
-               fingerprint: str) -> str:
-    ident = json.dumps([model_name, layer, pool, list(input_size), fingerprint, torch.__version__, __version__])
+def export_key(model: FeatureModel) -> str:
+    """Cache key of ``model``'s export: its name, layer, pool, input size, weights' bytes and the versions."""
+    ident = json.dumps([model.name, model.layer, model.pool, list(model.input_size), model.fingerprint(),
+                        torch.__version__, __version__])
     return hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; a named device must exist here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise bad_param("device", "auto, cpu, cuda, cuda:N or mps", name) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise bad_param("device", "a device present on this machine (no CUDA GPU is visible)", name)
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise bad_param("device", "a device present on this machine (MPS is not available)", name)
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise bad_param("device", "auto, cpu, cuda, cuda:N or mps", name)
+    return dev
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of ``precision`` on ``device`` (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type == "cpu":
+        raise bad_param("precision", "fp32 or bf16 on the CPU (fp16 needs a GPU)", precision)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    """How a model is run: by which backend, where, at which precision, batch size and thread count."""
+
+    backend: str = "auto"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    batch_size: int = 32
+    threads: int = 1
+
+    def autocast(self):
+        return autocast_for(self.precision, self.device)
 
 
 @dataclass
@@ -77,9 +124,10 @@ def _uses_channels_last(model: FeatureModel) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def torch_executor(model: FeatureModel, device: torch.device, autocast, threads: int) -> Executor:
+def torch_executor(model: FeatureModel, cfg: ExecConfig) -> Executor:
     """torch eager in inference mode: the reference. channels_last only for convnets on CUDA (tensor
     cores); on the CPU it changes the summation order, and ONNX Runtime / OpenVINO are faster anyway."""
+    device, autocast = cfg.device, cfg.autocast
     channels_last = device.type == "cuda" and _uses_channels_last(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -91,7 +139,7 @@ def torch_executor(model: FeatureModel, device: torch.device, autocast, threads:
         with torch.inference_mode(), autocast():
             return model(x).float()
 
-    return Executor("torch", run, threads)
+    return Executor("torch", run, cfg.threads)
 
 
 def export_onnx(model: FeatureModel, input_size: tuple[int, int], path: Path) -> None:
@@ -189,88 +237,77 @@ def _load_meta(path: Path) -> dict:
         return {}
 
 
-def _save_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _exported(model: FeatureModel, key: str, input_size: tuple[int, int]) -> Path:
-    """The cached ONNX file for ``key``, exporting it (atomically, by directory rename) if needed."""
-    folder = cache_dir() / "export" / key
+def _exported(model: FeatureModel) -> Path:
+    """The cached ONNX file of ``model``, exporting it (a whole folder published at once) if needed."""
+    folder = cache_dir() / "export" / export_key(model)
     onnx_path = folder / "model.onnx"
-    if onnx_path.is_file():
-        return onnx_path
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-    try:
-        t0 = time.perf_counter()
-        export_onnx(model, input_size, staging / "model.onnx")
-        log.info("exported ONNX in %.1f s to %s", time.perf_counter() - t0, folder)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process won the race; its export is as good as ours
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not onnx_path.is_file():
+        with atomic_dir(folder) as staging:
+            t0 = time.perf_counter()
+            export_onnx(model, model.input_size, staging / "model.onnx")
+            log.info("exported ONNX in %.1f s to %s", time.perf_counter() - t0, folder)
     return onnx_path
 
 
-def make_executor(model: FeatureModel, *, backend: str, device: torch.device, precision: str, autocast,
-                  model_name: str, layer: Optional[str], pool: str, input_size: tuple[int, int],
-                  batch_size: int, threads: int) -> tuple[Executor, dict]:
-    """Build the executor for ``backend`` ('auto' picks the fastest checked one on the CPU).
-
-    Returns the executor and a report: the chosen backend, check diffs and (for auto) timings.
-    """
-    if backend not in BACKENDS:
-        raise bad_param("backend", f"one of {BACKENDS}", backend)
-    reference = torch_executor(model, device, autocast, threads)
-    if backend == "torch" or (backend == "auto" and (device.type != "cpu" or precision == "fp16")):
-        return reference, {"backend": "torch"}
-    if device.type != "cpu":
-        raise bad_param("backend", "torch or auto on a GPU (onnx and openvino run on the CPU here)", backend)
+def _cpu_candidates(model: FeatureModel, cfg: ExecConfig, onnx_path: Path,
+                    reference: Executor) -> tuple[dict[str, Executor], dict]:
+    """The torch reference plus each wanted CPU backend that compiles this graph and agrees with torch."""
     have = available_backends()
-    wanted = [backend] if backend != "auto" else [b for b in CPU_BACKENDS if b in have]
+    wanted = [cfg.backend] if cfg.backend != "auto" else [b for b in CPU_BACKENDS if b in have]
     for name in wanted:
         if name not in have:
             module = {"onnx": "onnxruntime", "openvino": "openvino"}[name]
             raise bad_param("backend", f"a backend whose runtime is installed (pip install {module})", name)
-
-    key = export_key(model_name, layer, pool, input_size, model.fingerprint())
-    onnx_path = _exported(model, key, input_size)
-    meta_path = onnx_path.parent / "meta.json"
-    meta = _load_meta(meta_path)
-    report: dict = {"export": str(onnx_path.parent)}
-    candidates = {"torch": reference}
+    candidates, checks = {"torch": reference}, {}
     for name in wanted:
         try:
-            ex = onnx_executor(onnx_path, threads) if name == "onnx" else openvino_executor(onnx_path, threads,
-                                                                                           precision)
-            diffs = _check(ex, reference, input_size, precision)
+            ex = (onnx_executor(onnx_path, cfg.threads) if name == "onnx"
+                  else openvino_executor(onnx_path, cfg.threads, cfg.precision))
+            checks[name] = _check(ex, reference, model.input_size, cfg.precision)
         except BackendCheckError:
-            if backend != "auto":
+            if cfg.backend != "auto":
                 raise
             log.warning("auto: %s export rejected (disagrees with torch); not using it", name, exc_info=True)
             continue
         except Exception as exc:  # a runtime that cannot compile this graph
-            if backend != "auto":
+            if cfg.backend != "auto":
                 raise ImgfeatError(f"the {name} backend cannot run this model: {type(exc).__name__}: {exc}") from exc
             log.warning("auto: %s backend unavailable for this model: %s", name, exc)
             continue
-        report.setdefault("check", {})[name] = diffs
         candidates[name] = ex
-    if backend != "auto":
-        chosen = candidates[backend]
-        report["backend"] = backend
-        return chosen, report
+    return candidates, checks
 
-    timing_key = f"{precision}/bs{batch_size}/t{threads}"
+
+def make_executor(model: FeatureModel, cfg: ExecConfig) -> tuple[Executor, dict]:
+    """Build the executor for ``cfg.backend`` ('auto' picks the fastest checked one on the CPU).
+
+    Returns the executor and a report: the chosen backend, check diffs and (for auto) timings.
+    """
+    if cfg.backend not in BACKENDS:
+        raise bad_param("backend", f"one of {BACKENDS}", cfg.backend)
+    reference = torch_executor(model, cfg)
+    on_cpu = cfg.device.type == "cpu"
+    if cfg.backend == "torch" or (cfg.backend == "auto" and (not on_cpu or cfg.precision == "fp16")):
+        return reference, {"backend": "torch"}
+    if not on_cpu:
+        raise bad_param("backend", "torch or auto on a GPU (onnx and openvino run on the CPU here)", cfg.backend)
+    onnx_path = _exported(model)
+    candidates, checks = _cpu_candidates(model, cfg, onnx_path, reference)
+    report: dict = {"export": str(onnx_path.parent)}
+    if checks:
+        report["check"] = checks
+    if cfg.backend != "auto":
+        report["backend"] = cfg.backend
+        return candidates[cfg.backend], report
+
+    meta_path = onnx_path.parent / "meta.json"
+    meta = _load_meta(meta_path)
+    timing_key = f"{cfg.precision}/bs{cfg.batch_size}/t{cfg.threads}"
     timings = meta.get("timings", {}).get(timing_key)
     if not timings or set(timings) != set(candidates):
-        timings = {name: _time(ex, input_size, batch_size) for name, ex in candidates.items()}
+        timings = {name: _time(ex, model.input_size, cfg.batch_size) for name, ex in candidates.items()}
         meta.setdefault("timings", {})[timing_key] = timings
-        _save_meta(meta_path, meta)
+        write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
     best = max(timings, key=timings.get)
     report.update(backend=best, timings=timings)
     log.info("auto backend: %s (%s)", best, ", ".join(f"{k} {v:.1f} img/s" for k, v in timings.items()))

@@ -1,22 +1,20 @@
-"""Sink stage: stream (ids, paths, features) batches to a file, chosen by the file extension.
+"""Sink stage: stream (ids, paths, features) batches to a file.
 
 Every sink follows one protocol (``open`` / ``write`` / ``close`` / ``abort``) and writes
 to a hidden partial name in the destination folder; ``close`` renames it into place, so a
-crash never leaves a truncated file under the final name. ``load`` reads any of them back.
+crash never leaves a truncated file under the final name. Which sink a path gets, and how each
+format is read back, is the registry in ``formats``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import struct
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from ._errors import bad_param
+from ..files import clean_field, commit, discard, error_row, npy_header, partial_path
 
 Rejected = list[tuple[int, str]]  # (row index in the batch, reason) that a sink refused
 
@@ -33,24 +31,6 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
-def partial_path(path: str | Path) -> Path:
-    """Hidden in-progress name next to ``path`` (same filesystem, so the final rename is atomic)."""
-    p = Path(path)
-    return p.with_name(f".{p.name}.{os.getpid()}.partial")
-
-
-def _commit(partial: Path, final: str | Path) -> None:
-    os.replace(partial, final)
-
-
-def _discard(*paths: Path) -> None:
-    for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-
 class _FileSink:
     """Shared partial-file handling for single-file sinks."""
 
@@ -65,7 +45,7 @@ class _FileSink:
         self.dim, self.dtype = dim, np.dtype(dtype)
 
     def abort(self) -> None:
-        _discard(self.partial)
+        discard(self.partial)
 
 
 class TsvSink(_FileSink):
@@ -84,7 +64,7 @@ class TsvSink(_FileSink):
 
     def close(self) -> None:
         self._fh.close()
-        _commit(self.partial, self.path)
+        commit(self.partial, self.path)
 
     def abort(self) -> None:
         if hasattr(self, "_fh"):
@@ -115,7 +95,7 @@ class PickleSink(_FileSink):
     def close(self) -> None:
         with open(self.partial, "wb") as fh:
             pickle.dump(self._data, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        _commit(self.partial, self.path)
+        commit(self.partial, self.path)
 
 
 class H5Sink(_FileSink):
@@ -145,21 +125,12 @@ class H5Sink(_FileSink):
 
     def close(self) -> None:
         self._f.close()
-        _commit(self.partial, self.path)
+        commit(self.partial, self.path)
 
     def abort(self) -> None:
         if hasattr(self, "_f"):
             self._f.close()
         super().abort()
-
-
-_NPY_HEADER_BYTES = 128  # magic (6) + version (2) + length (2) + padded dict; rewritten with N at close
-
-
-def _npy_header(n: int, dim: int, dtype: np.dtype) -> bytes:
-    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d, %d), }" % (dtype.str, n, dim)
-    body = text.ljust(_NPY_HEADER_BYTES - 10 - 1) + "\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
 
 
 def npy_ids_path(path: str | Path) -> Path:
@@ -175,7 +146,7 @@ class NpySink(_FileSink):
         self.ids_path = npy_ids_path(self.path)
         self.ids_partial = partial_path(self.ids_path)
         self._fh = open(self.partial, "wb")
-        self._fh.write(_npy_header(0, dim, self.dtype))
+        self._fh.write(npy_header(0, dim, self.dtype))
         self._ids_fh = open(self.ids_partial, "w", encoding="utf-8", newline="\n")
         self._n = 0
 
@@ -186,11 +157,11 @@ class NpySink(_FileSink):
 
     def close(self) -> None:
         self._fh.seek(0)
-        self._fh.write(_npy_header(self._n, self.dim, self.dtype))
+        self._fh.write(npy_header(self._n, self.dim, self.dtype))
         self._fh.close()
         self._ids_fh.close()
-        _commit(self.ids_partial, self.ids_path)
-        _commit(self.partial, self.path)
+        commit(self.ids_partial, self.ids_path)
+        commit(self.partial, self.path)
 
     def abort(self) -> None:
         for fh in ("_fh", "_ids_fh"):
@@ -198,7 +169,7 @@ class NpySink(_FileSink):
                 getattr(self, fh).close()
         super().abort()
         if hasattr(self, "ids_partial"):
-            _discard(self.ids_partial)
+            discard(self.ids_partial)
 
 
 class ParquetSink(_FileSink):
@@ -235,7 +206,7 @@ class ParquetSink(_FileSink):
     def close(self) -> None:
         self._flush()
         self._writer.close()
-        _commit(self.partial, self.path)
+        commit(self.partial, self.path)
 
     def abort(self) -> None:
         if hasattr(self, "_writer"):
@@ -274,107 +245,6 @@ class MemorySink:
         return np.concatenate(self._chunks)
 
 
-# ---------------------------------------------------------------------------- loaders
-
-def _load_tsv(path: Path):
-    ids, rows = [], []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rid, vec = line.rstrip("\n").split("\t", 1)
-            ids.append(rid)
-            rows.append(json.loads(vec))
-    if not ids:
-        return ids, np.zeros((0, 0), np.float32)
-    return ids, np.asarray(rows, dtype=np.float32)
-
-
-def _load_pkl(path: Path):
-    with open(path, "rb") as fh:
-        data = pickle.load(fh)  # imgfeat's own output; never load pickles from untrusted sources
-    ids = list(data)
-    return ids, (np.stack([data[i] for i in ids]) if ids else np.zeros((0, 0), np.float32))
-
-
-def _load_h5(path: Path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["ids"][:]], f["features"][:]
-
-
-def _load_npy(path: Path):
-    with open(npy_ids_path(path), encoding="utf-8") as fh:
-        ids = [line.rstrip("\n") for line in fh]
-    return ids, np.load(path, mmap_mode="r")
-
-
-def _load_parquet(path: Path):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["id", "feature"])
-    feature = table.column("feature").combine_chunks()
-    dim = feature.type.list_size
-    values = feature.flatten().to_numpy(zero_copy_only=False)
-    return table.column("id").to_pylist(), values.reshape(len(table), dim)
-
-
-_SINKS: dict[str, tuple[Callable[[str | Path], Sink], Callable]] = {}
-
-
-def register_sink(ext: str, factory: Callable[[str | Path], Sink], loader: Callable) -> None:
-    if ext in _SINKS:
-        raise ValueError(f"a sink is already registered for {ext!r}")
-    _SINKS[ext] = (factory, loader)
-
-
-register_sink(".tsv", TsvSink, _load_tsv)
-register_sink(".pkl", PickleSink, _load_pkl)
-register_sink(".h5", H5Sink, _load_h5)
-register_sink(".hdf5", H5Sink, _load_h5)
-register_sink(".npy", NpySink, _load_npy)
-register_sink(".parquet", ParquetSink, _load_parquet)
-
-
-def _ext(path: str | Path, name: str) -> str:
-    ext = Path(path).suffix.lower()
-    if ext not in _SINKS:
-        raise bad_param(name, f"a file name ending in one of {sorted(_SINKS)}", str(path))
-    return ext
-
-
-def open_sink(path: str | Path) -> Sink:
-    """The sink for ``path``'s extension (not opened yet)."""
-    return _SINKS[_ext(path, "out")][0](path)
-
-
-def output_files(path: str | Path) -> list[Path]:
-    """The files a sink writes for ``path`` (the .npy sink also writes ``.ids.txt``)."""
-    return [Path(path), npy_ids_path(path)] if Path(path).suffix.lower() == ".npy" else [Path(path)]
-
-
-def load(path: str | Path):
-    """Read any imgfeat output back as ``(ids, matrix)``.
-
-    ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
-    memory-mapped view over its shards that is never read into RAM whole."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no imgfeat output at {path}")
-    if Path(path).is_dir():
-        from ._store import FeatureStore
-
-        return FeatureStore(path).load()
-    return _SINKS[_ext(path, "path")][1](Path(path))
-
-
-def _field(value: object) -> str:
-    return str(value).replace("\t", " ").replace("\n", " ")
-
-
-def error_row(row: Sequence[object]) -> str:
-    """One ``id<TAB>path<TAB>reason`` line; tabs and newlines inside a field become spaces."""
-    return "\t".join(_field(v) for v in row) + "\n"
-
-
 class ErrorLog:
     """``<out>.errors.tsv`` rows ``id<TAB>path<TAB>reason``, committed like the output itself."""
 
@@ -387,7 +257,7 @@ class ErrorLog:
     def write(self, rows: Sequence[tuple[str, str, str]]) -> None:
         self.count += len(rows)
         if self.path is None:
-            self.rows.extend(tuple(_field(v) for v in row) for row in rows)
+            self.rows.extend(tuple(clean_field(v) for v in row) for row in rows)
             return
         if not rows:
             return
@@ -401,11 +271,11 @@ class ErrorLog:
             return
         if self._fh is not None:
             self._fh.close()
-            _commit(partial_path(self.path), self.path)
+            commit(partial_path(self.path), self.path)
         else:
-            _discard(self.path)  # a stale list from an earlier run would misdescribe this one
+            discard(self.path)  # a stale list from an earlier run would misdescribe this one
 
     def abort(self) -> None:
         if self._fh is not None:
             self._fh.close()
-            _discard(partial_path(self.path))
+            discard(partial_path(self.path))

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._backbone import build_feature_model
-from ._backends import available_backends, cache_dir, make_executor
-from ._loader import make_loader
-from ._models import get_model_spec
-from ._options import available_cores
-from ._runner import extract
-from ._sources import FolderSource
+from .api import extract
+from .data.loader import make_loader
+from .data.sources import FolderSource
+from .models.backbone import build_feature_model
+from .models.backends import ExecConfig, available_backends, cache_dir, make_executor
+from .models.registry import get_model_spec
+from .options import available_cores
 
 PHOTOS = Path(__file__).parent / "_data" / "photos"
 SETS = {"imagenet": (500, 375), "camera": (4000, 3000)}  # ImageNet-like and camera-size JPEGs
@@ -114,9 +114,7 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
     device = torch.device("cpu")
     for backend in available_backends():
         for bs in batch_sizes:
-            ex, _ = make_executor(fm, backend=backend, device=device, precision="fp32",
-                                  autocast=contextlib.nullcontext, model_name=spec.name, layer=spec.default_layer,
-                                  pool=spec.default_pool, input_size=size, batch_size=bs, threads=threads)
+            ex, _ = make_executor(fm, ExecConfig(backend=backend, device=device, batch_size=bs, threads=threads))
             x = torch.randint(0, 256, (bs, 3, *size), dtype=torch.uint8)
             rate = _rate(lambda: (ex(x), bs)[1], seconds)
             ceiling = max(ceiling, rate)

@@ -17,18 +17,17 @@ exactly one of them and the manifest's shard list is recomputed from the markers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
-from ._errors import ImgfeatError
-from ._sinks import _npy_header, error_row
+from .._version import __version__
+from ..errors import ImgfeatError
+from ..files import commit, create_atomic, error_row, fsync_path, npy_header, partial_path, sha256, write_atomic, \
+    writer_tag
 
 FORMAT = "imgfeat-store"
 MANIFEST = "manifest.json"
@@ -48,59 +47,6 @@ def is_store_path(path: str | os.PathLike) -> bool:
     return str(path).endswith(("/", os.sep)) or (p / MANIFEST).is_file() or p.suffix == ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` in full, and durably, next to ``path`` under a temporary name."""
-    tmp = path.with_name(f".{path.name}.{_tag()}.partial")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return tmp
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never a part."""
-    os.replace(_write_temp(path, data), path)
-
-
-def _create_atomic(path: Path, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; False if another writer was first.
-
-    The file appears with its whole content or not at all (a hard link of a finished
-    temporary file), so a reader, or a rerun after ``kill -9``, never sees it empty.
-    """
-    tmp = _write_temp(path, data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a filesystem without hard links: rename, with a small race between writers
-        if path.exists():
-            return False
-        os.replace(tmp, path)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _tag() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class ShardWriter:
     """Streams one shard's vectors to a temporary .npy; ``commit`` makes the shard visible."""
 
@@ -110,13 +56,13 @@ class ShardWriter:
         folder = store.shard_dir
         for stale in folder.glob(f".{self.name}.*.partial"):  # left by a killed writer of this shard
             stale.unlink(missing_ok=True)
-        tag = _tag()
+        tag = writer_tag()
         self.final = {"vectors": folder / f"{self.name}.npy", "ids": folder / f"{self.name}.ids.parquet",
                       "errors": folder / f"{self.name}.errors.tsv"}
-        self.tmp = {k: p.with_name(f".{p.name}.{tag}.partial") for k, p in self.final.items()}
+        self.tmp = {k: partial_path(p, tag) for k, p in self.final.items()}
         self.dim, self.dtype = store.manifest["dim"], np.dtype(store.manifest["dtype"])
         self._vec = open(self.tmp["vectors"], "wb")
-        self._vec.write(_npy_header(0, self.dim, self.dtype))
+        self._vec.write(npy_header(0, self.dim, self.dtype))
         self._err = open(self.tmp["errors"], "w", encoding="utf-8", newline="\n")
         self.ids: list[str] = []
         self.paths: list[str] = []
@@ -137,23 +83,23 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         self._vec.seek(0)
-        self._vec.write(_npy_header(len(self.ids), self.dim, self.dtype))
+        self._vec.write(npy_header(len(self.ids), self.dim, self.dtype))
         for fh in (self._vec, self._err):
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
         pq.write_table(pa.table({"id": pa.array(self.ids, pa.string()), "path": pa.array(self.paths, pa.string())}),
                        self.tmp["ids"])
-        _fsync_file(self.tmp["ids"])
+        fsync_path(self.tmp["ids"])
         files = {}
         for key in ("vectors", "ids", "errors"):
-            files[key] = {"name": self.final[key].name, "sha256": _sha256(self.tmp[key]),
+            files[key] = {"name": self.final[key].name, "sha256": sha256(self.tmp[key]),
                           "bytes": self.tmp[key].stat().st_size}
-            os.replace(self.tmp[key], self.final[key])
+            commit(self.tmp[key], self.final[key])
         marker = {"shard": self.index, "rows": len(self.ids), "errors": self.n_errors,
                   "inputs": self.n_inputs, "first_input": self.index * self.store.manifest["shard_size"],
                   "files": files}
-        _write_atomic(self.store.marker(self.index), json.dumps(marker, indent=1).encode())
+        write_atomic(self.store.marker(self.index), json.dumps(marker, indent=1).encode())
         return marker
 
     def abort(self) -> None:
@@ -172,6 +118,14 @@ class FeatureStore:
         self.manifest: dict = {}
         if (self.path / MANIFEST).is_file():
             self.manifest = self._read_manifest()
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> "FeatureStore":
+        """The store at ``path``, which must exist (a clear error otherwise)."""
+        store = cls(path)
+        if not store.manifest:
+            raise ImgfeatError(f"{path} is not an imgfeat feature store (no manifest.json)")
+        return store
 
     def _read_manifest(self) -> dict:
         path = self.path / MANIFEST
@@ -200,11 +154,18 @@ class FeatureStore:
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "format_version": 1, "imgfeat_version": __version__, **identity,
                     "shards": [], "total_inputs": None, "total_shards": None}
-        if _create_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1).encode()):
+        if create_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1).encode()):
             self.manifest = manifest
             return self
         self.manifest = self._read_manifest()  # another writer was first: compare with its identity
         return self.open(identity)
+
+    def check_weights(self, fingerprint: str, model: str, weights: Optional[str] = None) -> None:
+        """Refuse to mix in (or compare against) vectors of other weights than the store's."""
+        if fingerprint != self.manifest.get("weights"):
+            raise StoreMismatchError(
+                f"{self.path} was extracted with other {model} weights than "
+                f"{weights or 'the pretrained ones'}: refusing to mix their features (pass the same --weights FILE)")
 
     def marker(self, index: int) -> Path:
         return self.shard_dir / f"{index:06d}.done.json"
@@ -228,7 +189,7 @@ class FeatureStore:
             current["total_inputs"] = total_inputs
             current["total_shards"] = -(-total_inputs // size)
         current["shards"] = [{k: m[k] for k in ("shard", "rows", "errors", "inputs", "files")} for m in self.markers()]
-        _write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
+        write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
         self.manifest = current
 
     # ------------------------------------------------------------------ reading
@@ -238,7 +199,7 @@ class FeatureStore:
         for m in self.markers():
             for f in m["files"].values():
                 p = self.shard_dir / f["name"]
-                if not p.is_file() or p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
+                if not p.is_file() or p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
                     bad.append(f["name"])
             rows += m["rows"]
             errors += m["errors"]

@@ -1,0 +1,105 @@
+"""The Python API. The command line (``imgfeat.cli``) is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .engines import run
+from .engines.pipeline import ExtractResult
+from .errors import ImgfeatError
+from .options import ExtractOptions
+from .outputs.formats import load, open_sink
+from .outputs.store import FeatureStore
+
+EXPORT_BLOCK = 8192  # rows per write when exporting: bounded memory whatever the shard size
+
+
+def extract(data=None, out: Optional[str | Path] = None, *, options: Optional[ExtractOptions] = None,
+            progress: Optional[bool] = False, **kwargs) -> ExtractResult:
+    """Extract one feature vector per image.
+
+    ``data`` is a folder, a TSV of ``id<TAB>path``, a text list of paths, a parquet/CSV table, tar
+    shards, or a Python list of paths or ``(id, path)`` pairs. With ``out`` the vectors stream to
+    that file (format by extension) or store directory; without it they are returned in
+    ``result.features`` (rows match ``result.ids``). Keyword arguments are the fields of
+    :class:`ExtractOptions`.
+    """
+    opts = dataclasses.replace(options) if options is not None else ExtractOptions()
+    for key, value in kwargs.items():
+        if not hasattr(opts, key):
+            raise TypeError(f"extract() got an unexpected keyword argument {key!r}")
+        setattr(opts, key, value)
+    if data is not None:
+        opts.data = data
+    if out is not None:
+        opts.out = str(out)
+    return run(opts, progress=progress)
+
+
+def list_models():
+    """The registered model specs (see ``imgfeat models``)."""
+    from .models.registry import list_models as _list
+
+    return _list()
+
+
+def list_layers(model: str) -> list[str]:
+    """The fx node names ``layer=`` accepts for ``model`` (see ``imgfeat layers``)."""
+    from .models.backbone import list_layers as _layers
+    from .models.registry import get_model_spec
+
+    return _layers(get_model_spec(model))
+
+
+def store_info(path: str | Path) -> dict:
+    """A store's manifest and the result of verifying every done shard against its checksums."""
+    store = FeatureStore.existing(path)
+    return {"manifest": store.manifest, "report": store.verify()}
+
+
+def export_store(store_path: str | Path, out: str | Path) -> int:
+    """Convert a feature store to one file (format by ``out``'s extension); returns the vectors written."""
+    store = FeatureStore.existing(store_path)
+    sink = open_sink(out)
+    sink.open(store.manifest["dim"], np.dtype(store.manifest["dtype"]))
+    n = 0
+    try:
+        for ids, paths, vectors in store.iter_shards():
+            for s in range(0, len(ids), EXPORT_BLOCK):
+                sink.write(ids[s:s + EXPORT_BLOCK], paths[s:s + EXPORT_BLOCK], np.asarray(vectors[s:s + EXPORT_BLOCK]))
+            n += len(ids)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return n
+
+
+def extract_like(store_path: str | Path, files: list[str], weights: Optional[str] = None) -> np.ndarray:
+    """Vectors of ``files`` made exactly as the store's were: its model, layer, pooling, ReLU/L2 and
+    weights (checked against the store's weights hash). Used to search a store by image."""
+    from .models.backbone import build_feature_model
+    from .models.registry import get_model_spec
+
+    if not Path(store_path).is_dir():
+        raise ImgfeatError("image queries need a feature store (its manifest names the model); "
+                           "with other outputs, query by id")
+    store = FeatureStore.existing(store_path)
+    m = store.manifest
+    model = build_feature_model(get_model_spec(m["model"]), m["layer"], m["pool"], weights)
+    store.check_weights(model.fingerprint(), m["model"], weights)
+    res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
+                  weights=weights, workers=0, quiet=True)
+    if res.errors:
+        raise ImgfeatError(f"query images could not be read: {res.errors[:3]}")
+    if res.dim != m["dim"]:
+        raise ImgfeatError(f"query features are {res.dim}-d but the store's are {m['dim']}-d")
+    return res.features
+
+
+__all__ = ["extract", "load", "list_models", "list_layers", "store_info", "export_store", "extract_like",
+           "ExtractOptions", "ExtractResult"]

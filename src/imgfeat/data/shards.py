@@ -1,0 +1,40 @@
+"""Shards: the unit of resume and distribution, cut in this one place.
+
+Shard k holds input records ``[k*S, (k+1)*S)`` of the selected input. Every engine (the local
+DataLoader, ``--shard I/N`` parts, Ray's driver) gets its shards from :func:`cut_shards`, which
+also skips the done ones and the other parts' ones without materialising their records
+(img2dataset ``reader.py`` habit).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+from .sources import Record
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How records group into shards: ``size`` records each (None: the whole input is one group),
+    minus ``skip`` (already done), restricted to ``part = (I, N)``: shards k with k % N == I."""
+
+    size: Optional[int] = None
+    skip: frozenset = frozenset()
+    part: Optional[tuple[int, int]] = None
+    offset: int = 0  # index of the first shard (a Ray actor handed shard k's records uses k)
+
+    def wanted(self, shard: int) -> bool:
+        return shard not in self.skip and (self.part is None or shard % self.part[1] == self.part[0])
+
+
+def cut_shards(records: Iterable[Record], plan: ShardPlan) -> Iterator[tuple[Optional[int], Iterator[Record]]]:
+    """``(shard, its records)`` for every wanted shard, in input order (``shard`` is None when
+    ``plan.size`` is None). Each group must be consumed before the next is asked for."""
+    if plan.size is None:
+        yield None, iter(records)
+        return
+    for shard, group in itertools.groupby(enumerate(records), key=lambda t: plan.offset + t[0] // plan.size):
+        if plan.wanted(shard):  # an unwanted group is read past by groupby itself, never kept
+            yield shard, (rec for _, rec in group)

@@ -1,0 +1,170 @@
+"""What every engine shares: the model pipeline built from the options, the batch loop
+(decoded batches -> executor -> postprocess -> target), and the result of a run.
+
+The local engine, ``--shard I/N`` parts and Ray actors all call :func:`build_pipeline` once and
+:func:`process_shards` for the shards they own; only how shards are handed out differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.loader import make_loader, worker_deaths
+from ..data.shards import ShardPlan
+from ..data.sources import Source
+from ..models.backbone import FeatureModel, build_feature_model
+from ..models.backends import ExecConfig, Executor, make_executor
+from ..models.registry import ModelSpec, get_model_spec
+from ..options import ExtractOptions, available_cores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractResult:
+    """What a run did. ``ids``/``features`` are filled only when no ``out`` file was given."""
+
+    n_done: int
+    n_failed: int
+    seconds: float
+    dim: int
+    model: str
+    backend: str = "torch"
+    out: Optional[str] = None
+    errors_path: Optional[str] = None
+    ids: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    features: Optional[np.ndarray] = None
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    backend_report: dict = field(default_factory=dict)
+    shards_written: Optional[int] = None
+    shards_skipped: Optional[int] = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_done / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        dest = self.out if self.out else "memory"
+        failed = f"{self.n_failed} failed"
+        if self.n_failed and self.errors_path:
+            failed += f" (reasons in {self.errors_path})"
+        if self.shards_written is not None:
+            failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
+        return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
+                f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}) -> {dest}")
+
+
+@dataclass
+class Pipeline:
+    """The model side of a run: spec, feature model, output dimension and the executor that runs it."""
+
+    spec: ModelSpec
+    model: FeatureModel
+    dim: int
+    executor: Optional[Executor] = None
+    report: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def exec_config(opts: ExtractOptions, device: torch.device) -> ExecConfig:
+    return ExecConfig(backend=opts.backend, device=device, precision=opts.precision, batch_size=opts.batch_size,
+                      threads=opts.threads or available_cores())
+
+
+def prepare_model(opts: ExtractOptions, device: torch.device) -> Pipeline:
+    """The feature model on ``device`` and its output dimension (one dry forward); no executor yet."""
+    spec = get_model_spec(opts.model)
+    model = build_feature_model(spec, opts.layer, opts.pool, opts.weights, opts.random_weights).to(device)
+    h, w = spec.preprocess.crop_size
+    with torch.inference_mode(), exec_config(opts, device).autocast():
+        dim = model(torch.zeros((1, 3, h, w), dtype=torch.uint8, device=device)).shape[1]
+    if opts.random_weights:
+        log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
+    return Pipeline(spec, model, int(dim), device=device)
+
+
+def build_pipeline(opts: ExtractOptions, device: torch.device,
+                   before_executor: Optional[Callable[[Pipeline], None]] = None) -> Pipeline:
+    """Model, dimension and executor for ``opts`` on ``device``. ``before_executor(pipeline)`` runs
+    before the (possibly slow) export and timing, so a store that refuses this job does so at once."""
+    pipeline = prepare_model(opts, device)
+    if before_executor is not None:
+        before_executor(pipeline)
+    pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
+    return pipeline
+
+
+def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:
+    """What a store must agree on to be resumed (JSON-normalised so it compares with the file)."""
+    model = pipeline.model
+    identity = {"model": pipeline.spec.name, "layer": model.layer, "pool": model.pool,
+                "weights": model.fingerprint(), "preprocess": pipeline.spec.preprocess.identity(),
+                "dim": pipeline.dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2,
+                "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size}
+    return json.loads(json.dumps(identity))
+
+
+def postprocess(features: torch.Tensor, relu: bool = False, l2: bool = False) -> torch.Tensor:
+    """ReLU then L2, in float32 (the classic VGG-19 fc7 extractor's order)."""
+    x = features.float()
+    if relu:
+        x = torch.relu(x)
+    if l2:
+        x = F.normalize(x, p=2.0, dim=1, eps=1e-12)
+    return x
+
+
+def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
+    return features.detach().to("cpu", torch.float32).numpy().astype(np.dtype(dtype), copy=False)
+
+
+def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None) -> int:
+    """The loop: decoded batches -> executor -> postprocess -> target; returns vectors written."""
+    n_done, shard_inputs = 0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            if "total" in batch:  # end of input: how many records the source held
+                target.total_inputs = batch["total"]
+                if bar is not None:
+                    bar.total = batch["total"]  # exact now, whatever the background count reached
+                continue
+            shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
+            target.errors(shard, batch["errors"])
+            if ids:
+                rows = to_numpy(postprocess(executor(batch["pixels"]), opts.relu, opts.l2), opts.dtype)
+                n_done += target.write(shard, ids, paths, rows)
+            shard_inputs += batch["n"]
+            if batch["last"]:
+                target.end_shard(shard, shard_inputs)
+                shard_inputs = 0
+            if bar is not None:
+                bar.update(batch["n"])
+                bar.set_postfix(failed=target.n_failed, refresh=False)
+    return n_done
+
+
+def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, opts: ExtractOptions,
+                   bar=None) -> int:
+    """Decode the shards of ``source`` that ``plan`` wants and write their vectors to ``target``; on any
+    exception the target's unfinished files are removed. Returns the vectors written."""
+    loader = make_loader(source, pipeline.spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
+                         pin_memory=pipeline.device.type == "cuda", plan=plan,
+                         decode_timeout=opts.decode_timeout or None)
+    target.open(pipeline.dim, np.dtype(opts.dtype))
+    try:
+        batches = iter(loader)
+        with worker_deaths(batches):
+            n_done = drive(batches, pipeline.executor, target, opts, bar)
+        target.close()
+    except BaseException:
+        target.abort()
+        raise
+    return n_done

@@ -1,0 +1,116 @@
+"""``--engine ray``: the feature store's shards spread over a Ray cluster.
+
+The driver reads the input lazily, gets the pending shards from the one shard cutter
+(``data.shards.cut_shards``: done shards and other parts are skipped there), and hands each
+pending shard's records (small descriptors, never pixels or models) to a pool of actors. Each
+actor builds the model once (on its GPU when the cluster has GPUs; CPU actors decode and run the
+model otherwise), processes its shard with the same :func:`process_shards` as the local engine,
+and writes it to the shared store with the same atomic rules. At most two shards per actor are in
+flight, so the driver's memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Iterator, Optional
+
+import torch
+
+from ..data.shards import ShardPlan, cut_shards
+from ..data.sources import Counted, ListSource, Record, open_source
+from ..errors import bad_param, require
+from ..models.backends import resolve_device
+from ..options import ExtractOptions
+from ..outputs.store import FeatureStore
+from ..outputs.targets import StoreTarget
+from .local import wants_store
+from .pipeline import ExtractResult, Pipeline, build_pipeline, prepare_model, process_shards, store_identity
+
+
+class ShardWorker:
+    """Ray actor body: one model per actor, one shard per call."""
+
+    def __init__(self, opts: ExtractOptions) -> None:
+        self.opts = opts
+        self.device = resolve_device("cuda" if torch.cuda.is_available() and opts.device == "auto" else opts.device)
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        self.store = FeatureStore(opts.out)
+
+        def same_weights(pipeline: Pipeline) -> None:
+            self.store.check_weights(pipeline.model.fingerprint(), pipeline.spec.name, opts.weights)
+
+        self.pipeline = build_pipeline(opts, self.device, same_weights)
+
+    def process(self, shard: int, records: list[Record]) -> dict:
+        target = StoreTarget(self.store)
+        process_shards(self.pipeline, ListSource(tuple(records)), ShardPlan(size=len(records), offset=shard),
+                       target, self.opts)
+        return {"shard": shard, "rows": target.n_written, "errors": target.n_failed}
+
+
+def _pending(records: Iterator[Record], plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:
+    for shard, group in cut_shards(records, plan):
+        yield shard, list(group)  # only wanted shards are ever materialised
+
+
+def _actors(ray, opts: ExtractOptions) -> list:
+    """One actor per GPU (its CPUs decode in DataLoader workers), else one single-threaded actor per CPU."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        per_actor = {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
+        actor_opts = dataclasses.replace(opts, engine="local", workers=max(0, cpus // gpus - 1))
+        n_actors = gpus
+    else:
+        per_actor = {"num_cpus": 1}
+        actor_opts = dataclasses.replace(opts, engine="local", threads=1, workers=0, device="cpu")
+        n_actors = cpus
+    actor = ray.remote(**per_actor)(ShardWorker)
+    return [actor.remote(actor_opts) for _ in range(n_actors)]
+
+
+def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> tuple[int, int, int]:
+    """Keep every actor busy with at most two shards; returns (vectors, error rows, shards written)."""
+    idle, in_flight, n_done, n_failed, written = list(actors) * 2, {}, 0, 0, 0
+    exhausted = False
+    while True:
+        while idle and not exhausted:
+            job = next(jobs, None)
+            if job is None:
+                exhausted = True
+                break
+            actor = idle.pop()
+            in_flight[actor.process.remote(*job)] = actor
+        if not in_flight:
+            return n_done, n_failed, written
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        actor = in_flight.pop(ready[0])
+        report = ray.get(ready[0])  # an actor's exception surfaces here; its shard stays undone
+        n_done, n_failed, written = n_done + report["rows"], n_failed + report["errors"], written + 1
+        idle.append(actor)
+
+
+def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
+    ray = require("ray", "ray", "--engine ray")
+    if not wants_store(opts):
+        raise bad_param("out", "a feature store directory (no file extension) with --engine ray", opts.out)
+    if not ray.is_initialized():
+        ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+
+    source = open_source(opts.data, opts.start, opts.stop)
+    pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
+    store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
+    done = store.done_shards()
+    actors = _actors(ray, opts)
+    start = time.perf_counter()
+    records = Counted(source.records())
+    plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part())
+    n_done, n_failed, written = _dispatch(ray, actors, _pending(iter(records), plan))
+    seconds = time.perf_counter() - start
+    store.refresh_manifest(total_inputs=records.n)  # the driver has read every record by now
+    return ExtractResult(n_done=n_done, n_failed=n_failed, seconds=seconds, dim=pipeline.dim,
+                         model=pipeline.spec.name, backend=f"ray x{len(actors)}", out=str(opts.out),
+                         shards_written=written, shards_skipped=len(done))

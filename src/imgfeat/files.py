@@ -1,0 +1,141 @@
+"""The one rule for writing files: write under a hidden temporary name in the destination folder,
+then rename into place, so no reader ever sees half a file under a final name.
+
+Also the byte-level pieces several outputs share: the ``.npy`` header that is rewritten with the
+row count at the end, error rows, checksums and fsync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+def writer_tag() -> str:
+    """Host and pid: temporary names of concurrent writers (several machines, one store) never collide."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def partial_path(path: str | Path, tag: str | None = None) -> Path:
+    """Hidden in-progress name next to ``path`` (same filesystem, so the final rename is atomic)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{tag or os.getpid()}.partial")
+
+
+def commit(partial: str | Path, final: str | Path) -> None:
+    """Move a finished temporary file to its final name (atomic: a reader sees old or new, never a part)."""
+    os.replace(partial, final)
+
+
+def discard(*paths: str | Path) -> None:
+    """Remove temporary files; missing ones are fine (an abort may come before they exist)."""
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_paths(finals: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Temporary paths for ``finals``: all renamed into place if the block succeeds, all removed if it raises."""
+    partials = [partial_path(f) for f in finals]
+    try:
+        yield partials
+    except BaseException:
+        discard(*partials)
+        raise
+    for partial, final in zip(partials, finals):
+        commit(partial, final)
+
+
+def fsync_path(path: str | Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` in full, and durably, next to ``path`` under a temporary name."""
+    tmp = partial_path(path, writer_tag())
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, durably: readers see the old file or the new one, never a part."""
+    commit(write_temp(path, data), path)
+
+
+def create_atomic(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; False if another writer was first.
+
+    The file appears with its whole content or not at all (a hard link of a finished
+    temporary file), so a reader, or a rerun after ``kill -9``, never sees it empty.
+    """
+    tmp = write_temp(path, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: rename, with a small race between writers
+        if path.exists():
+            return False
+        commit(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+NPY_HEADER_BYTES = 128  # magic (6) + version (2) + length (2) + padded dict; rewritten with N at close
+
+
+def npy_header(n: int, dim: int, dtype: np.dtype) -> bytes:
+    """A fixed-size ``.npy`` v1 header for an (n, dim) C-order matrix, so rows can be appended and n set last."""
+    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d, %d), }" % (np.dtype(dtype).str, n, dim)
+    body = text.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
+def clean_field(value: object) -> str:
+    """A value as one TSV field: tabs and newlines become spaces."""
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def error_row(row: Sequence[object]) -> str:
+    """One ``id<TAB>path<TAB>reason`` line of an error log."""
+    return "\t".join(clean_field(v) for v in row) + "\n"
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A staging folder next to ``final``, renamed to ``final`` when the block succeeds. If another
+    process published ``final`` first, its copy is kept (it is as good as ours) and ours is removed."""
+    import shutil
+    import tempfile
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield staging
+        try:
+            os.rename(staging, final)
+        except OSError:  # another process won the race
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""The one options object shared by the CLI, the Python API and every worker.
+
+Each field's metadata carries its CLI help and its constraint (scikit-learn
+``_param_validation`` habit): the argparse parser is generated from this class (choices
+included) and :meth:`ExtractOptions.validate` checks the same constraints, so the two can never
+drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from numbers import Real
+from typing import Any, Callable, Optional
+
+from .data.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
+from .data.sources import accepted_inputs
+from .errors import bad_param
+from .models.backbone import POOLS
+from .models.backends import BACKENDS, PRECISIONS
+
+DEVICES = "auto|cpu|cuda|cuda:N|mps"
+DTYPES = ("float32", "float16")
+ENGINES = ("local", "ray")
+FORMATS = ("auto", "store")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a parameter accepts: ``allowed`` for the message, ``check`` to test a value, ``choices`` for argparse."""
+
+    allowed: str
+    check: Callable[[Any], bool]
+    choices: Optional[tuple] = None
+
+
+def one_of(values: tuple) -> Constraint:
+    return Constraint(f"one of {values}", lambda v: v in values, values)
+
+
+def integer(low: int) -> Constraint:
+    return Constraint(f"an integer >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+
+def seconds() -> Constraint:
+    return Constraint("a number of seconds >= 0 (0: no limit)",
+                      lambda v: isinstance(v, Real) and not isinstance(v, bool) and v >= 0)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decode processes: up to 4, never more than the cores the process may use."""
+    return max(1, min(4, available_cores()))
+
+
+def _opt(default: Any, help: str, constraint: Optional[Constraint] = None, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, "constraint": constraint, **meta})
+
+
+@dataclass
+class ExtractOptions:
+    """Options of one extraction run (see ``imgfeat extract --help``)."""
+
+    data: Any = _opt(None, f"input: {accepted_inputs()}", cli_required=True)
+    out: Optional[str] = _opt(None, "output: a file whose extension picks the format (.tsv .pkl .h5/.hdf5 .npy "
+                                    ".parquet), or a directory (no extension) for a resumable sharded feature store")
+    format: str = _opt("auto", "auto: by --out's extension; store: a sharded feature store even if --out has a dot",
+                       one_of(FORMATS))
+    shard_size: int = _opt(10_000, "input records per store shard (the unit of resume and of --shard I/N)",
+                           integer(1))
+    shard: Optional[str] = _opt(None, "I/N: process only the I-th (0-based) of N disjoint parts (shards k with "
+                                      "k %% N == I), for Slurm arrays and other schedulers")
+    engine: str = _opt("local", "local, or ray: spread the store's shards over a Ray cluster", one_of(ENGINES))
+    ray_address: Optional[str] = _opt(None, "Ray cluster address for --engine ray (default: RAY_ADDRESS or a "
+                                            "local cluster)")
+    model: str = _opt("efficientnet_lite0", "backbone name (see `imgfeat models`) or timm:<name>")
+    layer: Optional[str] = _opt(None, "fx node whose output is the feature (see `imgfeat layers MODEL`); "
+                                      "default: the model's own feature layer")
+    pool: Optional[str] = _opt(None, "pooling of spatial maps / token sequences (default: avg)", one_of(POOLS))
+    weights: Optional[str] = _opt(None, "local state-dict file to load instead of the pretrained weights")
+    random_weights: bool = _opt(False, "run the untrained network (benchmarks, tests); never the default")
+    batch_size: int = _opt(32, "images per forward pass", integer(1))
+    workers: Optional[int] = _opt(None, "parallel decode processes (0 decodes in the main process; "
+                                        "default: one per core, at most 4)", integer(0))
+    backend: str = _opt("auto", "inference backend; auto times torch, ONNX Runtime and OpenVINO once per model "
+                                "on the CPU and caches the fastest (torch on a GPU)", one_of(BACKENDS))
+    threads: Optional[int] = _opt(None, "intra-op threads of the model (default: all available cores)", integer(1))
+    device: str = _opt("auto", f"{DEVICES}; auto picks CUDA, then MPS, then the CPU")
+    precision: str = _opt("fp32", "compute precision (fp16 needs a GPU)", one_of(PRECISIONS))
+    relu: bool = _opt(False, "apply ReLU to the features")
+    l2: bool = _opt(False, "L2-normalise each feature vector (after --relu)")
+    dtype: str = _opt("float32", "storage dtype of the vectors", one_of(DTYPES))
+    start: int = _opt(0, "first input item to process (0-based, inclusive)", integer(0))
+    stop: Optional[int] = _opt(None, "input item to stop before (exclusive); with --start selects a block", integer(0))
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused as 'too large'", integer(1))
+    decode_timeout: float = _opt(DEFAULT_DECODE_TIMEOUT, "seconds one image may take to read and decode; a "
+                                                         "slower one (a stalled mount or URL) becomes a 'timeout' "
+                                                         "error row (0: no limit)", seconds())
+    quiet: bool = _opt(False, "no progress bar and no summary line")
+
+    def part(self) -> Optional[tuple[int, int]]:
+        """``--shard I/N`` parsed as (I, N)."""
+        if self.shard is None:
+            return None
+        try:
+            i, n = (int(x) for x in str(self.shard).split("/"))
+        except ValueError:
+            raise bad_param("shard", "'I/N' with integers 0 <= I < N", self.shard) from None
+        if not 0 <= i < n:
+            raise bad_param("shard", "'I/N' with integers 0 <= I < N", self.shard)
+        return i, n
+
+    def validate(self) -> "ExtractOptions":
+        """Raise a clear error for any value outside its declared constraint; return self."""
+        if self.data is None:
+            raise bad_param("data", accepted_inputs(), None)
+        if self.workers is None:
+            self.workers = default_workers()
+        for f in fields(self):
+            constraint, value = f.metadata.get("constraint"), getattr(self, f.name)
+            if constraint is not None and not (value is None and f.default is None) and not constraint.check(value):
+                raise bad_param(f.name, constraint.allowed + (" or None" if f.default is None else ""), value)
+        self.part()
+        return self
+
+
+def option_fields():
+    return fields(ExtractOptions)

@@ -1,0 +1,224 @@
+"""The registry of output formats: which sink writes a path, and how each format is read back.
+
+One entry per extension holds both directions, so a format cannot be writable and unreadable.
+Tools and the API read features only through this module: :func:`load` (ids and a matrix, memory-
+mapped for ``.npy`` and stores), :func:`iter_blocks` (bounded memory, any size), :func:`read_paths`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from ..errors import ImgfeatError, bad_param
+from .sinks import H5Sink, NpySink, ParquetSink, PickleSink, Sink, TsvSink, npy_ids_path
+from .store import FeatureStore
+
+DEFAULT_BLOCK = 65536
+Blocks = Iterator[tuple[list[str], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """``sink(path)`` writes it; ``load(path)`` reads (ids, matrix); ``blocks(path, rows)`` streams it
+    (default: slices of ``load``); ``paths(path)`` gives id -> image path where the format records them."""
+
+    sink: Callable[[str | Path], Sink]
+    load: Callable[[Path], tuple[list[str], object]]
+    blocks: Optional[Callable[[Path, int], Blocks]] = None
+    paths: Optional[Callable[[Path], dict[str, str]]] = None
+
+
+def _load_tsv(path: Path):
+    ids, rows = [], []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rid, vec = line.rstrip("\n").split("\t", 1)
+            ids.append(rid)
+            rows.append(json.loads(vec))
+    if not ids:
+        return ids, np.zeros((0, 0), np.float32)
+    return ids, np.asarray(rows, dtype=np.float32)
+
+
+def _load_pkl(path: Path):
+    with open(path, "rb") as fh:
+        data = pickle.load(fh)  # imgfeat's own output; never load pickles from untrusted sources
+    ids = list(data)
+    return ids, (np.stack([data[i] for i in ids]) if ids else np.zeros((0, 0), np.float32))
+
+
+def _h5_text(values) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in values]
+
+
+def _load_h5(path: Path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return _h5_text(f["ids"][:]), f["features"][:]
+
+
+def _blocks_h5(path: Path, rows: int) -> Blocks:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        feats, ids = f["features"], f["ids"]
+        for s in range(0, len(ids), rows):
+            yield _h5_text(ids[s:s + rows]), feats[s:s + rows].astype(np.float32)
+
+
+def _paths_h5(path: Path) -> dict[str, str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return dict(zip(_h5_text(f["ids"][:]), _h5_text(f["paths"][:])))
+
+
+def _load_npy(path: Path):
+    with open(npy_ids_path(path), encoding="utf-8") as fh:
+        ids = [line.rstrip("\n") for line in fh]
+    return ids, np.load(path, mmap_mode="r")
+
+
+def _parquet_matrix(column) -> np.ndarray:
+    """The ``feature`` column (fixed-size lists) as an N x D array."""
+    if hasattr(column, "combine_chunks"):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def _load_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "feature"])
+    return table.column("id").to_pylist(), _parquet_matrix(table.column("feature"))
+
+
+def _blocks_parquet(path: Path, rows: int) -> Blocks:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=["id", "feature"]):
+        yield batch.column(0).to_pylist(), _parquet_matrix(batch.column(1)).astype(np.float32)
+
+
+def _paths_parquet(path: Path) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["id", "path"])
+    return dict(zip(t.column("id").to_pylist(), t.column("path").to_pylist()))
+
+
+_FORMATS: dict[str, Format] = {}
+
+
+def register_format(ext: str, fmt: Format) -> None:
+    """Make ``ext`` an output format; a second registration of the same extension is an error."""
+    if ext in _FORMATS:
+        raise ValueError(f"a format is already registered for {ext!r}")
+    _FORMATS[ext] = fmt
+
+
+register_format(".tsv", Format(TsvSink, _load_tsv))
+register_format(".pkl", Format(PickleSink, _load_pkl))
+register_format(".h5", Format(H5Sink, _load_h5, _blocks_h5, _paths_h5))
+register_format(".hdf5", Format(H5Sink, _load_h5, _blocks_h5, _paths_h5))
+register_format(".npy", Format(NpySink, _load_npy))
+register_format(".parquet", Format(ParquetSink, _load_parquet, _blocks_parquet, _paths_parquet))
+
+
+def extensions() -> list[str]:
+    return sorted(_FORMATS)
+
+
+def _format(path: str | Path, name: str) -> Format:
+    ext = Path(path).suffix.lower()
+    if ext not in _FORMATS:
+        raise bad_param(name, f"a file name ending in one of {extensions()}", str(path))
+    return _FORMATS[ext]
+
+
+def open_sink(path: str | Path) -> Sink:
+    """The sink for ``path``'s extension (not opened yet)."""
+    return _format(path, "out").sink(path)
+
+
+def output_files(path: str | Path) -> list[Path]:
+    """The files a sink writes for ``path`` (the .npy sink also writes ``.ids.txt``)."""
+    return [Path(path), npy_ids_path(path)] if Path(path).suffix.lower() == ".npy" else [Path(path)]
+
+
+def _existing(path: str | Path, name: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise bad_param(name, "an imgfeat output file or feature store", str(path))
+    return p
+
+
+def _store(p: Path) -> FeatureStore:
+    return FeatureStore.existing(p)
+
+
+def load(path: str | Path):
+    """Read any imgfeat output back as ``(ids, matrix)``.
+
+    ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
+    memory-mapped view over its shards that is never read into RAM whole."""
+    p = _existing(path, "path")
+    return _store(p).load() if p.is_dir() else _format(p, "path").load(p)
+
+
+def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
+    """(ids, float32 block) pairs covering the whole output in order, ``rows`` at a time.
+
+    Stores, .npy, .h5 and .parquet are streamed; .tsv and .pkl (small formats) are read whole."""
+    p = _existing(path, "features")
+    if p.is_dir():
+        for ids, _, vectors in _store(p).iter_shards():
+            for s in range(0, len(ids), rows):
+                yield ids[s:s + rows], np.asarray(vectors[s:s + rows], dtype=np.float32)
+        return
+    fmt = _format(p, "features")
+    if fmt.blocks is not None:
+        yield from fmt.blocks(p, rows)
+        return
+    ids, mat = fmt.load(p)
+    for s in range(0, len(ids), rows):
+        yield ids[s:s + rows], np.asarray(mat[s:s + rows], dtype=np.float32)
+
+
+def read_features(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """All ids and a float32 matrix (for tools that need the data in memory, e.g. a probe)."""
+    ids: list[str] = []
+    blocks = []
+    for bids, block in iter_blocks(path):
+        ids.extend(bids)
+        blocks.append(block)
+    if not blocks:
+        raise ImgfeatError(f"{path} holds no feature vectors")
+    return ids, np.concatenate(blocks)
+
+
+def open_matrix(path: str | Path):
+    """``(ids, matrix)`` without reading the vectors: stores and .npy come memory-mapped (tools
+    that index or scan them read blocks); the other formats are read into memory."""
+    ids, X = load(_existing(path, "features"))
+    if len(ids) == 0:
+        raise ImgfeatError(f"{path} holds no feature vectors")
+    return ids, X
+
+
+def read_paths(path: str | Path) -> dict[str, str]:
+    """id -> image path, where the output records paths (stores, .h5, .parquet)."""
+    p = _existing(path, "features")
+    if p.is_dir():
+        return {i: q for ids, paths, _ in _store(p).iter_shards() for i, q in zip(ids, paths)}
+    fmt = _format(p, "features")
+    if fmt.paths is None:
+        raise ImgfeatError(f"{path} does not record image paths (use a feature store, .h5 or .parquet output)")
+    return fmt.paths(p)
