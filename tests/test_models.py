@@ -234,3 +234,48 @@ def test_timm_pretrained_offline_fails_clearly():
     pytest.importorskip("timm")
     with pytest.raises(WeightsUnavailableError, match="--weights FILE"):
         instantiate(get_model_spec("timm:resnet18"))
+
+
+TIMM_CROP_MODES = [("tf_efficientnetv2_b3.in21k_ft_in1k", "squash"),
+                   ("deepseek_vit_412m_enc.deepseek_v4_flash_vision_exp", "border"),
+                   ("resnet18.a1_in1k", "center")]
+
+
+@pytest.mark.parametrize("name,mode", TIMM_CROP_MODES)
+def test_timm_crop_modes_match_timms_own_transform(name, mode, photos, tmp_path):
+    """A timm model's preprocessing (crop_mode, crop_pct, interpolation, mean/std) equals timm's own
+    ``resolve_data_config`` + ``create_transform`` on landscape, portrait and square photos."""
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+
+    spec = get_model_spec(f"timm:{name}")
+    assert spec.preprocess.crop_mode == mode
+    transform = timm.data.create_transform(
+        **timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict()))
+    portrait = tmp_path / "portrait.png"
+    Image.open(photos / "chelsea.jpg").transpose(Image.Transpose.ROTATE_90).save(portrait)
+    for path in (photos / "chelsea.jpg", portrait, photos / "astronaut.jpg"):
+        ours = normalised(torch.from_numpy(decode(str(path), spec.preprocess, draft=False)).permute(2, 0, 1)[None],
+                          spec)
+        ref = transform(Image.open(path).convert("RGB"))[None]
+        assert ours.shape == ref.shape
+        assert float((ours - ref).abs().max()) <= 1e-5, (name, path.name)
+
+
+@pytest.mark.slow
+def test_timm_squash_model_features_equal_timm_forward(photos):
+    """End to end on a squash model: imgfeat's vector == timm transform + forward_head(pre_logits)."""
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+
+    name = "tf_efficientnetv2_b3.in21k_ft_in1k"
+    path = photos / "chelsea.jpg"
+    result = imgfeat.extract([str(path)], model=f"timm:{name}", random_weights=True, backend="torch", workers=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # --random-weights is this seeded initialisation
+        net = timm.create_model(name, pretrained=False).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=net))
+    with torch.inference_mode():
+        ref = net.forward_head(net.forward_features(transform(Image.open(path).convert("RGB"))[None]),
+                               pre_logits=True)[0].numpy()
+    assert np.abs(result.features[0] - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))

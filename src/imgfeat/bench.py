@@ -97,6 +97,19 @@ def model_gflops(model: torch.nn.Module, input_size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _forward_rows(fm, batch_sizes, threads: int, seconds: float, rows: list[Row]) -> float:
+    """Forward rate of every backend x batch size on pre-made tensors (rows appended); returns the best."""
+    ceiling = 0.0
+    for backend in available_backends():
+        for bs in batch_sizes:
+            ex, _ = make_executor(fm, ExecConfig(backend=backend, batch_size=bs, threads=threads))
+            x = torch.randint(0, 256, (bs, 3, *fm.input_size), dtype=torch.uint8)
+            rate = _rate(lambda: (ex(x), bs)[1], seconds)
+            ceiling = max(ceiling, rate)
+            rows.append(Row("forward", "backbone on pre-made tensors", backend, str(bs), rate))
+    return ceiling
+
+
 def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, sets=("imagenet", "camera"),
               images: int = 300, workdir: Optional[Path] = None, batch_sizes=(1, 8, 32), seconds: float = 3.0,
               naive_images: int = 40, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
@@ -110,15 +123,7 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
 
     log("measuring the forward ceiling ...")
-    ceiling = 0.0
-    device = torch.device("cpu")
-    for backend in available_backends():
-        for bs in batch_sizes:
-            ex, _ = make_executor(fm, ExecConfig(backend=backend, device=device, batch_size=bs, threads=threads))
-            x = torch.randint(0, 256, (bs, 3, *size), dtype=torch.uint8)
-            rate = _rate(lambda: (ex(x), bs)[1], seconds)
-            ceiling = max(ceiling, rate)
-            rows.append(Row("forward", "backbone on pre-made tensors", backend, str(bs), rate))
+    ceiling = _forward_rows(fm, batch_sizes, threads, seconds, rows)
     gflops_rate, flops = matmul_gflops(), model_gflops(fm, size)
     rows.append(Row("forward", "physical limit", "", "", gflops_rate / flops,
                     f"{gflops_rate:.0f} GFLOP/s matmul / {flops:.2f} GFLOP per image"))

@@ -248,7 +248,7 @@ def _diffuse(args) -> int:
     return _emit(args, result, lines)
 
 
-def add_parsers(sub) -> None:
+def _add_pca(sub) -> None:
     pca = sub.add_parser("pca", help="streaming PCA: fit, then apply")
     pca_sub = pca.add_subparsers(dest="pca_command", required=True)
     fit = pca_sub.add_parser("fit", help="fit a PCA on features, block by block")
@@ -263,6 +263,8 @@ def add_parsers(sub) -> None:
     apply.add_argument("--out", required=True, help=".tsv .pkl .h5 .npy or .parquet")
     apply.set_defaults(func=_pca_apply)
 
+
+def _add_probe(sub) -> None:
     probe = sub.add_parser("probe", help="linear SVM / logistic regression on features + labels")
     _features_arg(probe)
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
@@ -279,6 +281,8 @@ def add_parsers(sub) -> None:
     predict.add_argument("--out", required=True, help="TSV id<TAB>predicted label")
     predict.set_defaults(func=_predict)
 
+
+def _add_map(sub) -> None:
     mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
     _features_arg(mp)
     mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
@@ -291,6 +295,8 @@ def add_parsers(sub) -> None:
     mp.add_argument("--seed", type=int, default=0)
     mp.set_defaults(func=_map)
 
+
+def _add_knn(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
     _features_arg(knn)
     knn.add_argument("--k", type=int, required=True)
@@ -308,6 +314,8 @@ def add_parsers(sub) -> None:
     knn.add_argument("--recall-sample", type=int, default=1000)
     knn.set_defaults(func=_knn)
 
+
+def _add_search(sub) -> None:
     search = sub.add_parser("search", help="nearest neighbours of query ids or images")
     _features_arg(search)
     search.add_argument("--query", nargs="+", required=True, help="ids in the features, or image files")
@@ -316,6 +324,8 @@ def add_parsers(sub) -> None:
     search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
     search.set_defaults(func=_search)
 
+
+def _add_dedup(sub) -> None:
     dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
     _features_arg(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
@@ -325,6 +335,8 @@ def add_parsers(sub) -> None:
     dedup.add_argument("--out", help="TSV group<TAB>id")
     dedup.set_defaults(func=_dedup)
 
+
+def _add_diffuse(sub) -> None:
     diffuse = sub.add_parser("diffuse", help="label propagation for low-shot learning")
     _features_arg(diffuse)
     diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
@@ -338,3 +350,14 @@ def add_parsers(sub) -> None:
     diffuse.add_argument("--C", type=float, default=1.0, help="C of the logistic-regression baseline")
     diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
     diffuse.set_defaults(func=_diffuse)
+
+
+def add_parsers(sub) -> None:
+    """Add the tools' subcommands to the ``imgfeat`` parser."""
+    _add_pca(sub)
+    _add_probe(sub)
+    _add_map(sub)
+    _add_knn(sub)
+    _add_search(sub)
+    _add_dedup(sub)
+    _add_diffuse(sub)
