@@ -1,13 +1,14 @@
-"""Shared fixtures: the repository's real photos, generated images, and an isolated offline cache."""
+"""Shared fixtures: the repository's real photos, generated images, and an isolated offline cache.
+Plain helper functions live in ``helpers.py``."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "images"
@@ -46,17 +47,6 @@ def photo_dir(tmp_path, photos) -> Path:
     return dst
 
 
-def write_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB", fmt: str | None = None, **kw) -> Path:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format=fmt, **kw)
-    return path
-
-
 @pytest.fixture
 def image_tsv(tmp_path) -> Path:
     """23 small generated images and 2 bad entries, listed in a TSV."""
@@ -74,8 +64,3 @@ def image_tsv(tmp_path) -> Path:
     tsv = tmp_path / "list.tsv"
     tsv.write_text("\n".join(lines) + "\n")
     return tsv
-
-
-def expected_ids() -> list[str]:
-    """The ids of ``image_tsv`` that hold readable images."""
-    return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]

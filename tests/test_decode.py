@@ -12,7 +12,7 @@ from torchvision import transforms as T
 from imgfeat.data.decode import decode, to_rgb
 from imgfeat.models.preprocess import Preprocess
 
-from conftest import write_image
+from helpers import write_image
 
 PP = Preprocess(crop_size=(32, 32), resize_size=40)
 

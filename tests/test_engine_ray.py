@@ -11,7 +11,7 @@ import pytest
 import imgfeat
 from imgfeat.outputs.store import FeatureStore
 
-from conftest import expected_ids as _expected_ids
+from helpers import expected_ids as _expected_ids
 
 
 def _opts(**kw):

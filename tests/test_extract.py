@@ -16,7 +16,7 @@ import imgfeat
 from imgfeat import InvalidParameterError
 from imgfeat.models.backbone import FeatureModel
 
-from conftest import write_image
+from helpers import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ ALLOWED = {
     "models": BASE,
     "data": BASE | {"models"},  # the geometry half of models.preprocess runs in the decode workers
     "outputs": BASE,
-    "options": BASE | {"data", "models"},
+    "options": BASE | {"data", "models", "outputs"},
     "engines": BASE | {"data", "models", "outputs", "options"},
     "tools": BASE | {"outputs"},  # tools read features, never the extraction pipeline
     "api": BASE | {"data", "models", "outputs", "options", "engines"},

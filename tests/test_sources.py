@@ -52,14 +52,37 @@ def test_start_stop_select_a_block(tmp_path):
 
 
 def test_large_tsv_is_read_lazily(tmp_path):
-    tsv = tmp_path / "big.tsv"
-    with open(tsv, "w") as fh:
-        for i in range(200_000):
-            fh.write(f"{i}\t{i}.jpg\n")
-    it = open_source(str(tsv), start=5).records()
-    first = next(it)  # a generator: nothing beyond what is needed has been parsed
-    assert first.id == "5"
-    assert type(it).__name__ in ("islice", "generator")
+    """The first records arrive while the input is still being written: a FIFO whose writer waits
+    before sending the rest. A source that read the whole input first would block until the timeout."""
+    import threading
+
+    fifo = tmp_path / "big.tsv"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def writer() -> None:
+        try:
+            with open(fifo, "w") as fh:
+                fh.writelines(f"{i}\t{i}.jpg\n" for i in range(10))
+                fh.flush()
+                release.wait(timeout=30)  # the rest comes only after the reader got its first records
+                fh.writelines(f"{i}\t{i}.jpg\n" for i in range(10, 100_000))
+        except BrokenPipeError:  # the reader took its five records and closed the FIFO
+            pass
+
+    feeder = threading.Thread(target=writer, daemon=True)
+    feeder.start()
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(r.id for _, r in zip(range(5), open_source(
+        str(fifo), start=2).records())), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    released_early = not reader.is_alive()
+    release.set()
+    reader.join(timeout=30)
+    feeder.join(timeout=30)
+    assert released_early, "the source waited for the end of the input before yielding a record"
+    assert got == ["2", "3", "4", "5", "6"]
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -68,7 +91,7 @@ def test_large_tsv_is_read_lazily(tmp_path):
     ({"data": ".", "start": -1}, "'start' parameter"),
     ({"data": ".", "start": 5, "stop": 2}, "'stop' parameter"),
 ])
-def test_bad_arguments_name_the_parameter(kwargs, needle):
-    os.chdir(os.path.dirname(os.path.dirname(__file__)))
+def test_bad_arguments_name_the_parameter(kwargs, needle, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
     with pytest.raises(InvalidParameterError, match=needle):
         open_source(**kwargs)

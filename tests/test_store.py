@@ -18,8 +18,8 @@ import imgfeat
 from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 from imgfeat.cli import main
 
-from conftest import expected_ids as _expected_ids
-from conftest import write_image
+from helpers import expected_ids as _expected_ids
+from helpers import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,3 +206,18 @@ def test_kill_9_at_any_moment_then_rerun_loses_and_duplicates_nothing(tmp_path):
     np.testing.assert_allclose(np.asarray(mat), ref.features, atol=1e-5)
     assert FeatureStore(out).verify()["corrupt"] == []
     assert not list((out / "shards").glob("*.partial"))
+
+
+def test_store_identity_of_a_center_crop_model_is_unchanged(image_tsv, tmp_path):
+    """Stores written before crop_mode existed still resume: the default mode is not recorded."""
+    store = tmp_path / "store"
+    imgfeat.extract(str(image_tsv), str(store), model="squeezenet1_1", backend="torch", workers=0)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert "crop_mode" not in manifest["preprocess"] and manifest["preprocess"]["resize_size"] == 256
+
+
+def test_engines_table_matches_the_option():
+    from imgfeat.engines import ENGINES
+    from imgfeat.options import ENGINES as NAMES
+
+    assert tuple(ENGINES) == NAMES

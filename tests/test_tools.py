@@ -213,20 +213,29 @@ def _json(capsys):
     return json.loads(capsys.readouterr().out)
 
 
-def test_cli_round_trips(tmp_path, capsys):
+@pytest.fixture
+def h5_features(tmp_path):
+    """200 clustered vectors in an .h5 file, with train/test label files (even/odd ids)."""
     X, y = clusters(n_per=50)
     ids = write_features(tmp_path / "f.h5", X)
     write_labels(tmp_path / "train.tsv", ids[::2], y[::2])
     write_labels(tmp_path / "test.tsv", ids[1::2], y[1::2])
-    f = str(tmp_path / "f.h5")
+    return str(tmp_path / "f.h5"), ids, X, y
 
+
+def test_cli_pca_fit_and_apply(h5_features, tmp_path, capsys):
+    f, ids, X, _ = h5_features
     assert main(["pca", "fit", "--features", f, "--dim", "8", "--out", str(tmp_path / "p.npz"), "--json"]) == 0
     assert _json(capsys)["n"] == 200
     assert main(["pca", "apply", "--features", f, "--pca", str(tmp_path / "p.npz"),
                  "--out", str(tmp_path / "r.npy"), "--json"]) == 0
-    assert np.load(tmp_path / "r.npy").shape == (200, 8)
-    capsys.readouterr()
+    reduced = np.load(tmp_path / "r.npy")
+    assert reduced.shape == (200, 8)
+    np.testing.assert_allclose(reduced, StreamingPCA(n_components=8).fit(X).transform(X), atol=1e-4)
 
+
+def test_cli_probe_and_predict(h5_features, tmp_path, capsys):
+    f, ids, _, y = h5_features
     assert main(["probe", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--test-labels",
                  str(tmp_path / "test.tsv"), "--classifier", "svm", "--out-dir", str(tmp_path / "pr"), "--json"]) == 0
     rep = _json(capsys)
@@ -234,39 +243,74 @@ def test_cli_round_trips(tmp_path, capsys):
     assert main(["predict", "--features", f, "--probe", rep["probe"], "--out", str(tmp_path / "pred.tsv")]) == 0
     pred = dict(line.split("\t") for line in (tmp_path / "pred.tsv").read_text().splitlines())
     assert all(pred[i] == label for i, label in zip(ids, y))
-    capsys.readouterr()
 
+
+def test_cli_knn_npz_and_raw_agree(h5_features, tmp_path, capsys):
+    f, ids, X, _ = h5_features
     assert main(["knn", "--features", f, "--k", "5", "--out", str(tmp_path / "g.npz"), "--approx", "hnsw",
                  "--raw", str(tmp_path / "g"), "--json"]) == 0
-    res = _json(capsys)
-    assert res["recall_at_k"] > 0.9
+    assert _json(capsys)["recall_at_k"] > 0.9
     g = np.load(tmp_path / "g.npz")
     np.testing.assert_array_equal(np.fromfile(tmp_path / "g.int32", np.int32).reshape(200, 5), g["I"])
-    assert g["ids"].tolist() == ids
+    assert g["ids"].tolist() == ids == (tmp_path / "g.ids.txt").read_text().split()
+    assert not list(tmp_path.glob(".*partial"))
 
+
+def test_cli_search_by_id(h5_features, capsys):
+    f, ids, X, _ = h5_features
     assert main(["search", "--features", f, "--query", ids[0], "--k", "3", "--json"]) == 0
     hits = _json(capsys)["queries"][ids[0]]
-    assert hits[0]["id"] == ids[0] and len(hits) == 3
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    expected = np.argsort(-(Xn @ Xn[0]))[:3]
+    assert [h["id"] for h in hits] == [ids[i] for i in expected]
 
-    few = [ids[i * 50] for i in range(4)]
-    write_labels(tmp_path / "few.tsv", few, [y[i * 50] for i in range(4)])
-    rest = [i for i in ids if i not in few]
-    write_labels(tmp_path / "rest.tsv", rest, [y[ids.index(i)] for i in rest])
+
+def test_cli_diffuse_beats_nothing_and_reports_the_baseline(h5_features, tmp_path, capsys):
+    f, ids, X, y = h5_features
+    few = [i * 50 for i in range(4)]
+    write_labels(tmp_path / "few.tsv", [ids[i] for i in few], [y[i] for i in few])
+    rest = [i for i in range(len(ids)) if i not in few]
+    write_labels(tmp_path / "rest.tsv", [ids[i] for i in rest], [y[i] for i in rest])
     assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "few.tsv"), "--test-labels",
                  str(tmp_path / "rest.tsv"), "--k", "10", "--json"]) == 0
     res = _json(capsys)
-    assert res["accuracy"] > 0.95 and 0 <= res["logreg_accuracy"] <= 1
+    assert res["accuracy"] > 0.95
+    baseline = LinearProbe(classifier="logreg", C=1.0).fit(X[few], y[few])
+    assert res["logreg_accuracy"] == pytest.approx(float((baseline.predict(X[rest]) == y[rest]).mean()))
 
+
+def test_cli_dedup(h5_features, tmp_path, capsys):
+    f, ids, X, _ = h5_features
     assert main(["dedup", "--features", f, "--threshold", "0.999", "--json"]) == 0
     assert _json(capsys)["groups"] == 0
     assert main(["dedup", "--features", f, "--threshold", "0.999", "--index", "IVF2,Flat", "--json"]) == 0
     assert _json(capsys)["n"] == 200
 
+
+def test_cli_map_on_features_without_paths(h5_features, tmp_path, capsys):
+    f, ids, _, _ = h5_features
     assert main(["map", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--out",
-                 str(tmp_path / "m.png"), "--mosaic", str(tmp_path / "mo.png"), "--json"]) == 0
+                 str(tmp_path / "m.png"), "--json"]) == 0
     res = _json(capsys)
     coords = (tmp_path / "m.coords.tsv").read_text().splitlines()
-    assert len(coords) == 200 and Path(res["png"]).stat().st_size > 1000 and res["thumbnails"] == 0
+    assert len(coords) == 200 and Path(res["png"]).stat().st_size > 1000
+    assert [line.split("\t")[0] for line in coords] == ids
+
+
+def test_cli_map_mosaic_draws_the_images(tmp_path, photos, capsys):
+    """On a store of real photos the mosaic holds every thumbnail: the canvas is no longer white."""
+    import imgfeat
+    from PIL import Image
+
+    store = tmp_path / "store"
+    imgfeat.extract(str(photos), str(store), model="squeezenet1_1", backend="torch", workers=0)
+    assert main(["map", "--features", str(store), "--out", str(tmp_path / "m.png"),
+                 "--mosaic", str(tmp_path / "mo.png"), "--json"]) == 0
+    res = _json(capsys)
+    assert res["thumbnails"] == res["n"] == len(list(photos.iterdir()))
+    canvas = np.asarray(Image.open(tmp_path / "mo.png").convert("RGB"))
+    drawn = (canvas < 250).any(axis=2).sum()
+    assert drawn >= 0.8 * res["n"] * 40 * 26  # each thumbnail covers about 40 x 26 pixels or more
 
 
 def test_bad_inputs_are_clear(tmp_path, capsys):
@@ -284,8 +328,7 @@ def test_bad_inputs_are_clear(tmp_path, capsys):
     for argv, needle in cases:
         assert main(argv) == 2, argv
         assert needle in capsys.readouterr().err, argv
-    other = write_features(tmp_path / "g.npy", np.zeros((5, 7), np.float32))
-    assert other
+    write_features(tmp_path / "g.npy", np.zeros((5, 7), np.float32))
     assert main(["pca", "fit", "--features", f, "--dim", "4", "--out", str(tmp_path / "p.npz")]) == 0
     assert main(["pca", "apply", "--features", str(tmp_path / "g.npy"), "--pca", str(tmp_path / "p.npz"),
                  "--out", str(tmp_path / "r.npy")]) == 2
@@ -325,3 +368,25 @@ def test_maps_keep_clusters_apart(method):
     np.fill_diagonal(d, np.inf)
     assert (y[d.argmin(1)] == y).mean() > 0.95
     np.testing.assert_array_equal(embed_2d(X, method=method, seed=0), coords)  # seeded: same map twice
+
+
+@pytest.mark.parametrize("estimator", [StreamingPCA(n_components=3, whiten=True),
+                                       LinearProbe(classifier="svm", C=0.5), KNNIndex(metric="cosine", index="hnsw"),
+                                       LabelDiffusion(k=7, iterations=5)])
+def test_estimators_clone_like_sklearn(estimator):
+    from sklearn.base import clone
+
+    copy = clone(estimator)
+    assert type(copy) is type(estimator) and copy is not estimator
+    assert copy.get_params() == estimator.get_params()
+    assert copy.set_params(**{next(iter(copy.get_params())): None}) is copy
+    with pytest.raises(InvalidParameterError, match="no parameter 'nope'"):
+        copy.set_params(nope=1)
+
+
+def test_diffusion_transduction_is_every_rows_label():
+    X, y = clusters(n_per=30, k=3)
+    labels = [v if i % 30 == 0 else None for i, v in enumerate(y)]
+    model = LabelDiffusion(k=10).fit(X, labels)
+    assert model.transduction_.shape == (90,) and (model.transduction_ == y).mean() > 0.95
+    np.testing.assert_array_equal(model.predict(), model.transduction_)

@@ -18,6 +18,7 @@ from .data.sources import accepted_inputs
 from .errors import bad_param
 from .models.backbone import POOLS
 from .models.backends import BACKENDS, PRECISIONS
+from .outputs.formats import extensions
 
 DEVICES = "auto|cpu|cuda|cuda:N|mps"
 DTYPES = ("float32", "float16")
@@ -68,8 +69,8 @@ class ExtractOptions:
     """Options of one extraction run (see ``imgfeat extract --help``)."""
 
     data: Any = _opt(None, f"input: {accepted_inputs()}", cli_required=True)
-    out: Optional[str] = _opt(None, "output: a file whose extension picks the format (.tsv .pkl .h5/.hdf5 .npy "
-                                    ".parquet), or a directory (no extension) for a resumable sharded feature store")
+    out: Optional[str] = _opt(None, f"output: a file whose extension picks the format ({' '.join(extensions())}), "
+                                    "or a directory (no extension) for a resumable sharded feature store")
     format: str = _opt("auto", "auto: by --out's extension; store: a sharded feature store even if --out has a dot",
                        one_of(FORMATS))
     shard_size: int = _opt(10_000, "input records per store shard (the unit of resume and of --shard I/N)",

@@ -15,6 +15,7 @@ from .. import api
 from .._version import __version__
 from ..errors import ImgfeatError
 from ..options import ExtractOptions, option_fields
+from ..outputs.formats import extensions
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_extract(args: argparse.Namespace) -> int:
     opts = ExtractOptions(**{f.name: getattr(args, f.name) for f in option_fields()})
     if opts.out is None:
-        raise ImgfeatError("imgfeat extract needs --out FILE (.tsv .pkl .h5 .npy .parquet) or a store directory")
+        raise ImgfeatError(f"imgfeat extract needs --out FILE ({' '.join(extensions())}) or a store directory")
     result = api.extract(options=opts, progress=None)
     if not opts.quiet:
         print(result.summary(), file=sys.stderr)
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a feature store and verify its shards")
     info.add_argument("store")
     info.set_defaults(func=_cmd_info)
-    export = sub.add_parser("export", help="convert a feature store to .tsv .pkl .h5 .npy or .parquet")
+    export = sub.add_parser("export", help="convert a feature store to one file (" + " ".join(extensions()) + ")")
     export.add_argument("store")
     export.add_argument("out")
     export.set_defaults(func=_cmd_export)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param
-from ..outputs.formats import iter_blocks, open_matrix, read_features, read_paths
+from ..outputs.formats import extensions, iter_blocks, open_matrix, read_features, read_paths
 from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
 from ..tools.labels import align, check_dim, read_labels
 from ..tools.maps import METHODS
@@ -260,7 +260,7 @@ def _add_pca(sub) -> None:
     apply = pca_sub.add_parser("apply", help="reduce features with a fitted PCA")
     _features_arg(apply)
     apply.add_argument("--pca", required=True)
-    apply.add_argument("--out", required=True, help=".tsv .pkl .h5 .npy or .parquet")
+    apply.add_argument("--out", required=True, help="a file ending in " + " ".join(extensions()))
     apply.set_defaults(func=_pca_apply)
 
 

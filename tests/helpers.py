@@ -1,0 +1,24 @@
+"""Helpers shared by the tests (plain functions; the fixtures are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB", fmt: str | None = None, **kw) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def expected_ids() -> list[str]:
+    """The ids of ``image_tsv`` that hold readable images."""
+    return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]
