@@ -29,6 +29,11 @@ def partial_path(path: str | Path, tag: str | None = None) -> Path:
     return p.with_name(f".{p.name}.{tag or os.getpid()}.partial")
 
 
+def stale_partials(folder: Path, prefix: str) -> Iterator[Path]:
+    """Temporary files in ``folder`` whose final name starts with ``prefix`` (left by a killed writer)."""
+    return folder.glob(f".{prefix}*.partial")
+
+
 def commit(partial: str | Path, final: str | Path) -> None:
     """Move a finished temporary file to its final name (atomic: a reader sees old or new, never a part)."""
     os.replace(partial, final)

@@ -26,8 +26,8 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ImgfeatError
-from ..files import commit, create_atomic, error_row, fsync_path, npy_header, partial_path, sha256, write_atomic, \
-    writer_tag
+from ..files import commit, create_atomic, error_row, fsync_path, npy_header, partial_path, sha256, \
+    stale_partials, write_atomic, writer_tag
 
 FORMAT = "imgfeat-store"
 MANIFEST = "manifest.json"
@@ -54,7 +54,7 @@ class ShardWriter:
         self.store, self.index = store, index
         self.name = f"{index:06d}"
         folder = store.shard_dir
-        for stale in folder.glob(f".{self.name}.*.partial"):  # left by a killed writer of this shard
+        for stale in stale_partials(folder, f"{self.name}."):  # left by a killed writer of this shard
             stale.unlink(missing_ok=True)
         tag = writer_tag()
         self.final = {"vectors": folder / f"{self.name}.npy", "ids": folder / f"{self.name}.ids.parquet",
