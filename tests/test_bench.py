@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from imgfeat.models.backbone import build_feature_model
 from imgfeat.bench import format_table, make_image_set, model_gflops, run_bench
+from imgfeat.models.backbone import build_feature_model
 from imgfeat.models.registry import get_model_spec
 
 

@@ -15,8 +15,8 @@ import torchvision
 
 import imgfeat
 from imgfeat import InvalidParameterError, WeightsUnavailableError
-from imgfeat.models.backbone import build_feature_model, list_layers
 from imgfeat.data.decode import decode
+from imgfeat.models.backbone import build_feature_model, list_layers
 from imgfeat.models.registry import ModelSpec, get_model_spec, instantiate, list_models, register_model, unregister_model
 from imgfeat.models.weights import UrlWeights, hub_checkpoint_dir
 

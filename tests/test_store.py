@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import imgfeat
-from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 from imgfeat.cli import main
+from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 
 from helpers import expected_ids as _expected_ids
 from helpers import write_image

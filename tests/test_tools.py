@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
 
+from imgfeat.cli import main  # noqa: E402
 from imgfeat.errors import ImgfeatError, InvalidParameterError  # noqa: E402
 from imgfeat.outputs.formats import open_sink  # noqa: E402
-from imgfeat.cli import main  # noqa: E402
 from imgfeat.tools import (KNNIndex, LabelDiffusion, LinearProbe, StreamingPCA, duplicate_groups,  # noqa: E402
                            iter_blocks, recall_at_k)
 
