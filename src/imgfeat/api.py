@@ -12,7 +12,7 @@ from .engines import run
 from .engines.pipeline import ExtractResult
 from .errors import ImgfeatError
 from .options import ExtractOptions
-from .outputs.formats import load, open_sink
+from .outputs.formats import load, write_blocks
 from .outputs.store import FeatureStore
 
 EXPORT_BLOCK = 8192  # rows per write when exporting: bounded memory whatever the shard size
@@ -64,19 +64,13 @@ def store_info(path: str | Path) -> dict:
 def export_store(store_path: str | Path, out: str | Path) -> int:
     """Convert a feature store to one file (format by ``out``'s extension); returns the vectors written."""
     store = FeatureStore.existing(store_path)
-    sink = open_sink(out)
-    sink.open(store.manifest["dim"], np.dtype(store.manifest["dtype"]))
-    n = 0
-    try:
+
+    def blocks():
         for ids, paths, vectors in store.iter_shards():
             for s in range(0, len(ids), EXPORT_BLOCK):
-                sink.write(ids[s:s + EXPORT_BLOCK], paths[s:s + EXPORT_BLOCK], np.asarray(vectors[s:s + EXPORT_BLOCK]))
-            n += len(ids)
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
-    return n
+                yield ids[s:s + EXPORT_BLOCK], paths[s:s + EXPORT_BLOCK], np.asarray(vectors[s:s + EXPORT_BLOCK])
+
+    return write_blocks(out, store.manifest["dim"], store.manifest["dtype"], blocks())
 
 
 def extract_like(store_path: str | Path, files: list[str], weights: Optional[str] = None) -> np.ndarray:

@@ -50,22 +50,17 @@ def _pca_fit(args) -> int:
 
 
 def _pca_apply(args) -> int:
-    from ..outputs.formats import open_sink
+    from ..outputs.formats import write_blocks
     from ..tools.pca import StreamingPCA
 
     pca = StreamingPCA.load(args.pca)
-    sink = open_sink(args.out)
-    sink.open(pca.components_.shape[0], np.dtype(np.float32))
-    n = 0
-    try:
+
+    def reduced():
         for ids, block in iter_blocks(args.features):
             check_dim("features", pca.mean_.shape[0], block.shape[1], f"the PCA was fitted on {args.pca}")
-            sink.write(ids, [""] * len(ids), pca.transform(block))
-            n += len(ids)
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
+            yield ids, [""] * len(ids), pca.transform(block)
+
+    n = write_blocks(args.out, pca.components_.shape[0], np.float32, reduced())
     return _emit(args, {"out": args.out, "n": n, "dim": int(pca.components_.shape[0])},
                  [f"{n} vectors reduced to {pca.components_.shape[0]}-d -> {args.out}"])
 

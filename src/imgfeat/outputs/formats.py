@@ -11,7 +11,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -148,6 +148,24 @@ def open_sink(path: str | Path) -> Sink:
     return _format(path, "out").sink(path)
 
 
+def write_blocks(path: str | Path, dim: int, dtype, blocks: Iterable[tuple[Sequence[str], Sequence[str], np.ndarray]]) -> int:
+    """Stream ``(ids, paths, rows)`` blocks into a new output file at ``path`` (format by extension).
+    The file appears only when complete; on any error, one raised by ``blocks`` included, the
+    partial file is removed. Returns the rows written."""
+    sink = open_sink(path)
+    sink.open(dim, np.dtype(dtype))
+    n = 0
+    try:
+        for ids, paths, rows in blocks:
+            sink.write(ids, paths, rows)
+            n += len(ids)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return n
+
+
 def output_files(path: str | Path) -> list[Path]:
     """The files a sink writes for ``path`` (the .npy sink also writes ``.ids.txt``)."""
     return [Path(path), npy_ids_path(path)] if Path(path).suffix.lower() == ".npy" else [Path(path)]
@@ -160,17 +178,13 @@ def _existing(path: str | Path, name: str) -> Path:
     return p
 
 
-def _store(p: Path) -> FeatureStore:
-    return FeatureStore.existing(p)
-
-
 def load(path: str | Path):
     """Read any imgfeat output back as ``(ids, matrix)``.
 
     ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
     memory-mapped view over its shards that is never read into RAM whole."""
     p = _existing(path, "path")
-    return _store(p).load() if p.is_dir() else _format(p, "path").load(p)
+    return FeatureStore.existing(p).load() if p.is_dir() else _format(p, "path").load(p)
 
 
 def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
@@ -179,7 +193,7 @@ def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
     Stores, .npy, .h5 and .parquet are streamed; .tsv and .pkl (small formats) are read whole."""
     p = _existing(path, "features")
     if p.is_dir():
-        for ids, _, vectors in _store(p).iter_shards():
+        for ids, _, vectors in FeatureStore.existing(p).iter_shards():
             for s in range(0, len(ids), rows):
                 yield ids[s:s + rows], np.asarray(vectors[s:s + rows], dtype=np.float32)
         return
@@ -217,7 +231,7 @@ def read_paths(path: str | Path) -> dict[str, str]:
     """id -> image path, where the output records paths (stores, .h5, .parquet)."""
     p = _existing(path, "features")
     if p.is_dir():
-        return {i: q for ids, paths, _ in _store(p).iter_shards() for i, q in zip(ids, paths)}
+        return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)}
     fmt = _format(p, "features")
     if fmt.paths is None:
         raise ImgfeatError(f"{path} does not record image paths (use a feature store, .h5 or .parquet output)")
