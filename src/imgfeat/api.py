@@ -75,24 +75,14 @@ def export_store(store_path: str | Path, out: str | Path) -> int:
 
 def extract_like(store_path: str | Path, files: list[str], weights: Optional[str] = None) -> np.ndarray:
     """Vectors of ``files`` made exactly as the store's were: its model, layer, pooling, ReLU/L2 and
-    weights (checked against the store's weights hash). Used to search a store by image."""
-    from .models.backbone import build_feature_model
-    from .models.registry import get_model_spec
+    weights (checked against the store's weights hash). Used to search a store by image; to embed
+    queries repeatedly, keep an :class:`imgfeat.engines.encode.StoreEncoder`."""
+    from .engines.encode import StoreEncoder
 
     if not Path(store_path).is_dir():
         raise ImgfeatError("image queries need a feature store (its manifest names the model); "
                            "with other outputs, query by id")
-    store = FeatureStore.existing(store_path)
-    m = store.manifest
-    model = build_feature_model(get_model_spec(m["model"]), m["layer"], m["pool"], weights)
-    store.check_weights(model.fingerprint(), m["model"], weights)
-    res = extract(files, model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
-                  weights=weights, workers=0, quiet=True)
-    if res.errors:
-        raise ImgfeatError(f"query images could not be read: {res.errors[:3]}")
-    if res.dim != m["dim"]:
-        raise ImgfeatError(f"query features are {res.dim}-d but the store's are {m['dim']}-d")
-    return res.features
+    return StoreEncoder.for_store(store_path, weights).encode_files(files)
 
 
 __all__ = ["extract", "load", "list_models", "list_layers", "store_info", "export_store", "extract_like",

@@ -21,7 +21,8 @@ from .api import extract
 from .data.loader import make_loader
 from .data.sources import FolderSource
 from .models.backbone import build_feature_model
-from .models.backends import ExecConfig, available_backends, cache_dir, make_executor
+from .files import cache_dir
+from .models.backends import ExecConfig, available_backends, make_executor
 from .models.registry import get_model_spec
 from .options import available_cores
 

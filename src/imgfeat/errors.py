@@ -8,7 +8,11 @@ class ImgfeatError(Exception):
 
 
 class InvalidParameterError(ImgfeatError, ValueError):
-    """A user-facing parameter had a value outside its allowed set."""
+    """A user-facing parameter had a value outside its allowed set; ``param`` names it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class WeightsUnavailableError(ImgfeatError):
@@ -21,7 +25,7 @@ class MissingDependencyError(ImgfeatError, ImportError):
 
 def bad_param(name: str, allowed: str, got: object) -> InvalidParameterError:
     """Build the scikit-learn style message: The 'x' parameter must be ... Got ... instead."""
-    return InvalidParameterError(f"The '{name}' parameter must be {allowed}. Got {got!r} instead.")
+    return InvalidParameterError(f"The '{name}' parameter must be {allowed}. Got {got!r} instead.", name)
 
 
 def require(module: str, extra: str, purpose: str):

@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import struct
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,9 +19,15 @@ from typing import Iterator, Sequence
 import numpy as np
 
 
+def cache_dir() -> Path:
+    """imgfeat's cache root: ``$IMGFEAT_CACHE``, default ``~/.cache/imgfeat`` (exports, benchmarks, serve)."""
+    return Path(os.environ.get("IMGFEAT_CACHE") or Path.home() / ".cache" / "imgfeat")
+
+
 def writer_tag() -> str:
-    """Host and pid: temporary names of concurrent writers (several machines, one store) never collide."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Host, pid and thread: temporary names of concurrent writers (several machines, one store; threads of a
+    server) never collide."""
+    return f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
 
 def partial_path(path: str | Path, tag: str | None = None) -> Path:

@@ -144,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("out")
     export.set_defaults(func=_cmd_export)
+    from .serve import add_parser as add_serve
     from .tools import add_parsers
 
     add_parsers(sub)
+    add_serve(sub)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
     layers.add_argument("model")
     layers.set_defaults(func=_cmd_layers)

@@ -229,21 +229,11 @@ def _deadline(seconds: Optional[float]) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
 
 
-def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
-           offset: Optional[int] = None, size: Optional[int] = None,
-           timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
-    """Decode one image: the uint8 (H, W, 3) array, or a reason string if it cannot be used.
-
-    ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar member
-    ``archive.tar::member`` read at ``offset`` / ``size``. Reading and decoding together may
-    take at most ``timeout`` seconds (None: no limit)."""
+def _guarded(work, timeout: Optional[float]) -> Union[object, str]:
+    """``work()``, or the reason string of its failure (the one classification every decode shares)."""
     try:
         with _deadline(timeout):
-            if offset is not None or ("://" in path and not path.startswith("file://")):
-                source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
-            else:
-                source = path.removeprefix("file://")
-            return preprocess(load_image(source, pp, max_pixels, draft), pp)
+            return work()
     except _Timeout:
         return f"timeout: reading and decoding took longer than {timeout:g} s"
     except _NeedsFsspec:
@@ -256,3 +246,56 @@ def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draf
         return f"too large: {exc}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
         return _classify_error(exc)
+
+
+def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
+           offset: Optional[int] = None, size: Optional[int] = None,
+           timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
+    """Decode one image: the uint8 (H, W, 3) array, or a reason string if it cannot be used.
+
+    ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar member
+    ``archive.tar::member`` read at ``offset`` / ``size``. Reading and decoding together may
+    take at most ``timeout`` seconds (None: no limit)."""
+    def work():
+        if offset is not None or ("://" in path and not path.startswith("file://")):
+            source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
+        else:
+            source = path.removeprefix("file://")
+        return preprocess(load_image(source, pp, max_pixels, draft), pp)
+
+    return _guarded(work, timeout)
+
+
+def decode_bytes(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
+    """``decode`` for an image held in memory (an upload): same limits, deadline and reasons."""
+    def work():
+        if not data:
+            raise _EmptyFile()
+        return preprocess(load_image(io.BytesIO(data), pp, max_pixels), pp)
+
+    return _guarded(work, timeout)
+
+
+def thumbnail(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+              timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT, quality: int = 85) -> Union[bytes, str]:
+    """A JPEG of ``path`` (upright, RGB) fitting in ``size`` x ``size``, or a reason string. Decoded with
+    ``extract``'s limits (pixel count, deadline, every mode), JPEGs at reduced DCT scale when large."""
+    def work():
+        source: Union[str, io.BytesIO] = path
+        if "::" in path:  # a tar member as sources record it: archive.tar::member
+            import tarfile
+
+            archive, member = path.rsplit("::", 1)
+            with tarfile.open(archive) as tf, tf.extractfile(member) as fh:
+                source = io.BytesIO(fh.read())
+        elif "://" in path and not path.startswith("file://"):
+            source = _read_bytes(path, None, None)
+        img = load_image(source if not isinstance(source, str) else source.removeprefix("file://"),
+                         Preprocess(crop_size=(size, size), resize_size=size), max_pixels)
+        img.thumbnail((size, size), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        return buf.getvalue()
+
+    return _guarded(work, timeout)

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch
 
 from .._version import __version__
 from ..errors import ImgfeatError, bad_param
-from ..files import atomic_dir, write_atomic
+from ..files import atomic_dir, cache_dir, write_atomic
 from .backbone import FeatureModel
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,6 @@ MIN_COSINE_BF16 = 0.99  # bf16: two bf16 implementations round differently; comp
 
 class BackendCheckError(ImgfeatError):
     """An exported model disagreed with torch beyond the tolerance."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("IMGFEAT_CACHE") or Path.home() / ".cache" / "imgfeat")
 
 
 def available_backends() -> list[str]:

@@ -1,11 +1,56 @@
-"""Near-duplicate groups: each vector's k nearest neighbours (cosine, blocks of queries),
-pairs above a threshold joined by union-find. Memory is the index plus N x k, never N x N."""
+"""Near-duplicate groups: each vector's k nearest neighbours (cosine, blocks of queries), pairs above a
+threshold joined into connected components. Memory is the index plus N x k, never N x N.
+
+The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold
+(``groups_at``) in a fraction of a second, which is what a threshold slider needs."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
+from ..errors import bad_param
 from .knn import KNNIndex
+
+THRESHOLD_RANGE = (-1.0, 1.0)  # cosine similarity
+
+
+def check_threshold(threshold: float) -> float:
+    lo, hi = THRESHOLD_RANGE
+    if not lo <= threshold <= hi:
+        raise bad_param("threshold", f"a cosine similarity in [{lo:g}, {hi:g}]", threshold)
+    return float(threshold)
+
+
+def neighbour_lists(X, k: int = 10, index: str = "exact",
+                    knn: Optional[KNNIndex] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(D, I): the cosine similarities and rows of each vector's ``k`` nearest others (-1 where fewer
+    exist). ``knn``: an already fitted cosine index over X to reuse."""
+    knn = knn or KNNIndex(metric="cosine", index=index).fit(X)
+    n = len(X)
+    D, I = knn.search(X, min(k + 1, n))
+    return D, I
+
+
+def groups_at(D: np.ndarray, I: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Rows grouped by chains of similarity >= ``threshold``: arrays of rows (size >= 2), largest first,
+    ties by first row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    check_threshold(threshold)
+    n = len(D)
+    src, col = np.nonzero((D >= threshold) & (I >= 0))
+    dst = I[src, col]
+    keep = dst != src
+    graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (src[keep], dst[keep])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp)
+    order = np.argsort(comp, kind="stable")  # rows grouped by component, ascending within each
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    groups = [order[starts[c]:starts[c] + sizes[c]] for c in np.flatnonzero(sizes > 1)]
+    return sorted(groups, key=lambda g: (-len(g), int(g[0])))
 
 
 def duplicate_groups(X, ids: list[str], *, threshold: float = 0.95, k: int = 10,
@@ -13,21 +58,6 @@ def duplicate_groups(X, ids: list[str], *, threshold: float = 0.95, k: int = 10,
     """Groups (size >= 2) of ids whose cosine similarity chains above ``threshold``.
 
     ``X`` may be a memory map or a store's matrix: it is read in blocks."""
-    knn = KNNIndex(metric="cosine", index=index).fit(X)
-    parent = np.arange(len(ids))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    D, I = knn.search(X, min(k + 1, len(ids)))
-    for i, j in zip(*np.nonzero((D >= threshold) & (I >= 0))):
-        a, b = root(i), root(int(I[i, j]))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    groups: dict[int, list[str]] = {}
-    for i in range(len(ids)):
-        groups.setdefault(root(i), []).append(ids[i])
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    check_threshold(threshold)
+    D, I = neighbour_lists(X, k, index)
+    return [[ids[i] for i in g] for g in groups_at(D, I, threshold)]

@@ -100,6 +100,30 @@ class KNNIndex(Params):
         self.index_, self.n_ = idx, n
         return self
 
+    def save(self, path: str) -> None:
+        """Write the fitted faiss index to ``path`` (atomically: a half-written index never exists)."""
+        faiss = require("faiss", "science", "kNN graphs")
+        with atomic_paths([path]) as (partial,):
+            faiss.write_index(self.index_, str(partial))
+
+    @classmethod
+    def load(cls, path: str, metric: str = "ip", nprobe: int = 16) -> "KNNIndex":
+        """A fitted index read from a faiss index file, memory-mapped where faiss can (IVF lists)."""
+        faiss = require("faiss", "science", "kNN graphs")
+        try:
+            idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            try:
+                idx = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise ImgfeatError(f"{path} is not a faiss index file ({str(exc).strip().splitlines()[-1]})") from None
+        self = cls(metric=metric, index=type(idx).__name__, nprobe=nprobe)
+        ivf = faiss.try_extract_index_ivf(idx)
+        if ivf is not None:
+            ivf.nprobe = min(nprobe, ivf.nlist)
+        self.index_, self.n_, self.normalise_ = idx, idx.ntotal, metric == "cosine"
+        return self
+
     def search(self, Q, k: int, block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """(D float32, I int32), each len(Q) x k, computed ``block`` queries at a time."""
         if k > self.n_:

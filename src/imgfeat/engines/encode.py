@@ -1,0 +1,64 @@
+"""Vectors for query images made exactly as a store's were: its model, layer, pooling, preprocessing,
+ReLU/L2 and weights (checked against the store's weights hash). The model is built once and kept, so
+a server or a search of many files pays for it once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data.decode import decode
+from ..errors import ImgfeatError
+from ..models.backends import resolve_device
+from ..options import ExtractOptions
+from ..outputs.store import FeatureStore
+from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
+
+
+class StoreEncoder:
+    """``encode(arrays)`` embeds decoded uint8 HxWx3 arrays (at ``preprocess``'s geometry); ``encode_files``
+    decodes files first. Thread-safe: one forward at a time (the executor owns its threads)."""
+
+    def __init__(self, store: FeatureStore, weights: Optional[str] = None, backend: str = "torch",
+                 device: str = "auto") -> None:
+        m = store.manifest
+        self.store, self.weights = store, weights
+        self.opts = ExtractOptions(model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
+                                   weights=weights, backend=backend, device=device, workers=0, quiet=True)
+
+        def check(pipeline: Pipeline) -> None:
+            store.check_weights(pipeline.model.fingerprint(), m["model"], weights)
+            if pipeline.dim != m["dim"]:
+                raise ImgfeatError(f"{m['model']} now gives {pipeline.dim}-d features but the store's are {m['dim']}-d")
+
+        self.pipeline = build_pipeline(self.opts, resolve_device(device), before_executor=check)
+        self.preprocess = self.pipeline.spec.preprocess
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, store_path, weights: Optional[str] = None, **kwargs) -> "StoreEncoder":
+        return cls(FeatureStore.existing(store_path), weights, **kwargs)
+
+    def encode(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        if not len(arrays):
+            return np.zeros((0, self.pipeline.dim), np.float32)
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(self.pipeline.device)
+        with self._lock, torch.inference_mode():
+            out = postprocess(self.pipeline.executor(pixels), self.opts.relu, self.opts.l2)
+        return to_numpy(out, "float32")
+
+    def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
+        arrays, errors = [], []
+        for f in files:
+            result = decode(f, self.preprocess, max_pixels or self.opts.max_pixels)
+            if isinstance(result, str):
+                errors.append((f, result))
+            else:
+                arrays.append(result)
+        if errors:
+            raise ImgfeatError(f"query images could not be read: {errors[:3]}")
+        return self.encode(arrays)

@@ -1,0 +1,285 @@
+"""What the server serves: one features output (a store, or any file imgfeat writes) opened read-only,
+with its ids, image paths, labels, a faiss index for search, 2-D map coordinates and the neighbour
+lists duplicate groups are cut from. Everything the server derives (index, map, neighbour lists,
+thumbnails) lives under the cache directory, keyed by the features' identity: never in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ImgfeatError, bad_param
+from ..files import cache_dir, write_atomic
+from ..outputs.formats import open_matrix, read_paths
+from ..outputs.store import MANIFEST, FeatureStore
+from ..tools.dedup import groups_at, neighbour_lists
+from ..tools.knn import KNNIndex, l2_normalise
+from ..tools.labels import read_labels
+
+log = logging.getLogger(__name__)
+
+EXACT_UP_TO = 100_000  # auto index: brute force up to this many vectors, IVF above
+MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
+UNLABELLED = "(unlabelled)"
+
+
+@dataclass
+class Hit:
+    row: int
+    score: float
+
+
+def features_key(path: Path) -> str:
+    """Identity of a features output for the cache: a store's manifest (its shard checksums), or a
+    file's absolute path, size and modification time."""
+    p = path.resolve()
+    if p.is_dir():
+        blob = (p / MANIFEST).read_bytes()
+    else:
+        st = p.stat()
+        blob = f"{p}\n{st.st_size}\n{st.st_mtime_ns}".encode()
+    return hashlib.sha256(str(p).encode() + b"\0" + blob).hexdigest()[:16]
+
+
+def _index_name(index: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in index)
+
+
+class Collection:
+    """``search(vector, k, offset, label)`` and ``neighbours(row, ...)`` go through one faiss index (exact,
+    IVF, or any ``index_factory`` string; a saved index file is read memory-mapped where faiss can).
+    Scores are cosine similarities, recomputed exactly for the rows an approximate index returns."""
+
+    def __init__(self, features: str | Path, *, labels: Optional[str] = None, map_coords: Optional[str] = None,
+                 index: str = "auto", index_file: Optional[str] = None, nprobe: int = 16,
+                 cache: Optional[str | Path] = None, dup_k: int = 10) -> None:
+        self.path = Path(features)
+        self.ids, self.X = open_matrix(self.path)
+        self.n, self.dim = len(self.ids), int(self.X.shape[1])
+        self.row_of = {rid: i for i, rid in enumerate(self.ids)}
+        self.store = FeatureStore.existing(self.path) if self.path.is_dir() else None
+        self.manifest = self.store.manifest if self.store else {}
+        self.key = features_key(self.path)
+        self.cache = Path(cache) if cache else cache_dir() / "serve" / self.key
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.paths = self._paths()
+        self.categories, self.codes = self._labels(labels)
+        self.index_name = index if index != "auto" else ("exact" if self.n <= EXACT_UP_TO else "ivf")
+        self.nprobe, self.dup_k = nprobe, dup_k
+        self.knn = self._index(index_file)
+        self._map_coords = map_coords
+        self._lock = threading.Lock()
+        self._map: Optional[dict] = None
+        self._neighbours: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._label_selectors: dict[int, object] = {}
+
+    # ------------------------------------------------------------------ loading
+    def _paths(self) -> list[Optional[str]]:
+        if self.store is not None:
+            return [p for _, paths, _ in self.store.iter_shards() for p in paths]
+        try:
+            found = read_paths(self.path)
+        except ImgfeatError:  # .npy, .tsv, .pkl record no paths: no thumbnails
+            return [None] * self.n
+        return [found.get(i) for i in self.ids]
+
+    def _labels(self, labels: Optional[str]) -> tuple[list[str], np.ndarray]:
+        codes = np.full(self.n, -1, np.int32)
+        if not labels:
+            return [], codes
+        lab = read_labels(labels)
+        categories = sorted(set(lab.values()))
+        code_of = {c: j for j, c in enumerate(categories)}
+        unknown = 0
+        for rid, c in lab.items():
+            row = self.row_of.get(rid)
+            if row is None:
+                unknown += 1
+            else:
+                codes[row] = code_of[c]
+        if unknown == len(lab):
+            raise ImgfeatError(f"no id of {labels} is in {self.path}")
+        if unknown:
+            log.warning("%d id(s) of %s are not in %s and are ignored", unknown, labels, self.path)
+        return categories, codes
+
+    def _index(self, index_file: Optional[str]) -> KNNIndex:
+        if index_file and Path(index_file).is_file():
+            knn = KNNIndex.load(index_file, "cosine", self.nprobe)
+            if knn.n_ != self.n or knn.index_.d != self.dim:
+                raise ImgfeatError(f"{index_file} indexes {knn.n_} vectors of dimension {knn.index_.d}, "
+                                   f"but {self.path} holds {self.n} of dimension {self.dim}: build it again")
+            return knn
+        cached = Path(index_file) if index_file else self.cache / f"index-{_index_name(self.index_name)}.faiss"
+        if self.index_name != "exact" and cached.is_file():
+            return KNNIndex.load(cached, "cosine", self.nprobe)
+        log.info("indexing %d vectors (%s)", self.n, self.index_name)
+        knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe).fit(self.X)
+        if self.index_name != "exact":  # worth keeping: training an IVF or PQ index takes a while
+            knn.save(str(cached))
+        return knn
+
+    # ------------------------------------------------------------------ search
+    def _selector(self, label: int):
+        import faiss
+
+        if label not in self._label_selectors:
+            bits = np.packbits(self.codes == label, bitorder="little")
+            self._label_selectors[label] = (faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits)), bits)
+        return self._label_selectors[label][0]
+
+    def _raw_search(self, q: np.ndarray, k: int, label: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        idx = self.knn.index_
+        if label is None:
+            D, I = idx.search(q, k)
+            return D[0], I[0]
+        ivf = faiss.try_extract_index_ivf(idx)
+        sel = self._selector(label)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else \
+            faiss.SearchParameters(sel=sel)
+        try:
+            D, I = idx.search(q, k, params=params)
+            return D[0], I[0]
+        except RuntimeError:  # an index type without selectors: over-fetch and filter
+            D, I = idx.search(q, min(self.n, k * 20))
+            keep = (I[0] >= 0) & (self.codes[np.maximum(I[0], 0)] == label)
+            return D[0][keep][:k], I[0][keep][:k]
+
+    def label_code(self, label: Optional[str]) -> Optional[int]:
+        if label is None or label == "":
+            return None
+        if label not in self.categories:
+            raise bad_param("label", f"one of the labels of this collection ({len(self.categories)} known)", label)
+        return self.categories.index(label)
+
+    def search(self, vector: np.ndarray, k: int, offset: int = 0, label: Optional[str] = None,
+               exclude: Optional[int] = None) -> list[Hit]:
+        """Hits ``offset .. offset + k - 1`` of the ranking of ``vector`` (``exclude``: a row left out)."""
+        code = self.label_code(label)
+        q = l2_normalise(np.asarray(vector, np.float32).reshape(1, -1))
+        want = min(self.n, offset + k + (exclude is not None))
+        D, I = self._raw_search(q, want, code)
+        keep = (I >= 0) & (I != (exclude if exclude is not None else -1))
+        rows = I[keep].astype(np.int64)
+        if self.index_name != "exact" and len(rows):  # exact cosine for what an approximate index found
+            scores = l2_normalise(np.asarray(self.X[np.sort(rows)], np.float32)) @ q[0]
+            by_row = dict(zip(np.sort(rows).tolist(), scores.tolist()))
+            pairs = sorted(((by_row[r], r) for r in rows.tolist()), key=lambda t: (-t[0], t[1]))
+        else:
+            pairs = list(zip(D[keep].tolist(), rows.tolist()))
+        return [Hit(int(r), float(s)) for s, r in pairs[offset:offset + k]]
+
+    def vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.X[row], np.float32)
+
+    def label_of(self, row: int) -> Optional[str]:
+        c = int(self.codes[row])
+        return self.categories[c] if c >= 0 else None
+
+    # ------------------------------------------------------------------ map
+    def map(self) -> dict:
+        """``rows`` (int32), ``xy`` (float32 N x 2, in [-1, 1] with the aspect kept), ``method``."""
+        with self._lock:
+            if self._map is None:
+                self._map = self._load_map()
+            return self._map
+
+    def _load_map(self) -> dict:
+        if self._map_coords:
+            (rows, xy), method = self._read_coords(self._map_coords), "file"
+        else:
+            rows, xy, method = self._computed_map()
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-9)
+        xy = ((xy - centre) / half * 0.95).astype(np.float32)
+        return {"rows": rows.astype(np.int32), "xy": np.ascontiguousarray(xy), "method": method}
+
+    def _read_coords(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        rows, xy, unknown = [], [], 0
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                parts = line.rstrip("\r\n").split("\t")
+                if len(parts) != 3:
+                    raise ImgfeatError(f"{path} line {n}: expected 'id<TAB>x<TAB>y' (imgfeat map --coords)")
+                row = self.row_of.get(parts[0])
+                if row is None:
+                    unknown += 1
+                    continue
+                try:
+                    xy.append((float(parts[1]), float(parts[2])))
+                except ValueError:
+                    raise ImgfeatError(f"{path} line {n}: coordinates are not numbers") from None
+                rows.append(row)
+        if not rows:
+            raise ImgfeatError(f"no id of {path} is in {self.path}")
+        if unknown:
+            log.warning("%d id(s) of %s are not in %s and are left off the map", unknown, path, self.path)
+        return np.array(rows), np.array(xy, np.float32)
+
+    def _computed_map(self) -> tuple[np.ndarray, np.ndarray, str]:
+        method = "tsne" if self.n <= MAP_TSNE_UP_TO else "pca"
+        cached = self.cache / f"map-{method}.npy"
+        if cached.is_file():
+            return np.arange(self.n), np.load(cached), method
+        if method == "tsne":
+            from ..tools.maps import embed_2d
+
+            xy = embed_2d(np.asarray(self.X, np.float32), "tsne") if self.n >= 3 else \
+                np.random.default_rng(0).normal(size=(self.n, 2)).astype(np.float32)
+        else:
+            log.warning("%d vectors: the map is a PCA projection; for a t-SNE/UMAP map run "
+                        "imgfeat map --method umap --coords FILE and pass --map FILE", self.n)
+            from ..tools.pca import StreamingPCA
+
+            pca = StreamingPCA(n_components=2).fit(self.X.iter_blocks() if hasattr(self.X, "iter_blocks")
+                                                  else (self.X[s:s + 65536] for s in range(0, self.n, 65536)))
+            xy = np.concatenate([pca.transform(np.asarray(self.X[s:s + 65536], np.float32))
+                                 for s in range(0, self.n, 65536)])
+        xy = np.asarray(xy, np.float32)
+        buf = io.BytesIO()
+        np.save(buf, xy)
+        write_atomic(cached, buf.getvalue())
+        return np.arange(self.n), xy, method
+
+    # ------------------------------------------------------------------ duplicates
+    def neighbour_lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each vector's ``dup_k`` nearest others through the served index, computed once (cached)."""
+        with self._lock:
+            if self._neighbours is None:
+                cached = self.cache / f"neighbours-{_index_name(self.index_name)}-k{self.dup_k}.npz"
+                if cached.is_file():
+                    with np.load(cached) as z:
+                        self._neighbours = (z["D"], z["I"])
+                else:
+                    D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn)
+                    buf = io.BytesIO()
+                    np.savez(buf, D=D, I=I)
+                    write_atomic(cached, buf.getvalue())
+                    self._neighbours = (D, I)
+            return self._neighbours
+
+    @lru_cache(maxsize=16)
+    def duplicate_groups(self, threshold: float) -> list[np.ndarray]:
+        D, I = self.neighbour_lists()
+        return groups_at(D, I, threshold)
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {"features": str(self.path), "count": self.n, "dim": self.dim, "model": m.get("model"),
+                "layer": m.get("layer"), "pool": m.get("pool"), "weights": m.get("weights"),
+                "store": bool(self.store), "index": self.index_name, "labels": self.categories,
+                "thumbnails": any(p is not None for p in self.paths[:1000]), "text": bool(m.get("text_tower")),
+                "identity": json.loads(json.dumps({k: m[k] for k in ("model", "layer", "pool", "weights", "dim",
+                                                                     "dtype", "relu", "l2") if k in m}))}
