@@ -1,0 +1,197 @@
+"""imgfeat serve in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+search by click and by upload, a map whose WebGL canvas provably has points drawn on it, a lasso
+selection, and the duplicates slider. Screenshots go to ``test-artifacts/serve/``.
+
+Skipped when no Chromium is installed, unless IMGFEAT_REQUIRE_BROWSER=1 (set by .ci/run), where a
+missing browser fails instead."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+webdriver = pytest.importorskip("selenium.webdriver")
+
+from test_serve_api import make_collection  # noqa: E402
+
+from imgfeat.serve.app import ServeConfig  # noqa: E402
+from imgfeat.serve.collection import Collection  # noqa: E402
+from imgfeat.serve.server import Background  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "serve"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+# Recent headless Chromium does not fall back to software WebGL by itself.
+WEBGL_FLAGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+
+if not (CHROMIUM and DRIVER):
+    if os.environ.get("IMGFEAT_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("browser tests required but chromium/chromedriver are missing "
+                           "(apt-get install chromium chromium-driver)")
+    pytest.skip("no chromium + chromedriver here (Debian: apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+def launch_browser(width: int = 1400, height: int = 900):
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
+                 "--disable-extensions", *WEBGL_FLAGS]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
+    return driver
+
+
+def wait_for(driver, script: str, timeout: float = 60.0):
+    """Poll a JS expression until it is truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script("return " + script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def shot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    data = make_collection(root)
+    collection = Collection(data["store"], labels=str(data["labels"]), cache=root / "serve-cache")
+    with Background(collection, ServeConfig(port=0)) as srv:
+        driver = launch_browser()
+        try:
+            yield {**data, "url": srv.url, "collection": collection, "driver": driver}
+        finally:
+            driver.quit()
+
+
+def test_search_page_click_and_upload(site):
+    from selenium.webdriver.common.by import By
+
+    d, c = site["driver"], site["collection"]
+    d.get(site["url"])
+    wait_for(d, "document.body.dataset.ready === '1'")
+    cards = d.find_elements(By.CSS_SELECTOR, "#browse .card")
+    assert len(cards) == 20  # the whole (small) collection is shown to browse
+    target = next(e for e in cards if e.get_attribute("data-id") == "chelsea")
+    target.click()
+    wait_for(d, "document.querySelectorAll('#results .card').length === 19")  # k=20, itself left out
+    ids = [e.get_attribute("data-id") for e in d.find_elements(By.CSS_SELECTOR, "#results .card")]
+    want = [h.row for h in c.search(c.vector(c.row_of["chelsea"]), 19, exclude=c.row_of["chelsea"])]
+    assert ids == [c.ids[r] for r in want] and ids[0] == "chelsea-copy"
+    # thumbnails really loaded (naturalWidth > 0) for the images that exist
+    wait_for(d, "[...document.querySelectorAll('#results .card img')].filter(i => i.complete && i.naturalWidth > 0)"
+                ".length >= 15")
+    shot(d, "search-neighbours")
+
+    d.find_element(By.ID, "q-file").send_keys(str(site["images"] / "coffee.jpg"))
+    wait_for(d, "document.querySelector('#status').textContent.includes('results') && "
+                "document.querySelector('#results .card') && "
+                "document.querySelector('#results .card').dataset.id === 'coffee'")
+    score = float(d.find_element(By.CSS_SELECTOR, "#results .card .score").text)
+    assert score > 0.999
+    shot(d, "search-upload")
+
+
+def test_search_page_shows_errors_and_hides_text_box(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    d.get(site["url"])
+    wait_for(d, "document.body.dataset.ready === '1'")
+    assert not d.find_element(By.ID, "q-text").is_displayed()  # the model has no text tower
+    box = d.find_element(By.ID, "q-id")
+    box.clear()
+    box.send_keys("no-such-id\n")
+    wait_for(d, "document.querySelector('#status').classList.contains('error')")
+    assert "no such id" in d.find_element(By.ID, "status").text
+
+
+def _canvas_pixels(driver) -> np.ndarray:
+    from selenium.webdriver.common.by import By
+
+    rect = driver.find_element(By.ID, "map-canvas").rect
+    ratio = driver.execute_script("return window.devicePixelRatio") or 1
+    page = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+    x0, y0 = int(rect["x"] * ratio) + 2, int(rect["y"] * ratio) + 2
+    x1, y1 = int((rect["x"] + rect["width"]) * ratio) - 2, int((rect["y"] + rect["height"]) * ratio) - 2
+    return page[y0:y1, x0:x1]
+
+
+def test_map_draws_points_and_lasso_selects(site):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    d.get(site["url"] + "map")
+    wait_for(d, "window.imgfeatMap && (window.imgfeatMap.ready || window.imgfeatMap.error)")
+    assert d.execute_script("return window.imgfeatMap.error || null") is None
+    assert d.execute_script("return window.imgfeatMap.points") == 20
+    time.sleep(0.5)
+    shot(d, "map")
+    px = _canvas_pixels(d)
+    background = np.array([255, 255, 255])
+    drawn = np.abs(px - background).sum(axis=2) > 60
+    assert drawn.sum() > 20 * 10, "the WebGL canvas is blank: no points were drawn"
+    # both label colours appear (noise: blue #1f77b4, photo: orange #ff7f0e, blended with some opacity)
+    r, b = px[..., 0], px[..., 2]
+    assert ((b - r > 80) & drawn).sum() > 5 * 13 and ((r - b > 80) & drawn).sum() > 5 * 7
+    shot(d, "map")
+
+    d.find_element(By.ID, "mode-lasso").click()
+    canvas = d.find_element(By.ID, "map-canvas")
+    w, h = canvas.size["width"], canvas.size["height"]
+    chain = ActionChains(d, duration=20).move_to_element_with_offset(canvas, -w // 2 + 5, -h // 2 + 5).click_and_hold()
+    for x, y in ((w - 10, 0), (w - 10, h - 10), (0, h - 10), (0, 0)):
+        chain.move_to_element_with_offset(canvas, -w // 2 + 5 + x, -h // 2 + 5 + y)
+    chain.release().perform()
+    count = wait_for(d, "document.querySelector('#sel-count').textContent.match(/^(\\d+) selected/)")
+    assert int(count[1]) == 20
+    wait_for(d, "document.querySelectorAll('#sel-items .card').length === 20")
+    assert d.find_element(By.ID, "sel-download").is_displayed()
+    shot(d, "map-selection")
+
+
+def test_duplicates_slider(site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = site["driver"]
+    d.get(site["url"] + "duplicates")
+    wait_for(d, "document.body.dataset.ready === '1'")
+    status = d.find_element(By.ID, "status").text
+    assert "groups at cosine ≥ 0.950" in status
+    slider = d.find_element(By.ID, "threshold")
+    slider.send_keys(Keys.END)  # to 1.000: keyboard moves fire input and change like a drag
+    wait_for(d, "document.querySelector('#status').textContent.includes('cosine ≥ 1.000')")
+    slider.send_keys(Keys.HOME)  # to 0.500
+    wait_for(d, "document.querySelector('#status').textContent.includes('cosine ≥ 0.500')")
+    groups = d.find_elements(By.CSS_SELECTOR, "#groups .group")
+    want = site["collection"].duplicate_groups(0.5)
+    assert len(groups) == len(want) and len(want) >= 1
+    first = {e.get_attribute("data-id") for e in groups[0].find_elements(By.CSS_SELECTOR, ".card")}
+    assert first == {site["collection"].ids[r] for r in want[0]}
+    href = d.find_element(By.ID, "download").get_attribute("href")
+    assert href.endswith("/api/duplicates.tsv?threshold=0.500")
+    shot(d, "duplicates")
