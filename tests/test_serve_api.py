@@ -439,7 +439,7 @@ def test_ivf_index_is_cached_and_loaded_from_a_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_serve_prints_its_address_and_stops_on_ctrl_c(served, tmp_path):
+def test_cli_serve_prints_its_address_and_stops_cleanly(served, tmp_path):
     env = {**os.environ, "IMGFEAT_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "imgfeat", "serve", str(served["store"]), "--port", "0"],
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -458,9 +458,14 @@ def test_cli_serve_prints_its_address_and_stops_on_ctrl_c(served, tmp_path):
             except requests.ConnectionError:
                 time.sleep(0.1)
         assert info["count"] == 20
+        assert requests.get(url + "thumb/coffee", timeout=60).status_code == 200  # starts a decode process
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert children
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # uvicorn re-raises it after shutting down
         assert proc.wait(timeout=30) == 0
+    for pid in children:  # no decode process is left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_cli_serve_refuses_bad_options(served, capsys):

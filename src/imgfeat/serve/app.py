@@ -117,6 +117,11 @@ def _binary(arr: np.ndarray, key: str) -> Response:
 
 def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> FastAPI:
     config = config or ServeConfig()
+    import faiss
+
+    # One query per request, many requests at once: each search on one thread (OpenMP teams per query
+    # would oversubscribe the cores); the index is built by then.
+    faiss.omp_set_num_threads(1)
     app = FastAPI(title="imgfeat serve", version=__version__, docs_url=None, redoc_url=None,  # docs pages load a CDN
                   description="Search, map and review a collection of image feature vectors.")
     pool = DecodePool(config.decode_workers, config.decode_timeout, config.extra.get("max_pixels") or 2 * 89_478_485)

@@ -51,13 +51,21 @@ class DecodePool:
             with self._lock:
                 if self._pool is pool:
                     self._pool = self._new_pool()
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.kill()
+            _stop(pool)
             return "unreadable: the decoder stopped on this image"
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker processes now (a server that exits must not leave them behind)."""
+        _stop(self._pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _ping() -> bool:

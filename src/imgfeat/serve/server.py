@@ -3,6 +3,7 @@ the socket to uvicorn. ``Background`` runs a server in a thread for tests and be
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -67,11 +68,19 @@ def run(collection: Collection, config: ServeConfig, open_browser: bool = False,
 
         threading.Timer(0.5, webbrowser.open, (shown,)).start()
     server = _uvicorn_server(app)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: with the default handler that kills the
+    # process before the decode workers are stopped, so it becomes a KeyboardInterrupt, as Ctrl-C is.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         app.state.pool.close()
         sock.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
 
 
 class Background:
