@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -97,7 +96,7 @@ def load(server: Server, requests_: list, clients: int) -> dict:
 
     def sample():
         while not stop.is_set():
-            rss.append(server.rss_mb())
+            rss.append((server.rss_mb("RssAnon"), server.rss_mb("RssFile")))
             time.sleep(0.2)
 
     def one(fn):
@@ -119,8 +118,9 @@ def load(server: Server, requests_: list, clients: int) -> dict:
     stop.set()
     sampler.join()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
-    return {"n": len(lat), "qps": len(lat) / wall, "p50": q(0.50), "p99": q(0.99), "rss_first": rss[0] if rss else 0,
-            "rss_last": rss[-1] if rss else 0}
+    rss = rss or [(0.0, 0.0)]
+    return {"n": len(lat), "clients": clients, "qps": len(lat) / wall, "p50": q(0.50), "p99": q(0.99),
+            "anon": (rss[0][0], rss[-1][0]), "file": (rss[0][1], rss[-1][1])}
 
 
 def map_paint(url: str, points: int) -> dict:
@@ -178,15 +178,15 @@ def main() -> None:
         ids = [f"g{i:07d}" for i in rng.integers(0, args.n, args.queries)]
         by_id = [lambda s, i=i: s.get(f"{server.url}api/neighbours/{i}?k=20", timeout=120) for i in ids]
         load(server, by_id[: min(200, len(by_id))], args.clients)  # warm-up
-        r = load(server, by_id, args.clients)
-        rows.append(("id search (k=20)", r))
+        rows.append(("id search (k=20), one client: service time", load(server, by_id[:500], 1)))
+        for rep in range(2):  # twice: memory must not grow from one run to the next
+            rows.append((f"id search (k=20), run {rep + 1}", load(server, by_id, args.clients)))
         photos = [p.read_bytes() for p in PHOTOS]
         up = [lambda s, b=photos[j % len(photos)]: s.post(f"{server.url}api/search/image?k=20", data=b, timeout=300,
                                                           headers={"Content-Type": "image/jpeg"})
               for j in range(args.uploads)]
         load(server, up[:8], 8)  # builds the model
-        r2 = load(server, up, args.clients)
-        rows.append(("upload search (k=20, JPEG 300-500 kB)", r2))
+        rows.append(("upload search (k=20, JPEG 300-500 kB)", load(server, up, args.clients)))
         peak = server.rss_mb("VmHWM")
         t = time.perf_counter()
         requests.get(server.url + "api/map", timeout=600).raise_for_status()
@@ -212,11 +212,12 @@ def main() -> None:
     print(f"\n{info['count']:,} x {info['dim']} vectors ({info['model']} {LAYER}, generated), index {args.index}; "
           f"server start: {first.startup_s:.0f} s building the index, {server.startup_s:.1f} s with it cached; "
           f"{args.clients} concurrent clients on loopback; machine: {os.cpu_count()} cores\n")
-    print("| queries | count | queries/s | p50 ms | p99 ms | server RSS at start -> end of load (MB) |")
-    print("|---|---|---|---|---|---|")
+    print("| queries | clients | count | queries/s | p50 ms | p99 ms | server heap (RssAnon) MB, start -> end "
+          "| mapped files (RssFile) MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['n']} | {r['qps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-              f"{r['rss_first']:.0f} -> {r['rss_last']:.0f} |")
+        print(f"| {name} | {r['clients']} | {r['n']} | {r['qps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+              f"{r['anon'][0]:.0f} -> {r['anon'][1]:.0f} | {r['file'][0]:.0f} -> {r['file'][1]:.0f} |")
     print(f"\nserver peak RSS (VmHWM) over both runs: {peak:.0f} MB; first /api/map (PCA of {args.n:,} vectors, "
           f"cached after): {map_s:.1f} s\n")
     print("| map points | first interactive paint (ms since navigation, headless Chromium, SwiftShader WebGL) "

@@ -24,7 +24,8 @@ ALLOWED = {
     "tools": BASE | {"outputs"},  # tools read features, never the extraction pipeline
     "api": BASE | {"data", "models", "outputs", "options", "engines"},
     "bench": BASE | {"data", "models", "options", "api"},
-    "cli": BASE | {"data", "models", "outputs", "options", "engines", "api", "tools", "bench"},
+    "serve": BASE | {"data", "models", "outputs", "options", "engines", "api", "tools"},
+    "cli": BASE | {"data", "models", "outputs", "options", "engines", "api", "tools", "bench", "serve"},
 }
 
 

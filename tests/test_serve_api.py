@@ -182,10 +182,44 @@ def test_map_from_a_coords_file(served, tmp_path):
     np.testing.assert_allclose(m["xy"], [[-0.475, 0.95], [0.475, -0.95]], atol=1e-6)  # aspect kept
 
 
+def duplicates(served, **params) -> dict:
+    """GET /api/duplicates, asking again (bounded) while the neighbour lists are computed (202)."""
+    for _ in range(600):
+        r = get(served, "/api/duplicates", params=params)
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 202 and r.json()["status"] == "computing", r.text
+        time.sleep(0.1)
+    raise AssertionError("neighbour lists never became ready")
+
+
+def test_duplicates_report_progress_while_neighbours_are_computed(served, tmp_path, monkeypatch):
+    c = Collection(served["store"], cache=tmp_path / "cache")
+    release = threading.Event()
+    real = Collection._compute_neighbours
+
+    def slow(self):
+        release.wait(30)
+        real(self)
+
+    monkeypatch.setattr(Collection, "_compute_neighbours", slow)
+    with Background(c, ServeConfig(port=0)) as srv:
+        r = requests.get(srv.url + "api/duplicates", params={"threshold": 0.9}, timeout=30)
+        assert r.status_code == 202 and r.json() == {"status": "computing", "ready": False, "done": 0, "total": 20}
+        release.set()
+        for _ in range(300):
+            r = requests.get(srv.url + "api/duplicates", params={"threshold": 0.9}, timeout=30)
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["groups_total"] >= 1
+    assert (c.cache / "neighbours-exact-k10.npz").is_file()  # the next start reads them
+
+
 def test_duplicates_match_imgfeat_dedup(served, tmp_path):
     from imgfeat.cli import main
 
-    res = get(served, "/api/duplicates", params={"threshold": 0.9}).json()
+    res = duplicates(served, threshold=0.9)
     assert res["groups_total"] >= 1
     assert any({"chelsea", "chelsea-copy"} <= {i["id"] for i in g} for g in res["groups"])
     tsv = get(served, "/api/duplicates.tsv", params={"threshold": 0.9}).text
@@ -199,7 +233,7 @@ def test_duplicates_match_imgfeat_dedup(served, tmp_path):
         return sorted(map(sorted, g.values()))
 
     assert groups(tsv) == groups((tmp_path / "d.tsv").read_text())
-    lower = get(served, "/api/duplicates", params={"threshold": 0.3}).json()
+    lower = duplicates(served, threshold=0.3)
     assert lower["duplicates_total"] >= res["duplicates_total"]
 
 
@@ -464,8 +498,16 @@ def test_cli_serve_prints_its_address_and_stops_cleanly(served, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)  # uvicorn re-raises it after shutting down
         assert proc.wait(timeout=30) == 0
-    for pid in children:  # no decode process is left behind
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    def alive(pid):
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker leaves once it sees the parent go
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in children if alive(p)], "imgfeat serve left child processes behind"
 
 
 def test_cli_serve_refuses_bad_options(served, capsys):
@@ -474,3 +516,27 @@ def test_cli_serve_refuses_bad_options(served, capsys):
     assert main(["serve", str(served["store"]), "--max-k", "0"]) == 2
     assert "max-k" in capsys.readouterr().err
     assert main(["serve", str(served["store"]) + "-missing"]) == 2
+
+
+def _sleepy(seconds, max_pixels, timeout):  # runs in a decode process
+    time.sleep(seconds)
+    return "slept"
+
+
+def _crash(max_pixels, timeout):
+    os._exit(3)
+
+
+def test_decode_pool_replaces_a_hung_or_dead_worker():
+    from imgfeat.serve.media import DecodePool
+
+    pool = DecodePool(workers=1, timeout=0.2, grace=3.0)
+    try:
+        t = time.monotonic()
+        assert pool.run(_sleepy, 30).startswith("unreadable: the decoder stopped")
+        assert time.monotonic() - t < 10
+        assert pool.run(_sleepy, 0) == "slept"  # a fresh worker answers
+        assert pool.run(_crash).startswith("unreadable")
+        assert pool.run(_sleepy, 0) == "slept"
+    finally:
+        pool.close()

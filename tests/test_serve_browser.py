@@ -159,9 +159,19 @@ def test_map_draws_points_and_lasso_selects(site):
     assert ((b - r > 80) & drawn).sum() > 5 * 13 and ((r - b > 80) & drawn).sum() > 5 * 7
     shot(d, "map")
 
-    d.find_element(By.ID, "mode-lasso").click()
+    # hovering a point shows its thumbnail
     canvas = d.find_element(By.ID, "map-canvas")
     w, h = canvas.size["width"], canvas.size["height"]
+    x, y = d.execute_script("return window.imgfeatMap.scatterplot.getScreenPosition(0)")
+    ActionChains(d).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).perform()
+    wait_for(d, "document.querySelector('#tooltip').style.display === 'block' && "
+                "document.querySelector('#tooltip img').complete && "
+                "document.querySelector('#tooltip img').naturalWidth > 0")
+    rows = np.frombuffer(__import__("requests").get(site["url"] + "api/map/rows.i32", timeout=30).content, "<i4")
+    assert d.find_element(By.CSS_SELECTOR, "#tooltip div").text.startswith(site["collection"].ids[rows[0]])
+    shot(d, "map-hover")
+
+    d.find_element(By.ID, "mode-lasso").click()
     chain = ActionChains(d, duration=20).move_to_element_with_offset(canvas, -w // 2 + 5, -h // 2 + 5).click_and_hold()
     for x, y in ((w - 10, 0), (w - 10, h - 10), (0, h - 10), (0, 0)):
         chain.move_to_element_with_offset(canvas, -w // 2 + 5 + x, -h // 2 + 5 + y)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import bad_param
+from ..models.backends import BACKENDS
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,6 +61,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-k", type=int, default=1000, help="deepest result rank a client may page to")
     p.add_argument("--decode-workers", type=int, default=2, help="processes decoding uploads and thumbnails")
     p.add_argument("--weights", help="the --weights FILE the store was extracted with, if any (image queries)")
-    p.add_argument("--backend", default="torch", help="backend of the model for image queries")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="backend of the model for image queries (torch: no export step at start)")
     p.add_argument("--open", action="store_true", help="open the app in a browser")
     p.set_defaults(func=_serve)

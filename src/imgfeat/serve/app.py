@@ -9,9 +9,11 @@ request reaches the file system: ids are looked up in the collection. Every erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from ..errors import ImgfeatError, InvalidParameterError
+from ..tools.dedup import check_threshold
 from .collection import Collection, Hit
 from .media import DecodePool, Thumbnails, decode_upload, placeholder_png
 from .security import Guard, allowed_hosts
@@ -76,6 +79,12 @@ class Encoders:
         self._lock = threading.Lock()
         self._encoder = None
         self._error: Optional[str] = None
+        # every forward on one thread: the model's per-thread caches (oneDNN primitives, allocator) then
+        # exist once, instead of once per thread of the request pool (memory that grew with concurrency)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="imgfeat-model")
+
+    async def encode(self, encoder, pixels) -> np.ndarray:
+        return (await asyncio.wrap_future(self.thread.submit(encoder.encode, [pixels])))[0]
 
     def get(self):
         from ..engines.encode import StoreEncoder
@@ -117,11 +126,6 @@ def _binary(arr: np.ndarray, key: str) -> Response:
 
 def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> FastAPI:
     config = config or ServeConfig()
-    import faiss
-
-    # One query per request, many requests at once: each search on one thread (OpenMP teams per query
-    # would oversubscribe the cores); the index is built by then.
-    faiss.omp_set_num_threads(1)
     app = FastAPI(title="imgfeat serve", version=__version__, docs_url=None, redoc_url=None,  # docs pages load a CDN
                   description="Search, map and review a collection of image feature vectors.")
     pool = DecodePool(config.decode_workers, config.decode_timeout, config.extra.get("max_pixels") or 2 * 89_478_485)
@@ -137,9 +141,10 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
             d["score"] = round(score, 6)
         return d
 
-    def page(hits: list[Hit], k: int, offset: int, query: dict) -> dict:
-        return {"query": query, "offset": offset, "k": k, "results": [item(h.row, h.score) for h in hits],
-                "more": len(hits) == k and offset + k < min(config.max_k, collection.n)}
+    def page(hits: list[Hit], k: int, offset: int, query: dict) -> JSONResponse:
+        # a JSONResponse skips FastAPI's response-model validation and encoder: most of a search's cost
+        return JSONResponse({"query": query, "offset": offset, "k": k, "results": [item(h.row, h.score) for h in hits],
+                             "more": len(hits) == k and offset + k < min(config.max_k, collection.n)})
 
     def check_window(k: int, offset: int) -> None:
         if offset + k > config.max_k:
@@ -158,12 +163,13 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
 
     # ---------------------------------------------------------------- API
     @app.get("/api/info", summary="The collection: model, dimension, count, identity, labels")
-    def info() -> dict:
-        return {**collection.info(), "max_k": config.max_k, "max_page": MAX_PAGE, "max_upload": config.max_upload}
+    def info() -> JSONResponse:
+        return JSONResponse({**collection.info(), "max_k": config.max_k, "max_page": MAX_PAGE,
+                             "max_upload": config.max_upload})
 
     @app.get("/api/neighbours/{id:path}", summary="Nearest neighbours of an id (itself left out)")
     def neighbours(id: str, k: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
-                   label: Optional[str] = None) -> dict:
+                   label: Optional[str] = None) -> JSONResponse:
         check_window(k, offset)
         row = row_of(id)
         hits = collection.search(collection.vector(row), k, offset, label, exclude=row)
@@ -171,7 +177,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
 
     @app.post("/api/search/image", summary="Search by an uploaded image (the request body is the file)")
     async def search_image(request: Request, k: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
-                           label: Optional[str] = None) -> dict:
+                           label: Optional[str] = None) -> JSONResponse:
         check_window(k, offset)
         collection.label_code(label)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -183,13 +189,13 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
         pixels = await run_in_threadpool(pool.run, decode_upload, data, encoder.preprocess)
         if isinstance(pixels, str):
             raise ApiError(413 if pixels.startswith("too large") else 400, f"not a usable image: {pixels}", "body")
-        vector = (await run_in_threadpool(encoder.encode, [pixels]))[0]
+        vector = await encoders.encode(encoder, pixels)
         hits = await run_in_threadpool(collection.search, vector, k, offset, label)
         return page(hits, k, offset, {"image": f"{len(data)} bytes", "label": label})
 
     @app.get("/api/search/text", summary="Search by text (models with a text tower only)")
     def search_text(q: str = Query(..., min_length=1, max_length=1000), k: int = Query(20, ge=1, le=MAX_PAGE),
-                    offset: int = Query(0, ge=0), label: Optional[str] = None) -> dict:
+                    offset: int = Query(0, ge=0), label: Optional[str] = None) -> JSONResponse:
         check_window(k, offset)
         raise ApiError(400, f"the store's model ({collection.manifest.get('model') or 'unknown'}) has no text tower: "
                             "text search needs a store extracted with a CLIP-family model", "q")
@@ -221,12 +227,12 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
         return JSONResponse({"count": int(len(sel)), "items": [item(r) for r in sel[:limit].tolist()]})
 
     @app.get("/api/map", summary="The map: point count, how it was made, label names, binary column URLs")
-    def map_info() -> dict:
+    def map_info() -> JSONResponse:
         m = collection.map()
-        return {"count": int(len(m["rows"])), "method": m["method"], "labels": collection.categories,
+        return JSONResponse({"count": int(len(m["rows"])), "method": m["method"], "labels": collection.categories,
                 "xy": "/api/map/xy.f32", "rows": "/api/map/rows.i32", "codes": "/api/map/codes.u16",
                 "layout": "xy: float32 little-endian x0 y0 x1 y1 ... in [-1, 1]; rows: int32 collection row of each "
-                          "point; codes: uint16 label index + 1 per point (0: unlabelled)"}
+                          "point; codes: uint16 label index + 1 per point (0: unlabelled)"})
 
     @app.get("/api/map/xy.f32", summary="Map coordinates, float32 pairs (binary)")
     def map_xy() -> Response:
@@ -244,16 +250,22 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     def groups(threshold: float):
         return collection.duplicate_groups(round(float(threshold), 4))
 
-    @app.get("/api/duplicates", summary="Near-duplicate groups at a cosine threshold (paged)")
+    @app.get("/api/duplicates", summary="Near-duplicate groups at a cosine threshold (paged); 202 with progress "
+                                        "while the neighbour lists are first computed")
     def duplicates(threshold: float = Query(0.95), offset: int = Query(0, ge=0),
-                   limit: int = Query(50, ge=1, le=MAX_PAGE)) -> dict:
+                   limit: int = Query(50, ge=1, le=MAX_PAGE)) -> Response:
+        check_threshold(threshold)
+        progress = collection.start_neighbours()
+        if not progress["ready"]:
+            return JSONResponse({"status": "computing", **progress}, status_code=202)
         found = groups(threshold)
-        return {"threshold": threshold, "groups_total": len(found),
-                "duplicates_total": int(sum(len(g) - 1 for g in found)), "offset": offset,
-                "groups": [[item(int(r)) for r in g] for g in found[offset:offset + limit]]}
+        return JSONResponse({"threshold": threshold, "groups_total": len(found),
+                             "duplicates_total": int(sum(len(g) - 1 for g in found)), "offset": offset,
+                             "groups": [[item(int(r)) for r in g] for g in found[offset:offset + limit]]})
 
     @app.get("/api/duplicates.tsv", summary="Every group at a threshold as group<TAB>id lines (imgfeat dedup --out)")
     def duplicates_tsv(threshold: float = Query(0.95)) -> Response:
+        check_threshold(threshold)
         found = groups(threshold)
         text = "".join(f"{g}\t{collection.ids[r]}\n" for g, members in enumerate(found) for r in members.tolist())
         return PlainTextResponse(text, headers={"Content-Disposition": 'attachment; filename="duplicates.tsv"'})

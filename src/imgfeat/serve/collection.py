@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,7 +23,7 @@ from ..errors import ImgfeatError, bad_param
 from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
-from ..tools.dedup import groups_at, neighbour_lists
+from ..tools.dedup import groups_at
 from ..tools.knn import KNNIndex, l2_normalise
 from ..tools.labels import read_labels
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 EXACT_UP_TO = 100_000  # auto index: brute force up to this many vectors, IVF above
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
+NEIGHBOUR_BLOCK = 16384  # queries per faiss call when finding every vector's neighbours (progress steps)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Collection:
         self._lock = threading.Lock()
         self._map: Optional[dict] = None
         self._neighbours: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._neighbour_job: Optional[threading.Thread] = None
+        self._neighbour_done, self._neighbour_error = 0, None
         self._label_selectors: dict[int, object] = {}
 
     # ------------------------------------------------------------------ loading
@@ -254,21 +258,58 @@ class Collection:
         return np.arange(self.n), xy, method
 
     # ------------------------------------------------------------------ duplicates
-    def neighbour_lists(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each vector's ``dup_k`` nearest others through the served index, computed once (cached)."""
+    def _neighbours_file(self) -> Path:
+        return self.cache / f"neighbours-{_index_name(self.index_name)}-k{self.dup_k}.npz"
+
+    def start_neighbours(self) -> dict:
+        """Each vector's ``dup_k`` nearest others through the served index, computed once in a background
+        thread (cached on disk); returns the progress: ``{"ready", "done", "total"}``."""
         with self._lock:
-            if self._neighbours is None:
-                cached = self.cache / f"neighbours-{_index_name(self.index_name)}-k{self.dup_k}.npz"
+            if self._neighbours is None and self._neighbour_job is None:
+                cached = self._neighbours_file()
                 if cached.is_file():
                     with np.load(cached) as z:
                         self._neighbours = (z["D"], z["I"])
                 else:
-                    D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn)
-                    buf = io.BytesIO()
-                    np.savez(buf, D=D, I=I)
-                    write_atomic(cached, buf.getvalue())
-                    self._neighbours = (D, I)
-            return self._neighbours
+                    self._neighbour_job = threading.Thread(target=self._compute_neighbours, daemon=True)
+                    self._neighbour_job.start()
+            if self._neighbour_error:
+                raise ImgfeatError(f"finding neighbours failed: {self._neighbour_error}")
+            return {"ready": self._neighbours is not None, "done": self._neighbour_done, "total": self.n}
+
+    def _compute_neighbours(self) -> None:
+        import faiss
+
+        k = min(self.dup_k + 1, self.n)
+        D = np.empty((self.n, k), np.float32)
+        I = np.empty((self.n, k), np.int32)
+        threads = faiss.omp_get_max_threads()
+        try:
+            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))  # a batch job: every core
+            for s in range(0, self.n, NEIGHBOUR_BLOCK):
+                D[s:s + NEIGHBOUR_BLOCK], I[s:s + NEIGHBOUR_BLOCK] = self.knn.search(self.X[s:s + NEIGHBOUR_BLOCK], k)
+                self._neighbour_done = min(self.n, s + NEIGHBOUR_BLOCK)
+            buf = io.BytesIO()
+            np.savez(buf, D=D, I=I)
+            write_atomic(self._neighbours_file(), buf.getvalue())
+            with self._lock:
+                self._neighbours = (D, I)
+        except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
+            log.exception("finding neighbours failed")
+            self._neighbour_error = str(exc)
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def neighbour_lists(self, timeout: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbour lists, waiting for them (bounded) if they are being computed."""
+        self.start_neighbours()
+        job = self._neighbour_job
+        if self._neighbours is None and job is not None:
+            job.join(timeout)
+        self.start_neighbours()  # raises if the job failed
+        if self._neighbours is None:
+            raise ImgfeatError("finding neighbours is taking longer than expected")
+        return self._neighbours
 
     @lru_cache(maxsize=16)
     def duplicate_groups(self, threshold: float) -> list[np.ndarray]:

@@ -28,8 +28,11 @@ class DecodePool:
     """``run(fn, *args)`` in a worker process; a worker that hangs past the deadline or dies is replaced
     and the call answers with a reason string, like a bad file in ``extract``."""
 
-    def __init__(self, workers: int = 2, timeout: float = 10.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.workers, self.timeout, self.max_pixels = workers, timeout, max_pixels
+    def __init__(self, workers: int = 2, timeout: float = 10.0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 grace: float = 20.0) -> None:
+        # ``timeout``: the decode deadline inside the worker; ``grace``: how much longer the server waits
+        # before it gives up on a worker that does not answer at all
+        self.workers, self.timeout, self.max_pixels, self.grace = workers, timeout, max_pixels, grace
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -45,7 +48,7 @@ class DecodePool:
         with self._lock:
             pool = self._pool
         try:
-            return pool.submit(fn, *args, self.max_pixels, self.timeout).result(timeout=self.timeout + 20)
+            return pool.submit(fn, *args, self.max_pixels, self.timeout).result(timeout=self.timeout + self.grace)
         except (FutureTimeout, BrokenProcessPool) as exc:
             log.warning("decoder process %s; starting a new one", "hung" if isinstance(exc, FutureTimeout) else "died")
             with self._lock:

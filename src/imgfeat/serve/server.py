@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 from ..errors import ImgfeatError, require
@@ -20,6 +21,9 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response's head and body leave at once, instead of the body
+    # waiting ~40 ms for the client's delayed ACK on a kept-alive connection (Nagle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -44,6 +48,21 @@ def warnings_for(config: ServeConfig) -> list[str]:
     if not config.token:
         lines.append("no --token given: every visitor can search and see every thumbnail; pass --token SECRET")
     return lines
+
+
+@contextmanager
+def one_thread_per_query():
+    """While serving: one query per request, many requests at once, so each faiss search runs on one
+    thread (OpenMP teams per query would oversubscribe the cores). OpenMP's thread count is process-wide
+    (torch shares it), so it is put back afterwards."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _uvicorn_server(app, log_level: str = "warning"):
@@ -72,7 +91,8 @@ def run(collection: Collection, config: ServeConfig, open_browser: bool = False,
     # process before the decode workers are stopped, so it becomes a KeyboardInterrupt, as Ctrl-C is.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run(sockets=[sock])
+        with one_thread_per_query():
+            server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
         app.state.pool.close()
@@ -95,6 +115,8 @@ class Background:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "Background":
+        self._threads = one_thread_per_query()
+        self._threads.__enter__()
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -108,3 +130,4 @@ class Background:
         self.thread.join(timeout=15)
         self.app.state.pool.close()
         self.sock.close()
+        self._threads.__exit__(None, None, None)

@@ -38,8 +38,11 @@ const imgfeat = (() => {
     node.textContent = text;
     node.classList.toggle("error", error);
   }
+  const PAGES = [["search", "/", "Search"], ["map", "/map", "Map"], ["duplicates", "/duplicates", "Duplicates"]];
   async function header(active) {
-    for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.page === active);
+    document.querySelector("header").replaceChildren(el("span", { class: "brand" }, "imgfeat"),
+      el("nav", {}, ...PAGES.map(([page, href, text]) => el("a", { href, class: page === active ? "active" : "" }, text))),
+      el("span", { class: "info" }));
     const info = await api("/api/info");
     document.querySelector("header .info").textContent =
       `${info.count.toLocaleString()} vectors · ${info.dim}-d · ${info.model || "features file"} · index ${info.index}`;

@@ -36,7 +36,9 @@ async function main() {
     canvas, width, height, backgroundColor: "#ffffff",
     pointSize: n > 300000 ? 2 : n > 30000 ? 3 : 6, opacity: n > 300000 ? 0.6 : 0.85,
     pointColor: colours, colorBy: "valueA", lassoColor: "#2f6fdf", lassoMinDelay: 0, lassoMinDist: 2,
-    pointColorHover: "#000000", pointSizeSelected: 2, keyMap: { shift: "lasso" },
+    pointColorHover: "#000000", pointSizeSelected: 2,
+    // the spatial-index worker of the UMD build fails ("l is not defined") on large inputs: build it here
+    spatialIndexUseWorker: false,
   });
   await scatterplot.draw({ x, y, valueA: z }, { zDataType: "categorical" });
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
