@@ -47,6 +47,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.clip:
+        from ..models.clip import list_pretrained
+
+        for name in list_pretrained():
+            print(name)
+        return 0
     rows = [("name", "dim", "input", "default layer", "weights", "offline")]
     for spec in api.list_models():
         h, w = spec.preprocess.crop_size
@@ -55,7 +61,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
-    print("\nAlso: timm:<name> for any timm model (its pretrained weights download from the hub when online).")
+    print("\nAlso: timm:<name> for any timm model (its pretrained weights download from the hub when online),\n"
+          "and clip:<arch>/<pretrained> for CLIP-family models with a text tower (pip install 'imgfeat[clip]'; "
+          "`imgfeat models --clip` lists the pairs).")
     return 0
 
 
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option_arguments(ext)
     ext.set_defaults(func=_cmd_extract)
     models = sub.add_parser("models", help="list the registered backbones")
+    models.add_argument("--clip", action="store_true", help="list the clip:<arch>/<pretrained> pairs open_clip knows")
     models.set_defaults(func=_cmd_models)
     bench = sub.add_parser("bench", help="measure forward ceiling, decode, end-to-end and naive rates",
                            description="Generate JPEG sets from real photos and measure, in one run: the forward "

@@ -165,23 +165,31 @@ def _knn(args) -> int:
 
 # ----------------------------------------------------------------------------- search
 def _search(args) -> int:
-    from ..api import extract_like
     from ..tools.knn import KNNIndex
 
+    if not args.query and not args.text:
+        raise ImgfeatError("imgfeat search needs --query ID|IMAGE [...] and/or --text TEXT [...]")
     ids, X = open_matrix(args.features)
     index_of = {rid: i for i, rid in enumerate(ids)}
-    by_id = [q for q in args.query if q in index_of]
-    files = [q for q in args.query if q not in index_of]
+    by_id = [q for q in args.query or [] if q in index_of]
+    files = [q for q in args.query or [] if q not in index_of]
     queries, names = [], []
     if by_id:
         queries.append(np.asarray(X[np.array([index_of[q] for q in by_id])], dtype=np.float32))
         names += by_id
-    if files:
+    if files or args.text:
+        from .text import _store_encoder
+
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        queries.append(extract_like(args.features, files, args.weights))
-        names += files
+        encoder = _store_encoder(args.features, args.weights)  # one model for image and text queries
+        if files:
+            queries.append(encoder.encode_files(files))
+            names += files
+        if args.text:
+            queries.append(encoder.encode_text(args.text))
+            names += args.text
     Q = np.concatenate(queries)
     D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k, len(ids)))
     hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js)] for q, Ds, Js in zip(names, D, I)}
@@ -313,7 +321,8 @@ def _add_knn(sub) -> None:
 def _add_search(sub) -> None:
     search = sub.add_parser("search", help="nearest neighbours of query ids or images")
     _features_arg(search)
-    search.add_argument("--query", nargs="+", required=True, help="ids in the features, or image files")
+    search.add_argument("--query", nargs="+", help="ids in the features, or image files")
+    search.add_argument("--text", nargs="+", help="texts (stores of CLIP-family models)")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--metric", choices=METRICS, default="cosine")
     search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
@@ -356,3 +365,6 @@ def add_parsers(sub) -> None:
     _add_search(sub)
     _add_dedup(sub)
     _add_diffuse(sub)
+    from .text import add_parsers as add_text
+
+    add_text(sub)

@@ -19,6 +19,12 @@ from ..outputs.store import FeatureStore
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
 
 
+def no_text_tower(model: Optional[str]) -> str:
+    return (f"the store's model ({model or 'unknown'}) has no text tower: text queries need a store extracted with a "
+            "CLIP-family model, --model clip:<arch>/<pretrained> (pip install 'imgfeat[clip]'; `imgfeat models --clip` "
+            "lists them), at its default layer")
+
+
 class StoreEncoder:
     """``encode(arrays)`` embeds decoded uint8 HxWx3 arrays (at ``preprocess``'s geometry); ``encode_files``
     decodes files first. Thread-safe: one forward at a time (the executor owns its threads)."""
@@ -50,6 +56,19 @@ class StoreEncoder:
         with self._lock, torch.inference_mode():
             out = postprocess(self.pipeline.executor(pixels), self.opts.relu, self.opts.l2)
         return to_numpy(out, "float32")
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.store.manifest.get("text_tower")) and hasattr(self.pipeline.model.body, "encode_text")
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings in the store's space (same model and weights as its vectors)."""
+        from ..models.clip import text_embeddings
+
+        if not self.has_text:
+            raise ImgfeatError(no_text_tower(self.store.manifest.get("model")))
+        with self._lock:
+            return text_embeddings(self.pipeline.model.body, list(texts))
 
     def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
         arrays, errors = [], []

@@ -108,7 +108,9 @@ def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> 
     identity = {"model": pipeline.spec.name, "layer": model.layer, "pool": model.pool,
                 "weights": model.fingerprint(), "preprocess": pipeline.spec.preprocess.identity(),
                 "dim": pipeline.dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2,
-                "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size}
+                "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size,
+                # not part of IDENTITY: what the vectors can be compared with (a CLIP embedding: text)
+                "text_tower": bool(pipeline.spec.text_tower and model.layer is None)}
     return json.loads(json.dumps(identity))
 
 

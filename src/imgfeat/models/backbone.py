@@ -103,7 +103,8 @@ def build_feature_model(spec: ModelSpec, layer: Optional[str] = None, pool: Opti
     net = instantiate(spec, weights=weights, random_weights=random_weights)
     node = layer or spec.default_layer
     if node is None:
-        net.reset_classifier(0)  # timm: pooled pre-logits
+        if hasattr(net, "reset_classifier"):
+            net.reset_classifier(0)  # timm: pooled pre-logits (a CLIP model's forward is its embedding)
         body = net
     else:
         create_feature_extractor, _ = _fx(spec)

@@ -21,6 +21,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .weights import PackageWeights, TimmHubWeights, UrlWeights, WeightsSource, resolve_weights
 
 TIMM_PREFIX = "timm:"
+from .clip import CLIP_PREFIX  # noqa: E402 - clip.py imports no network code at import
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ModelSpec:
     weights: WeightsSource
     default_pool: str = "avg"
     description: str = ""
+    text_tower: bool = False  # CLIP family: the network also embeds text (``encode_text``)
     categories: Optional[tuple[str, ...]] = field(default=None, repr=False)
 
 
@@ -64,11 +66,15 @@ def list_models() -> list[ModelSpec]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Look up ``name`` in the registry, or resolve ``timm:<name>`` through timm."""
+    """Look up ``name`` in the registry, or resolve ``timm:<name>`` through timm and ``clip:<arch>/<tag>``
+    through open_clip."""
     if name.startswith(TIMM_PREFIX):
         return _timm_spec(name[len(TIMM_PREFIX):])
+    if name.startswith(CLIP_PREFIX):
+        return _clip_spec(name[len(CLIP_PREFIX):])
     if name not in _REGISTRY:
-        raise bad_param("model", f"one of {sorted(_REGISTRY)} or 'timm:<name>' (see `imgfeat models`)", name)
+        raise bad_param("model", f"one of {sorted(_REGISTRY)}, 'timm:<name>' or 'clip:<arch>/<pretrained>' "
+                                 "(see `imgfeat models`)", name)
     return _REGISTRY[name]
 
 
@@ -225,6 +231,24 @@ def _timm_spec(model_name: str) -> ModelSpec:
         dim=None,  # known once built; extraction measures it with a dry forward
         weights=TimmHubWeights(model_name),
         description=f"timm {model_name} pooled pre-logits",
+    )
+
+
+# --------------------------------------------------------------------------- CLIP (open_clip)
+def _clip_spec(name: str) -> ModelSpec:
+    from .clip import build_clip, clip_parts
+
+    arch, tag, pp, weights, dim = clip_parts(name)
+    return ModelSpec(
+        name=f"{CLIP_PREFIX}{arch}/{tag or 'none'}",
+        family="clip",
+        build=functools.partial(build_clip, arch),
+        preprocess=pp,
+        default_layer=None,
+        dim=dim,
+        weights=weights,
+        description=f"open_clip {arch} projected image embedding (text tower too)",
+        text_tower=True,
     )
 
 

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
+from ..engines.encode import no_text_tower
 from ..errors import ImgfeatError, InvalidParameterError
 from ..tools.dedup import check_threshold
 from .collection import Collection, Hit
@@ -85,6 +86,9 @@ class Encoders:
 
     async def encode(self, encoder, pixels) -> np.ndarray:
         return (await asyncio.wrap_future(self.thread.submit(encoder.encode, [pixels])))[0]
+
+    async def encode_text(self, encoder, text: str) -> np.ndarray:
+        return (await asyncio.wrap_future(self.thread.submit(encoder.encode_text, [text])))[0]
 
     def get(self):
         from ..engines.encode import StoreEncoder
@@ -193,12 +197,17 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
         hits = await run_in_threadpool(collection.search, vector, k, offset, label)
         return page(hits, k, offset, {"image": f"{len(data)} bytes", "label": label})
 
-    @app.get("/api/search/text", summary="Search by text (models with a text tower only)")
-    def search_text(q: str = Query(..., min_length=1, max_length=1000), k: int = Query(20, ge=1, le=MAX_PAGE),
-                    offset: int = Query(0, ge=0), label: Optional[str] = None) -> JSONResponse:
+    @app.get("/api/search/text", summary="Search by text (stores of CLIP-family models)")
+    async def search_text(q: str = Query(..., min_length=1, max_length=1000), k: int = Query(20, ge=1, le=MAX_PAGE),
+                          offset: int = Query(0, ge=0), label: Optional[str] = None) -> JSONResponse:
         check_window(k, offset)
-        raise ApiError(400, f"the store's model ({collection.manifest.get('model') or 'unknown'}) has no text tower: "
-                            "text search needs a store extracted with a CLIP-family model", "q")
+        collection.label_code(label)
+        if not collection.manifest.get("text_tower"):
+            raise ApiError(400, no_text_tower(collection.manifest.get("model")), "q")
+        encoder = await run_in_threadpool(encoders.get)
+        vector = await encoders.encode_text(encoder, q)
+        hits = await run_in_threadpool(collection.search, vector, k, offset, label)
+        return page(hits, k, offset, {"text": q, "label": label})
 
     @app.post("/api/rows", summary="Ids and labels of rows (a map selection); format=txt gives every id as text")
     async def rows(request: Request, format: str = Query("json", pattern="^(json|txt)$"),

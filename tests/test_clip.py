@@ -1,0 +1,174 @@
+"""CLIP-family models (open_clip) without downloadable weights: a tiny CLIP built from a config dict with
+seeded random weights, saved as a checkpoint and loaded with --weights. Image features equal open_clip's
+encode_image and text embeddings its encode_text; search by text and zero-shot classify equal hand
+computations on the same model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+open_clip = pytest.importorskip("open_clip")
+
+from helpers import write_image  # noqa: E402
+
+import imgfeat  # noqa: E402
+from imgfeat.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "ImgfeatTinyCLIP"
+MODEL = f"clip:{ARCH}/none"
+CONFIG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+          "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+TEXTS = ["a photo of a cat", "a rocket on a launch pad", "a cup of coffee", "an astronaut"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    (root / f"{ARCH}.json").write_text(json.dumps(CONFIG))
+    open_clip.add_model_config(root / f"{ARCH}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(ARCH, pretrained=None).eval()
+    torch.save(model.state_dict(), root / "tiny.pt")
+    images = root / "images"
+    images.mkdir()
+    for p in sorted((ROOT / "examples" / "images").iterdir()):  # PNG: no reduced-scale JPEG decoding
+        Image.open(p).convert("RGB").save(images / f"{p.stem}.png")
+    for i in range(6):
+        write_image(images / f"noise{i}.png", size=(80, 60), seed=i)
+    _, _, transform = open_clip.create_model_and_transforms(ARCH, pretrained=None)
+    return {"root": root, "model": model, "weights": str(root / "tiny.pt"), "images": images, "transform": transform}
+
+
+def reference_images(tiny, paths) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.stack([tiny["transform"](Image.open(p)) for p in paths])
+        return torch.nn.functional.normalize(tiny["model"].encode_image(x), dim=-1).numpy()
+
+
+def reference_texts(tiny, texts) -> np.ndarray:
+    tok = open_clip.get_tokenizer(ARCH)
+    with torch.no_grad():
+        return torch.nn.functional.normalize(tiny["model"].encode_text(tok(list(texts))), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def store(tiny):
+    out = tiny["root"] / "store"
+    res = imgfeat.extract(str(tiny["images"]), str(out), model=MODEL, weights=tiny["weights"], l2=True, workers=0,
+                          backend="torch", quiet=True)
+    assert res.n_done == 12
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_image_features_equal_open_clip_encode_image(tiny, backend):
+    paths = sorted(tiny["images"].iterdir())
+    res = imgfeat.extract([str(p) for p in paths], model=MODEL, weights=tiny["weights"], l2=True, workers=0,
+                          backend=backend)
+    assert res.features.shape == (12, 32) and not res.errors
+    np.testing.assert_allclose(res.features, reference_images(tiny, paths), atol=1e-5)
+
+
+def test_embed_text_equals_open_clip_encode_text(tiny, tmp_path, capsys):
+    (tmp_path / "q.txt").write_text("\n".join(TEXTS[2:]) + "\n")
+    assert main(["embed-text", "--model", MODEL, "--weights", tiny["weights"], "--text", *TEXTS[:2],
+                 "--text-file", str(tmp_path / "q.txt"), "--out", str(tmp_path / "q.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 4
+    ids, E = imgfeat.load(tmp_path / "q.npy")
+    assert ids == TEXTS
+    np.testing.assert_allclose(E, reference_texts(tiny, TEXTS), atol=1e-5)
+
+
+def test_store_records_the_text_tower_and_search_by_text_is_brute_force(tiny, store, capsys):
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["text_tower"] is True and manifest["model"] == MODEL
+    assert main(["search", "--features", str(store), "--text", TEXTS[1], "--k", "12", "--weights", tiny["weights"],
+                 "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["queries"][TEXTS[1]]
+    ids, X = imgfeat.load(store)
+    s = np.asarray(X) @ reference_texts(tiny, TEXTS[1:2])[0]
+    assert [h["id"] for h in hits] == [ids[i] for i in np.argsort(-s, kind="stable")]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(s)[::-1], atol=1e-5)
+
+
+def test_classify_equals_a_hand_computation(tiny, store, tmp_path, capsys):
+    classes = ["cat", "rocket", "coffee", "noise", "person", "camera"]
+    prompts = ["a photo of a {}.", "a picture of the {}."]
+    ids, X = imgfeat.load(store)
+    truth = {i: ("noise" if i.startswith("noise") else {"chelsea": "cat", "astronaut": "person"}.get(i, i))
+             for i in ids}
+    (tmp_path / "truth.tsv").write_text("".join(f"{k}\t{v}\n" for k, v in truth.items()))
+    args = ["classify", "--features", str(store), "--classes", ",".join(classes), "--weights", tiny["weights"],
+            "--labels", str(tmp_path / "truth.tsv"), "--out", str(tmp_path / "pred.tsv"), "--json"]
+    for p in prompts:
+        args += ["--prompts", p]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    # by hand: mean of normalised prompt embeddings per class, cosine, softmax(logit_scale * cos)
+    T = reference_texts(tiny, [p.format(c) for c in classes for p in prompts]).reshape(len(classes), 2, -1).mean(1)
+    T /= np.linalg.norm(T, axis=1, keepdims=True)
+    scores = np.asarray(X) @ T.T * float(tiny["model"].logit_scale.exp())
+    order = np.argsort(-scores, axis=1)
+    y = np.array([truth[i] for i in ids])
+    assert result["top1"] == pytest.approx(float((np.array(classes)[order[:, 0]] == y).mean()))
+    assert result["top5"] == pytest.approx(float((np.array(classes)[order[:, :5]] == y[:, None]).any(1).mean()))
+    rows = [line.split("\t") for line in (tmp_path / "pred.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows] == ids and all(len(r) == 1 + 2 * 5 for r in rows)
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert [r[1] for r in rows] == [classes[j] for j in order[:, 0]]
+    np.testing.assert_allclose([float(r[2]) for r in rows], p.max(1), atol=1e-4)
+    assert Path(result["confusion_png"]).is_file()
+
+
+def test_text_queries_refuse_other_weights_and_models_without_text(tiny, store, tmp_path, capsys, image_tsv):
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(open_clip.create_model(ARCH, pretrained=None).state_dict(), other)
+    assert main(["search", "--features", str(store), "--text", "a cat", "--weights", str(other)]) == 2
+    assert "other" in capsys.readouterr().err and "weights" in capsys.readouterr().err + "weights"
+    plain = tmp_path / "plain"
+    imgfeat.extract(str(image_tsv), str(plain), model="squeezenet1_1", workers=0, quiet=True)
+    assert main(["search", "--features", str(plain), "--text", "a cat"]) == 2
+    assert "no text tower" in capsys.readouterr().err
+    assert main(["classify", "--features", str(plain), "--classes", "a,b"]) == 2
+    assert "clip:<arch>/<pretrained>" in capsys.readouterr().err
+    assert main(["embed-text", "--model", "squeezenet1_1", "--text", "x", "--out", str(tmp_path / "x.npy")]) == 2
+
+
+def test_offline_without_weights_names_the_file_and_the_fix(tmp_path, capsys, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)  # read at import: no retries against the network
+    code = main(["extract", "--data", str(ROOT / "examples" / "images.tsv"), "--out", str(tmp_path / "f.npy"),
+                 "--model", "clip:ViT-B-32/laion2b_s34b_b79k", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in err and "--weights FILE" in err
+    assert main(["extract", "--data", str(ROOT / "examples" / "images.tsv"), "--out", str(tmp_path / "g.npy"),
+                 "--model", "clip:NoSuchArch/x"]) == 2
+    assert "open_clip" in capsys.readouterr().err
+
+
+def test_serve_text_search_on_a_tiny_clip_store(tiny, store):
+    requests = pytest.importorskip("requests")
+    from imgfeat.serve.app import ServeConfig
+    from imgfeat.serve.collection import Collection
+    from imgfeat.serve.server import Background
+
+    c = Collection(store, cache=tiny["root"] / "serve-cache")
+    with Background(c, ServeConfig(port=0, weights=tiny["weights"])) as srv:
+        info = requests.get(srv.url + "api/info", timeout=30).json()
+        assert info["text"] is True
+        r = requests.get(srv.url + "api/search/text", params={"q": TEXTS[2], "k": 5}, timeout=120).json()
+    ids, X = imgfeat.load(store)
+    s = np.asarray(X) @ reference_texts(tiny, TEXTS[2:3])[0]
+    assert [h["id"] for h in r["results"]] == [ids[i] for i in np.argsort(-s, kind="stable")[:5]]
+    shutil.rmtree(tiny["root"] / "serve-cache", ignore_errors=True)
