@@ -154,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out")
     export.set_defaults(func=_cmd_export)
     from .serve import add_parser as add_serve
+    from .text import add_parsers as add_text
     from .tools import add_parsers
 
     add_parsers(sub)
+    add_text(sub)
     add_serve(sub)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
     layers.add_argument("model")

@@ -8,15 +8,7 @@ import numpy as np
 
 from ..errors import ImgfeatError
 from ..outputs.formats import extensions, open_matrix, write_blocks
-
-
-def _store_encoder(features: str, weights):
-    from ..engines.encode import StoreEncoder
-
-    if not Path(features).is_dir():
-        raise ImgfeatError("text queries need a feature store (its manifest names the model and weights); "
-                           f"{features} is a file")
-    return StoreEncoder.for_store(features, weights)
+from .common import emit, features_arg, store_encoder
 
 
 def _read_texts(args) -> list[str]:
@@ -33,11 +25,10 @@ def _classify(args) -> int:
     from ..tools.labels import align, read_labels
     from ..tools.probe import confusion_png
     from ..tools.zeroshot import DEFAULT_PROMPTS, ZeroShotClassifier, prompts_for
-    from .tools import _emit
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     templates = args.prompts or list(DEFAULT_PROMPTS)
-    enc = _store_encoder(args.features, args.weights)
+    enc = store_encoder(args.features, args.weights)
     clip = enc.pipeline.model.body
     T = enc.encode_text(prompts_for(classes, templates))
     scale, bias = clip.logit_scale_bias()
@@ -64,14 +55,13 @@ def _classify(args) -> int:
                       confusion_png=png)
         lines.append(f"against {args.labels}: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f} on "
                      f"{report['n']} labelled vectors; confusion matrix -> {png}")
-    return _emit(args, result, lines)
+    return emit(args, result, lines)
 
 
 def _embed_text(args) -> int:
     from ..models.backbone import build_feature_model
     from ..models.clip import text_embeddings
     from ..models.registry import get_model_spec
-    from .tools import _emit
 
     spec = get_model_spec(args.model)
     if not spec.text_tower:
@@ -80,15 +70,13 @@ def _embed_text(args) -> int:
     model = build_feature_model(spec, None, None, args.weights, args.random_weights)
     E = text_embeddings(model.body, texts)
     n = write_blocks(args.out, E.shape[1], "float32", [(texts, [""] * len(texts), E)])
-    return _emit(args, {"out": args.out, "n": n, "dim": int(E.shape[1]), "weights": model.fingerprint()},
+    return emit(args, {"out": args.out, "n": n, "dim": int(E.shape[1]), "weights": model.fingerprint()},
                  [f"{n} text embeddings ({E.shape[1]}-d, L2-normalised, {spec.name}) -> {args.out}"])
 
 
 def add_parsers(sub) -> None:
-    from .tools import _features_arg
-
     c = sub.add_parser("classify", help="zero-shot labels from class names (CLIP-family stores)")
-    _features_arg(c)
+    features_arg(c)
     c.add_argument("--classes", required=True, help="comma-separated class names")
     c.add_argument("--prompts", action="append", metavar="TEMPLATE",
                    help="a prompt template with {} for the class name; repeatable (default: an ensemble of 7)")

@@ -4,7 +4,6 @@ JSON object on stdout)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -18,22 +17,10 @@ from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
 from ..tools.labels import align, check_dim, read_labels
 from ..tools.maps import METHODS
 from ..tools.probe import CLASSIFIERS
+from .common import emit, features_arg, store_encoder
 
 
 _INDEX_METAVAR = "|".join(INDEXES) + "|FACTORY"
-
-
-def _emit(args: argparse.Namespace, result: dict, lines: list[str]) -> int:
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print("\n".join(lines))
-    return 0
-
-
-def _features_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", required=True, help="an imgfeat output file or feature store")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 # ----------------------------------------------------------------------------- pca
@@ -43,7 +30,7 @@ def _pca_fit(args) -> int:
     pca = StreamingPCA(n_components=args.dim, whiten=args.whiten).fit(b for _, b in iter_blocks(args.features))
     pca.save(args.out)
     kept = float(pca.explained_variance_ratio_.sum())
-    return _emit(args, {"out": args.out, "n": pca.n_samples_seen_, "input_dim": int(pca.mean_.shape[0]),
+    return emit(args, {"out": args.out, "n": pca.n_samples_seen_, "input_dim": int(pca.mean_.shape[0]),
                         "dim": args.dim, "explained_variance_ratio": kept},
                  [f"PCA {pca.mean_.shape[0]} -> {args.dim} on {pca.n_samples_seen_} vectors keeps "
                   f"{kept:.1%} of the variance -> {args.out}"])
@@ -61,7 +48,7 @@ def _pca_apply(args) -> int:
             yield ids, [""] * len(ids), pca.transform(block)
 
     n = write_blocks(args.out, pca.components_.shape[0], np.float32, reduced())
-    return _emit(args, {"out": args.out, "n": n, "dim": int(pca.components_.shape[0])},
+    return emit(args, {"out": args.out, "n": n, "dim": int(pca.components_.shape[0])},
                  [f"{n} vectors reduced to {pca.components_.shape[0]}-d -> {args.out}"])
 
 
@@ -95,7 +82,7 @@ def _probe(args) -> int:
              f"top-1 {report['top1']:.4f}" + (f", top-5 {report['top5']:.4f}" if "top5" in report else ""),
              *[f"  {c}: {a:.4f}" for c, a in report["per_class"].items()],
              f"probe -> {out / 'probe.pkl'}, confusion matrix -> {out / 'confusion.png'}"]
-    return _emit(args, result, lines)
+    return emit(args, result, lines)
 
 
 def _predict(args) -> int:
@@ -109,7 +96,7 @@ def _predict(args) -> int:
                 raise bad_param("features", f"features of dimension {expected} (the probe's)", block.shape[1])
             out.writelines(f"{i}\t{p}\n" for i, p in zip(ids, probe.predict(block)))
             n += len(ids)
-    return _emit(args, {"out": args.out, "n": n}, [f"{n} predictions -> {args.out}"])
+    return emit(args, {"out": args.out, "n": n}, [f"{n} predictions -> {args.out}"])
 
 
 # ----------------------------------------------------------------------------- map
@@ -138,7 +125,7 @@ def _map(args) -> int:
         paths = read_paths(args.features)
         result["mosaic"] = args.mosaic
         result["thumbnails"] = mosaic_png(coords, [paths.get(i, "") for i in ids], args.mosaic)
-    return _emit(args, result, [f"{args.method} map of {len(ids)} vectors -> {args.out} (coordinates {coords_path})"]
+    return emit(args, result, [f"{args.method} map of {len(ids)} vectors -> {args.out} (coordinates {coords_path})"]
                  + ([f"mosaic of {result['thumbnails']} thumbnails -> {args.mosaic}"] if args.mosaic else []))
 
 
@@ -160,7 +147,7 @@ def _knn(args) -> int:
     if args.approx:
         result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
         lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
-    return _emit(args, result, lines)
+    return emit(args, result, lines)
 
 
 # ----------------------------------------------------------------------------- search
@@ -178,12 +165,10 @@ def _search(args) -> int:
         queries.append(np.asarray(X[np.array([index_of[q] for q in by_id])], dtype=np.float32))
         names += by_id
     if files or args.text:
-        from .text import _store_encoder
-
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        encoder = _store_encoder(args.features, args.weights)  # one model for image and text queries
+        encoder = store_encoder(args.features, args.weights)  # one model for image and text queries
         if files:
             queries.append(encoder.encode_files(files))
             names += files
@@ -194,7 +179,7 @@ def _search(args) -> int:
     D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k, len(ids)))
     hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js)] for q, Ds, Js in zip(names, D, I)}
     lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]
-    return _emit(args, {"queries": hits}, lines)
+    return emit(args, {"queries": hits}, lines)
 
 
 # ----------------------------------------------------------------------------- dedup
@@ -211,7 +196,7 @@ def _dedup(args) -> int:
     lines = [f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among {len(ids)} vectors; "
              f"{result['duplicates']} could be dropped" + (f" -> {args.out}" if args.out else "")]
     lines += ["  " + ", ".join(g) for g in groups[:10]]
-    return _emit(args, result, lines)
+    return emit(args, result, lines)
 
 
 # ----------------------------------------------------------------------------- diffuse
@@ -248,20 +233,20 @@ def _diffuse(args) -> int:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)
         result["out"] = args.out
-    return _emit(args, result, lines)
+    return emit(args, result, lines)
 
 
 def _add_pca(sub) -> None:
     pca = sub.add_parser("pca", help="streaming PCA: fit, then apply")
     pca_sub = pca.add_subparsers(dest="pca_command", required=True)
     fit = pca_sub.add_parser("fit", help="fit a PCA on features, block by block")
-    _features_arg(fit)
+    features_arg(fit)
     fit.add_argument("--dim", type=int, required=True, help="output dimension")
     fit.add_argument("--whiten", action="store_true")
     fit.add_argument("--out", required=True, help="the fitted PCA (.npz)")
     fit.set_defaults(func=_pca_fit)
     apply = pca_sub.add_parser("apply", help="reduce features with a fitted PCA")
-    _features_arg(apply)
+    features_arg(apply)
     apply.add_argument("--pca", required=True)
     apply.add_argument("--out", required=True, help="a file ending in " + " ".join(extensions()))
     apply.set_defaults(func=_pca_apply)
@@ -269,7 +254,7 @@ def _add_pca(sub) -> None:
 
 def _add_probe(sub) -> None:
     probe = sub.add_parser("probe", help="linear SVM / logistic regression on features + labels")
-    _features_arg(probe)
+    features_arg(probe)
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
     probe.add_argument("--test-size", type=float, default=0.2, help="seeded split when no --test-labels")
@@ -279,7 +264,7 @@ def _add_probe(sub) -> None:
     probe.add_argument("--out-dir", default="probe", help="probe.pkl, confusion.png and report.json go here")
     probe.set_defaults(func=_probe)
     predict = sub.add_parser("predict", help="label features with a saved probe")
-    _features_arg(predict)
+    features_arg(predict)
     predict.add_argument("--probe", required=True)
     predict.add_argument("--out", required=True, help="TSV id<TAB>predicted label")
     predict.set_defaults(func=_predict)
@@ -287,7 +272,7 @@ def _add_probe(sub) -> None:
 
 def _add_map(sub) -> None:
     mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
-    _features_arg(mp)
+    features_arg(mp)
     mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
     mp.add_argument("--method", choices=METHODS, default="tsne")
     mp.add_argument("--out", required=True, help="scatter PNG")
@@ -301,7 +286,7 @@ def _add_map(sub) -> None:
 
 def _add_knn(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
-    _features_arg(knn)
+    features_arg(knn)
     knn.add_argument("--k", type=int, required=True)
     knn.add_argument("--out", help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
                                    "write it; for 100M rows use --raw alone)")
@@ -320,7 +305,7 @@ def _add_knn(sub) -> None:
 
 def _add_search(sub) -> None:
     search = sub.add_parser("search", help="nearest neighbours of query ids or images")
-    _features_arg(search)
+    features_arg(search)
     search.add_argument("--query", nargs="+", help="ids in the features, or image files")
     search.add_argument("--text", nargs="+", help="texts (stores of CLIP-family models)")
     search.add_argument("--k", type=int, default=10)
@@ -331,7 +316,7 @@ def _add_search(sub) -> None:
 
 def _add_dedup(sub) -> None:
     dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
-    _features_arg(dedup)
+    features_arg(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
     dedup.add_argument("--k", type=int, default=10, help="neighbours examined per image")
     dedup.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
@@ -342,7 +327,7 @@ def _add_dedup(sub) -> None:
 
 def _add_diffuse(sub) -> None:
     diffuse = sub.add_parser("diffuse", help="label propagation for low-shot learning")
-    _features_arg(diffuse)
+    features_arg(diffuse)
     diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
     diffuse.add_argument("--test-labels", help="TSV id<TAB>label to score the unlabelled part")
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
@@ -365,6 +350,3 @@ def add_parsers(sub) -> None:
     _add_search(sub)
     _add_dedup(sub)
     _add_diffuse(sub)
-    from .text import add_parsers as add_text
-
-    add_text(sub)
