@@ -29,9 +29,8 @@ CONFIG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width"
 TEXTS = ["a photo of a cat", "a rocket on a launch pad", "a cup of coffee", "an astronaut"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clip")
+def make_tiny_clip(root: Path) -> dict:
+    """The tiny CLIP registered with open_clip, its checkpoint, 12 PNG images and open_clip's own transform."""
     (root / f"{ARCH}.json").write_text(json.dumps(CONFIG))
     open_clip.add_model_config(root / f"{ARCH}.json")
     torch.manual_seed(0)
@@ -45,6 +44,11 @@ def tiny(tmp_path_factory):
         write_image(images / f"noise{i}.png", size=(80, 60), seed=i)
     _, _, transform = open_clip.create_model_and_transforms(ARCH, pretrained=None)
     return {"root": root, "model": model, "weights": str(root / "tiny.pt"), "images": images, "transform": transform}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def reference_images(tiny, paths) -> np.ndarray:
@@ -172,3 +176,31 @@ def test_serve_text_search_on_a_tiny_clip_store(tiny, store):
     s = np.asarray(X) @ reference_texts(tiny, TEXTS[2:3])[0]
     assert [h["id"] for h in r["results"]] == [ids[i] for i in np.argsort(-s, kind="stable")[:5]]
     shutil.rmtree(tiny["root"] / "serve-cache", ignore_errors=True)
+
+
+def test_a_model_onnx_cannot_export_falls_back_to_torch_under_auto(tiny, tmp_path, monkeypatch):
+    from imgfeat.models import backends
+
+    def fail(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::something' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setenv("IMGFEAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "export_onnx", fail)
+    paths = [str(p) for p in sorted(tiny["images"].iterdir())[:3]]
+    res = imgfeat.extract(paths, model=MODEL, weights=tiny["weights"], workers=0, backend="auto")
+    assert res.backend == "torch" and "aten::something" in res.backend_report["export_error"]
+    with pytest.raises(imgfeat.ImgfeatError, match="use --backend torch"):
+        imgfeat.extract(paths, model=MODEL, weights=tiny["weights"], workers=0, backend="onnx")
+
+
+def test_layer_of_the_image_tower_has_no_text_tower(tiny, tmp_path, capsys):
+    assert main(["layers", MODEL]) == 0
+    layers = capsys.readouterr().out.split()
+    assert any("visual" in n for n in layers)
+    node = next(n for n in layers if n.endswith("transformer.resblocks.1.add_1"))  # tokens (N, 17, 64), avg-pooled
+    out = tmp_path / "store"
+    imgfeat.extract(str(tiny["images"]), str(out), model=MODEL, weights=tiny["weights"], layer=node, workers=0,
+                    quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layer"] == node and manifest["text_tower"] is False and manifest["dim"] == 64
+    assert main(["search", "--features", str(out), "--text", "a cat", "--weights", tiny["weights"]]) == 2

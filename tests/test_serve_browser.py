@@ -205,3 +205,33 @@ def test_duplicates_slider(site):
     href = d.find_element(By.ID, "download").get_attribute("href")
     assert href.endswith("/api/duplicates.tsv?threshold=0.500")
     shot(d, "duplicates")
+
+
+def test_text_box_on_a_tiny_clip_store(tmp_path):
+    pytest.importorskip("open_clip")
+    from selenium.webdriver.common.by import By
+    from test_clip import MODEL, make_tiny_clip
+
+    from imgfeat.api import extract
+
+    tiny = make_tiny_clip(tmp_path)
+    store = tmp_path / "store"
+    extract(str(tiny["images"]), str(store), model=MODEL, weights=tiny["weights"], l2=True, workers=0, quiet=True)
+    c = Collection(store, cache=tmp_path / "serve-cache")
+    with Background(c, ServeConfig(port=0, weights=tiny["weights"])) as srv:
+        want = __import__("requests").get(srv.url + "api/search/text", params={"q": "a cup of coffee", "k": 10},
+                                          timeout=120).json()["results"]
+        d = launch_browser()
+        try:
+            d.get(srv.url)
+            wait_for(d, "document.body.dataset.ready === '1'")
+            box = d.find_element(By.ID, "q-text")
+            assert box.is_displayed()
+            box.send_keys("a cup of coffee\n")
+            wait_for(d, "document.querySelectorAll('#results .card').length === 12")  # k=20: all 12 images
+            ids = [e.get_attribute("data-id") for e in d.find_elements(By.CSS_SELECTOR, "#results .card")]
+            assert ids[:10] == [r["id"] for r in want]
+            assert "a cup of coffee" in d.find_element(By.ID, "query").text
+            shot(d, "search-text")
+        finally:
+            d.quit()

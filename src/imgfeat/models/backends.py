@@ -141,11 +141,18 @@ def export_onnx(model: FeatureModel, input_size: tuple[int, int], path: Path) ->
     """TorchScript-based ONNX export with a dynamic batch axis (fast and dependency-free)."""
     h, w = input_size
     example = torch.zeros((2, 3, h, w), dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.cpu().eval(), (example,), str(path), input_names=["pixels"],
-                          output_names=["features"], opset_version=17, dynamo=False,
-                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention, taken by CLIP's ViTs)
+    # has no ONNX symbolic; the plain path exports to the same arithmetic
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.cpu().eval(), (example,), str(path), input_names=["pixels"],
+                              output_names=["features"], opset_version=17, dynamo=False,
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def onnx_executor(path: Path, threads: int) -> Executor:
@@ -286,7 +293,14 @@ def make_executor(model: FeatureModel, cfg: ExecConfig) -> tuple[Executor, dict]
         return reference, {"backend": "torch"}
     if not on_cpu:
         raise bad_param("backend", "torch or auto on a GPU (onnx and openvino run on the CPU here)", cfg.backend)
-    onnx_path = _exported(model)
+    try:
+        onnx_path = _exported(model)
+    except Exception as exc:  # noqa: BLE001 - an operator without an ONNX form: torch still runs the model
+        if cfg.backend != "auto":
+            raise ImgfeatError(f"the {cfg.backend} backend needs an ONNX export of this model, which failed: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}; use --backend torch") from exc
+        log.warning("auto: ONNX export of this model failed (%s: %s); using torch", type(exc).__name__, exc)
+        return reference, {"backend": "torch", "export_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     candidates, checks = _cpu_candidates(model, cfg, onnx_path, reference)
     report: dict = {"export": str(onnx_path.parent)}
     if checks:
