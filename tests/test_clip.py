@@ -81,10 +81,12 @@ def test_image_features_equal_open_clip_encode_image(tiny, backend):
     np.testing.assert_allclose(res.features, reference_images(tiny, paths), atol=1e-5)
 
 
-def test_embed_text_equals_open_clip_encode_text(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_embed_text_equals_open_clip_encode_text(tiny, tmp_path, capsys, backend):
     (tmp_path / "q.txt").write_text("\n".join(TEXTS[2:]) + "\n")
     assert main(["embed-text", "--model", MODEL, "--weights", tiny["weights"], "--text", *TEXTS[:2],
-                 "--text-file", str(tmp_path / "q.txt"), "--out", str(tmp_path / "q.npy"), "--json"]) == 0
+                 "--text-file", str(tmp_path / "q.txt"), "--out", str(tmp_path / "q.npy"), "--backend", backend,
+                 "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 4
     ids, E = imgfeat.load(tmp_path / "q.npy")
     assert ids == TEXTS

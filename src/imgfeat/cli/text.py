@@ -67,8 +67,12 @@ def _embed_text(args) -> int:
     if not spec.text_tower:
         raise ImgfeatError(f"{args.model} has no text tower: embed-text needs a clip:<arch>/<pretrained> model")
     texts = _read_texts(args)
+    from ..models.backends import text_executor
+    from ..options import available_cores
+
     model = build_feature_model(spec, None, None, args.weights, args.random_weights)
-    E = text_embeddings(model.body, texts)
+    run = text_executor(model.body, model.body.tokenize(texts[:64]), args.backend, available_cores())
+    E = text_embeddings(model.body, texts, run=run)
     n = write_blocks(args.out, E.shape[1], "float32", [(texts, [""] * len(texts), E)])
     return emit(args, {"out": args.out, "n": n, "dim": int(E.shape[1]), "weights": model.fingerprint()},
                  [f"{n} text embeddings ({E.shape[1]}-d, L2-normalised, {spec.name}) -> {args.out}"])
@@ -91,6 +95,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--text-file", help="one text per line")
     e.add_argument("--weights", help="an open_clip checkpoint file instead of the pretrained weights")
     e.add_argument("--random-weights", action="store_true", help="seeded random weights (speed tests)")
+    e.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "openvino"),
+                   help="runs the text tower (auto: torch; onnx/openvino: exported once, cached, checked)")
     e.add_argument("--out", required=True, help="output file (" + " ".join(extensions()) + "); ids are the texts")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_embed_text)

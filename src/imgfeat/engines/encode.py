@@ -14,7 +14,7 @@ import torch
 from ..data.decode import decode
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
-from ..options import ExtractOptions
+from ..options import ExtractOptions, available_cores
 from ..outputs.store import FeatureStore
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
 
@@ -44,6 +44,7 @@ class StoreEncoder:
         self.pipeline = build_pipeline(self.opts, resolve_device(device), before_executor=check)
         self.preprocess = self.pipeline.spec.preprocess
         self._lock = threading.Lock()
+        self._text_run = None
 
     @classmethod
     def for_store(cls, store_path, weights: Optional[str] = None, **kwargs) -> "StoreEncoder":
@@ -67,8 +68,14 @@ class StoreEncoder:
 
         if not self.has_text:
             raise ImgfeatError(no_text_tower(self.store.manifest.get("model")))
+        body = self.pipeline.model.body
         with self._lock:
-            return text_embeddings(self.pipeline.model.body, list(texts))
+            if self._text_run is None:
+                from ..models.backends import text_executor
+
+                self._text_run = text_executor(body, body.tokenize(list(texts) + ["a photo"]), self.opts.backend,
+                                               available_cores())
+            return text_embeddings(body, list(texts), run=self._text_run)
 
     def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
         arrays, errors = [], []

@@ -140,7 +140,11 @@ def torch_executor(model: FeatureModel, cfg: ExecConfig) -> Executor:
 def export_onnx(model: FeatureModel, input_size: tuple[int, int], path: Path) -> None:
     """TorchScript-based ONNX export with a dynamic batch axis (fast and dependency-free)."""
     h, w = input_size
-    example = torch.zeros((2, 3, h, w), dtype=torch.uint8)
+    _export(model.cpu().eval(), torch.zeros((2, 3, h, w), dtype=torch.uint8), path)
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """One input (named ``pixels`` whatever it holds, so every executor feeds it the same way), dynamic batch."""
     # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention, taken by CLIP's ViTs)
     # has no ONNX symbolic; the plain path exports to the same arithmetic
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -148,11 +152,53 @@ def export_onnx(model: FeatureModel, input_size: tuple[int, int], path: Path) ->
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.cpu().eval(), (example,), str(path), input_names=["pixels"],
+            torch.onnx.export(module, (example,), str(path), input_names=["pixels"],
                               output_names=["features"], opset_version=17, dynamo=False,
                               dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def text_executor(model: torch.nn.Module, tokens: torch.Tensor, backend: str, threads: int) -> Executor:
+    """An executor of ``model.encode_text`` (a CLIP-family text tower) on the CPU: torch, or its ONNX export
+    (cached beside the image exports, keyed by the weights) run by ONNX Runtime or OpenVINO and checked
+    against torch on ``tokens`` like an image export. ``auto`` is torch: text queries are few and short."""
+    tower = _TextTower(model).cpu().eval()
+
+    def torch_run(t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return tower(t).float()
+
+    reference = Executor("torch", torch_run, threads)
+    if backend in ("torch", "auto"):
+        return reference
+    if backend not in BACKENDS:
+        raise bad_param("backend", f"one of {BACKENDS}", backend)
+    from .backbone import weights_fingerprint
+
+    key = hashlib.blake2b(json.dumps(["text", weights_fingerprint(model), torch.__version__, __version__]).encode(),
+                          digest_size=12).hexdigest()
+    folder = cache_dir() / "export" / f"text-{key}"
+    path = folder / "model.onnx"
+    if not path.is_file():
+        with atomic_dir(folder) as staging:
+            _export(tower, tokens[:2].clone(), staging / "model.onnx")
+    ex = onnx_executor(path, threads) if backend == "onnx" else openvino_executor(path, threads, "fp32")
+    ref, out = reference(tokens), ex(tokens)
+    rel = float((out - ref).abs().max()) / max(float(ref.abs().max()), 1e-12)
+    if out.shape != ref.shape or rel > MAX_REL_DIFF:
+        raise BackendCheckError(f"the {backend} export of this text tower disagrees with torch (relative {rel:.2g}); "
+                                "use --backend torch")
+    return ex
 
 
 def onnx_executor(path: Path, threads: int) -> Executor:

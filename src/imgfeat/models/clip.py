@@ -62,8 +62,17 @@ class ClipModel(nn.Module):
 
 
 def build_clip(arch: str) -> ClipModel:
-    """The architecture with randomly initialised weights (weights sources load into it)."""
-    return ClipModel(_open_clip().create_model(arch, pretrained=None), arch)
+    """The architecture with randomly initialised weights (weights sources load into it, so open_clip's warning
+    that no pretrained weights were loaded is silenced here)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return ClipModel(_open_clip().create_model(arch, pretrained=None), arch)
+    finally:
+        root.setLevel(level)
 
 
 class OpenClipWeights(WeightsSource):
@@ -155,13 +164,14 @@ def list_pretrained() -> list[str]:
     return [f"{CLIP_PREFIX}{a}/{t}" for a, t in _open_clip().list_pretrained()]
 
 
-def text_embeddings(model: ClipModel, texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    """L2-normalised text embeddings (float32, one row per text) from the model's own tokenizer and tower."""
+def text_embeddings(model: ClipModel, texts: Sequence[str], batch: int = 256, run=None) -> np.ndarray:
+    """L2-normalised text embeddings (float32, one row per text) from the model's own tokenizer and tower;
+    ``run(tokens)`` (an executor of ``encode_text``, see ``backends.text_executor``) instead of torch if given."""
     out = []
     with torch.inference_mode():
         for s in range(0, len(texts), batch):
-            tokens = model.tokenize(texts[s:s + batch]).to(next(model.parameters()).device)
-            e = model.encode_text(tokens).float()
-            out.append(torch.nn.functional.normalize(e, dim=-1).cpu().numpy())
+            tokens = model.tokenize(texts[s:s + batch])
+            e = run(tokens) if run is not None else model.encode_text(tokens.to(next(model.parameters()).device))
+            out.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy())
     dim = int(getattr(model.clip, "text_projection", torch.zeros(0, 0)).shape[-1]) if not out else 0
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
