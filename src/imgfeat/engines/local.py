@@ -4,6 +4,7 @@ shard of the input (all of it, or the ``--shard I/N`` part) streams to a file or
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import threading
 import time
@@ -18,7 +19,11 @@ from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore, is_store_path
 from ..outputs.targets import FileTarget, StoreTarget
+from .fidelity import check_fidelity, describe
 from .pipeline import ExtractResult, Pipeline, build_pipeline, process_shards, store_identity
+
+
+log = logging.getLogger(__name__)
 
 
 def wants_store(opts: ExtractOptions) -> bool:
@@ -57,6 +62,12 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
         store.open(store_identity(opts, pipeline, source))
 
     pipeline = build_pipeline(opts, resolve_device(opts.device), open_store if store is not None else None)
+    fidelity = check_fidelity(pipeline, source, opts)  # a lower precision: measured on this input, or refused
+    if fidelity is not None:
+        pipeline.report["fidelity"] = fidelity
+        log.warning("%s", describe(fidelity))
+        if store is not None:
+            store.annotate("fidelity", fidelity)
     if store is not None:
         plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
     bar = _progress(opts, source, progress)

@@ -167,6 +167,13 @@ class FeatureStore:
                 f"{self.path} was extracted with other {model} weights than "
                 f"{weights or 'the pretrained ones'}: refusing to mix their features (pass the same --weights FILE)")
 
+    def annotate(self, key: str, value) -> None:
+        """Record ``key`` (not part of the identity, e.g. a precision's measured fidelity) in the manifest."""
+        current = self._read_manifest()
+        current[key] = value
+        write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
+        self.manifest = current
+
     def marker(self, index: int) -> Path:
         return self.shard_dir / f"{index:06d}.done.json"
 
