@@ -31,6 +31,7 @@ def test_bf16_below_the_threshold_is_refused_with_the_figures(flat_and_photos, t
                         workers=0, min_fidelity=0.999)
     msg = str(err.value)
     assert "1st percentile" in msg and "kNN@10 overlap" in msg and "--min-fidelity" in msg and "on 8 images" in msg
+    assert "near-zero fp32 vectors" in msg
     assert not (tmp_path / "f.npy").exists()
 
 
@@ -40,6 +41,8 @@ def test_accepted_precision_records_its_figures(flat_and_photos, tmp_path):
     f = res.backend_report["fidelity"]
     assert f["sample"] == 8 and f["precision"] == "bf16" and -1 <= f["cosine_min"] <= f["cosine_p1"] <= f["cosine_median"]
     assert f["cosine_median"] > 0.99 and 0 <= f["knn10_overlap"] <= 1
+    assert f["near_zero"] >= 1  # the 1x1 grey: its fp32 vector nearly cancels
+    assert f["cosine_p1_without_near_zero"] >= f["cosine_p1"] and f["error_max_vs_median_norm"] >= 0
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["fidelity"] == f
     # the figures are what they claim: recompute the cosine of each image against an fp32 run
     ref = imgfeat.extract(str(flat_and_photos), precision="fp32", backend="torch", workers=0)

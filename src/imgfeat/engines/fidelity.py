@@ -21,6 +21,7 @@ from .pipeline import Pipeline, postprocess
 SAMPLE = 256  # images compared
 SCAN = 4 * SAMPLE  # records read at most to find them (bad files are skipped)
 KNN = 10
+NEAR_ZERO = 0.01  # an fp32 vector with less than 1% of the sample's median norm
 
 
 class FidelityError(ImgfeatError):
@@ -73,7 +74,12 @@ def measure(pipeline: Pipeline, pixels: torch.Tensor, opts: ExtractOptions) -> d
     cos = (R * L).sum(axis=1) / np.maximum(nr * nl, 1e-30)
     norm_err = np.abs(nl - nr) / np.maximum(nr, 1e-30)
     worst = int(np.argmin(cos))
+    # vectors that (nearly) cancel in fp32 carry no direction at any precision: counted and shown apart
+    near_zero = nr < NEAR_ZERO * np.median(nr)
+    rest = cos[~near_zero] if (~near_zero).any() else cos
     return {"precision": opts.precision, "backend": pipeline.report.get("backend"), "sample": int(len(R)),
+            "near_zero": int(near_zero.sum()), "cosine_p1_without_near_zero": float(np.percentile(rest, 1)),
+            "error_max_vs_median_norm": float(np.linalg.norm(L - R, axis=1).max() / max(np.median(nr), 1e-30)),
             "cosine_min": float(cos.min()), "cosine_p1": float(np.percentile(cos, 1)),
             "cosine_median": float(np.median(cos)), "norm_rel_error_median": float(np.median(norm_err)),
             "norm_rel_error_max": float(norm_err.max()), f"knn{KNN}_overlap": _knn_overlap(R, L, KNN),
@@ -84,7 +90,11 @@ def describe(f: dict) -> str:
     return (f"{f['precision']} ({f['backend']}) against fp32 on {f['sample']} images of the input: cosine min "
             f"{f['cosine_min']:.4f}, 1st percentile {f['cosine_p1']:.4f}, median {f['cosine_median']:.4f}; "
             f"norm error median {f['norm_rel_error_median']:.3g}, max {f['norm_rel_error_max']:.3g}; "
-            f"kNN@{KNN} overlap {f[f'knn{KNN}_overlap']:.3f}")
+            f"kNN@{KNN} overlap {f[f'knn{KNN}_overlap']:.3f}"
+            + (f"; {f['near_zero']} image(s) have near-zero fp32 vectors (norm < {NEAR_ZERO:.0%} of the median: "
+               f"no direction at any precision), without them the 1st percentile is "
+               f"{f['cosine_p1_without_near_zero']:.4f}; largest error {f['error_max_vs_median_norm']:.3g} of the "
+               "median norm" if f["near_zero"] else ""))
 
 
 def check_fidelity(pipeline: Pipeline, source: Source, opts: ExtractOptions) -> Optional[dict]:
