@@ -63,3 +63,9 @@ def test_fp32_is_unchanged_and_unmeasured(photo_dir, tmp_path):
 def test_min_fidelity_is_validated(photo_dir):
     with pytest.raises(imgfeat.InvalidParameterError, match="min_fidelity"):
         imgfeat.extract(str(photo_dir), min_fidelity=1.5)
+
+
+def test_near_zero_vectors_are_found_before_l2(flat_and_photos, tmp_path):
+    res = imgfeat.extract(str(flat_and_photos), str(tmp_path / "f.npy"), precision="bf16", backend="torch",
+                          workers=0, min_fidelity=0, l2=True, quiet=True)
+    assert res.backend_report["fidelity"]["near_zero"] >= 1

@@ -62,12 +62,14 @@ def _knn_overlap(A: np.ndarray, B: np.ndarray, k: int) -> float:
 
 def measure(pipeline: Pipeline, pixels: torch.Tensor, opts: ExtractOptions) -> dict:
     """Figures of the pipeline's executor against the same model in fp32 on ``pixels``."""
-    ref, low = [], []
+    ref, low, raw_norms = [], [], []
     with torch.inference_mode():
         for s in range(0, len(pixels), opts.batch_size):
             batch = pixels[s:s + opts.batch_size]
             batch = batch.to(pipeline.device)
-            ref.append(postprocess(pipeline.model(batch).float(), opts.relu, opts.l2).cpu().numpy())  # no autocast
+            raw = pipeline.model(batch).float()  # fp32: no autocast
+            raw_norms.append(postprocess(raw, opts.relu, False).norm(dim=1).cpu().numpy())  # before any L2
+            ref.append(postprocess(raw, opts.relu, opts.l2).cpu().numpy())
             low.append(postprocess(pipeline.executor(batch), opts.relu, opts.l2).cpu().numpy())
     R, L = np.concatenate(ref).astype(np.float64), np.concatenate(low).astype(np.float64)
     nr, nl = np.linalg.norm(R, axis=1), np.linalg.norm(L, axis=1)
@@ -75,7 +77,8 @@ def measure(pipeline: Pipeline, pixels: torch.Tensor, opts: ExtractOptions) -> d
     norm_err = np.abs(nl - nr) / np.maximum(nr, 1e-30)
     worst = int(np.argmin(cos))
     # vectors that (nearly) cancel in fp32 carry no direction at any precision: counted and shown apart
-    near_zero = nr < NEAR_ZERO * np.median(nr)
+    raw = np.concatenate(raw_norms)
+    near_zero = raw < NEAR_ZERO * np.median(raw)
     rest = cos[~near_zero] if (~near_zero).any() else cos
     return {"precision": opts.precision, "backend": pipeline.report.get("backend"), "sample": int(len(R)),
             "near_zero": int(near_zero.sum()), "cosine_p1_without_near_zero": float(np.percentile(rest, 1)),
