@@ -466,6 +466,10 @@ def test_ivf_index_is_cached_and_loaded_from_a_file(tmp_path):
                        cache=tmp_path / "cache2")
     assert [h.row for h in again.search(X[7], 10)] == exact.tolist()
     assert c.info()["thumbnails"] is False
+    flat = Collection(tmp_path / "f.npy", index="exact", index_file=str(tmp_path / "flat.faiss"),
+                      cache=tmp_path / "cache3")
+    assert (tmp_path / "flat.faiss").is_file()  # --index-file is written when it does not exist yet
+    assert [h.row for h in flat.search(X[7], 10)] == exact.tolist()
     with pytest.raises(Exception, match="indexes 3000 vectors"):
         np.save(tmp_path / "g.npy", X[:100])
         (tmp_path / "g.ids.txt").write_text("".join(f"v{i}\n" for i in range(100)))

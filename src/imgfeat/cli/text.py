@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImgfeatError
+from ..models.backends import BACKENDS
 from ..outputs.formats import extensions, open_matrix, write_blocks
 from .common import emit, features_arg, store_encoder
 
@@ -95,7 +96,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--text-file", help="one text per line")
     e.add_argument("--weights", help="an open_clip checkpoint file instead of the pretrained weights")
     e.add_argument("--random-weights", action="store_true", help="seeded random weights (speed tests)")
-    e.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "openvino"),
+    e.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="runs the text tower (auto: torch; onnx/openvino: exported once, cached, checked)")
     e.add_argument("--out", required=True, help="output file (" + " ".join(extensions()) + "); ids are the texts")
     e.add_argument("--json", action="store_true")

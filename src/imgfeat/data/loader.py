@@ -36,10 +36,15 @@ def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int,
             ids.append(rec.id)
             paths.append(rec.path)
             arrays.append(result)
-    h, w = pp.crop_size
-    pixels = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays
-              else torch.zeros((0, 3, h, w), dtype=torch.uint8))
-    return {"ids": ids, "paths": paths, "pixels": pixels, "errors": errors, "n": len(records)}
+    return {"ids": ids, "paths": paths, "pixels": stack_pixels(arrays, pp), "errors": errors, "n": len(records)}
+
+
+def stack_pixels(arrays: list[np.ndarray], pp: Preprocess) -> torch.Tensor:
+    """Decoded uint8 H x W x 3 arrays as the uint8 N x 3 x H x W batch every executor takes."""
+    if not len(arrays):
+        h, w = pp.crop_size
+        return torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _batches(it: Iterator[Record], size: int) -> Iterator[list[Record]]:

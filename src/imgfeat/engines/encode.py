@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data.decode import decode
+from ..data.loader import stack_pixels
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions, available_cores
@@ -53,7 +54,7 @@ class StoreEncoder:
     def encode(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         if not len(arrays):
             return np.zeros((0, self.pipeline.dim), np.float32)
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(self.pipeline.device)
+        pixels = stack_pixels(list(arrays), self.preprocess).to(self.pipeline.device)
         with self._lock, torch.inference_mode():
             out = postprocess(self.pipeline.executor(pixels), self.opts.relu, self.opts.l2)
         return to_numpy(out, "float32")

@@ -7,12 +7,13 @@ error, and the overlap of each image's 10 nearest neighbours within the sample. 
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..data.decode import decode
+from ..data.loader import decode_batch
 from ..data.sources import Source
 from ..errors import ImgfeatError
 from ..options import ExtractOptions
@@ -29,20 +30,18 @@ class FidelityError(ImgfeatError):
 
 
 def sample_pixels(source: Source, opts: ExtractOptions, pp, n: int = SAMPLE) -> Optional[torch.Tensor]:
-    """uint8 N x 3 x H x W of the first ``n`` readable images (None if none is)."""
-    arrays = []
-    for i, rec in enumerate(source.records()):
-        if i >= SCAN or len(arrays) >= n:
+    """uint8 N x 3 x H x W of the first ``n`` readable images among the first ``SCAN`` records (None if none
+    is), decoded as the extraction decodes them (``decode_batch``)."""
+    records = islice(source.records(), SCAN)
+    batches, got = [], 0
+    while got < n:
+        chunk = list(islice(records, n - got))
+        if not chunk:
             break
-        if rec.error:
-            continue
-        out = decode(rec.path, pp, opts.max_pixels, offset=rec.offset, size=rec.size,
-                     timeout=opts.decode_timeout or None)
-        if not isinstance(out, str):
-            arrays.append(out)
-    if not arrays:
-        return None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        pixels = decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None)["pixels"]
+        batches.append(pixels)
+        got += len(pixels)
+    return torch.cat(batches) if got else None
 
 
 def _knn_overlap(A: np.ndarray, B: np.ndarray, k: int) -> float:

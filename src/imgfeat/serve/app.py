@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -27,11 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
+from ..data.decode import DEFAULT_MAX_PIXELS, decode_bytes
 from ..engines.encode import no_text_tower
 from ..errors import ImgfeatError, InvalidParameterError
 from ..tools.dedup import check_threshold
 from .collection import Collection, Hit
-from .media import DecodePool, Thumbnails, decode_upload, placeholder_png
+from .media import DecodePool, Thumbnails, placeholder_png
 from .security import Guard, allowed_hosts
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,10 @@ class ServeConfig:
     max_k: int = 1000
     decode_timeout: float = 10.0
     decode_workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS  # extract's limit, for uploads and thumbnails
     thumb_size: int = 256
     weights: Optional[str] = None
     backend: str = "torch"
-    extra: dict = field(default_factory=dict)
 
 
 class ApiError(Exception):
@@ -72,8 +73,8 @@ def _error(status: int, message: str, parameter: Optional[str] = None) -> JSONRe
 
 
 class Encoders:
-    """The store's model, built once on first use (or at start, in the background); its failure is
-    remembered and reported to every image query."""
+    """The store's model, built once on the first image or text query; its failure is remembered and
+    reported to every later one."""
 
     def __init__(self, collection: Collection, config: ServeConfig) -> None:
         self.collection, self.config = collection, config
@@ -109,6 +110,10 @@ class Encoders:
             return self._encoder
 
 
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def _read_body(request: Request, limit: int, what: str) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -132,7 +137,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     config = config or ServeConfig()
     app = FastAPI(title="imgfeat serve", version=__version__, docs_url=None, redoc_url=None,  # docs pages load a CDN
                   description="Search, map and review a collection of image feature vectors.")
-    pool = DecodePool(config.decode_workers, config.decode_timeout, config.extra.get("max_pixels") or 2 * 89_478_485)
+    pool = DecodePool(config.decode_workers, config.decode_timeout, config.max_pixels)
     thumbs = Thumbnails(collection.cache, pool, config.thumb_size)
     encoders = Encoders(collection, config)
     placeholder = placeholder_png()
@@ -184,13 +189,13 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
                            label: Optional[str] = None) -> JSONResponse:
         check_window(k, offset)
         collection.label_code(label)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _content_type(request)
         if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
             raise ApiError(415, "send the image file itself as the body, with Content-Type image/* or "
                                 "application/octet-stream", "content-type")
         data = await _read_body(request, config.max_upload, "the upload")
         encoder = await run_in_threadpool(encoders.get)
-        pixels = await run_in_threadpool(pool.run, decode_upload, data, encoder.preprocess)
+        pixels = await run_in_threadpool(pool.run, decode_bytes, data, encoder.preprocess)
         if isinstance(pixels, str):
             raise ApiError(413 if pixels.startswith("too large") else 400, f"not a usable image: {pixels}", "body")
         vector = await encoders.encode(encoder, pixels)
@@ -212,7 +217,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     @app.post("/api/rows", summary="Ids and labels of rows (a map selection); format=txt gives every id as text")
     async def rows(request: Request, format: str = Query("json", pattern="^(json|txt)$"),
                    limit: int = Query(MAX_PAGE, ge=0, le=10_000)) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _content_type(request)
         if ctype == "application/json":
             body = await _read_body(request, config.max_json, "the JSON body")
             try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import threading
@@ -23,8 +22,8 @@ from ..errors import ImgfeatError, bad_param
 from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
-from ..tools.dedup import groups_at
-from ..tools.knn import KNNIndex, l2_normalise
+from ..tools.dedup import groups_at, neighbour_lists
+from ..tools.knn import KNNIndex, l2_normalise, row_blocks
 from ..tools.labels import read_labels
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 EXACT_UP_TO = 100_000  # auto index: brute force up to this many vectors, IVF above
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
-NEIGHBOUR_BLOCK = 16384  # queries per faiss call when finding every vector's neighbours (progress steps)
+MAP_BLOCK = 65536  # rows per block when projecting a large collection for its map
 
 
 @dataclass
@@ -129,7 +128,7 @@ class Collection:
             return KNNIndex.load(cached, "cosine", self.nprobe)
         log.info("indexing %d vectors (%s)", self.n, self.index_name)
         knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe).fit(self.X)
-        if self.index_name != "exact":  # worth keeping: training an IVF or PQ index takes a while
+        if index_file or self.index_name != "exact":  # asked for, or worth keeping: training IVF/PQ takes a while
             knn.save(str(cached))
         return knn
 
@@ -178,8 +177,9 @@ class Collection:
         keep = (I >= 0) & (I != (exclude if exclude is not None else -1))
         rows = I[keep].astype(np.int64)
         if self.index_name != "exact" and len(rows):  # exact cosine for what an approximate index found
-            scores = l2_normalise(np.asarray(self.X[np.sort(rows)], np.float32)) @ q[0]
-            by_row = dict(zip(np.sort(rows).tolist(), scores.tolist()))
+            ordered = np.sort(rows)  # reads in file order
+            scores = l2_normalise(np.asarray(self.X[ordered], np.float32)) @ q[0]
+            by_row = dict(zip(ordered.tolist(), scores.tolist()))
             pairs = sorted(((by_row[r], r) for r in rows.tolist()), key=lambda t: (-t[0], t[1]))
         else:
             pairs = list(zip(D[keep].tolist(), rows.tolist()))
@@ -247,10 +247,8 @@ class Collection:
                         "imgfeat map --method umap --coords FILE and pass --map FILE", self.n)
             from ..tools.pca import StreamingPCA
 
-            pca = StreamingPCA(n_components=2).fit(self.X.iter_blocks() if hasattr(self.X, "iter_blocks")
-                                                  else (self.X[s:s + 65536] for s in range(0, self.n, 65536)))
-            xy = np.concatenate([pca.transform(np.asarray(self.X[s:s + 65536], np.float32))
-                                 for s in range(0, self.n, 65536)])
+            pca = StreamingPCA(n_components=2).fit(row_blocks(self.X, MAP_BLOCK))
+            xy = np.concatenate([pca.transform(b) for b in row_blocks(self.X, MAP_BLOCK)])
         xy = np.asarray(xy, np.float32)
         buf = io.BytesIO()
         np.save(buf, xy)
@@ -280,15 +278,13 @@ class Collection:
     def _compute_neighbours(self) -> None:
         import faiss
 
-        k = min(self.dup_k + 1, self.n)
-        D = np.empty((self.n, k), np.float32)
-        I = np.empty((self.n, k), np.int32)
+        def done(rows: int) -> None:
+            self._neighbour_done = rows
+
         threads = faiss.omp_get_max_threads()
         try:
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))  # a batch job: every core
-            for s in range(0, self.n, NEIGHBOUR_BLOCK):
-                D[s:s + NEIGHBOUR_BLOCK], I[s:s + NEIGHBOUR_BLOCK] = self.knn.search(self.X[s:s + NEIGHBOUR_BLOCK], k)
-                self._neighbour_done = min(self.n, s + NEIGHBOUR_BLOCK)
+            D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done)
             buf = io.BytesIO()
             np.savez(buf, D=D, I=I)
             write_atomic(self._neighbours_file(), buf.getvalue())
@@ -322,5 +318,5 @@ class Collection:
                 "layer": m.get("layer"), "pool": m.get("pool"), "weights": m.get("weights"),
                 "store": bool(self.store), "index": self.index_name, "labels": self.categories,
                 "thumbnails": any(p is not None for p in self.paths[:1000]), "text": bool(m.get("text_tower")),
-                "identity": json.loads(json.dumps({k: m[k] for k in ("model", "layer", "pool", "weights", "dim",
-                                                                     "dtype", "relu", "l2") if k in m}))}
+                "identity": {k: m[k] for k in ("model", "layer", "pool", "weights", "dim", "dtype", "relu", "l2")
+                             if k in m}}

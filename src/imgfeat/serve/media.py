@@ -17,15 +17,15 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ..data.decode import DEFAULT_MAX_PIXELS, decode_bytes, thumbnail
+from ..data.decode import DEFAULT_MAX_PIXELS, thumbnail
 from ..files import write_atomic
-from ..models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 
 class DecodePool:
-    """``run(fn, *args)`` in a worker process; a worker that hangs past the deadline or dies is replaced
+    """``run(fn, *args)`` in a worker process, as ``fn(*args, max_pixels, timeout)`` (the signature of
+    ``data.decode``'s ``decode_bytes`` and ``thumbnail``); a worker that hangs past the deadline or dies is replaced
     and the call answers with a reason string, like a bad file in ``extract``."""
 
     def __init__(self, workers: int = 2, timeout: float = 10.0, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -75,14 +75,6 @@ def _ping() -> bool:
     return True
 
 
-def decode_upload(data: bytes, pp: Preprocess, max_pixels: int, timeout: float):
-    return decode_bytes(data, pp, max_pixels, timeout)
-
-
-def make_thumbnail(path: str, size: int, max_pixels: int, timeout: float):
-    return thumbnail(path, size, max_pixels, timeout)
-
-
 class Thumbnails:
     """JPEG thumbnails of the collection's images, ``size`` px on the longer side, made on first request
     from the path the features record for that id and kept under ``folder``."""
@@ -104,7 +96,7 @@ class Thumbnails:
         f = self._file(rid)
         if f.is_file():
             return f.read_bytes()
-        result = self.pool.run(make_thumbnail, path, self.size)
+        result = self.pool.run(thumbnail, path, self.size)
         if isinstance(result, bytes):
             f.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(f, result)

@@ -6,7 +6,7 @@ The neighbour lists are computed once (``neighbour_lists``) and grouped at any t
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -23,13 +23,18 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def neighbour_lists(X, k: int = 10, index: str = "exact",
-                    knn: Optional[KNNIndex] = None) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex] = None,
+                    progress: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(D, I): the cosine similarities and rows of each vector's ``k`` nearest others (-1 where fewer
-    exist). ``knn``: an already fitted cosine index over X to reuse."""
+    exist). ``knn``: an already fitted cosine index over X to reuse; ``progress(rows_done)`` is called
+    after each block of queries."""
     knn = knn or KNNIndex(metric="cosine", index=index).fit(X)
-    n = len(X)
-    D, I = knn.search(X, min(k + 1, n))
+    n, kk = len(X), min(k + 1, len(X))
+    D, I = np.empty((n, kk), np.float32), np.empty((n, kk), np.int32)
+    for s in range(0, n, knn.block):
+        D[s:s + knn.block], I[s:s + knn.block] = knn.search(X[s:s + knn.block], kk)
+        if progress is not None:
+            progress(min(n, s + knn.block))
     return D, I
 
 

@@ -17,7 +17,7 @@ INDEXES = ("exact", "ivf", "hnsw")  # or any faiss index_factory string, e.g. "I
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 
 
-def _blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
+def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
     """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix
     (L2-normalised one block at a time if asked: never a normalised copy of all of X)."""
     for s in range(0, len(X), block):
@@ -95,7 +95,7 @@ class KNNIndex(Params):
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             ivf.nprobe = min(self.nprobe, ivf.nlist)
-        for b in _blocks(X, self.block, self.normalise_):
+        for b in row_blocks(X, self.block, self.normalise_):
             idx.add(b)
         self.index_, self.n_ = idx, n
         return self
@@ -129,7 +129,7 @@ class KNNIndex(Params):
         if k > self.n_:
             raise bad_param("k", f"an integer <= the number of indexed vectors ({self.n_})", k)
         Ds, Is = [], []
-        for q in _blocks(Q, block or self.block, self.normalise_):
+        for q in row_blocks(Q, block or self.block, self.normalise_):
             D, I = self.index_.search(q, k)
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
@@ -173,8 +173,8 @@ def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
 
     rows = np.asarray(rows)
     cosine = metric == "cosine"
-    Q = next(_blocks(X[rows], max(1, len(rows)), cosine))
-    D, I = knn_ground_truth(Q, _blocks(X, block, cosine), k + 1, metric_type=_faiss_metric(faiss, metric))
+    Q = next(row_blocks(X[rows], max(1, len(rows)), cosine))
+    D, I = knn_ground_truth(Q, row_blocks(X, block, cosine), k + 1, metric_type=_faiss_metric(faiss, metric))
     return _drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
 
 
