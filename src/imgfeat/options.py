@@ -97,10 +97,13 @@ class ExtractOptions:
                                 "on the CPU and caches the fastest (torch on a GPU)", one_of(BACKENDS))
     threads: Optional[int] = _opt(None, "intra-op threads of the model (default: all available cores)", integer(1))
     device: str = _opt("auto", f"{DEVICES}; auto picks CUDA, then MPS, then the CPU")
-    precision: str = _opt("fp32", "compute precision (fp16 needs a GPU); a lower one is first compared with fp32 on "
-                                  "a sample of the input and refused below --min-fidelity", one_of(PRECISIONS))
+    precision: str = _opt("fp32", "compute precision (fp16 needs a GPU; int8 runs on the CPU through onnx/openvino, "
+                                  "calibrated on the input); a lower one is first compared with fp32 on a sample of "
+                                  "the input and refused below --min-fidelity", one_of(PRECISIONS))
     min_fidelity: float = _opt(0.99, "1st-percentile cosine to the fp32 vectors that a lower --precision must reach on "
                                      "the first 256 readable images of the input (0 accepts any)", fraction())
+    calibrate: Optional[str] = _opt(None, "--precision int8: calibrate on the first 256 readable images of this input "
+                                          "(any --data form) instead of the input's own")
     relu: bool = _opt(False, "apply ReLU to the features")
     l2: bool = _opt(False, "L2-normalise each feature vector (after --relu)")
     dtype: str = _opt("float32", "storage dtype of the vectors", one_of(DTYPES))

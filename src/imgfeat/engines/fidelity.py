@@ -1,9 +1,11 @@
-"""Lower precision is measured, not assumed: before a run at bf16 (or fp16), the first readable images of
-the user's own input go through the chosen executor and through the model in fp32, and the vectors
+"""Lower precision is measured, not assumed: before a run at bf16, int8 (or fp16 on a GPU), the first readable
+images of the user's own input go through the chosen executor and through the model in fp32, and the vectors
 (after ReLU/L2 as asked) are compared: per-image cosine (min, 1st percentile, median), relative norm
-error, and the overlap of each image's 10 nearest neighbours within the sample. Below ``min_fidelity``
-(1st-percentile cosine) the run is refused with the figures; above it they go into the result's
-``backend_report`` and the store's manifest."""
+error, and the overlap of each image's 10 nearest neighbours within the sample. int8 is calibrated on the
+same images (or on ``--calibrate``'s). On the CPU the first layers can stay in fp32 (``models.lowp``):
+the smallest such head that reaches ``min_fidelity`` (1st-percentile cosine) is used; if none does, the run
+is refused with the figures. Accepted figures go into the result's ``backend_report`` and the store's
+manifest."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ import numpy as np
 import torch
 
 from ..data.loader import decode_batch
-from ..data.sources import Source
+from ..data.sources import Source, open_source
 from ..errors import ImgfeatError
+from ..models.backends import make_executor
+from ..models.lowp import FP32_HEADS
+from ..models.registry import get_model_spec
 from ..options import ExtractOptions
-from .pipeline import Pipeline, postprocess
+from .pipeline import Pipeline, exec_config, postprocess, prepare_model
 
 SAMPLE = 256  # images compared
 SCAN = 4 * SAMPLE  # records read at most to find them (bad files are skipped)
@@ -59,37 +64,48 @@ def _knn_overlap(A: np.ndarray, B: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())]))
 
 
-def measure(pipeline: Pipeline, pixels: torch.Tensor, opts: ExtractOptions) -> dict:
-    """Figures of the pipeline's executor against the same model in fp32 on ``pixels``."""
-    ref, low, raw_norms = [], [], []
-    with torch.inference_mode():
-        for s in range(0, len(pixels), opts.batch_size):
-            batch = pixels[s:s + opts.batch_size]
-            batch = batch.to(pipeline.device)
-            raw = pipeline.model(batch).float()  # fp32: no autocast
-            raw_norms.append(postprocess(raw, opts.relu, False).norm(dim=1).cpu().numpy())  # before any L2
-            ref.append(postprocess(raw, opts.relu, opts.l2).cpu().numpy())
-            low.append(postprocess(pipeline.executor(batch), opts.relu, opts.l2).cpu().numpy())
-    R, L = np.concatenate(ref).astype(np.float64), np.concatenate(low).astype(np.float64)
-    nr, nl = np.linalg.norm(R, axis=1), np.linalg.norm(L, axis=1)
-    cos = (R * L).sum(axis=1) / np.maximum(nr * nl, 1e-30)
-    norm_err = np.abs(nl - nr) / np.maximum(nr, 1e-30)
-    worst = int(np.argmin(cos))
-    # vectors that (nearly) cancel in fp32 carry no direction at any precision: counted and shown apart
-    raw = np.concatenate(raw_norms)
-    near_zero = raw < NEAR_ZERO * np.median(raw)
-    rest = cos[~near_zero] if (~near_zero).any() else cos
-    return {"precision": opts.precision, "backend": pipeline.report.get("backend"), "sample": int(len(R)),
-            "near_zero": int(near_zero.sum()), "cosine_p1_without_near_zero": float(np.percentile(rest, 1)),
-            "error_max_vs_median_norm": float(np.linalg.norm(L - R, axis=1).max() / max(np.median(nr), 1e-30)),
-            "cosine_min": float(cos.min()), "cosine_p1": float(np.percentile(cos, 1)),
-            "cosine_median": float(np.median(cos)), "norm_rel_error_median": float(np.median(norm_err)),
-            "norm_rel_error_max": float(norm_err.max()), f"knn{KNN}_overlap": _knn_overlap(R, L, KNN),
-            "worst_sample_index": worst, "threshold": opts.min_fidelity}
+class Reference:
+    """The fp32 vectors of the sample (after ReLU/L2 as asked) and their norms before L2, computed once."""
+
+    def __init__(self, pipeline: Pipeline, pixels: torch.Tensor, opts: ExtractOptions) -> None:
+        self.pixels, self.opts, self.device = pixels, opts, pipeline.device
+        ref, raw_norms = [], []
+        with torch.inference_mode():
+            for batch in self.batches():
+                raw = pipeline.model(batch).float()  # fp32: no autocast
+                raw_norms.append(postprocess(raw, opts.relu, False).norm(dim=1).cpu().numpy())  # before any L2
+                ref.append(postprocess(raw, opts.relu, opts.l2).cpu().numpy())
+        self.vectors = np.concatenate(ref).astype(np.float64)
+        raw = np.concatenate(raw_norms)
+        # vectors that (nearly) cancel in fp32 carry no direction at any precision: counted and shown apart
+        self.near_zero = raw < NEAR_ZERO * np.median(raw)
+
+    def batches(self):
+        for s in range(0, len(self.pixels), self.opts.batch_size):
+            yield self.pixels[s:s + self.opts.batch_size].to(self.device)
+
+    def compare(self, executor, backend: Optional[str]) -> dict:
+        """Figures of ``executor`` against the fp32 vectors."""
+        opts = self.opts
+        with torch.inference_mode():
+            low = [postprocess(executor(batch), opts.relu, opts.l2).cpu().numpy() for batch in self.batches()]
+        R, L = self.vectors, np.concatenate(low).astype(np.float64)
+        nr, nl = np.linalg.norm(R, axis=1), np.linalg.norm(L, axis=1)
+        cos = (R * L).sum(axis=1) / np.maximum(nr * nl, 1e-30)
+        norm_err = np.abs(nl - nr) / np.maximum(nr, 1e-30)
+        rest = cos[~self.near_zero] if (~self.near_zero).any() else cos
+        return {"precision": opts.precision, "backend": backend, "sample": int(len(R)),
+                "near_zero": int(self.near_zero.sum()), "cosine_p1_without_near_zero": float(np.percentile(rest, 1)),
+                "error_max_vs_median_norm": float(np.linalg.norm(L - R, axis=1).max() / max(np.median(nr), 1e-30)),
+                "cosine_min": float(cos.min()), "cosine_p1": float(np.percentile(cos, 1)),
+                "cosine_median": float(np.median(cos)), "norm_rel_error_median": float(np.median(norm_err)),
+                "norm_rel_error_max": float(norm_err.max()), f"knn{KNN}_overlap": _knn_overlap(R, L, KNN),
+                "worst_sample_index": int(np.argmin(cos)), "threshold": opts.min_fidelity}
 
 
 def describe(f: dict) -> str:
-    return (f"{f['precision']} ({f['backend']}) against fp32 on {f['sample']} images of the input: cosine min "
+    head = f" with the first {f['fp32_head']:.0%} of layers in fp32" if f.get("fp32_head") else ""
+    return (f"{f['precision']} ({f['backend']}{head}) against fp32 on {f['sample']} images of the input: cosine min "
             f"{f['cosine_min']:.4f}, 1st percentile {f['cosine_p1']:.4f}, median {f['cosine_median']:.4f}; "
             f"norm error median {f['norm_rel_error_median']:.3g}, max {f['norm_rel_error_max']:.3g}; "
             f"kNN@{KNN} overlap {f[f'knn{KNN}_overlap']:.3f}"
@@ -99,17 +115,59 @@ def describe(f: dict) -> str:
                "median norm" if f["near_zero"] else ""))
 
 
-def check_fidelity(pipeline: Pipeline, source: Source, opts: ExtractOptions) -> Optional[dict]:
-    """Measure and enforce ``opts.min_fidelity`` for a precision below fp32; the figures, or None for fp32."""
+def measurement_images(opts: ExtractOptions, source: Source) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """For a precision below fp32: the sample it is measured on (the first readable images of the input, None
+    if none is) and int8's calibration images (``--calibrate``'s, or the sample); (None, None) at fp32."""
     if opts.precision == "fp32":
-        return None
-    pixels = sample_pixels(source, opts, pipeline.spec.preprocess)
-    if pixels is None:
-        return None  # nothing readable to compare on: the run will report its error rows
-    figures = measure(pipeline, pixels, opts)
-    if figures["cosine_p1"] < opts.min_fidelity:
-        raise FidelityError(
-            f"--precision {opts.precision} changes the vectors too much: {describe(figures)}. The 1st-percentile "
-            f"cosine must reach --min-fidelity {opts.min_fidelity}. Use --precision fp32, or accept the loss with "
-            f"--min-fidelity {max(0.0, np.floor(figures['cosine_p1'] * 100) / 100):.2f} (0 accepts any).")
-    return figures
+        return None, None
+    pp = get_model_spec(opts.model).preprocess
+    sample = sample_pixels(source, opts, pp)
+    if opts.precision != "int8":
+        return sample, None
+    if opts.calibrate is not None:
+        calibration = sample_pixels(open_source(opts.calibrate), opts, pp)
+        if calibration is None:
+            raise ImgfeatError(f"--calibrate {opts.calibrate}: none of its first {SCAN} images could be read")
+    else:
+        calibration = sample
+    if sample is None or calibration is None:
+        raise ImgfeatError(f"--precision int8: none of the first {SCAN} inputs could be read, so there is nothing "
+                           "to calibrate and measure on")
+    return sample, calibration
+
+
+def build_measured(opts: ExtractOptions, device: torch.device, sample: Optional[torch.Tensor],
+                   calibration: Optional[torch.Tensor] = None, before_executor=None) -> tuple[Pipeline, Optional[dict]]:
+    """Like ``pipeline.build_pipeline``, and for a precision below fp32 measured on ``sample`` first (see
+    :func:`measurement_images`): the executor with the smallest fp32 head (:data:`FP32_HEADS`, CPU backends
+    only) whose 1st-percentile cosine reaches ``opts.min_fidelity``; refused with the figures if none does.
+    Returns the pipeline and the figures (None at fp32, or with no readable sample), which are also in
+    ``pipeline.report["fidelity"]``."""
+    pipeline = prepare_model(opts, device)
+    if before_executor is not None:
+        before_executor(pipeline)
+    if opts.precision == "fp32" or sample is None:  # nothing readable to compare on: the run reports error rows
+        pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
+        return pipeline, None
+    reference = Reference(pipeline, sample, opts)
+    heads = FP32_HEADS if device.type == "cpu" and opts.backend != "torch" else (0.0,)
+    attempts = []
+    for head in heads:
+        executor, report = make_executor(pipeline.model, exec_config(opts, device, head, calibration))
+        figures = {**reference.compare(executor, report.get("backend")), "fp32_head": head}
+        if calibration is not None:
+            figures["calibration_images"] = int(len(calibration))
+        attempts.append(figures)
+        if figures["cosine_p1"] >= opts.min_fidelity:
+            if len(attempts) > 1:
+                figures["tried"] = [{"fp32_head": a["fp32_head"], "cosine_p1": a["cosine_p1"]} for a in attempts]
+            pipeline.executor, pipeline.report = executor, {**report, "fidelity": figures}
+            return pipeline, figures
+    best = max(attempts, key=lambda a: a["cosine_p1"])
+    tried = ", ".join(f"{a['fp32_head']:.0%} -> {a['cosine_p1']:.4f}" for a in attempts)
+    raise FidelityError(
+        f"--precision {opts.precision} changes the vectors too much: {describe(best)}. The 1st-percentile "
+        f"cosine must reach --min-fidelity {opts.min_fidelity}"
+        + (f" (first layers kept in fp32: {tried})" if len(attempts) > 1 else "")
+        + f". Use --precision fp32, or accept the loss with --min-fidelity "
+        f"{max(0.0, np.floor(best['cosine_p1'] * 100) / 100):.2f} (0 accepts any).")

@@ -19,8 +19,8 @@ from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore, is_store_path
 from ..outputs.targets import FileTarget, StoreTarget
-from .fidelity import check_fidelity, describe
-from .pipeline import ExtractResult, Pipeline, build_pipeline, process_shards, store_identity
+from .fidelity import build_measured, describe, measurement_images
+from .pipeline import ExtractResult, Pipeline, process_shards, store_identity
 
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     def open_store(pipeline: Pipeline) -> None:
         store.open(store_identity(opts, pipeline, source))
 
-    pipeline = build_pipeline(opts, resolve_device(opts.device), open_store if store is not None else None)
-    fidelity = check_fidelity(pipeline, source, opts)  # a lower precision: measured on this input, or refused
+    # a lower precision: measured on this input (or refused) before anything is written
+    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
+                                        before_executor=open_store if store is not None else None)
     if fidelity is not None:
-        pipeline.report["fidelity"] = fidelity
         log.warning("%s", describe(fidelity))
         if store is not None:
             store.annotate("fidelity", fidelity)

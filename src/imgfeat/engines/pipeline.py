@@ -74,9 +74,12 @@ class Pipeline:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def exec_config(opts: ExtractOptions, device: torch.device) -> ExecConfig:
+def exec_config(opts: ExtractOptions, device: torch.device, fp32_head: float = 0.0,
+                calibration: Optional[torch.Tensor] = None) -> ExecConfig:
+    """How ``opts`` runs on ``device``; ``fp32_head`` and ``calibration`` come from the fidelity check
+    (``engines.fidelity``) for bf16/int8."""
     return ExecConfig(backend=opts.backend, device=device, precision=opts.precision, batch_size=opts.batch_size,
-                      threads=opts.threads or available_cores())
+                      threads=opts.threads or available_cores(), fp32_head=fp32_head, calibration=calibration)
 
 
 def prepare_model(opts: ExtractOptions, device: torch.device) -> Pipeline:
@@ -94,7 +97,8 @@ def prepare_model(opts: ExtractOptions, device: torch.device) -> Pipeline:
 def build_pipeline(opts: ExtractOptions, device: torch.device,
                    before_executor: Optional[Callable[[Pipeline], None]] = None) -> Pipeline:
     """Model, dimension and executor for ``opts`` on ``device``. ``before_executor(pipeline)`` runs
-    before the (possibly slow) export and timing, so a store that refuses this job does so at once."""
+    before the (possibly slow) export and timing, so a store that refuses this job does so at once.
+    A lower precision is chosen and measured by ``engines.fidelity.build_measured`` instead."""
     pipeline = prepare_model(opts, device)
     if before_executor is not None:
         before_executor(pipeline)

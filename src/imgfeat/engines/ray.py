@@ -12,6 +12,7 @@ flight, so the driver's memory does not grow with the input.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Iterator, Optional
@@ -26,13 +27,16 @@ from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
 from .local import wants_store
-from .pipeline import ExtractResult, Pipeline, build_pipeline, prepare_model, process_shards, store_identity
+from .fidelity import build_measured, describe, measurement_images
+from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, store_identity
+
+log = logging.getLogger(__name__)
 
 
 class ShardWorker:
     """Ray actor body: one model per actor, one shard per call."""
 
-    def __init__(self, opts: ExtractOptions) -> None:
+    def __init__(self, opts: ExtractOptions, sample=None, calibration=None) -> None:
         self.opts = opts
         self.device = resolve_device("cuda" if torch.cuda.is_available() and opts.device == "auto" else opts.device)
         if opts.threads:
@@ -42,7 +46,12 @@ class ShardWorker:
         def same_weights(pipeline: Pipeline) -> None:
             self.store.check_weights(pipeline.model.fingerprint(), pipeline.spec.name, opts.weights)
 
-        self.pipeline = build_pipeline(opts, self.device, same_weights)
+        # a lower precision is measured by each actor on the driver's sample: the same images (and int8
+        # calibration), so every actor picks the same configuration on the same hardware
+        self.pipeline, self.figures = build_measured(opts, self.device, sample, calibration, same_weights)
+
+    def fidelity(self) -> Optional[dict]:
+        return self.figures
 
     def process(self, shard: int, records: list[Record]) -> dict:
         target = StoreTarget(self.store)
@@ -56,7 +65,7 @@ def _pending(records: Iterator[Record], plan: ShardPlan) -> Iterator[tuple[int, 
         yield shard, list(group)  # only wanted shards are ever materialised
 
 
-def _actors(ray, opts: ExtractOptions) -> list:
+def _actors(ray, opts: ExtractOptions, sample, calibration) -> list:
     """One actor per GPU (its CPUs decode in DataLoader workers), else one single-threaded actor per CPU."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
@@ -69,7 +78,8 @@ def _actors(ray, opts: ExtractOptions) -> list:
         actor_opts = dataclasses.replace(opts, engine="local", threads=1, workers=0, device="cpu")
         n_actors = cpus
     actor = ray.remote(**per_actor)(ShardWorker)
-    return [actor.remote(actor_opts) for _ in range(n_actors)]
+    sample, calibration = ray.put(sample), ray.put(calibration)
+    return [actor.remote(actor_opts, sample, calibration) for _ in range(n_actors)]
 
 
 def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> tuple[int, int, int]:
@@ -104,7 +114,11 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
     store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
     done = store.done_shards()
-    actors = _actors(ray, opts)
+    actors = _actors(ray, opts, *measurement_images(opts, source))
+    figures = ray.get(actors[0].fidelity.remote())  # an actor that refused the precision raises here
+    if figures is not None:
+        log.warning("%s", describe(figures))
+        store.annotate("fidelity", figures)
     start = time.perf_counter()
     records = Counted(source.records())
     plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part())

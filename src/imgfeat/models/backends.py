@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .backbone import FeatureModel
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CPU_BACKENDS = ("onnx", "openvino")
 MAX_REL_DIFF = 1e-4  # fp32: max |backend - torch| / max |torch| on a check batch
 MIN_COSINE_BF16 = 0.99  # bf16: two bf16 implementations round differently; compare directions
@@ -80,8 +80,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(precision: str, device: torch.device):
-    """The autocast context of ``precision`` on ``device`` (none for fp32)."""
-    if precision == "fp32":
+    """The autocast context of ``precision`` on ``device`` (none for fp32, and for int8, which only the
+    quantised exports run)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     if precision == "fp16" and device.type == "cpu":
         raise bad_param("precision", "fp32 or bf16 on the CPU (fp16 needs a GPU)", precision)
@@ -98,6 +99,8 @@ class ExecConfig:
     precision: str = "fp32"
     batch_size: int = 32
     threads: int = 1
+    fp32_head: float = 0.0  # bf16/int8: fraction of the first compute layers kept in fp32 (models.lowp)
+    calibration: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)  # int8: uint8 images
 
     def autocast(self):
         return autocast_for(self.precision, self.device)
@@ -224,21 +227,36 @@ def onnx_executor(path: Path, threads: int) -> Executor:
 _OPENVINO_COMPILED: dict = {}
 
 
-def openvino_executor(path: Path, threads: int, precision: str) -> Executor:
+def _openvino_compiled(model, threads: int, precision: str):
     import openvino as ov
 
-    key = (str(path), threads, precision)
+    # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise; an int8 (QDQ) model runs
+    # its quantised layers in int8 and the rest in f32
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    return compiled, compiled.create_infer_request()
+
+
+def openvino_executor(path: Path, threads: int, precision: str, fp32_head: float = 0.0) -> Executor:
+    """OpenVINO on the CPU; for bf16 with ``fp32_head`` the model runs as an fp32 head and a bf16 rest."""
+    from .lowp import split_head
+
+    key = (str(path), threads, precision, fp32_head)
     if key not in _OPENVINO_COMPILED:
-        # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
-        _OPENVINO_COMPILED[key] = (compiled, compiled.create_infer_request())
-    compiled, request = _OPENVINO_COMPILED[key]
+        parts = split_head(path, fp32_head) if precision == "bf16" and fp32_head > 0 else None
+        if parts is None:
+            _OPENVINO_COMPILED[key] = [_openvino_compiled(str(path), threads, precision)]
+        else:
+            _OPENVINO_COMPILED[key] = [_openvino_compiled(parts[0], threads, "fp32"),
+                                       _openvino_compiled(parts[1], threads, "bf16")]
+    stages = _OPENVINO_COMPILED[key]
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
-        out = request.infer({0: np.ascontiguousarray(pixels.numpy())})
-        return torch.from_numpy(np.array(out[compiled.output(0)], copy=True)).float()
+        x = np.ascontiguousarray(pixels.numpy())
+        for compiled, request in stages:
+            x = request.infer({0: x})[compiled.output(0)]
+        return torch.from_numpy(np.array(x, copy=True)).float()
 
     return Executor("openvino", run, threads)
 
@@ -297,21 +315,42 @@ def _exported(model: FeatureModel) -> Path:
     return onnx_path
 
 
+def _runnable(precision: str) -> tuple[str, ...]:
+    """The CPU backends that run ``precision``: ONNX Runtime has no bf16 CPU kernels (it would run fp32)."""
+    return ("openvino",) if precision == "bf16" else CPU_BACKENDS
+
+
 def _cpu_candidates(model: FeatureModel, cfg: ExecConfig, onnx_path: Path,
                     reference: Executor) -> tuple[dict[str, Executor], dict]:
-    """The torch reference plus each wanted CPU backend that compiles this graph and agrees with torch."""
+    """The torch reference (where it runs this precision) plus each wanted CPU backend that compiles this graph
+    and agrees with torch. int8 is not compared here: random pixels say nothing about a calibrated model, the
+    engine's fidelity check measures it on the user's images."""
     have = available_backends()
-    wanted = [cfg.backend] if cfg.backend != "auto" else [b for b in CPU_BACKENDS if b in have]
+    runnable = _runnable(cfg.precision)
+    if cfg.backend != "auto" and cfg.backend not in runnable:
+        raise bad_param("backend", f"one of {('auto', 'torch') + runnable} for --precision {cfg.precision} "
+                                   "(ONNX Runtime has no bf16 kernels on the CPU)", cfg.backend)
+    wanted = [cfg.backend] if cfg.backend != "auto" else [b for b in runnable if b in have]
     for name in wanted:
         if name not in have:
             module = {"onnx": "onnxruntime", "openvino": "openvino"}[name]
             raise bad_param("backend", f"a backend whose runtime is installed (pip install {module})", name)
-    candidates, checks = {"torch": reference}, {}
+    path = onnx_path
+    if cfg.precision == "int8":
+        from .lowp import quantized
+
+        if cfg.calibration is None or not len(cfg.calibration):
+            raise ImgfeatError("--precision int8 needs calibration images (the first readable images of the input "
+                               "or --calibrate LIST), and none could be read")
+        path = quantized(onnx_path, cfg.calibration, cfg.fp32_head)
+    torch_runs = cfg.precision != "int8" and cfg.fp32_head == 0
+    candidates, checks = ({"torch": reference} if torch_runs else {}), {}
     for name in wanted:
         try:
-            ex = (onnx_executor(onnx_path, cfg.threads) if name == "onnx"
-                  else openvino_executor(onnx_path, cfg.threads, cfg.precision))
-            checks[name] = _check(ex, reference, model.input_size, cfg.precision)
+            ex = (onnx_executor(path, cfg.threads) if name == "onnx"
+                  else openvino_executor(path, cfg.threads, cfg.precision, cfg.fp32_head))
+            if cfg.precision != "int8":
+                checks[name] = _check(ex, reference, model.input_size, cfg.precision)
         except BackendCheckError:
             if cfg.backend != "auto":
                 raise
@@ -323,6 +362,9 @@ def _cpu_candidates(model: FeatureModel, cfg: ExecConfig, onnx_path: Path,
             log.warning("auto: %s backend unavailable for this model: %s", name, exc)
             continue
         candidates[name] = ex
+    if not candidates:
+        raise ImgfeatError(f"no backend here runs this model at --precision {cfg.precision} (see the warnings "
+                           "above); use --precision fp32")
     return candidates, checks
 
 
@@ -333,8 +375,15 @@ def make_executor(model: FeatureModel, cfg: ExecConfig) -> tuple[Executor, dict]
     """
     if cfg.backend not in BACKENDS:
         raise bad_param("backend", f"one of {BACKENDS}", cfg.backend)
-    reference = torch_executor(model, cfg)
     on_cpu = cfg.device.type == "cpu"
+    if cfg.precision == "int8" and not on_cpu:
+        raise bad_param("precision", "fp32, fp16 or bf16 on a GPU (int8 runs on the CPU, through onnx or openvino)",
+                        cfg.precision)
+    if cfg.precision == "int8" and cfg.backend == "torch":
+        raise bad_param("backend", "auto, onnx or openvino for --precision int8 (torch runs no int8 here)", "torch")
+    if cfg.fp32_head and (cfg.backend == "torch" or not on_cpu):
+        raise bad_param("backend", "auto or openvino to keep the first layers in fp32", cfg.backend)
+    reference = torch_executor(model, cfg)
     if cfg.backend == "torch" or (cfg.backend == "auto" and (not on_cpu or cfg.precision == "fp16")):
         return reference, {"backend": "torch"}
     if not on_cpu:
@@ -342,22 +391,25 @@ def make_executor(model: FeatureModel, cfg: ExecConfig) -> tuple[Executor, dict]
     try:
         onnx_path = _exported(model)
     except Exception as exc:  # noqa: BLE001 - an operator without an ONNX form: torch still runs the model
-        if cfg.backend != "auto":
-            raise ImgfeatError(f"the {cfg.backend} backend needs an ONNX export of this model, which failed: "
-                               f"{type(exc).__name__}: {str(exc)[:300]}; use --backend torch") from exc
+        if cfg.backend != "auto" or cfg.precision == "int8":
+            raise ImgfeatError(f"--backend {cfg.backend} --precision {cfg.precision} needs an ONNX export of this "
+                               f"model, which failed: {type(exc).__name__}: {str(exc)[:300]}; use --backend torch"
+                               + (" --precision fp32 or bf16" if cfg.precision == "int8" else "")) from exc
         log.warning("auto: ONNX export of this model failed (%s: %s); using torch", type(exc).__name__, exc)
         return reference, {"backend": "torch", "export_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     candidates, checks = _cpu_candidates(model, cfg, onnx_path, reference)
     report: dict = {"export": str(onnx_path.parent)}
+    if cfg.fp32_head:
+        report["fp32_head"] = cfg.fp32_head
     if checks:
         report["check"] = checks
-    if cfg.backend != "auto":
-        report["backend"] = cfg.backend
-        return candidates[cfg.backend], report
+    if cfg.backend != "auto" or len(candidates) == 1:
+        report["backend"] = next(iter(candidates)) if cfg.backend == "auto" else cfg.backend
+        return candidates[report["backend"]], report
 
     meta_path = onnx_path.parent / "meta.json"
     meta = _load_meta(meta_path)
-    timing_key = f"{cfg.precision}/bs{cfg.batch_size}/t{cfg.threads}"
+    timing_key = f"{cfg.precision}/h{cfg.fp32_head}/bs{cfg.batch_size}/t{cfg.threads}"
     timings = meta.get("timings", {}).get(timing_key)
     if not timings or set(timings) != set(candidates):
         timings = {name: _time(ex, model.input_size, cfg.batch_size) for name, ex in candidates.items()}
