@@ -69,3 +69,94 @@ def test_near_zero_vectors_are_found_before_l2(flat_and_photos, tmp_path):
     res = imgfeat.extract(str(flat_and_photos), str(tmp_path / "f.npy"), precision="bf16", backend="torch",
                           workers=0, min_fidelity=0, l2=True, quiet=True)
     assert res.backend_report["fidelity"]["near_zero"] >= 1
+
+
+def test_int8_is_calibrated_measured_and_recorded(flat_and_photos, tmp_path):
+    res = imgfeat.extract(str(flat_and_photos), str(tmp_path / "store"), precision="int8", backend="onnx",
+                          workers=0, min_fidelity=0, quiet=True)
+    f = res.backend_report["fidelity"]
+    assert f["precision"] == "int8" and f["backend"] == "onnx" and f["calibration_images"] == 8
+    assert f["fp32_head"] == 0.0  # accepted at once with --min-fidelity 0
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["fidelity"] == f
+    ref = imgfeat.extract(str(flat_and_photos), precision="fp32", backend="torch", workers=0)
+    ids, low = imgfeat.load(tmp_path / "store")
+    low = np.asarray(low)
+    cos = (low * ref.features).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(ref.features, axis=1)
+    assert ids == ref.ids and cos.min() == pytest.approx(f["cosine_min"], abs=1e-4)
+    assert not np.allclose(low, ref.features, atol=1e-3)  # really another arithmetic
+
+
+def test_int8_below_the_threshold_lists_every_fp32_head_tried(flat_and_photos, tmp_path):
+    with pytest.raises(FidelityError) as err:
+        imgfeat.extract(str(flat_and_photos), str(tmp_path / "f.npy"), precision="int8", backend="onnx",
+                        workers=0, min_fidelity=0.99999)
+    msg = str(err.value)
+    assert "first layers kept in fp32: 0% -> " in msg and "35% -> " in msg and "--min-fidelity" in msg
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_calibrate_list_is_used_and_checked(flat_and_photos, photo_dir, tmp_path):
+    res = imgfeat.extract(str(flat_and_photos), precision="int8", backend="onnx", workers=0, min_fidelity=0,
+                          calibrate=str(photo_dir))
+    assert res.backend_report["fidelity"]["calibration_images"] == len(list(photo_dir.iterdir()))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not an image")
+    with pytest.raises(imgfeat.ImgfeatError, match="--calibrate .*could be read"):
+        imgfeat.extract(str(flat_and_photos), precision="int8", backend="onnx", workers=0,
+                        calibrate=str(tmp_path / "junk"))
+
+
+@pytest.mark.parametrize("precision,backend", [("int8", "torch"), ("bf16", "onnx")])
+def test_precision_a_backend_cannot_run_is_refused(photo_dir, precision, backend):
+    with pytest.raises(imgfeat.InvalidParameterError, match="backend"):
+        imgfeat.extract(str(photo_dir), precision=precision, backend=backend, workers=0, min_fidelity=0)
+
+
+def test_split_head_is_the_same_model_in_two_parts(tmp_path):
+    """The cut for an fp32 head: both parts compiled in f32 and chained equal the whole model."""
+    import openvino as ov
+    import torch
+
+    from imgfeat.models.backbone import build_feature_model
+    from imgfeat.models.backends import export_onnx, openvino_executor
+    from imgfeat.models.lowp import split_head
+    from imgfeat.models.registry import get_model_spec
+
+    spec = get_model_spec("efficientnet_lite0")
+    fm = build_feature_model(spec, None, None, None, False).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(fm, spec.preprocess.crop_size, path)
+    pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    head, rest = split_head(path, 0.2)
+    assert 0 < len(head.get_ordered_ops()) < len(ov.Core().read_model(str(path)).get_ordered_ops())
+    core = ov.Core()
+    a, b = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (head, rest))
+    chained = b({0: a({0: pixels.numpy()})[a.output(0)]})[b.output(0)]
+    with torch.inference_mode():
+        ref = fm(pixels).numpy()
+    np.testing.assert_allclose(chained, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    out = openvino_executor(path, 1, "bf16", 0.2)(pixels).numpy()  # the bf16 rest stays close
+    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99
+
+
+def test_quantised_model_is_cached_by_its_calibration(tmp_path):
+    import torch
+
+    from imgfeat.models.backbone import build_feature_model
+    from imgfeat.models.backends import export_onnx
+    from imgfeat.models.lowp import quantized
+    from imgfeat.models.registry import get_model_spec
+
+    spec = get_model_spec("efficientnet_lite0")
+    path = tmp_path / "m.onnx"
+    export_onnx(build_feature_model(spec, None, None, None, False).eval(), spec.preprocess.crop_size, path)
+    cal = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    q = quantized(path, cal)
+    stamp = q.stat().st_mtime_ns
+    assert quantized(path, cal) == q and q.stat().st_mtime_ns == stamp  # cached
+    assert quantized(path, cal, 0.2) != q and quantized(path, cal[:2]) != q  # another head / calibration: another file
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
