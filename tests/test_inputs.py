@@ -8,6 +8,7 @@ import io
 import shutil
 import tarfile
 import threading
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,70 @@ def test_webdataset_tar_shards(tmp_path, photos, reference):
     assert "compressed tars are not supported" in reasons["000002.tar"]
     assert reasons["000003.tar"].startswith("missing")
     assert any(row[1].endswith("000001.tar::broken.jpg") for row in res.errors)
+
+
+def _zips(tmp_path, photos):
+    """yfcc/12/345.zip (stored) and yfcc/12/346.zip (deflated, a folder, a caption and a corrupt member),
+    yfcc/13/100.zip truncated mid-archive, and a member path file for the TSV form."""
+    root = tmp_path / "yfcc"
+    (root / "12").mkdir(parents=True)
+    (root / "13").mkdir()
+    with zipfile.ZipFile(root / "12" / "345.zip", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("678.jpg", (photos / NAMES[0]).read_bytes())
+        z.writestr("679.jpg", (photos / NAMES[1]).read_bytes())
+    with zipfile.ZipFile(root / "12" / "346.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("sub/", b"")
+        z.writestr("sub/001.v2.jpg", (photos / NAMES[2]).read_bytes())
+        z.writestr("002.txt", b"a caption")
+        z.writestr("003.jpg", (photos / NAMES[3]).read_bytes())
+        z.writestr("004.jpg", (photos / NAMES[0]).read_bytes())
+    data = bytearray((root / "12" / "346.zip").read_bytes())
+    with zipfile.ZipFile(root / "12" / "346.zip") as z:  # flip bytes inside 004.jpg's deflated data
+        info = z.getinfo("004.jpg")
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        for k in range(start + 20, start + 60):
+            data[k] ^= 0x5A
+    (root / "12" / "346.zip").write_bytes(bytes(data))
+    with zipfile.ZipFile(tmp_path / "whole.zip", "w") as z:
+        z.writestr("a.jpg", (photos / NAMES[0]).read_bytes())
+    (root / "13" / "100.zip").write_bytes((tmp_path / "whole.zip").read_bytes()[:-40])  # no central directory
+    return root
+
+
+def test_zip_archives(tmp_path, photos, reference):
+    root = _zips(tmp_path, photos)
+    res = _extract(str(root / "*" / "*.zip"))
+    assert res.ids == ["12/345/678", "12/345/679", "12/346/sub/001", "12/346/003"]
+    expect = {"12/345/678": NAMES[0], "12/345/679": NAMES[1], "12/346/sub/001": NAMES[2], "12/346/003": NAMES[3]}
+    for rid, vec in zip(res.ids, res.features):
+        np.testing.assert_allclose(vec, reference[expect[rid].split(".")[0]], atol=1e-5)
+    reasons = {row[0]: row[2] for row in res.errors}
+    assert set(reasons) == {"12/346/004", "13/100"}
+    assert reasons["12/346/004"].startswith("corrupt zip member") and reasons["13/100"].startswith("unreadable zip")
+    # one archive, a brace pattern, and a TSV of archive.zip::member paths (relative to the TSV) read the same
+    assert _extract(str(root / "12" / "345.zip")).ids == ["345/678", "345/679"]
+    assert _extract(str(root / "12" / "{345,346}.zip")).ids == ["345/678", "345/679", "346/sub/001", "346/003"]
+    tsv = root / "members.tsv"
+    tsv.write_text("a\t12/346.zip::sub/001.v2.jpg\nb\t12/345.zip::679.jpg\nc\t12/345.zip::nope.jpg\n"
+                   "d\t12/346.zip::004.jpg\n".replace("12/", str(root / "12") + "/"))
+    res = _extract(str(tsv))
+    assert res.ids == ["a", "b"]
+    np.testing.assert_allclose(res.features[0], reference[NAMES[2].split(".")[0]], atol=1e-5)
+    reasons = {row[0]: row[2] for row in res.errors}
+    assert reasons["c"].startswith("missing: no member 'nope.jpg'")
+    assert reasons["d"].startswith("corrupt zip member")
+
+
+def test_zip_store_resumes_without_loss_or_duplicates(tmp_path, photos):
+    root = _zips(tmp_path, photos)
+    store = tmp_path / "store"
+    full = _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
+    first = imgfeat.load(store)
+    (store / "shards" / "000001.done.json").unlink()  # as if the run had died in shard 1
+    again = _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
+    ids, X = imgfeat.load(store)
+    assert (again.shards_written, again.shards_skipped) == (1, 2) and ids == first[0] and len(set(ids)) == len(ids) == full.n_done
+    np.testing.assert_allclose(np.asarray(X), np.asarray(first[1]), atol=1e-6)
 
 
 def test_parquet_and_csv_tables(tmp_path, photos, reference):

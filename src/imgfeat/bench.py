@@ -1,6 +1,7 @@
 """``imgfeat bench``: one run that measures, on this machine, the forward ceiling of every
 backend, the physical limit, the decode rate per worker count, imgfeat end-to-end with default
-flags, and the naive one-image-at-a-time baseline, and prints them as one table."""
+flags (and at each ``--precision``, with its ratio to fp32 and its fidelity figures), and the naive
+one-image-at-a-time baseline, and prints them as one table."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PIL import Image
 from .api import extract
 from .data.loader import make_loader
 from .data.sources import FolderSource
+from .errors import ImgfeatError
 from .models.backbone import build_feature_model
 from .files import cache_dir
 from .models.backends import ExecConfig, available_backends, make_executor
@@ -111,9 +113,32 @@ def _forward_rows(fm, batch_sizes, threads: int, seconds: float, rows: list[Row]
     return ceiling
 
 
+def _precision_rows(kind: str, folder: Path, model: str, random_weights: bool, precisions: tuple[str, ...],
+                    fp32_rate: float, rows: list[Row]) -> None:
+    """End-to-end rate of each lower precision (its fidelity check included in the result, not in the rate),
+    with its ratio to fp32 and the figures of its fidelity check against fp32 on the set's first images."""
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                res = extract(str(folder), Path(tmp) / "features.npy", model=model, random_weights=random_weights,
+                              precision=precision, min_fidelity=0)
+            except ImgfeatError as exc:  # e.g. fp16 on a CPU: the row says why
+                rows.append(Row(kind, f"end-to-end --precision {precision}", note=f"not run: {exc}"))
+                continue
+        f = res.backend_report.get("fidelity") or {}
+        head = f" (first {f['fp32_head']:.0%} of layers fp32)" if f.get("fp32_head") else ""
+        rows.append(Row(kind, f"imgfeat extract end-to-end --precision {precision}", res.backend + head, "32",
+                        res.images_per_s, f"{res.images_per_s / fp32_rate:.2f}x fp32; cosine min "
+                        f"{f.get('cosine_min', float('nan')):.4f} p1 {f.get('cosine_p1', float('nan')):.4f} "
+                        f"median {f.get('cosine_median', float('nan')):.4f}, kNN@10 {f.get('knn10_overlap', 0):.3f}"))
+
+
 def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, sets=("imagenet", "camera"),
               images: int = 300, workdir: Optional[Path] = None, batch_sizes=(1, 8, 32), seconds: float = 3.0,
-              naive_images: int = 40, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
+              naive_images: int = 40, log: Callable[[str], None] = print,
+              precisions: tuple[str, ...] = ("fp32",)) -> tuple[list[Row], dict]:
     workdir = Path(workdir or cache_dir() / "bench")
     spec = get_model_spec(model)
     size = spec.preprocess.crop_size
@@ -147,6 +172,9 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
         e2e = res.images_per_s
         rows.append(Row(kind, "imgfeat extract end-to-end (default flags)", res.backend, "32", e2e,
                         f"{res.n_done} images -> .npy"))
+        if set(precisions) - {"fp32"}:
+            log(f"{kind}: end-to-end at {', '.join(p for p in precisions if p != 'fp32')} ...")
+            _precision_rows(kind, folder, model, random_weights, precisions, e2e, rows)
         log(f"{kind}: naive baseline ...")
         naive = naive_rate(spec, build_feature_model(spec, random_weights=random_weights),
                            _first(folder, naive_images))

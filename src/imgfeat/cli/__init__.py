@@ -73,12 +73,23 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision_list(text: str) -> tuple[str, ...]:
+    from ..models.backends import PRECISIONS
+
+    values = PRECISIONS if text == "all" else tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in values if v not in PRECISIONS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(PRECISIONS)} or all, got {text!r}")
+    return values
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import format_table, run_bench
 
     rows, facts = run_bench(model=args.model, random_weights=args.random_weights, sets=args.sets.split(","),
                             images=args.images, workdir=args.workdir, seconds=args.seconds,
-                            naive_images=args.naive_images, log=lambda m: print(m, file=sys.stderr))
+                            naive_images=args.naive_images, log=lambda m: print(m, file=sys.stderr),
+                            precisions=args.precision)
     print(f"machine: {facts['cpu']}, {facts['cores']} cores, GPU: {facts['gpu']}, torch {facts['torch']}; "
           f"model {facts['model']}{' (random weights)' if args.random_weights else ''}")
     print(format_table(rows, markdown=args.markdown))
@@ -143,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=300, help="JPEGs per set (generated once, then reused)")
     bench.add_argument("--naive-images", type=int, default=40, help="images timed for the naive baseline")
     bench.add_argument("--seconds", type=float, default=3.0, help="time per forward measurement")
+    bench.add_argument("--precision", default=("fp32",), type=_precision_list,
+                       help="comma list of fp32, bf16, int8, fp16, or all: end-to-end at each, its ratio to fp32 and "
+                            "its fidelity against fp32 (accepted whatever the figures)")
     bench.add_argument("--workdir", default=None, help="where the JPEG sets live (default: the imgfeat cache)")
     bench.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     bench.set_defaults(func=_cmd_bench)

@@ -6,12 +6,16 @@ never takes down its batch or the run (img2dataset ``downloader.py`` habit).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
 import stat
+import struct
 import threading
 import warnings
+import zipfile
+import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
@@ -39,7 +43,9 @@ def _classify_error(exc: BaseException) -> str:
     """Map an exception raised while reading an image to a short, stable reason."""
     msg = str(exc) or type(exc).__name__
     if isinstance(exc, FileNotFoundError):
-        return "missing: file does not exist"
+        return f"missing: {msg}" if msg.startswith("no member") else "missing: file does not exist"
+    if isinstance(exc, zipfile.BadZipFile):
+        return f"corrupt zip member: {msg}"
     if isinstance(exc, IsADirectoryError):
         return "unreadable: is a directory"
     if isinstance(exc, PermissionError):
@@ -174,14 +180,82 @@ def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
     return np.array(center_crop(img, pp.crop_size, fill), dtype=np.uint8)
 
 
-def _read_bytes(path: str, offset: Optional[int], size: Optional[int]) -> io.BytesIO:
-    """Bytes of a tar member (``archive::member`` at ``offset``) or of a URL (through fsspec)."""
+_ZIP_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
+
+
+def _zip_member_at(fh, offset: int, size: int) -> bytes:
+    """The bytes of the zip member whose local header is at ``offset`` and whose compressed size is ``size``
+    (both from the central directory): stored members as they are, deflated ones inflated here."""
+    fh.seek(offset)
+    header = fh.read(_ZIP_LOCAL.size)
+    if len(header) != _ZIP_LOCAL.size or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("no local file header where the archive's directory says the member is")
+    _, _, _, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack(header)
+    fh.seek(offset + _ZIP_LOCAL.size + name_len + extra_len)
+    data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
+    if method == zipfile.ZIP_STORED:
+        return data
+    if method != zipfile.ZIP_DEFLATED:
+        raise zipfile.BadZipFile(f"compression method {method} (only stored and deflated members are read)")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data) + inflater.flush()
+    except zlib.error as exc:
+        raise zipfile.BadZipFile(f"corrupt deflated data: {exc}") from None
+    if not inflater.eof:
+        raise zipfile.BadZipFile("corrupt deflated data: the stream ends early")
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _zip_directory(archive: str) -> zipfile.ZipFile:
+    """Open archives of a worker (a TSV's ``archive.zip::member`` paths carry no offset): the central directory
+    is read once per archive, not once per member."""
+    return zipfile.ZipFile(archive)
+
+
+def read_member(path: str, offset: Optional[int] = None, size: Optional[int] = None) -> bytes:
+    """The bytes of an archive member ``archive::member``: a tar or zip member at ``offset`` / ``size`` as the
+    sources record them, or, without an offset (a path written in a TSV), found through the archive's index."""
+    archive, member = path.rsplit("::", 1)
+    is_zip = archive.lower().endswith(".zip")
     if offset is not None:
-        with open(path.rsplit("::", 1)[0], "rb") as fh:
+        with open(archive, "rb") as fh:
+            if is_zip:
+                return _zip_member_at(fh, offset, size)
             fh.seek(offset)
             data = fh.read(size)
         if len(data) != size:
             raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
+        return data
+    if is_zip:
+        try:
+            return _zip_directory(archive).read(member)
+        except KeyError:
+            raise FileNotFoundError(f"no member {member!r} in {archive}") from None
+        except zlib.error as exc:
+            raise zipfile.BadZipFile(f"corrupt deflated data: {exc}") from None
+    import tarfile
+
+    with tarfile.open(archive) as tf:
+        try:
+            fh = tf.extractfile(member)
+        except KeyError:
+            raise FileNotFoundError(f"no member {member!r} in {archive}") from None
+        return fh.read() if fh is not None else b""
+
+
+def is_member(path: str) -> bool:
+    """``archive.tar::member`` or ``archive.zip::member`` (not a URL with ``::`` in it)."""
+    return "::" in path and path.rsplit("::", 1)[0].lower().endswith((".tar", ".zip"))
+
+
+def _read_bytes(path: str, offset: Optional[int], size: Optional[int]) -> io.BytesIO:
+    """Bytes of an archive member (``archive::member``) or of a URL (through fsspec)."""
+    if offset is not None or is_member(path):
+        data = read_member(path, offset, size)
     else:
         try:
             import fsspec
@@ -253,11 +327,12 @@ def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draf
            timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
     """Decode one image: the uint8 (H, W, 3) array, or a reason string if it cannot be used.
 
-    ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar member
-    ``archive.tar::member`` read at ``offset`` / ``size``. Reading and decoding together may
+    ``path`` is a local file, a URL (``scheme://``, needs fsspec), or a tar or zip member
+    ``archive.tar::member`` / ``archive.zip::member`` read at ``offset`` / ``size`` (found through the
+    archive's index when no offset is given). Reading and decoding together may
     take at most ``timeout`` seconds (None: no limit)."""
     def work():
-        if offset is not None or ("://" in path and not path.startswith("file://")):
+        if offset is not None or is_member(path) or ("://" in path and not path.startswith("file://")):
             source: Union[str, io.BytesIO] = _read_bytes(path, offset, size)
         else:
             source = path.removeprefix("file://")
@@ -283,14 +358,8 @@ def thumbnail(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``extract``'s limits (pixel count, deadline, every mode), JPEGs at reduced DCT scale when large."""
     def work():
         source: Union[str, io.BytesIO] = path
-        if "::" in path:  # a tar member as sources record it: archive.tar::member
-            import tarfile
-
-            archive, member = path.rsplit("::", 1)
-            with tarfile.open(archive) as tf, tf.extractfile(member) as fh:
-                source = io.BytesIO(fh.read())
-        elif "://" in path and not path.startswith("file://"):
-            source = _read_bytes(path, None, None)
+        if is_member(path) or ("://" in path and not path.startswith("file://")):
+            source = _read_bytes(path, None, None)  # an archive member as sources record it: archive::member
         img = load_image(source if not isinstance(source, str) else source.removeprefix("file://"),
                          Preprocess(crop_size=(size, size), resize_size=size), max_pixels)
         img.thumbnail((size, size), Image.Resampling.BICUBIC)

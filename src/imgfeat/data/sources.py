@@ -276,6 +276,70 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for opt in options for out in expand_braces(pattern[:m.start()] + opt + pattern[m.end():])]
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Brace patterns expanded, then each piece with ``*``, ``?`` or ``[...]`` globbed (``**`` recursive) and
+    sorted; a piece without wildcards is kept as it is (a missing file becomes an error row)."""
+    import glob
+
+    out = []
+    for piece in expand_braces(pattern):
+        out.extend(sorted(glob.glob(piece, recursive=True)) if _GLOB.search(piece) else [piece])
+    return out
+
+
+def pattern_root(pattern: str) -> str:
+    """The folder of a pattern's wildcard-free beginning: zip ids are archive paths relative to it."""
+    m = re.search(r"[*?\[{]", pattern)
+    return os.path.dirname(pattern[:m.start()] if m else pattern)
+
+
+def is_pattern(path: str) -> bool:
+    return bool(re.search(r"[*?\[{]", path))
+
+
+@dataclass(frozen=True)
+class ZipSource(Source):
+    """Image members of zip archives (one ``.zip``, or a glob / brace pattern of them). Each member is read
+    by byte offset (the central directory gives it), stored members as they are and deflated ones inflated in
+    the decode worker; nothing is extracted. The id is the archive's path relative to the pattern's fixed
+    folder, without ``.zip``, then the member's path up to the first dot of its name: member ``678.jpg`` of
+    ``yfcc/12/345.zip`` under ``--data 'yfcc/*/*.zip'`` is ``12/345/678``. Directories and members that are
+    not images are skipped; an archive that cannot be opened is one error row."""
+
+    pattern: str
+
+    def archives(self) -> list[str]:
+        return expand_pattern(self.pattern)
+
+    def records(self) -> Iterator[Record]:
+        import zipfile
+
+        root = pattern_root(self.pattern)
+        for zip_path in self.archives():
+            prefix = os.path.splitext(os.path.relpath(zip_path, root) if root else zip_path)[0]
+            try:
+                archive = zipfile.ZipFile(zip_path)
+            except (OSError, zipfile.BadZipFile) as exc:
+                reason = "missing: file does not exist" if isinstance(exc, FileNotFoundError) else \
+                    f"unreadable zip: {exc}"
+                yield Record(prefix, zip_path, reason)
+                continue
+            with archive:
+                for info in archive.infolist():
+                    if info.is_dir() or os.path.splitext(info.filename)[1].lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    folder, name = os.path.split(info.filename)
+                    key = "/".join(p for p in (prefix, folder, name.split(".", 1)[0]) if p)
+                    yield Record(key, f"{zip_path}::{info.filename}", _check_id(key), info.header_offset,
+                                 info.compress_size)
+
+    def describe(self) -> str:
+        return f"zip {os.path.abspath(self.pattern)}"
+
+
 @dataclass(frozen=True)
 class TarSource(Source):
     """Image members of uncompressed tar shards (WebDataset convention: the id is the member's
@@ -285,7 +349,7 @@ class TarSource(Source):
     pattern: str
 
     def tars(self) -> list[str]:
-        return expand_braces(self.pattern)
+        return expand_pattern(self.pattern)
 
     def records(self) -> Iterator[Record]:
         import tarfile
@@ -326,7 +390,9 @@ register_source((".tsv", ".tab"), TsvSource, "a TSV of id<TAB>path")
 register_source((".txt", ".lst", ".list"), PathListSource, "a text list of paths")
 register_source((".parquet",), ParquetSource, "a parquet table with id and path (or url) columns")
 register_source((".csv",), CsvSource, "a CSV table with id and path (or url) columns")
-register_source((".tar",), TarSource, "WebDataset tar shards (brace patterns such as 'shards/{000..099}.tar')")
+register_source((".tar",), TarSource, "WebDataset tar shards (glob or brace patterns such as 'shards/{000..099}.tar')")
+register_source((".zip",), ZipSource, "zip archives (glob or brace patterns such as 'yfcc/*/*.zip'; "
+                                      "ids: archive path without .zip + member name up to its first dot)")
 
 
 def accepted_inputs() -> str:
@@ -351,8 +417,8 @@ def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> So
         p = Path(data)
         if p.is_dir():
             src: Source = FolderSource(str(p))
-        elif p.suffix.lower() == ".tar" and "{" in str(p):
-            src = TarSource(str(p))  # a brace pattern of shards
+        elif p.suffix.lower() in (".tar", ".zip") and is_pattern(str(data)) and not p.exists():
+            src = _FILE_SOURCES[p.suffix.lower()][0](str(data))  # a glob or brace pattern of archives
         elif not p.exists():
             raise bad_param("data", f"an existing input: {accepted_inputs()}", str(p))
         elif p.suffix.lower() in _FILE_SOURCES:

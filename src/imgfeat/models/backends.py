@@ -85,7 +85,7 @@ def autocast_for(precision: str, device: torch.device):
     if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     if precision == "fp16" and device.type == "cpu":
-        raise bad_param("precision", "fp32 or bf16 on the CPU (fp16 needs a GPU)", precision)
+        raise bad_param("precision", "fp32, bf16 or int8 on the CPU (fp16 needs a GPU)", precision)
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
