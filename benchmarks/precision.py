@@ -14,7 +14,9 @@ accepted whatever the figures, ``--min-fidelity 0``, so that every figure is mea
     python benchmarks/precision.py --model efficientnet_lite0 --corpus /tmp/pillow/pillow-13.0.0/Tests/images
     python benchmarks/precision.py --model resnet50 --random-weights --corpus ...   # speed only: no real weights
 
-Prints one Markdown table per model. Extraction runs in this process with the default flags otherwise.
+Each run is what a user gets with the default ``--min-fidelity 0.99``: the check may keep the first layers in
+fp32 (the backend column says how many); a precision the check refuses is run again with ``--min-fidelity 0``
+to measure it anyway ("refused, forced"). Prints one Markdown table per model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 import imgfeat
+from imgfeat.engines.fidelity import FidelityError
 from imgfeat.tools.probe import LinearProbe
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -73,15 +76,25 @@ def knn_overlap(A: np.ndarray, B: np.ndarray, k: int = 10) -> float:
 
 
 def run(data: str, model: str, precision: str, random_weights: bool, l2: bool) -> tuple[dict, float, dict]:
+    """Extract as a user would (default --min-fidelity 0.99: the fidelity check may keep the first layers in
+    fp32); when the check refuses the precision, extract again with --min-fidelity 0 (no fp32 layers) so that
+    its figures are still measured, and say so."""
+    refused = None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = imgfeat.extract(data, Path(tmp) / "f.npy", model=model, precision=precision, min_fidelity=0,
-                              random_weights=random_weights, l2=l2, quiet=True)
+        try:
+            res = imgfeat.extract(data, Path(tmp) / "f.npy", model=model, precision=precision,
+                                  random_weights=random_weights, l2=l2, quiet=True)
+        except FidelityError as exc:
+            refused = str(exc)
+            print(f"refused: {refused}", file=sys.stderr)
+            res = imgfeat.extract(data, Path(tmp) / "f.npy", model=model, precision=precision, min_fidelity=0,
+                                  random_weights=random_weights, l2=l2, quiet=True)
         seconds = time.perf_counter() - t0  # with the fidelity check, quantisation and export (cached after)
         ids, X = imgfeat.load(Path(tmp) / "f.npy")
         vectors = dict(zip(ids, np.asarray(X, dtype=np.float64)))
     return vectors, res.images_per_s, {**res.backend_report.get("fidelity", {}), "backend": res.backend,
-                                        "seconds_with_setup": seconds}
+                                        "seconds_with_setup": seconds, "refused": refused}
 
 
 def main() -> None:
@@ -109,6 +122,7 @@ def main() -> None:
             R, L = np.stack([ref[i] for i in ids]), np.stack([vec[i] for i in ids])
             cos = (R * L).sum(1) / np.maximum(np.linalg.norm(R, axis=1) * np.linalg.norm(L, axis=1), 1e-30)
             rows[p].update(corpus_n=len(ids), corpus_rate=rate, backend=fid["backend"], head=fid.get("fp32_head"),
+                           refused=fid["refused"] is not None,
                            cos_min=cos.min(), cos_p1=np.percentile(cos, 1), cos_med=np.median(cos),
                            below=int((cos < 0.99).sum()), corpus_knn=knn_overlap(R, L))
 
@@ -127,7 +141,8 @@ def main() -> None:
             if ref is None:
                 ref = Xte
             rows[p].update(fm_rate=rate, probe=probe.report(Xte, yte)["top1"], C=C, fm_knn=knn_overlap(ref, Xte),
-                           fm_gate=fid.get("cosine_p1"), fm_backend=fid["backend"])
+                           fm_gate=fid.get("cosine_p1"), fm_backend=fid["backend"], fm_head=fid.get("fp32_head"),
+                           fm_refused=fid["refused"] is not None)
     else:
         print(f"no {FMNIST} (apt-get install dataset-fashion-mnist): probe columns skipped", file=sys.stderr)
 
@@ -139,7 +154,11 @@ def main() -> None:
     print("|" + "---|" * 13)
     for p in precisions:
         r = rows[p]
-        head = f" (first {r['head']:.0%} fp32)" if r.get("head") else ""
+        def how(head, refused):
+            return " refused, forced" if refused else (f" (first {head:.0%} fp32)" if head else "")
+
+        head = how(r.get("head"), r.get("refused")) + (
+            f" / F-MNIST:{how(r.get('fm_head'), r.get('fm_refused')) or ' whole'}" if "fm_rate" in r else "")
 
         def f(key, fmt):
             return format(r[key], fmt) if key in r else ""

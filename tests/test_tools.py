@@ -4,6 +4,7 @@ reference, plus CLI round trips and the bad inputs they must refuse clearly."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,88 @@ def test_diffusion_transduction_is_every_rows_label():
     model = LabelDiffusion(k=10).fit(X, labels)
     assert model.transduction_.shape == (90,) and (model.transduction_ == y).mean() > 0.95
     np.testing.assert_array_equal(model.predict(), model.transduction_)
+
+
+@pytest.fixture
+def lowshot(tmp_path):
+    """8 overlapping classes (so that top-5 and the iteration count matter), train/test labels."""
+    X, y = clusters(n_per=40, k=8, d=16, spread=3.5, seed=3)
+    f = tmp_path / "ls.h5"
+    ids = write_features(f, X)
+    write_labels(tmp_path / "train.tsv", ids[::2], y[::2])
+    write_labels(tmp_path / "test.tsv", ids[1::2], y[1::2])
+    (tmp_path / "novel.txt").write_text("c5\nc6\nc7\n")
+    return str(f), ids, X, y
+
+
+def test_lowshot_protocol_scores_base_and_novel_for_both_methods(lowshot, tmp_path, capsys):
+    from imgfeat.tools.diffusion import lowshot_split, topk_hits
+
+    f, ids, X, y = lowshot
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--test-labels",
+                 str(tmp_path / "test.tsv"), "--novel-classes", str(tmp_path / "novel.txt"), "--shots", "2",
+                 "--seed", "4", "--k", "10", "--iterations", "10", "--json"]) == 0
+    res = _json(capsys)
+    train = {i: c for i, c in zip(ids[::2], y[::2])}
+    kept, held = lowshot_split(train, {"c5", "c6", "c7"}, 2, 4)
+    assert res["labelled"] == len(kept) == 5 * 20 + 3 * 2 and len(held) == 3 * 18
+    assert sorted(res["novel_classes"]) == ["c5", "c6", "c7"] and res["shots"] == 2
+    # recompute every figure by hand
+    model = LabelDiffusion(k=10, iterations=10).fit(X, [kept.get(i) for i in ids])
+    test_rows, yt = np.arange(1, len(ids), 2), y[1::2]
+    novel = np.isin(yt, ["c5", "c6", "c7"])
+    for k in (1, 5):
+        hits = topk_hits(model.label_distributions_[test_rows], model.classes_, yt, k)
+        assert res["diffusion"][f"top{k}_all"] == pytest.approx(hits.mean())
+        assert res["diffusion"][f"top{k}_novel"] == pytest.approx(hits[novel].mean())
+        assert res["diffusion"][f"top{k}_base"] == pytest.approx(hits[~novel].mean())
+    rows = [ids.index(i) for i in kept]
+    lr = LinearProbe(classifier="logreg", C=1.0).fit(X[rows], y[rows])
+    hits5 = topk_hits(lr.decision_function(X[test_rows]), lr.classes_, yt, 5)
+    assert res["logreg"]["top5_novel"] == pytest.approx(hits5[novel].mean())
+    assert res["accuracy"] == res["diffusion"]["top1_all"]
+    assert res["diffusion"]["top5_novel"] > res["diffusion"]["top1_novel"]  # the grid is not trivial
+
+
+def test_iterations_auto_is_chosen_on_held_out_training_images(lowshot, tmp_path, capsys):
+    f, ids, X, y = lowshot
+    common = ["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--test-labels",
+              str(tmp_path / "test.tsv"), "--novel-classes", str(tmp_path / "novel.txt"), "--shots", "1", "--k", "10"]
+    assert main(common + ["--iterations", "auto", "--out", str(tmp_path / "pred.tsv"), "--json"]) == 0
+    res = _json(capsys)
+    val = {int(t): a for t, a in res["validation"].items()}
+    assert res["validation_images"] == 3 * 19 and set(val) == {1, 2, 3, 5, 8, 10, 15, 20, 30, 50}
+    assert val[res["iterations"]] == max(val.values())
+    assert res["iterations"] == min(t for t, a in val.items() if a == max(val.values()))
+    # the test figures are those of a plain run at the chosen iteration count
+    assert main(common + ["--iterations", str(res["iterations"]), "--out", str(tmp_path / "pred2.tsv"),
+                          "--json"]) == 0
+    fixed = _json(capsys)
+    assert fixed["diffusion"] == res["diffusion"] and fixed["logreg"] == res["logreg"]
+    assert (tmp_path / "pred.tsv").read_text() == (tmp_path / "pred2.tsv").read_text()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--novel-classes", "NOVEL", "--shots", "30"], "fewer than --shots 30"),
+    (["--novel-classes", "NOVEL", "--shots", "0"], "'shots' parameter"),
+    (["--novel-classes", "MISSING"], "--novel-classes .*nope.txt: No such file"),
+    (["--novel-classes", "UNKNOWN"], "without any label"),
+    (["--iterations", "0"], "'iterations' parameter"),
+    (["--iterations", "many"], "'iterations' parameter"),
+    (["--k", "0"], "'k' parameter"),
+])
+def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
+    f = lowshot[0]
+    (tmp_path / "unknown.txt").write_text("c5\nzebra\n")
+    paths = {"NOVEL": str(tmp_path / "novel.txt"), "MISSING": str(tmp_path / "nope.txt"),
+             "UNKNOWN": str(tmp_path / "unknown.txt")}
+    extra = [paths.get(a, a) for a in extra]
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv")] + extra) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_iterations_auto_without_a_validation_set_is_refused(lowshot, tmp_path, capsys):
+    f, ids, X, y = lowshot
+    write_labels(tmp_path / "one.tsv", [ids[0], ids[40]], [y[0], y[40]])
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv"), "--iterations", "auto"]) == 2
+    assert "hold out for validation" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -200,12 +201,63 @@ def _dedup(args) -> int:
 
 
 # ----------------------------------------------------------------------------- diffuse
+ITERATION_GRID = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
+VALIDATION_FRACTION = 0.2
+
+
+def _read_classes(path: str) -> set[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            classes = {line.strip() for line in fh if line.strip()}
+    except OSError as exc:
+        raise ImgfeatError(f"--novel-classes {path}: {exc.strerror or exc}") from None
+    if not classes:
+        raise ImgfeatError(f"--novel-classes {path} names no class (one class per line)")
+    return classes
+
+
+def _held_out(labels: dict[str, str], seed: int) -> tuple[dict[str, str], dict[str, str]]:
+    """A seeded VALIDATION_FRACTION of each class's labels held out (every class keeps at least one)."""
+    rng = np.random.default_rng(seed)
+    kept, held = {}, {}
+    for c in sorted(set(labels.values())):
+        ids = sorted(i for i, v in labels.items() if v == c)
+        n_held = min(len(ids) - 1, int(round(VALIDATION_FRACTION * len(ids))))
+        out = set(rng.choice(len(ids), n_held, replace=False).tolist()) if n_held > 0 else set()
+        for j, i in enumerate(ids):
+            (held if j in out else kept)[i] = c
+    if not held:
+        raise ImgfeatError("--iterations auto needs labelled images to hold out for validation: give more than one "
+                           "label per class, or --novel-classes (the novel images not drawn validate)")
+    return kept, held
+
+
+def _scores(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict:
+    return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
+
+
 def _diffuse(args) -> int:
-    from ..tools.diffusion import LabelDiffusion
+    from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits
     from ..tools.probe import LinearProbe
 
+    if args.k < 1:
+        raise bad_param("k", "an integer >= 1", args.k)
+    auto = args.iterations == "auto"
+    try:
+        iterations = max(ITERATION_GRID) if auto else int(args.iterations)
+    except ValueError:
+        raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations) from None
+    if iterations < 1:
+        raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations)
     ids, X = read_features(args.features)
     labels = read_labels(args.labels)
+    novel: set[str] = set()
+    validation: dict[str, str] = {}
+    if args.novel_classes:
+        novel = _read_classes(args.novel_classes)
+        labels, validation = lowshot_split(labels, novel, args.shots, args.seed)
+    elif auto:
+        labels, validation = _held_out(labels, args.seed)
     Xl, yl, _ = align(ids, X, labels)
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{args.labels} holds a single class; diffusion needs at least 2")
@@ -215,21 +267,53 @@ def _diffuse(args) -> int:
         if bX.shape[1] != X.shape[1]:
             raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
         all_ids, all_X = ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
-    y = [labels.get(i) for i in all_ids]
-    model = LabelDiffusion(k=args.k, iterations=args.iterations, index=args.index).fit(all_X, y)
-    pred = dict(zip(all_ids, model.predict()))
-    result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": args.iterations}
-    lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors"]
-    if args.test_labels:
-        test = read_labels(args.test_labels)
+    row = {i: r for r, i in enumerate(ids)}
+    test = read_labels(args.test_labels) if args.test_labels else {}
+    if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
-        acc = float(np.mean([pred[i] == t for i, t in zip(tids, yt)]))
+    n_classes = len(set(yl.tolist()))
+    ks = (1, 5) if n_classes > 5 else (1,)
+    pick = ks[-1]  # the paper's criterion: top-5 (top-1 with 5 classes or fewer)
+    val_ids = [i for i in validation if i in row]
+    checkpoints: dict[int, tuple[float, Optional[np.ndarray], np.ndarray]] = {}  # t -> (val, test scores, argmax)
+
+    def monitor(t: int, F: np.ndarray) -> None:
+        if auto and t in ITERATION_GRID:
+            classes = np.array(sorted(set(yl.tolist())))
+            acc = float(topk_hits(F[[row[i] for i in val_ids]], classes, [validation[i] for i in val_ids],
+                                  pick).mean()) if val_ids else float("nan")
+            checkpoints[t] = (acc, F[[row[i] for i in tids]].copy() if test else None, F.argmax(axis=1))
+
+    y = [labels.get(i) for i in all_ids]
+    model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y, monitor=monitor)
+    F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
+    best_rows = model.label_distributions_.argmax(axis=1)
+    result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": iterations}
+    if auto:
+        best = max(ITERATION_GRID, key=lambda t: (checkpoints[t][0], -t))
+        iterations, (_, F_test, best_rows) = best, checkpoints[best]
+        result.update(iterations=best, validation={str(t): checkpoints[t][0] for t in ITERATION_GRID},
+                      validation_images=len(val_ids))
+    if novel:
+        result.update(novel_classes=sorted(novel), shots=args.shots, seed=args.seed)
+    lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors, {iterations} iterations"
+             + (f" (chosen on {len(val_ids)} held-out labelled images: top-{pick} "
+                f"{result['validation'][str(iterations)]:.4f})" if auto else "")]
+    if test:
+        groups = {"all": np.ones(len(yt), bool)}
+        if novel:
+            groups.update(base=np.array([t not in novel for t in yt]), novel=np.array([t in novel for t in yt]))
+        diff_hits = {k: topk_hits(F_test, model.classes_, yt, k) for k in ks}
         base = LinearProbe(classifier="logreg", C=args.C).fit(Xl, yl)
-        base_acc = float((base.predict(Xt) == yt).mean())
-        result.update(test=int(len(yt)), accuracy=acc, logreg_accuracy=base_acc)
-        lines.append(f"accuracy on {len(yt)} test images: diffusion {acc:.4f}, logistic regression on the same "
-                     f"labels {base_acc:.4f}")
+        lr_hits = {k: topk_hits(base.decision_function(Xt), base.classes_, yt, k) for k in ks}
+        diff, lr = _scores(diff_hits, groups, ks), _scores(lr_hits, groups, ks)
+        result.update(test=int(len(yt)), accuracy=diff["top1_all"], logreg_accuracy=lr["top1_all"],
+                      diffusion=diff, logreg=lr)
+        for name, sc in (("diffusion", diff), ("logistic regression", lr)):
+            lines.append(f"{name:20s} on {len(yt)} test images: " + ", ".join(
+                f"{key.replace('_', ' ')} {value:.4f}" for key, value in sc.items()))
     if args.out:
+        pred = dict(zip(all_ids, model.classes_[best_rows]))
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)
         result["out"] = args.out
@@ -331,8 +415,16 @@ def _add_diffuse(sub) -> None:
     diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
     diffuse.add_argument("--test-labels", help="TSV id<TAB>label to score the unlabelled part")
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
+    diffuse.add_argument("--novel-classes", help="low-shot protocol: a file of class names (one per line) that get "
+                                                 "only --shots labels each, drawn with --seed; the other classes "
+                                                 "keep all their labels; scores are reported for all, base and novel")
+    diffuse.add_argument("--shots", type=int, default=1, help="labels per novel class (with --novel-classes)")
+    diffuse.add_argument("--seed", type=int, default=0, help="draw of the novel labels / of the validation split")
     diffuse.add_argument("--k", type=int, default=30)
-    diffuse.add_argument("--iterations", type=int, default=20)
+    diffuse.add_argument("--iterations", default="20",
+                         help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
+                              "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
+                              f"undrawn novel images, or {VALIDATION_FRACTION:.0%} of each class)")
     diffuse.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
                               "for a large --background set")

@@ -3,11 +3,11 @@ al., CVPR'18): a few labelled points, many unlabelled (and optional background) 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImgfeatError
+from ..errors import ImgfeatError, bad_param
 from ._base import Params
 from .knn import KNNIndex
 
@@ -22,8 +22,11 @@ class LabelDiffusion(Params):
                  index: str = "exact") -> None:
         self.k, self.iterations, self.alpha, self.gamma, self.index = k, iterations, alpha, gamma, index
 
-    def fit(self, X: np.ndarray, y: Sequence[Optional[str]]) -> "LabelDiffusion":
-        """``y[i]`` is the label of row i, or None for unlabelled (and background) rows."""
+    def fit(self, X: np.ndarray, y: Sequence[Optional[str]],
+            monitor: Optional[Callable[[int, np.ndarray], None]] = None) -> "LabelDiffusion":
+        """``y[i]`` is the label of row i, or None for unlabelled (and background) rows. ``monitor(t, F)`` is
+        called after each iteration t (1-based) with the scores so far (to choose ``iterations`` on held-out
+        rows in one pass)."""
         from scipy import sparse
 
         y = np.asarray(y, dtype=object)
@@ -44,8 +47,10 @@ class LabelDiffusion(Params):
         rows = np.flatnonzero(labelled)
         Y[rows, [index[v] for v in y[rows]]] = 1.0
         F = Y.copy()
-        for _ in range(self.iterations):
+        for t in range(1, self.iterations + 1):
             F = self.alpha * (S @ F) + (1 - self.alpha) * Y
+            if monitor is not None:
+                monitor(t, F)
         self.label_distributions_ = F
         self.transduction_ = self.classes_[F.argmax(axis=1)]
         return self
@@ -53,3 +58,36 @@ class LabelDiffusion(Params):
     def predict(self) -> np.ndarray:
         """The label of every row (the argmax of its diffused scores)."""
         return self.transduction_
+
+
+def topk_hits(scores: np.ndarray, classes: np.ndarray, truth: Sequence[str], k: int) -> np.ndarray:
+    """Whether each row's true class is among its ``k`` best-scored classes (ties broken by class order)."""
+    k = min(k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (classes[best] == np.asarray(truth, dtype=object)[:, None]).any(axis=1)
+
+
+def lowshot_split(labels: dict[str, str], novel: set[str], shots: int,
+                  seed: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """The low-shot protocol (Hariharan & Girshick; Douze et al. 2018): every label of a base class is kept, and
+    ``shots`` labels per novel class are drawn (seeded); returns (kept labels, the novel-class labels not drawn:
+    a validation set from the training images, e.g. to choose the number of diffusion iterations)."""
+    if shots < 1:
+        raise bad_param("shots", "an integer >= 1", shots)
+    present = set(labels.values())
+    missing = sorted(novel - present)
+    if missing:
+        raise ImgfeatError(f"novel classes without any label in the training labels: {missing[:5]}")
+    if not present - novel:
+        raise ImgfeatError("every class of the training labels is novel: the protocol needs base classes too")
+    rng = np.random.default_rng(seed)
+    kept = {i: c for i, c in labels.items() if c not in novel}
+    held = {}
+    for c in sorted(novel):
+        ids = sorted(i for i, v in labels.items() if v == c)
+        if len(ids) < shots:
+            raise ImgfeatError(f"novel class {c!r} has {len(ids)} labelled images, fewer than --shots {shots}")
+        pick = set(rng.choice(len(ids), shots, replace=False).tolist())
+        for j, i in enumerate(ids):
+            (kept if j in pick else held)[i] = c
+    return kept, held
