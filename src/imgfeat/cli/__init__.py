@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import ImgfeatError
 from ..options import ExtractOptions, option_fields
 from ..outputs.formats import extensions
+from .common import at_least, positive
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +74,15 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_list(text: str) -> tuple[str, ...]:
+    from ..bench import SETS
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or any(v not in SETS for v in values):
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(SETS)}, got {text!r}")
+    return values
+
+
 def _precision_list(text: str) -> tuple[str, ...]:
     from ..models.backends import PRECISIONS
 
@@ -86,7 +96,7 @@ def _precision_list(text: str) -> tuple[str, ...]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import format_table, run_bench
 
-    rows, facts = run_bench(model=args.model, random_weights=args.random_weights, sets=args.sets.split(","),
+    rows, facts = run_bench(model=args.model, random_weights=args.random_weights, sets=args.sets,
                             images=args.images, workdir=args.workdir, seconds=args.seconds,
                             naive_images=args.naive_images, log=lambda m: print(m, file=sys.stderr),
                             precisions=args.precision)
@@ -150,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "worker count, imgfeat end-to-end with default flags and a naive baseline.")
     bench.add_argument("--model", default="efficientnet_lite0")
     bench.add_argument("--random-weights", action="store_true", help="for models whose weights are not offline")
-    bench.add_argument("--sets", default="imagenet,camera", help="comma list of: imagenet (500x375), camera (4000x3000)")
-    bench.add_argument("--images", type=int, default=300, help="JPEGs per set (generated once, then reused)")
-    bench.add_argument("--naive-images", type=int, default=40, help="images timed for the naive baseline")
-    bench.add_argument("--seconds", type=float, default=3.0, help="time per forward measurement")
+    bench.add_argument("--sets", default=("imagenet", "camera"), type=_set_list, help="comma list of: imagenet (500x375), camera (4000x3000)")
+    bench.add_argument("--images", type=at_least(1), default=300, help="JPEGs per set (generated once, then reused)")
+    bench.add_argument("--naive-images", type=at_least(1), default=40, help="images timed for the naive baseline")
+    bench.add_argument("--seconds", type=positive, default=3.0, help="time per forward measurement")
     bench.add_argument("--precision", default=("fp32",), type=_precision_list,
                        help="comma list of fp32, bf16, int8, fp16, or all: end-to-end at each, its ratio to fp32 and "
                             "its fidelity against fp32 (accepted whatever the figures)")

@@ -7,6 +7,7 @@ import sys
 
 from ..errors import bad_param
 from ..models.backends import BACKENDS
+from .common import at_least, port, positive
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -49,17 +50,17 @@ def add_parser(sub) -> None:
                                                   "ivf, hnsw or an index_factory string such as IVF4096,PQ32")
     p.add_argument("--index-file", help="a faiss index file of these features to load (memory-mapped where faiss "
                                         "allows); written there after building when it does not exist")
-    p.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
-    p.add_argument("--dup-k", type=int, default=10, help="neighbours per image examined for duplicates")
+    p.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query")
+    p.add_argument("--dup-k", type=at_least(1), default=10, help="neighbours per image examined for duplicates")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback prints a warning)")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--port", type=port, default=8765, help="0 picks a free port")
     p.add_argument("--token", help="require this secret on every request (Authorization: Bearer, or the printed link)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another host name requests may use (behind a proxy); repeatable")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow this origin (off by default)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted")
-    p.add_argument("--max-k", type=int, default=1000, help="deepest result rank a client may page to")
-    p.add_argument("--decode-workers", type=int, default=2, help="processes decoding uploads and thumbnails")
+    p.add_argument("--max-upload-mb", type=positive, default=20.0, help="largest upload accepted")
+    p.add_argument("--max-k", type=at_least(1), default=1000, help="deepest result rank a client may page to")
+    p.add_argument("--decode-workers", type=at_least(1), default=2, help="processes decoding uploads and thumbnails")
     p.add_argument("--weights", help="the --weights FILE the store was extracted with, if any (image queries)")
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="backend of the model for image queries (torch: no export step at start)")

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ImgfeatError
 from ..models.backends import BACKENDS
 from ..outputs.formats import extensions, open_matrix, write_blocks
-from .common import emit, features_arg, store_encoder
+from .common import at_least, emit, features_arg, store_encoder
 
 
 def _read_texts(args) -> list[str]:
@@ -86,7 +86,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--prompts", action="append", metavar="TEMPLATE",
                    help="a prompt template with {} for the class name; repeatable (default: an ensemble of 7)")
     c.add_argument("--labels", help="TSV id<TAB>label: print top-1/top-5 accuracy and write a confusion PNG")
-    c.add_argument("--top-k", type=int, default=5, help="labels written per image")
+    c.add_argument("--top-k", type=at_least(1), default=5, help="labels written per image")
     c.add_argument("--out", help="TSV id, then top-k label<TAB>probability")
     c.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
     c.set_defaults(func=_classify)

@@ -18,7 +18,7 @@ from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
 from ..tools.labels import align, check_dim, read_labels
 from ..tools.maps import METHODS
 from ..tools.probe import CLASSIFIERS
-from .common import emit, features_arg, store_encoder
+from .common import at_least, emit, ending, features_arg, fraction_open, positive, store_encoder
 
 
 _INDEX_METAVAR = "|".join(INDEXES) + "|FACTORY"
@@ -108,6 +108,7 @@ def _map(args) -> int:
     labels = None
     if args.labels:
         lab = read_labels(args.labels)
+        align(ids, X, lab)  # the same check as every tool: labelled ids must be in the features
         if args.only_labelled:
             keep = np.array([i in lab for i in ids])
             ids, X = [i for i in ids if i in lab], X[keep]
@@ -128,6 +129,19 @@ def _map(args) -> int:
         result["thumbnails"] = mosaic_png(coords, [paths.get(i, "") for i in ids], args.mosaic)
     return emit(args, result, [f"{args.method} map of {len(ids)} vectors -> {args.out} (coordinates {coords_path})"]
                  + ([f"mosaic of {result['thumbnails']} thumbnails -> {args.mosaic}"] if args.mosaic else []))
+
+
+def _image_file(text: str) -> str:
+    """argparse type: a file name whose extension matplotlib can write."""
+    import argparse
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = sorted(FigureCanvasBase.get_supported_filetypes())
+    if Path(text).suffix.lower().lstrip(".") not in kinds:
+        raise argparse.ArgumentTypeError(f"expected an image file name ending in one of {', '.join(kinds)}, "
+                                         f"got {text!r}")
+    return text
 
 
 # ----------------------------------------------------------------------------- knn
@@ -240,8 +254,6 @@ def _diffuse(args) -> int:
     from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits
     from ..tools.probe import LinearProbe
 
-    if args.k < 1:
-        raise bad_param("k", "an integer >= 1", args.k)
     auto = args.iterations == "auto"
     try:
         iterations = max(ITERATION_GRID) if auto else int(args.iterations)
@@ -325,9 +337,9 @@ def _add_pca(sub) -> None:
     pca_sub = pca.add_subparsers(dest="pca_command", required=True)
     fit = pca_sub.add_parser("fit", help="fit a PCA on features, block by block")
     features_arg(fit)
-    fit.add_argument("--dim", type=int, required=True, help="output dimension")
+    fit.add_argument("--dim", type=at_least(1), required=True, help="output dimension")
     fit.add_argument("--whiten", action="store_true")
-    fit.add_argument("--out", required=True, help="the fitted PCA (.npz)")
+    fit.add_argument("--out", type=ending(".npz"), required=True, help="the fitted PCA (.npz)")
     fit.set_defaults(func=_pca_fit)
     apply = pca_sub.add_parser("apply", help="reduce features with a fitted PCA")
     features_arg(apply)
@@ -341,9 +353,9 @@ def _add_probe(sub) -> None:
     features_arg(probe)
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
-    probe.add_argument("--test-size", type=float, default=0.2, help="seeded split when no --test-labels")
+    probe.add_argument("--test-size", type=fraction_open, default=0.2, help="seeded split when no --test-labels")
     probe.add_argument("--classifier", choices=CLASSIFIERS, default="logreg")
-    probe.add_argument("--C", type=float, default=None, help="regularisation (default: cross-validated)")
+    probe.add_argument("--C", type=positive, default=None, help="regularisation (default: cross-validated)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out-dir", default="probe", help="probe.pkl, confusion.png and report.json go here")
     probe.set_defaults(func=_probe)
@@ -359,11 +371,11 @@ def _add_map(sub) -> None:
     features_arg(mp)
     mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
     mp.add_argument("--method", choices=METHODS, default="tsne")
-    mp.add_argument("--out", required=True, help="scatter PNG")
+    mp.add_argument("--out", type=_image_file, required=True, help="scatter image (.png, .svg, .pdf, .jpg ...)")
     mp.add_argument("--coords", help="TSV id<TAB>x<TAB>y (default: next to --out)")
     mp.add_argument("--mosaic", help="also draw the images at their positions into this PNG")
     mp.add_argument("--only-labelled", action="store_true", help="map only the ids that --labels names")
-    mp.add_argument("--limit", type=int, default=None, help="map a seeded random sample of this many vectors")
+    mp.add_argument("--limit", type=at_least(1), default=None, help="map a seeded random sample of this many vectors")
     mp.add_argument("--seed", type=int, default=0)
     mp.set_defaults(func=_map)
 
@@ -371,19 +383,19 @@ def _add_map(sub) -> None:
 def _add_knn(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
     features_arg(knn)
-    knn.add_argument("--k", type=int, required=True)
-    knn.add_argument("--out", help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
+    knn.add_argument("--k", type=at_least(1), required=True)
+    knn.add_argument("--out", type=ending(".npz"), help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
                                    "write it; for 100M rows use --raw alone)")
     knn.add_argument("--metric", choices=METRICS, default="ip",
                      help="cosine normalises each block as it is read (ip on --l2 features is the same)")
     knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",
                      help="approximate index: ivf, hnsw, or a faiss index_factory string such as "
                           "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
-    knn.add_argument("--nlist", type=int, default=None)
-    knn.add_argument("--nprobe", type=int, default=16)
+    knn.add_argument("--nlist", type=at_least(1), default=None)
+    knn.add_argument("--nprobe", type=at_least(1), default=16)
     knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
                                    "block) and PREFIX.ids.txt")
-    knn.add_argument("--recall-sample", type=int, default=1000)
+    knn.add_argument("--recall-sample", type=at_least(1), default=1000)
     knn.set_defaults(func=_knn)
 
 
@@ -392,7 +404,7 @@ def _add_search(sub) -> None:
     features_arg(search)
     search.add_argument("--query", nargs="+", help="ids in the features, or image files")
     search.add_argument("--text", nargs="+", help="texts (stores of CLIP-family models)")
-    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--k", type=at_least(1), default=10)
     search.add_argument("--metric", choices=METRICS, default="cosine")
     search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
     search.set_defaults(func=_search)
@@ -402,7 +414,7 @@ def _add_dedup(sub) -> None:
     dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
     features_arg(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
-    dedup.add_argument("--k", type=int, default=10, help="neighbours examined per image")
+    dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
     dedup.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                        help="faiss index (as imgfeat knn --approx)")
     dedup.add_argument("--out", help="TSV group<TAB>id")
@@ -418,9 +430,9 @@ def _add_diffuse(sub) -> None:
     diffuse.add_argument("--novel-classes", help="low-shot protocol: a file of class names (one per line) that get "
                                                  "only --shots labels each, drawn with --seed; the other classes "
                                                  "keep all their labels; scores are reported for all, base and novel")
-    diffuse.add_argument("--shots", type=int, default=1, help="labels per novel class (with --novel-classes)")
+    diffuse.add_argument("--shots", type=at_least(1), default=1, help="labels per novel class (with --novel-classes)")
     diffuse.add_argument("--seed", type=int, default=0, help="draw of the novel labels / of the validation split")
-    diffuse.add_argument("--k", type=int, default=30)
+    diffuse.add_argument("--k", type=at_least(1), default=30)
     diffuse.add_argument("--iterations", default="20",
                          help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
                               "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
@@ -428,7 +440,7 @@ def _add_diffuse(sub) -> None:
     diffuse.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
                               "for a large --background set")
-    diffuse.add_argument("--C", type=float, default=1.0, help="C of the logistic-regression baseline")
+    diffuse.add_argument("--C", type=positive, default=1.0, help="C of the logistic-regression baseline")
     diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
     diffuse.set_defaults(func=_diffuse)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -45,6 +46,18 @@ class Source:
 
     def describe(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def is_empty(self) -> bool:
+        """Whether the input holds no record at all (the first record answers; nothing else is read)."""
+        return next(iter(self.records()), None) is None
+
+
+def _read_once(path: str) -> bool:
+    """A pipe or other non-regular file: it can be read once only, so it is never peeked at."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Counted:
@@ -110,6 +123,9 @@ class TsvSource(Source):
     def count(self) -> int:
         return _count_lines(self.path)
 
+    def is_empty(self) -> bool:
+        return False if _read_once(self.path) else super().is_empty()
+
     def describe(self) -> str:
         return f"TSV {os.path.abspath(self.path)}"
 
@@ -126,6 +142,9 @@ class PathListSource(Source):
 
     def count(self) -> int:
         return _count_lines(self.path)
+
+    def is_empty(self) -> bool:
+        return False if _read_once(self.path) else super().is_empty()
 
     def describe(self) -> str:
         return f"path list {os.path.abspath(self.path)}"
@@ -191,6 +210,10 @@ class Slice(Source):
         n = self.inner.count()
         stop = n if self.stop is None else min(self.stop, n)
         return max(0, stop - self.start)
+
+    def is_empty(self) -> bool:
+        path = getattr(self.inner, "path", None)
+        return False if isinstance(path, str) and _read_once(path) else super().is_empty()
 
     def describe(self) -> str:
         return f"{self.inner.describe()} [{self.start}:{'' if self.stop is None else self.stop}]"

@@ -14,7 +14,7 @@ import torch
 
 from ..data.shards import ShardPlan
 from ..data.sources import Source, open_source
-from ..errors import WorkerDiedError
+from ..errors import ImgfeatError, WorkerDiedError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore, is_store_path
@@ -52,6 +52,9 @@ def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
 def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run ``opts`` (already validated) in this process."""
     source = open_source(opts.data, opts.start, opts.stop)
+    if source.is_empty():
+        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
+                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
     store = FeatureStore(opts.out) if wants_store(opts) else None
     target = StoreTarget(store) if store is not None else FileTarget(opts.out)  # a bad extension fails early
     if opts.threads is not None:

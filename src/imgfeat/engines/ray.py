@@ -21,7 +21,7 @@ import torch
 
 from ..data.shards import ShardPlan, cut_shards
 from ..data.sources import Counted, ListSource, Record, open_source
-from ..errors import bad_param, require
+from ..errors import ImgfeatError, bad_param, require
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
@@ -111,6 +111,9 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
         ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
     source = open_source(opts.data, opts.start, opts.stop)
+    if source.is_empty():
+        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
+                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
     store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
     done = store.done_shards()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -21,6 +22,38 @@ from .store import FeatureStore
 
 DEFAULT_BLOCK = 65536
 Blocks = Iterator[tuple[list[str], np.ndarray]]
+
+
+class FeaturesFileError(ImgfeatError):
+    """A features file or store that cannot be read as one: said in one line, never a traceback."""
+
+
+def _bad(path, what: str) -> FeaturesFileError:
+    return FeaturesFileError(f"{path}: {what}")
+
+
+@contextmanager
+def _reading(path):
+    """Turn whatever a reader raises on a damaged, truncated or foreign file into one clear line."""
+    try:
+        yield
+    except ImgfeatError:
+        raise
+    except FileNotFoundError as exc:
+        raise _bad(path, f"{exc.filename or exc} is missing" + (
+            " (a shard the store lists as done; `imgfeat info` shows the store's state, and rerunning the "
+            "extraction after deleting that shard's .done.json redoes it)" if Path(path).is_dir() else "")) from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+        raise _bad(path, f"not readable as imgfeat features ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _checked(path, ids: list, X):
+    """ids and matrix agree: a 2-D matrix with one row per id."""
+    if getattr(X, "ndim", 2) != 2:
+        raise _bad(path, f"holds a {X.ndim}-d array of shape {tuple(X.shape)}, not N x D feature vectors")
+    if len(ids) != len(X):
+        raise _bad(path, f"{len(ids)} ids for {len(X)} vectors: the ids and the vectors do not belong together")
+    return ids, X
 
 
 @dataclass(frozen=True)
@@ -37,10 +70,15 @@ class Format:
 def _load_tsv(path: Path):
     ids, rows = [], []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rid, vec = line.rstrip("\n").split("\t", 1)
-            ids.append(rid)
-            rows.append(json.loads(vec))
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t", 1)
+            try:
+                rows.append(json.loads(parts[1]))
+            except (IndexError, ValueError):
+                raise _bad(path, f"line {lineno} is not 'id<TAB>[json vector]'") from None
+            ids.append(parts[0])
+    if len({len(r) if isinstance(r, list) else -1 for r in rows}) > 1:
+        raise _bad(path, "its vectors do not all have the same length")
     if not ids:
         return ids, np.zeros((0, 0), np.float32)
     return ids, np.asarray(rows, dtype=np.float32)
@@ -57,18 +95,30 @@ def _h5_text(values) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else s for s in values]
 
 
+def _h5_datasets(path: Path, f) -> tuple:
+    missing = [k for k in ("features", "ids") if k not in f]
+    if missing:
+        raise _bad(path, f"no {' and no '.join(repr(k) for k in missing)} dataset (it holds {sorted(f.keys())}); "
+                         "imgfeat's .h5 files have 'features' (N x D) and 'ids'")
+    feats, ids = f["features"], f["ids"]
+    if len(feats.shape) != 2 or feats.shape[0] != ids.shape[0]:
+        raise _bad(path, f"'features' has shape {feats.shape} for {ids.shape[0]} ids, not one row per id")
+    return feats, ids
+
+
 def _load_h5(path: Path):
     import h5py
 
     with h5py.File(path, "r") as f:
-        return _h5_text(f["ids"][:]), f["features"][:]
+        feats, ids = _h5_datasets(path, f)
+        return _h5_text(ids[:]), feats[:]
 
 
 def _blocks_h5(path: Path, rows: int) -> Blocks:
     import h5py
 
     with h5py.File(path, "r") as f:
-        feats, ids = f["features"], f["ids"]
+        feats, ids = _h5_datasets(path, f)
         for s in range(0, len(ids), rows):
             yield _h5_text(ids[s:s + rows]), feats[s:s + rows].astype(np.float32)
 
@@ -81,9 +131,17 @@ def _paths_h5(path: Path) -> dict[str, str]:
 
 
 def _load_npy(path: Path):
-    with open(npy_ids_path(path), encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise _bad(path, "not a NumPy .npy file (no .npy header)")
+    X = np.load(path, mmap_mode="r")
+    ids_path = npy_ids_path(path)
+    if not ids_path.is_file():
+        raise _bad(path, f"its ids file {ids_path} is missing (imgfeat writes an .npy output with its .ids.txt "
+                         "beside it; a bare array has no ids)")
+    with open(ids_path, encoding="utf-8") as fh:
         ids = [line.rstrip("\n") for line in fh]
-    return ids, np.load(path, mmap_mode="r")
+    return ids, X
 
 
 def _parquet_matrix(column) -> np.ndarray:
@@ -184,7 +242,8 @@ def load(path: str | Path):
     ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
     memory-mapped view over its shards that is never read into RAM whole."""
     p = _existing(path, "path")
-    return FeatureStore.existing(p).load() if p.is_dir() else _format(p, "path").load(p)
+    with _reading(p):
+        return _checked(p, *(FeatureStore.existing(p).load() if p.is_dir() else _format(p, "path").load(p)))
 
 
 def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
@@ -192,18 +251,21 @@ def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
 
     Stores, .npy, .h5 and .parquet are streamed; .tsv and .pkl (small formats) are read whole."""
     p = _existing(path, "features")
-    if p.is_dir():
-        for ids, _, vectors in FeatureStore.existing(p).iter_shards():
-            for s in range(0, len(ids), rows):
-                yield ids[s:s + rows], np.asarray(vectors[s:s + rows], dtype=np.float32)
-        return
-    fmt = _format(p, "features")
-    if fmt.blocks is not None:
-        yield from fmt.blocks(p, rows)
-        return
-    ids, mat = fmt.load(p)
-    for s in range(0, len(ids), rows):
-        yield ids[s:s + rows], np.asarray(mat[s:s + rows], dtype=np.float32)
+    with _reading(p):
+        if p.is_dir():
+            for ids, _, vectors in FeatureStore.existing(p).iter_shards():
+                _checked(p, ids, vectors)
+                for s in range(0, len(ids), rows):
+                    yield ids[s:s + rows], np.asarray(vectors[s:s + rows], dtype=np.float32)
+            return
+        fmt = _format(p, "features")
+        if fmt.blocks is not None:
+            for ids, block in fmt.blocks(p, rows):
+                yield _checked(p, ids, block)
+            return
+        ids, mat = _checked(p, *fmt.load(p))
+        for s in range(0, len(ids), rows):
+            yield ids[s:s + rows], np.asarray(mat[s:s + rows], dtype=np.float32)
 
 
 def read_features(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -230,9 +292,10 @@ def open_matrix(path: str | Path):
 def read_paths(path: str | Path) -> dict[str, str]:
     """id -> image path, where the output records paths (stores, .h5, .parquet)."""
     p = _existing(path, "features")
-    if p.is_dir():
-        return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)}
-    fmt = _format(p, "features")
-    if fmt.paths is None:
-        raise ImgfeatError(f"{path} does not record image paths (use a feature store, .h5 or .parquet output)")
-    return fmt.paths(p)
+    with _reading(p):
+        if p.is_dir():
+            return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)}
+        fmt = _format(p, "features")
+        if fmt.paths is None:
+            raise ImgfeatError(f"{path} does not record image paths (use a feature store, .h5 or .parquet output)")
+        return fmt.paths(p)

@@ -13,7 +13,11 @@ from ..errors import ImgfeatError, bad_param
 def read_labels(path: str | Path) -> dict[str, str]:
     """``id<TAB>label`` lines -> dict; a header ``id<TAB>label`` is skipped; bad lines are errors."""
     labels: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ImgfeatError(f"labels file {path}: {exc.strerror or exc}") from None
+    with fh:
         for n, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
             if not line.strip():

@@ -80,7 +80,13 @@ class StreamingPCA(Params):
 
     @classmethod
     def load(cls, path: str) -> "StreamingPCA":
-        z = np.load(path)
+        try:
+            z = np.load(path)
+            missing = {"components", "mean", "whiten"} - set(getattr(z, "files", ()))
+        except (OSError, ValueError, EOFError) as exc:
+            raise ImgfeatError(f"PCA file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if missing:
+            raise ImgfeatError(f"{path} is not a PCA written by `imgfeat pca fit` (no {sorted(missing)})")
         pca = cls(n_components=len(z["components"]), whiten=bool(z["whiten"]))
         pca.mean_, pca.components_ = z["mean"], z["components"]
         pca.explained_variance_, pca.explained_variance_ratio_ = z["explained_variance"], z["explained_variance_ratio"]
