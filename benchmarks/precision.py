@@ -158,7 +158,8 @@ def main() -> None:
             return " refused, forced" if refused else (f" (first {head:.0%} fp32)" if head else "")
 
         head = how(r.get("head"), r.get("refused")) + (
-            f" / F-MNIST:{how(r.get('fm_head'), r.get('fm_refused')) or ' whole'}" if "fm_rate" in r else "")
+            f" / F-MNIST:{how(r.get('fm_head'), r.get('fm_refused')) or ' whole'}" if "fm_rate" in r and p != "fp32"
+            else "")
 
         def f(key, fmt):
             return format(r[key], fmt) if key in r else ""

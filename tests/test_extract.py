@@ -134,7 +134,7 @@ def test_a_killed_decode_worker_is_a_clear_error_not_a_hang(photo_dir, tmp_path,
 def test_options_are_validated():
     with pytest.raises(InvalidParameterError, match="'batch_size' parameter"):
         imgfeat.extract(".", batch_size=0)
-    with pytest.raises(InvalidParameterError, match="'precision' parameter.*bf16 on the CPU"):
+    with pytest.raises(InvalidParameterError, match="'precision' parameter.*bf16 or int8 on the CPU"):
         imgfeat.extract(str(ROOT / "examples" / "images"), precision="fp16", device="cpu")
     with pytest.raises(TypeError, match="unexpected keyword"):
         imgfeat.extract(".", batchsize=3)

@@ -517,8 +517,9 @@ def test_cli_serve_prints_its_address_and_stops_cleanly(served, tmp_path):
 def test_cli_serve_refuses_bad_options(served, capsys):
     from imgfeat.cli import main
 
-    assert main(["serve", str(served["store"]), "--max-k", "0"]) == 2
-    assert "max-k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(served["store"]), "--max-k", "0"])
+    assert exit_.value.code == 2 and "--max-k: expected an integer >= 1" in capsys.readouterr().err
     assert main(["serve", str(served["store"]) + "-missing"]) == 2
 
 

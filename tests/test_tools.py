@@ -454,12 +454,12 @@ def test_iterations_auto_is_chosen_on_held_out_training_images(lowshot, tmp_path
 
 @pytest.mark.parametrize("extra,message", [
     (["--novel-classes", "NOVEL", "--shots", "30"], "fewer than --shots 30"),
-    (["--novel-classes", "NOVEL", "--shots", "0"], "'shots' parameter"),
+    (["--novel-classes", "NOVEL", "--shots", "0"], "--shots: expected an integer >= 1"),
     (["--novel-classes", "MISSING"], "--novel-classes .*nope.txt: No such file"),
     (["--novel-classes", "UNKNOWN"], "without any label"),
     (["--iterations", "0"], "'iterations' parameter"),
     (["--iterations", "many"], "'iterations' parameter"),
-    (["--k", "0"], "'k' parameter"),
+    (["--k", "0"], "--k: expected an integer >= 1"),
 ])
 def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
     f = lowshot[0]
@@ -467,7 +467,11 @@ def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
     paths = {"NOVEL": str(tmp_path / "novel.txt"), "MISSING": str(tmp_path / "nope.txt"),
              "UNKNOWN": str(tmp_path / "unknown.txt")}
     extra = [paths.get(a, a) for a in extra]
-    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv")] + extra) == 2
+    try:
+        code = main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv")] + extra)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    assert code == 2
     assert re.search(message, capsys.readouterr().err)
 
 

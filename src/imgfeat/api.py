@@ -12,7 +12,7 @@ from .engines import run
 from .engines.pipeline import ExtractResult
 from .errors import ImgfeatError
 from .options import ExtractOptions
-from .outputs.formats import load, write_blocks
+from .outputs.formats import load, reading, write_blocks
 from .outputs.store import FeatureStore
 
 EXPORT_BLOCK = 8192  # rows per write when exporting: bounded memory whatever the shard size
@@ -66,9 +66,10 @@ def export_store(store_path: str | Path, out: str | Path) -> int:
     store = FeatureStore.existing(store_path)
 
     def blocks():
-        for ids, paths, vectors in store.iter_shards():
-            for s in range(0, len(ids), EXPORT_BLOCK):
-                yield ids[s:s + EXPORT_BLOCK], paths[s:s + EXPORT_BLOCK], np.asarray(vectors[s:s + EXPORT_BLOCK])
+        with reading(store_path):  # a missing or damaged shard file: one clear line
+            for ids, paths, vectors in store.iter_shards():
+                for s in range(0, len(ids), EXPORT_BLOCK):
+                    yield ids[s:s + EXPORT_BLOCK], paths[s:s + EXPORT_BLOCK], np.asarray(vectors[s:s + EXPORT_BLOCK])
 
     return write_blocks(out, store.manifest["dim"], store.manifest["dtype"], blocks())
 

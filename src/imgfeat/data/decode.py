@@ -341,6 +341,31 @@ def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     return _guarded(work, timeout)
 
 
+def decode_record(path: str, offset: Optional[int], size: Optional[int], pp: Preprocess,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT,
+                  ) -> DecodeResult:
+    """``decode`` of a record's location (what ``data.fresh`` sends to its helper)."""
+    return decode(path, pp, max_pixels, offset=offset, size=size, timeout=timeout)
+
+
+# Failures that another process cannot change: the file is absent, empty or refused by its header, or the
+# source itself stalled (a timeout has already waited the whole deadline once).
+_FINAL = ("missing:", "empty:", "too large:", "timeout:", "unreadable: is a directory", "unreadable: permission",
+          "unreadable: not a regular file", "unreadable: URL inputs need fsspec")
+
+
+def retriable(reason: str) -> bool:
+    """Whether a failed decode is worth one more attempt in a fresh process (see ``data.fresh``)."""
+    return not reason.startswith(_FINAL)
+
+
+def both_attempts(first: str, second: str) -> str:
+    """The error row of a file that failed in its decode worker and again alone in a fresh process."""
+    if first == second:
+        return f"{second} (failed twice: in a decode worker, then alone in a fresh process)"
+    return f"{second} (alone in a fresh process; in the decode worker: {first})"
+
+
 def decode_bytes(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
                  timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> DecodeResult:
     """``decode`` for an image held in memory (an upload): same limits, deadline and reasons."""

@@ -19,24 +19,34 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import WorkerDiedError
 from ..models.preprocess import Preprocess
-from .decode import DEFAULT_DECODE_TIMEOUT, decode
+from .decode import DEFAULT_DECODE_TIMEOUT, both_attempts, decode, retriable
+from .fresh import fresh_attempt
 from .shards import ShardPlan, cut_shards
 from .sources import Counted, Record, Source
 
 
 def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int,
-                 timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> dict:
-    """Decode ``records``: ids/paths/pixels of the good ones, ``errors`` rows for the rest."""
-    ids, paths, arrays, errors = [], [], [], []
+                 timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT, retry: bool = True) -> dict:
+    """Decode ``records``: ids/paths/pixels of the good ones, ``errors`` rows for the rest. With ``retry``, a
+    failure that another process could change is tried once more alone in a fresh process (``data.fresh``:
+    an image must not fail because of what this worker decoded before it); ``retried`` and ``recovered``
+    count them."""
+    ids, paths, arrays, errors, retried, recovered = [], [], [], [], 0, 0
     for rec in records:
         result = rec.error or decode(rec.path, pp, max_pixels, offset=rec.offset, size=rec.size, timeout=timeout)
+        if isinstance(result, str) and retry and rec.error is None and retriable(result):
+            retried += 1
+            second = fresh_attempt(rec.path, rec.offset, rec.size, pp, max_pixels, timeout)
+            recovered += not isinstance(second, str)
+            result = both_attempts(result, second) if isinstance(second, str) else second
         if isinstance(result, str):
             errors.append((rec.id, rec.path, result))
         else:
             ids.append(rec.id)
             paths.append(rec.path)
             arrays.append(result)
-    return {"ids": ids, "paths": paths, "pixels": stack_pixels(arrays, pp), "errors": errors, "n": len(records)}
+    return {"ids": ids, "paths": paths, "pixels": stack_pixels(arrays, pp), "errors": errors, "n": len(records),
+            "retried": retried, "recovered": recovered}
 
 
 def stack_pixels(arrays: list[np.ndarray], pp: Preprocess) -> torch.Tensor:

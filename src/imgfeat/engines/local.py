@@ -52,11 +52,11 @@ def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
 def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run ``opts`` (already validated) in this process."""
     source = open_source(opts.data, opts.start, opts.stop)
+    store = FeatureStore(opts.out) if wants_store(opts) else None
+    target = StoreTarget(store) if store is not None else FileTarget(opts.out)  # a bad extension fails early
     if source.is_empty():
         raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
                            + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
-    store = FeatureStore(opts.out) if wants_store(opts) else None
-    target = StoreTarget(store) if store is not None else FileTarget(opts.out)  # a bad extension fails early
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     plan = ShardPlan(size=opts.shard_size if (store is not None or opts.part()) else None, part=opts.part())
@@ -77,8 +77,9 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     if bar is not None and plan.skip:
         bar.update(sum(m["inputs"] for m in store.markers()))  # a resumed run starts where the last one stopped
     start = time.perf_counter()
+    retries: dict = {}
     try:
-        n_done = process_shards(pipeline, source, plan, target, opts, bar)
+        n_done = process_shards(pipeline, source, plan, target, opts, bar, retries)
     except WorkerDiedError as exc:
         advice = ("the store keeps every finished shard: rerun the same command to resume" if store is not None else
                   "nothing was written; for long runs write to a store directory (--out DIR), which resumes")
@@ -89,7 +90,8 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     result = ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
                            dim=pipeline.dim, model=pipeline.spec.name, backend=pipeline.report["backend"],
                            backend_report=pipeline.report, out=str(opts.out) if opts.out is not None else None,
-                           errors_path=target.errors_path)
+                           errors_path=target.errors_path, n_retried=retries.get("retried", 0),
+                           n_recovered=retries.get("recovered", 0))
     if store is not None:
         store.refresh_manifest(total_inputs=target.total_inputs)
         result.shards_written, result.shards_skipped = target.shards_written, len(plan.skip)

@@ -43,6 +43,8 @@ class ExtractResult:
     paths: Optional[list[str]] = None
     features: Optional[np.ndarray] = None
     errors: list[tuple[str, str, str]] = field(default_factory=list)
+    n_retried: int = 0  # failed in a decode worker and tried again alone in a fresh process
+    n_recovered: int = 0  # ... and decoded there (they have vectors)
     backend_report: dict = field(default_factory=dict)
     shards_written: Optional[int] = None
     shards_skipped: Optional[int] = None
@@ -56,6 +58,8 @@ class ExtractResult:
         failed = f"{self.n_failed} failed"
         if self.n_failed and self.errors_path:
             failed += f" (reasons in {self.errors_path})"
+        if self.n_retried:
+            failed += f" ({self.n_retried} retried alone in a fresh process, {self.n_recovered} recovered)"
         if self.shards_written is not None:
             failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
         return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
@@ -132,8 +136,10 @@ def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
     return features.detach().to("cpu", torch.float32).numpy().astype(np.dtype(dtype), copy=False)
 
 
-def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None) -> int:
-    """The loop: decoded batches -> executor -> postprocess -> target; returns vectors written."""
+def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None,
+          retries: Optional[dict] = None) -> int:
+    """The loop: decoded batches -> executor -> postprocess -> target; returns vectors written and adds the
+    decode workers' second attempts to ``retries`` (``retried``, ``recovered``)."""
     n_done, shard_inputs = 0, 0
     with torch.inference_mode():
         for batch in batches:
@@ -142,6 +148,9 @@ def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None) -
                 if bar is not None:
                     bar.total = batch["total"]  # exact now, whatever the background count reached
                 continue
+            if retries is not None:
+                for key in ("retried", "recovered"):
+                    retries[key] = retries.get(key, 0) + batch.get(key, 0)
             shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
             target.errors(shard, batch["errors"])
             if ids:
@@ -158,19 +167,23 @@ def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None) -
 
 
 def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, opts: ExtractOptions,
-                   bar=None) -> int:
+                   bar=None, retries: Optional[dict] = None) -> int:
     """Decode the shards of ``source`` that ``plan`` wants and write their vectors to ``target``; on any
     exception the target's unfinished files are removed. Returns the vectors written."""
     loader = make_loader(source, pipeline.spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
                          pin_memory=pipeline.device.type == "cuda", plan=plan,
                          decode_timeout=opts.decode_timeout or None)
     target.open(pipeline.dim, np.dtype(opts.dtype))
+    retries = {} if retries is None else retries
     try:
         batches = iter(loader)
         with worker_deaths(batches):
-            n_done = drive(batches, pipeline.executor, target, opts, bar)
+            n_done = drive(batches, pipeline.executor, target, opts, bar, retries)
         target.close()
     except BaseException:
         target.abort()
         raise
+    if retries.get("retried"):
+        log.info("%d image(s) that failed in a decode worker were tried again alone in a fresh process: "
+                 "%d decoded there", retries["retried"], retries.get("recovered", 0))
     return n_done

@@ -55,9 +55,10 @@ class ShardWorker:
 
     def process(self, shard: int, records: list[Record]) -> dict:
         target = StoreTarget(self.store)
+        retries: dict = {}
         process_shards(self.pipeline, ListSource(tuple(records)), ShardPlan(size=len(records), offset=shard),
-                       target, self.opts)
-        return {"shard": shard, "rows": target.n_written, "errors": target.n_failed}
+                       target, self.opts, retries=retries)
+        return {"shard": shard, "rows": target.n_written, "errors": target.n_failed, **retries}
 
 
 def _pending(records: Iterator[Record], plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:

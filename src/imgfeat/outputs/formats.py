@@ -33,7 +33,7 @@ def _bad(path, what: str) -> FeaturesFileError:
 
 
 @contextmanager
-def _reading(path):
+def reading(path):
     """Turn whatever a reader raises on a damaged, truncated or foreign file into one clear line."""
     try:
         yield
@@ -242,7 +242,7 @@ def load(path: str | Path):
     ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
     memory-mapped view over its shards that is never read into RAM whole."""
     p = _existing(path, "path")
-    with _reading(p):
+    with reading(p):
         return _checked(p, *(FeatureStore.existing(p).load() if p.is_dir() else _format(p, "path").load(p)))
 
 
@@ -251,7 +251,7 @@ def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
 
     Stores, .npy, .h5 and .parquet are streamed; .tsv and .pkl (small formats) are read whole."""
     p = _existing(path, "features")
-    with _reading(p):
+    with reading(p):
         if p.is_dir():
             for ids, _, vectors in FeatureStore.existing(p).iter_shards():
                 _checked(p, ids, vectors)
@@ -292,7 +292,7 @@ def open_matrix(path: str | Path):
 def read_paths(path: str | Path) -> dict[str, str]:
     """id -> image path, where the output records paths (stores, .h5, .parquet)."""
     p = _existing(path, "features")
-    with _reading(p):
+    with reading(p):
         if p.is_dir():
             return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)}
         fmt = _format(p, "features")
