@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import imgfeat
-from imgfeat.data import pool
+from imgfeat.data import loader
 
 
 def run(data: str, model: str, workers: int) -> tuple[float, object, list[str]]:
@@ -36,10 +36,10 @@ def main() -> None:
     args = ap.parse_args()
     run(args.data, args.model, args.workers)  # export, backend timing and file cache warm
     rows, recovered = [], set()
-    original = pool.FreshRetry.__call__
+    original = loader.retriable
     for label, attempt in (("retry alone in a fresh process (default)", original),
-                           ("no retry (first attempt's reason kept)", lambda self, rec: None)):
-        pool.FreshRetry.__call__ = attempt
+                           ("no retry (first attempt's reason kept)", lambda reason: False)):
+        loader.retriable = attempt  # the decode workers are forked from this process: they see it too
         best = None
         for _ in range(args.runs):
             seconds, res, ids = run(args.data, args.model, args.workers)
@@ -51,7 +51,7 @@ def main() -> None:
             kept = ids
         else:
             recovered = sorted(set(kept) - set(ids))
-    pool.FreshRetry.__call__ = original
+    loader.retriable = original
     print(f"\n{args.data}, {args.model}, {args.workers} decode workers, best of {args.runs} (seconds include the "
           "decode and the model, not the one-time export)\n")
     print("| run | images/s | seconds | vectors | error rows | retried | recovered |\n|---|---|---|---|---|---|---|")

@@ -480,3 +480,15 @@ def test_iterations_auto_without_a_validation_set_is_refused(lowshot, tmp_path, 
     write_labels(tmp_path / "one.tsv", [ids[0], ids[40]], [y[0], y[40]])
     assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv"), "--iterations", "auto"]) == 2
     assert "hold out for validation" in capsys.readouterr().err
+
+
+def test_diffusion_is_class_balanced():
+    """All labels of one class and one label of another: the class with one source still claims its cluster
+    (each class's sources hold the same mass; one-hot sources let the big class flood the graph)."""
+    X, y = clusters(n_per=60, k=2, d=8, spread=1.5, seed=1)
+    labels = [v if v == "c0" else None for v in y]
+    labels[60] = "c1"
+    model = LabelDiffusion(k=10, iterations=30).fit(X, labels)
+    assert (model.transduction_[60:] == "c1").mean() > 0.9
+    F = model.label_distributions_
+    assert F[:60, 0].mean() > F[:60, 1].mean() and F[60:, 1].mean() > F[60:, 0].mean()

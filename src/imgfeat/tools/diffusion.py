@@ -15,7 +15,8 @@ from .knn import KNNIndex
 class LabelDiffusion(Params):
     """Build a k-NN graph (cosine), weight edges by ``max(sim, 0) ** gamma``, symmetrise,
     normalise ``D^-1/2 W D^-1/2`` and iterate ``F <- alpha S F + (1 - alpha) Y`` with the
-    labelled rows as sources. Fitted (as ``sklearn.semi_supervised.LabelSpreading``): ``classes_``,
+    labelled rows as sources, each class's sources holding the same total mass (so a class with many
+    labels does not drown one with few; with the same number per class this is plain one-hot). Fitted (as ``sklearn.semi_supervised.LabelSpreading``): ``classes_``,
     ``label_distributions_``, ``transduction_`` (the label of every row)."""
 
     def __init__(self, *, k: int = 30, iterations: int = 20, alpha: float = 0.99, gamma: float = 3.0,
@@ -45,7 +46,10 @@ class LabelDiffusion(Params):
         index = {c: j for j, c in enumerate(self.classes_)}
         Y = np.zeros((n, len(self.classes_)), np.float32)
         rows = np.flatnonzero(labelled)
-        Y[rows, [index[v] for v in y[rows]]] = 1.0
+        cols = np.array([index[v] for v in y[rows]])
+        # each class starts with the same total mass (1 / its number of sources per source): with all labels of
+        # the base classes and a few of the novel ones, unnormalised sources let the base classes flood the graph
+        Y[rows, cols] = 1.0 / np.bincount(cols, minlength=len(self.classes_))[cols]
         F = Y.copy()
         for t in range(1, self.iterations + 1):
             F = self.alpha * (S @ F) + (1 - self.alpha) * Y
