@@ -103,7 +103,8 @@ def test_a_store_records_the_second_attempt(poison, files, tmp_path):
 
 @pytest.mark.slow
 def test_the_real_pillow_pair(tmp_path):
-    """Pillow's own corpus: after 200x32_p_bl_raw_origin.tga, pillow.ico fails in the same process."""
+    """Pillow's own corpus: after 200x32_p_bl_raw_origin.tga, pillow.ico fails in the same process (Pillow
+    13.0.0 registers TgaImagePlugin first and the TGA plugin, which has no magic number, claims the icon)."""
     import PIL
 
     sdist = tmp_path / "sdist"
@@ -137,8 +138,10 @@ def test_the_real_pillow_pair(tmp_path):
     assert res["ids"] == ["tga", "ico"], res["errors"]
     alone = _extract([("ico", str(tmp_path / "b.ico"))], workers=0)
     np.testing.assert_allclose(res["ico"], alone.features[0], atol=1e-5)
-    if probe.stdout.strip() == "poisoned":  # the Pillow bug is present: the retry is what saved the icon
-        assert (res["retried"], res["recovered"]) == (1, 1)
+    # imgfeat registers every Pillow plugin up front (data.decode), which avoids this pair; had the icon failed
+    # anyway, the retry would have recovered it: whatever was retried was recovered
+    assert res["retried"] == res["recovered"]
+    assert probe.stdout.strip() in ("ok", "poisoned")
 
 
 def test_a_file_broken_in_every_process_says_it_failed_twice(files):

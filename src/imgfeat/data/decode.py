@@ -24,6 +24,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..models.preprocess import Preprocess
 
+# Pillow registers its format plugins lazily, in the order in which files first need them, and a format
+# without a magic number (TGA) then claims files of formats registered after it: with Pillow 13.0.0, once a
+# .tga has been opened first, pillow.ico is opened as a 32 x 19140 TGA and fails to load. Registering every
+# plugin now gives every process the same order (23 ms); the retry in a fresh process (data.fresh) covers
+# whatever other state a decoder keeps.
+Image.init()
+
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 # Seconds one image may take to read and decode (a stalled network mount or URL, a FIFO).
