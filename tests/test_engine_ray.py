@@ -57,3 +57,23 @@ def test_without_ray_the_error_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(imgfeat.MissingDependencyError, match=r"pip install 'imgfeat\[ray\]'"):
         imgfeat.extract(".", str(tmp_path / "store"), engine="ray", **_opts())
+
+
+@pytest.mark.slow
+def test_ray_measures_a_lower_precision_and_int8_matches_the_local_engine(image_tsv, tmp_path, ray_cluster):
+    from imgfeat.engines.fidelity import FidelityError
+
+    with pytest.raises(FidelityError, match="1st-percentile cosine must reach --min-fidelity 0.99999"):
+        imgfeat.extract(str(image_tsv), str(tmp_path / "refused"), engine="ray",
+                        **_opts(precision="int8", backend="onnx", min_fidelity=0.99999))
+    distributed = tmp_path / "ray"
+    res = imgfeat.extract(str(image_tsv), str(distributed), engine="ray",
+                          **_opts(precision="int8", backend="onnx", min_fidelity=0))
+    manifest = FeatureStore(distributed).manifest
+    assert manifest["fidelity"]["precision"] == "int8" and manifest["fidelity"]["calibration_images"] == 23
+    local = imgfeat.extract(str(image_tsv), str(tmp_path / "local"), workers=0,
+                            **_opts(precision="int8", backend="onnx", min_fidelity=0))
+    assert res.n_done == local.n_done == 23
+    # every actor quantised the same model from the driver's calibration images: the local engine's vectors
+    ray_vectors, local_vectors = imgfeat.load(distributed)[1], imgfeat.load(tmp_path / "local")[1]
+    np.testing.assert_allclose(np.asarray(ray_vectors), np.asarray(local_vectors), rtol=1e-4, atol=1e-4)

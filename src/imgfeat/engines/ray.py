@@ -27,7 +27,7 @@ from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
 from .local import wants_store
-from .fidelity import build_measured, describe, measurement_images
+from .fidelity import FidelityError, build_measured, describe, measurement_images
 from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, store_identity
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,14 @@ class ShardWorker:
 
         # a lower precision is measured by each actor on the driver's sample: the same images (and int8
         # calibration), so every actor picks the same configuration on the same hardware
-        self.pipeline, self.figures = build_measured(opts, self.device, sample, calibration, same_weights)
+        self.refused: Optional[str] = None
+        try:
+            self.pipeline, self.figures = build_measured(opts, self.device, sample, calibration, same_weights)
+        except FidelityError as exc:  # said by the driver, as the local engine says it
+            self.pipeline, self.figures, self.refused = None, None, str(exc)
 
-    def fidelity(self) -> Optional[dict]:
-        return self.figures
+    def fidelity(self) -> tuple[Optional[dict], Optional[str]]:
+        return self.figures, self.refused
 
     def process(self, shard: int, records: list[Record]) -> dict:
         target = StoreTarget(self.store)
@@ -83,9 +87,11 @@ def _actors(ray, opts: ExtractOptions, sample, calibration) -> list:
     return [actor.remote(actor_opts, sample, calibration) for _ in range(n_actors)]
 
 
-def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> tuple[int, int, int]:
-    """Keep every actor busy with at most two shards; returns (vectors, error rows, shards written)."""
-    idle, in_flight, n_done, n_failed, written = list(actors) * 2, {}, 0, 0, 0
+def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> dict:
+    """Keep every actor busy with at most two shards; returns the totals of the actors' reports (rows, error
+    rows, decodes retried and recovered) and the shards written."""
+    idle, in_flight = list(actors) * 2, {}
+    totals = {"rows": 0, "errors": 0, "retried": 0, "recovered": 0, "shards": 0}
     exhausted = False
     while True:
         while idle and not exhausted:
@@ -96,11 +102,13 @@ def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> tu
             actor = idle.pop()
             in_flight[actor.process.remote(*job)] = actor
         if not in_flight:
-            return n_done, n_failed, written
+            return totals
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         actor = in_flight.pop(ready[0])
         report = ray.get(ready[0])  # an actor's exception surfaces here; its shard stays undone
-        n_done, n_failed, written = n_done + report["rows"], n_failed + report["errors"], written + 1
+        for key in ("rows", "errors", "retried", "recovered"):
+            totals[key] += report.get(key, 0)
+        totals["shards"] += 1
         idle.append(actor)
 
 
@@ -119,16 +127,19 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
     store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
     done = store.done_shards()
     actors = _actors(ray, opts, *measurement_images(opts, source))
-    figures = ray.get(actors[0].fidelity.remote())  # an actor that refused the precision raises here
+    figures, refused = ray.get(actors[0].fidelity.remote())
+    if refused is not None:
+        raise FidelityError(refused)
     if figures is not None:
         log.warning("%s", describe(figures))
         store.annotate("fidelity", figures)
     start = time.perf_counter()
     records = Counted(source.records())
     plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part())
-    n_done, n_failed, written = _dispatch(ray, actors, _pending(iter(records), plan))
+    totals = _dispatch(ray, actors, _pending(iter(records), plan))
     seconds = time.perf_counter() - start
     store.refresh_manifest(total_inputs=records.n)  # the driver has read every record by now
-    return ExtractResult(n_done=n_done, n_failed=n_failed, seconds=seconds, dim=pipeline.dim,
+    return ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
                          model=pipeline.spec.name, backend=f"ray x{len(actors)}", out=str(opts.out),
-                         shards_written=written, shards_skipped=len(done))
+                         shards_written=totals["shards"], shards_skipped=len(done),
+                         n_retried=totals["retried"], n_recovered=totals["recovered"])
