@@ -22,7 +22,6 @@ to measure it anyway ("refused, forced"). Prints one Markdown table per model.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 import tempfile
 import time
@@ -35,15 +34,8 @@ import imgfeat
 from imgfeat.engines.fidelity import FidelityError
 from imgfeat.tools.probe import LinearProbe
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from fashion_mnist import SRC as FMNIST, read_idx  # noqa: E402 - the example's IDX reader
 
 
 def fashion_mnist(work: Path, n_train: int, n_test: int) -> tuple[Path, dict[str, int]]:

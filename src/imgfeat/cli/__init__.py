@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "worker count, imgfeat end-to-end with default flags and a naive baseline.")
     bench.add_argument("--model", default="efficientnet_lite0")
     bench.add_argument("--random-weights", action="store_true", help="for models whose weights are not offline")
-    bench.add_argument("--sets", default=("imagenet", "camera"), type=_set_list, help="comma list of: imagenet (500x375), camera (4000x3000)")
+    bench.add_argument("--sets", default=("imagenet", "camera"), type=_set_list,
+                       help="comma list of: imagenet (500x375), camera (4000x3000)")
     bench.add_argument("--images", type=at_least(1), default=300, help="JPEGs per set (generated once, then reused)")
     bench.add_argument("--naive-images", type=at_least(1), default=40, help="images timed for the naive baseline")
     bench.add_argument("--seconds", type=positive, default=3.0, help="time per forward measurement")

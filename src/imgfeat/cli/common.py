@@ -46,26 +46,21 @@ def at_least(low: int):
     return parse
 
 
-def positive(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+def _number(allowed: str, ok):
+    """argparse type: a number for which ``ok(value)`` holds (``allowed`` says which, in the error)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text}")
+        return value
+    return parse
 
 
-def fraction_open(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {text}")
-    return value
+positive = _number("a number > 0", lambda v: v > 0)
+fraction_open = _number("a number between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
 
 
 def port(text: str) -> int:

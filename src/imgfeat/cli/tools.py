@@ -384,8 +384,9 @@ def _add_knn(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
     features_arg(knn)
     knn.add_argument("--k", type=at_least(1), required=True)
-    knn.add_argument("--out", type=ending(".npz"), help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
-                                   "write it; for 100M rows use --raw alone)")
+    knn.add_argument("--out", type=ending(".npz"),
+                     help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
+                          "write it; for 100M rows use --raw alone)")
     knn.add_argument("--metric", choices=METRICS, default="ip",
                      help="cosine normalises each block as it is read (ip on --l2 features is the same)")
     knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",

@@ -16,7 +16,8 @@ class LabelDiffusion(Params):
     """Build a k-NN graph (cosine), weight edges by ``max(sim, 0) ** gamma``, symmetrise,
     normalise ``D^-1/2 W D^-1/2`` and iterate ``F <- alpha S F + (1 - alpha) Y`` with the
     labelled rows as sources, each class's sources holding the same total mass (so a class with many
-    labels does not drown one with few; with the same number per class this is plain one-hot). Fitted (as ``sklearn.semi_supervised.LabelSpreading``): ``classes_``,
+    labels does not drown one with few; with the same number per class this is plain one-hot). Fitted (as
+    ``sklearn.semi_supervised.LabelSpreading``): ``classes_``,
     ``label_distributions_``, ``transduction_`` (the label of every row)."""
 
     def __init__(self, *, k: int = 30, iterations: int = 20, alpha: float = 0.99, gamma: float = 3.0,
