@@ -160,3 +160,16 @@ def test_quantised_model_is_cached_by_its_calibration(tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_a_store_never_mixes_precisions(photo_dir, tmp_path):
+    from imgfeat.outputs.store import StoreMismatchError
+
+    store = tmp_path / "store"
+    imgfeat.extract(str(photo_dir), str(store), backend="torch", workers=0, quiet=True)
+    with pytest.raises(StoreMismatchError, match="precision: store has 'fp32', this run 'bf16'"):
+        imgfeat.extract(str(photo_dir), str(store), precision="bf16", backend="torch", workers=0, min_fidelity=0)
+    manifest = json.loads((store / "manifest.json").read_text())
+    del manifest["precision"]  # a store written before the key existed holds fp32 vectors
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    imgfeat.extract(str(photo_dir), str(store), backend="torch", workers=0, quiet=True)  # resumes

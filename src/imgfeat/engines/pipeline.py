@@ -117,6 +117,7 @@ def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> 
                 "weights": model.fingerprint(), "preprocess": pipeline.spec.preprocess.identity(),
                 "dim": pipeline.dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2,
                 "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size,
+                "precision": opts.precision,  # vectors of two precisions never share a store
                 # not part of IDENTITY: what the vectors can be compared with (a CLIP embedding: text)
                 "text_tower": bool(pipeline.spec.text_tower and model.layer is None)}
     return json.loads(json.dumps(identity))

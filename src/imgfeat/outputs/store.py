@@ -33,7 +33,8 @@ FORMAT = "imgfeat-store"
 MANIFEST = "manifest.json"
 # Fields that must match for a rerun to resume into an existing store.
 IDENTITY = ("model", "layer", "pool", "weights", "preprocess", "dim", "dtype", "relu", "l2", "input", "start",
-            "stop", "shard_size")
+            "stop", "shard_size", "precision")
+IDENTITY_DEFAULTS = {"precision": "fp32"}  # what a store written before the key existed holds
 DEFAULT_SHARD_SIZE = 10_000
 
 
@@ -144,8 +145,9 @@ class FeatureStore:
     def open(self, identity: dict) -> "FeatureStore":
         """Create the store, or check that ``identity`` matches the one it was created with."""
         if self.manifest:
-            diffs = [f"{k}: store has {self.manifest.get(k)!r}, this run {identity.get(k)!r}"
-                     for k in IDENTITY if self.manifest.get(k) != identity.get(k)]
+            held = {k: self.manifest.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
+            diffs = [f"{k}: store has {held[k]!r}, this run {identity.get(k)!r}"
+                     for k in IDENTITY if held[k] != identity.get(k)]
             if diffs:
                 raise StoreMismatchError(
                     f"{self.path} holds features of a different job, refusing to mix them:\n  " + "\n  ".join(diffs)
