@@ -71,7 +71,7 @@ def test_near_zero_vectors_are_found_before_l2(flat_and_photos, tmp_path):
     assert res.backend_report["fidelity"]["near_zero"] >= 1
 
 
-def test_int8_is_calibrated_measured_and_recorded(flat_and_photos, tmp_path):
+def test_int8_is_calibrated_measured_and_recorded(flat_and_photos, tmp_path, capsys):
     res = imgfeat.extract(str(flat_and_photos), str(tmp_path / "store"), precision="int8", backend="onnx",
                           workers=0, min_fidelity=0, quiet=True)
     f = res.backend_report["fidelity"]
@@ -84,6 +84,10 @@ def test_int8_is_calibrated_measured_and_recorded(flat_and_photos, tmp_path):
     cos = (low * ref.features).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(ref.features, axis=1)
     assert ids == ref.ids and cos.min() == pytest.approx(f["cosine_min"], abs=1e-4)
     assert not np.allclose(low, ref.features, atol=1e-3)  # really another arithmetic
+    from imgfeat.cli import main
+
+    assert main(["info", str(tmp_path / "store")]) == 0  # the figures, as the run printed them
+    assert "precision int8 (onnx) against fp32 on 8 images of the input: cosine min" in capsys.readouterr().out
 
 
 def test_int8_below_the_threshold_lists_every_fp32_head_tried(flat_and_photos, tmp_path):

@@ -118,6 +118,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f" ({m['shard_size']} inputs each)" + (f", pending: {_ranges(pending)}" if pending else ""))
     print(f"rows      {report['rows']} vectors, {report['errors']} error rows")
     print(f"imgfeat   {m['imgfeat_version']}")
+    if m.get("fidelity"):
+        from ..engines.fidelity import describe
+
+        print(f"precision {describe(m['fidelity'])}")
+    elif m.get("precision", "fp32") != "fp32":
+        print(f"precision {m['precision']}")
     if report["corrupt"]:
         print(f"CORRUPT   {len(report['corrupt'])} file(s) fail their checksum: {', '.join(report['corrupt'][:10])}")
         return 1
