@@ -190,6 +190,15 @@ def preprocess(img: Image.Image, pp: Preprocess) -> np.ndarray:
 _ZIP_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
+def _read_at(fh, offset: int, size: int) -> bytes:
+    """``size`` bytes of an archive at ``offset``; an archive that ends before them is 'truncated'."""
+    fh.seek(offset)
+    data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
+    return data
+
+
 def _zip_member_at(fh, offset: int, size: int) -> bytes:
     """The bytes of the zip member whose local header is at ``offset`` and whose compressed size is ``size``
     (both from the central directory): stored members as they are, deflated ones inflated here."""
@@ -198,10 +207,7 @@ def _zip_member_at(fh, offset: int, size: int) -> bytes:
     if len(header) != _ZIP_LOCAL.size or header[:4] != b"PK\x03\x04":
         raise zipfile.BadZipFile("no local file header where the archive's directory says the member is")
     _, _, _, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack(header)
-    fh.seek(offset + _ZIP_LOCAL.size + name_len + extra_len)
-    data = fh.read(size)
-    if len(data) != size:
-        raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
+    data = _read_at(fh, offset + _ZIP_LOCAL.size + name_len + extra_len, size)
     if method == zipfile.ZIP_STORED:
         return data
     if method != zipfile.ZIP_DEFLATED:
@@ -230,13 +236,7 @@ def read_member(path: str, offset: Optional[int] = None, size: Optional[int] = N
     is_zip = archive.lower().endswith(".zip")
     if offset is not None:
         with open(archive, "rb") as fh:
-            if is_zip:
-                return _zip_member_at(fh, offset, size)
-            fh.seek(offset)
-            data = fh.read(size)
-        if len(data) != size:
-            raise OSError(f"truncated: archive ends {size - len(data)} bytes into this member")
-        return data
+            return _zip_member_at(fh, offset, size) if is_zip else _read_at(fh, offset, size)
     if is_zip:
         try:
             return _zip_directory(archive).read(member)

@@ -20,6 +20,11 @@ from ..errors import bad_param
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
+def _is_image(name: str) -> bool:
+    """Whether a file (or archive member) is taken as an image, by its extension."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 @dataclass(frozen=True)
 class Record:
     """One input item. ``error`` is set when the input line itself is unusable.
@@ -47,17 +52,28 @@ class Source:
     def describe(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def input_file(self) -> Optional[str]:
+        """The file or folder the records are read from, where there is one."""
+        path = getattr(self, "path", None)
+        return path if isinstance(path, str) else None
+
     def is_empty(self) -> bool:
-        """Whether the input holds no record at all (the first record answers; nothing else is read)."""
+        """Whether the input holds no record at all (the first record answers; nothing else is read). An input
+        that can be read once only (a pipe) is never peeked at, so never called empty."""
+        if _read_once(self.input_file()):
+            return False
         return next(iter(self.records()), None) is None
 
 
-def _read_once(path: str) -> bool:
-    """A pipe or other non-regular file: it can be read once only, so it is never peeked at."""
+def _read_once(path: Optional[str]) -> bool:
+    """A pipe, device or socket (neither a regular file nor a folder): it can be read once only."""
+    if path is None:
+        return False
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 class Counted:
@@ -123,9 +139,6 @@ class TsvSource(Source):
     def count(self) -> int:
         return _count_lines(self.path)
 
-    def is_empty(self) -> bool:
-        return False if _read_once(self.path) else super().is_empty()
-
     def describe(self) -> str:
         return f"TSV {os.path.abspath(self.path)}"
 
@@ -143,9 +156,6 @@ class PathListSource(Source):
     def count(self) -> int:
         return _count_lines(self.path)
 
-    def is_empty(self) -> bool:
-        return False if _read_once(self.path) else super().is_empty()
-
     def describe(self) -> str:
         return f"path list {os.path.abspath(self.path)}"
 
@@ -161,7 +171,7 @@ class FolderSource(Source):
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames.sort()
             for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                if _is_image(name):
                     full = os.path.join(dirpath, name)
                     rid = os.path.relpath(full, root).replace(os.sep, "/")
                     yield Record(rid, full, _check_id(rid))
@@ -211,9 +221,8 @@ class Slice(Source):
         stop = n if self.stop is None else min(self.stop, n)
         return max(0, stop - self.start)
 
-    def is_empty(self) -> bool:
-        path = getattr(self.inner, "path", None)
-        return False if isinstance(path, str) and _read_once(path) else super().is_empty()
+    def input_file(self) -> Optional[str]:
+        return self.inner.input_file()
 
     def describe(self) -> str:
         return f"{self.inner.describe()} [{self.start}:{'' if self.stop is None else self.stop}]"
@@ -299,7 +308,8 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for opt in options for out in expand_braces(pattern[:m.start()] + opt + pattern[m.end():])]
 
 
-_GLOB = re.compile(r"[*?\[]")
+_GLOB = re.compile(r"[*?\[]")  # glob's wildcards
+_WILDCARD = re.compile(r"[*?\[{]")  # glob's and the brace patterns' 
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -315,12 +325,17 @@ def expand_pattern(pattern: str) -> list[str]:
 
 def pattern_root(pattern: str) -> str:
     """The folder of a pattern's wildcard-free beginning: zip ids are archive paths relative to it."""
-    m = re.search(r"[*?\[{]", pattern)
+    m = _WILDCARD.search(pattern)
     return os.path.dirname(pattern[:m.start()] if m else pattern)
 
 
 def is_pattern(path: str) -> bool:
-    return bool(re.search(r"[*?\[{]", path))
+    return bool(_WILDCARD.search(path))
+
+
+def _unopened(exc: BaseException, kind: str, hint: str = "") -> str:
+    """The error row of an archive that cannot be opened."""
+    return "missing: file does not exist" if isinstance(exc, FileNotFoundError) else f"unreadable {kind}: {exc}{hint}"
 
 
 @dataclass(frozen=True)
@@ -346,13 +361,11 @@ class ZipSource(Source):
             try:
                 archive = zipfile.ZipFile(zip_path)
             except (OSError, zipfile.BadZipFile) as exc:
-                reason = "missing: file does not exist" if isinstance(exc, FileNotFoundError) else \
-                    f"unreadable zip: {exc}"
-                yield Record(prefix, zip_path, reason)
+                yield Record(prefix, zip_path, _unopened(exc, "zip"))
                 continue
             with archive:
                 for info in archive.infolist():
-                    if info.is_dir() or os.path.splitext(info.filename)[1].lower() not in IMAGE_EXTENSIONS:
+                    if info.is_dir() or not _is_image(info.filename):
                         continue
                     folder, name = os.path.split(info.filename)
                     key = "/".join(p for p in (prefix, folder, name.split(".", 1)[0]) if p)
@@ -381,13 +394,12 @@ class TarSource(Source):
             try:
                 archive = tarfile.open(tar_path, "r:")  # plain tar only: members must be seekable
             except (OSError, tarfile.TarError) as exc:
-                reason = "missing: file does not exist" if isinstance(exc, FileNotFoundError) else \
-                    f"unreadable tar: {exc} (compressed tars are not supported: decompress them)"
-                yield Record(os.path.basename(tar_path), tar_path, reason)
+                yield Record(os.path.basename(tar_path), tar_path,
+                             _unopened(exc, "tar", " (compressed tars are not supported: decompress them)"))
                 continue
             with archive:
                 for member in archive:
-                    if not member.isfile() or os.path.splitext(member.name)[1].lower() not in IMAGE_EXTENSIONS:
+                    if not member.isfile() or not _is_image(member.name):
                         continue
                     folder, name = os.path.split(member.name)
                     key = os.path.join(folder, name.split(".", 1)[0])
