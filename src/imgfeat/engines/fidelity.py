@@ -9,6 +9,7 @@ manifest."""
 
 from __future__ import annotations
 
+import logging
 from itertools import islice
 from typing import Optional
 
@@ -22,7 +23,9 @@ from ..models.backends import make_executor
 from ..models.lowp import FP32_HEADS
 from ..models.registry import get_model_spec
 from ..options import ExtractOptions
-from .pipeline import Pipeline, exec_config, postprocess, prepare_model
+from .pipeline import Pipeline, build_pipeline, exec_config, postprocess, prepare_model
+
+log = logging.getLogger(__name__)
 
 SAMPLE = 256  # images compared
 SCAN = 4 * SAMPLE  # records read at most to find them (bad files are skipped)
@@ -115,6 +118,14 @@ def describe(f: dict) -> str:
                "median norm" if f["near_zero"] else ""))
 
 
+def announce(figures: Optional[dict], store=None) -> None:
+    """Log the accepted figures of a lower precision and record them in the store's manifest."""
+    if figures is not None:
+        log.warning("%s", describe(figures))
+        if store is not None:
+            store.annotate("fidelity", figures)
+
+
 def measurement_images(opts: ExtractOptions, source: Source) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """For a precision below fp32: the sample it is measured on (the first readable images of the input, None
     if none is) and int8's calibration images (``--calibrate``'s, or the sample); (None, None) at fp32."""
@@ -143,12 +154,11 @@ def build_measured(opts: ExtractOptions, device: torch.device, sample: Optional[
     only) whose 1st-percentile cosine reaches ``opts.min_fidelity``; refused with the figures if none does.
     Returns the pipeline and the figures (None at fp32, or with no readable sample), which are also in
     ``pipeline.report["fidelity"]``."""
+    if opts.precision == "fp32" or sample is None:  # nothing readable to compare on: the run reports error rows
+        return build_pipeline(opts, device, before_executor), None
     pipeline = prepare_model(opts, device)
     if before_executor is not None:
         before_executor(pipeline)
-    if opts.precision == "fp32" or sample is None:  # nothing readable to compare on: the run reports error rows
-        pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
-        return pipeline, None
     reference = Reference(pipeline, sample, opts)
     heads = FP32_HEADS if device.type == "cpu" and opts.backend != "torch" else (0.0,)
     attempts = []

@@ -4,7 +4,6 @@ shard of the input (all of it, or the ``--shard I/N`` part) streams to a file or
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 import threading
 import time
@@ -14,16 +13,13 @@ import torch
 
 from ..data.shards import ShardPlan
 from ..data.sources import Source, open_source
-from ..errors import ImgfeatError, WorkerDiedError
+from ..errors import WorkerDiedError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore, is_store_path
 from ..outputs.targets import FileTarget, StoreTarget
-from .fidelity import build_measured, describe, measurement_images
-from .pipeline import ExtractResult, Pipeline, process_shards, store_identity
-
-
-log = logging.getLogger(__name__)
+from .fidelity import announce, build_measured, measurement_images
+from .pipeline import ExtractResult, Pipeline, process_shards, require_input, store_identity
 
 
 def wants_store(opts: ExtractOptions) -> bool:
@@ -54,9 +50,7 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     source = open_source(opts.data, opts.start, opts.stop)
     store = FeatureStore(opts.out) if wants_store(opts) else None
     target = StoreTarget(store) if store is not None else FileTarget(opts.out)  # a bad extension fails early
-    if source.is_empty():
-        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
-                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
+    require_input(source, opts)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     plan = ShardPlan(size=opts.shard_size if (store is not None or opts.part()) else None, part=opts.part())
@@ -67,10 +61,7 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     # a lower precision: measured on this input (or refused) before anything is written
     pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
                                         before_executor=open_store if store is not None else None)
-    if fidelity is not None:
-        log.warning("%s", describe(fidelity))
-        if store is not None:
-            store.annotate("fidelity", fidelity)
+    announce(fidelity, store)
     if store is not None:
         plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
     bar = _progress(opts, source, progress)

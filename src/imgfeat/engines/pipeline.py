@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..data.loader import make_loader, worker_deaths
 from ..data.shards import ShardPlan
 from ..data.sources import Source
+from ..errors import ImgfeatError
 from ..models.backbone import FeatureModel, build_feature_model
 from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
@@ -110,6 +111,13 @@ def build_pipeline(opts: ExtractOptions, device: torch.device,
     return pipeline
 
 
+def require_input(source: Source, opts: ExtractOptions) -> None:
+    """Refuse an input that holds nothing to extract (before any output or store is made)."""
+    if source.is_empty():
+        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
+                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
+
+
 def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:
     """What a store must agree on to be resumed (JSON-normalised so it compares with the file)."""
     model = pipeline.model
@@ -137,8 +145,7 @@ def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
     return features.detach().to("cpu", torch.float32).numpy().astype(np.dtype(dtype), copy=False)
 
 
-def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None,
-          retries: Optional[dict] = None) -> int:
+def drive(batches, executor: Executor, target, opts: ExtractOptions, retries: dict, bar=None) -> int:
     """The loop: decoded batches -> executor -> postprocess -> target; returns vectors written and adds the
     decode workers' second attempts to ``retries`` (``retried``, ``recovered``)."""
     n_done, shard_inputs = 0, 0
@@ -149,9 +156,8 @@ def drive(batches, executor: Executor, target, opts: ExtractOptions, bar=None,
                 if bar is not None:
                     bar.total = batch["total"]  # exact now, whatever the background count reached
                 continue
-            if retries is not None:
-                for key in ("retried", "recovered"):
-                    retries[key] = retries.get(key, 0) + batch.get(key, 0)
+            for key in ("retried", "recovered"):
+                retries[key] = retries.get(key, 0) + batch.get(key, 0)
             shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
             target.errors(shard, batch["errors"])
             if ids:
@@ -179,7 +185,7 @@ def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, 
     try:
         batches = iter(loader)
         with worker_deaths(batches):
-            n_done = drive(batches, pipeline.executor, target, opts, bar, retries)
+            n_done = drive(batches, pipeline.executor, target, opts, retries, bar)
         target.close()
     except BaseException:
         target.abort()

@@ -12,7 +12,6 @@ flight, so the driver's memory does not grow with the input.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from typing import Iterator, Optional
@@ -21,16 +20,14 @@ import torch
 
 from ..data.shards import ShardPlan, cut_shards
 from ..data.sources import Counted, ListSource, Record, open_source
-from ..errors import ImgfeatError, bad_param, require
+from ..errors import bad_param, require
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
+from .fidelity import FidelityError, announce, build_measured, measurement_images
 from .local import wants_store
-from .fidelity import FidelityError, build_measured, describe, measurement_images
-from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, store_identity
-
-log = logging.getLogger(__name__)
+from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, require_input, store_identity
 
 
 class ShardWorker:
@@ -120,9 +117,7 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
         ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
     source = open_source(opts.data, opts.start, opts.stop)
-    if source.is_empty():
-        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
-                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
+    require_input(source, opts)
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
     store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
     done = store.done_shards()
@@ -130,9 +125,7 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
     figures, refused = ray.get(actors[0].fidelity.remote())
     if refused is not None:
         raise FidelityError(refused)
-    if figures is not None:
-        log.warning("%s", describe(figures))
-        store.annotate("fidelity", figures)
+    announce(figures, store)
     start = time.perf_counter()
     records = Counted(source.records())
     plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part())
