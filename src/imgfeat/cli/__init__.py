@@ -16,7 +16,7 @@ from .._version import __version__
 from ..errors import ImgfeatError
 from ..options import ExtractOptions, option_fields
 from ..outputs.formats import extensions
-from .common import at_least, positive
+from .common import at_least, comma_list, positive
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,25 +72,6 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     for node in api.list_layers(args.model):
         print(node)
     return 0
-
-
-def _set_list(text: str) -> tuple[str, ...]:
-    from ..bench import SETS
-
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values or any(v not in SETS for v in values):
-        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(SETS)}, got {text!r}")
-    return values
-
-
-def _precision_list(text: str) -> tuple[str, ...]:
-    from ..models.backends import PRECISIONS
-
-    values = PRECISIONS if text == "all" else tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in values if v not in PRECISIONS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(PRECISIONS)} or all, got {text!r}")
-    return values
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -160,18 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registered backbones")
     models.add_argument("--clip", action="store_true", help="list the clip:<arch>/<pretrained> pairs open_clip knows")
     models.set_defaults(func=_cmd_models)
+    from ..bench import SETS
+    from ..models.backends import PRECISIONS
+
     bench = sub.add_parser("bench", help="measure forward ceiling, decode, end-to-end and naive rates",
                            description="Generate JPEG sets from real photos and measure, in one run: the forward "
                                        "ceiling per backend and batch size, the physical limit, decode rates per "
                                        "worker count, imgfeat end-to-end with default flags and a naive baseline.")
     bench.add_argument("--model", default="efficientnet_lite0")
     bench.add_argument("--random-weights", action="store_true", help="for models whose weights are not offline")
-    bench.add_argument("--sets", default=("imagenet", "camera"), type=_set_list,
+    bench.add_argument("--sets", default=("imagenet", "camera"), type=comma_list(tuple(SETS)),
                        help="comma list of: imagenet (500x375), camera (4000x3000)")
     bench.add_argument("--images", type=at_least(1), default=300, help="JPEGs per set (generated once, then reused)")
     bench.add_argument("--naive-images", type=at_least(1), default=40, help="images timed for the naive baseline")
     bench.add_argument("--seconds", type=positive, default=3.0, help="time per forward measurement")
-    bench.add_argument("--precision", default=("fp32",), type=_precision_list,
+    bench.add_argument("--precision", default=("fp32",), type=comma_list(PRECISIONS, "all"),
                        help="comma list of fp32, bf16, int8, fp16, or all: end-to-end at each, its ratio to fp32 and "
                             "its fidelity against fp32 (accepted whatever the figures)")
     bench.add_argument("--workdir", default=None, help="where the JPEG sets live (default: the imgfeat cache)")

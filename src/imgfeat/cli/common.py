@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ImgfeatError
 
@@ -76,4 +77,15 @@ def ending(*suffixes: str):
         if not text.lower().endswith(suffixes):
             raise argparse.ArgumentTypeError(f"expected a file name ending in {' or '.join(suffixes)}, got {text!r}")
         return text
+    return parse
+
+
+def comma_list(allowed: tuple[str, ...], everything: Optional[str] = None):
+    """argparse type: a comma list of ``allowed`` values (or ``everything``, meaning all of them)."""
+    def parse(text: str) -> tuple[str, ...]:
+        values = allowed if text == everything else tuple(v.strip() for v in text.split(",") if v.strip())
+        if not values or any(v not in allowed for v in values):
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}"
+                                             + (f" or {everything}" if everything else "") + f", got {text!r}")
+        return values
     return parse

@@ -230,28 +230,12 @@ def _read_classes(path: str) -> set[str]:
     return classes
 
 
-def _held_out(labels: dict[str, str], seed: int) -> tuple[dict[str, str], dict[str, str]]:
-    """A seeded VALIDATION_FRACTION of each class's labels held out (every class keeps at least one)."""
-    rng = np.random.default_rng(seed)
-    kept, held = {}, {}
-    for c in sorted(set(labels.values())):
-        ids = sorted(i for i, v in labels.items() if v == c)
-        n_held = min(len(ids) - 1, int(round(VALIDATION_FRACTION * len(ids))))
-        out = set(rng.choice(len(ids), n_held, replace=False).tolist()) if n_held > 0 else set()
-        for j, i in enumerate(ids):
-            (held if j in out else kept)[i] = c
-    if not held:
-        raise ImgfeatError("--iterations auto needs labelled images to hold out for validation: give more than one "
-                           "label per class, or --novel-classes (the novel images not drawn validate)")
-    return kept, held
-
-
 def _scores(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict:
     return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
 
 
 def _diffuse(args) -> int:
-    from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits
+    from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits, validation_split
     from ..tools.probe import LinearProbe
 
     auto = args.iterations == "auto"
@@ -269,7 +253,7 @@ def _diffuse(args) -> int:
         novel = _read_classes(args.novel_classes)
         labels, validation = lowshot_split(labels, novel, args.shots, args.seed)
     elif auto:
-        labels, validation = _held_out(labels, args.seed)
+        labels, validation = validation_split(labels, VALIDATION_FRACTION, args.seed)
     Xl, yl, _ = align(ids, X, labels)
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{args.labels} holds a single class; diffusion needs at least 2")
@@ -283,23 +267,24 @@ def _diffuse(args) -> int:
     test = read_labels(args.test_labels) if args.test_labels else {}
     if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
-    n_classes = len(set(yl.tolist()))
-    ks = (1, 5) if n_classes > 5 else (1,)
+    classes = np.array(sorted(set(yl.tolist())))  # the diffusion's classes_, in its column order
+    ks = (1, 5) if len(classes) > 5 else (1,)
     pick = ks[-1]  # the paper's criterion: top-5 (top-1 with 5 classes or fewer)
     val_ids = [i for i in validation if i in row]
-    checkpoints: dict[int, tuple[float, Optional[np.ndarray], np.ndarray]] = {}  # t -> (val, test scores, argmax)
+    val_rows, val_truth = [row[i] for i in val_ids], [validation[i] for i in val_ids]
+    # t -> (validation score, test rows' scores, every row's argmax for --out)
+    checkpoints: dict[int, tuple[float, Optional[np.ndarray], Optional[np.ndarray]]] = {}
 
     def monitor(t: int, F: np.ndarray) -> None:
         if auto and t in ITERATION_GRID:
-            classes = np.array(sorted(set(yl.tolist())))
-            acc = float(topk_hits(F[[row[i] for i in val_ids]], classes, [validation[i] for i in val_ids],
-                                  pick).mean()) if val_ids else float("nan")
-            checkpoints[t] = (acc, F[[row[i] for i in tids]].copy() if test else None, F.argmax(axis=1))
+            acc = float(topk_hits(F[val_rows], classes, val_truth, pick).mean()) if val_ids else float("nan")
+            checkpoints[t] = (acc, F[[row[i] for i in tids]].copy() if test else None,
+                              F.argmax(axis=1) if args.out else None)
 
     y = [labels.get(i) for i in all_ids]
     model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y, monitor=monitor)
     F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
-    best_rows = model.label_distributions_.argmax(axis=1)
+    best_rows = None  # each row's class at the iterations used, for --out
     result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": iterations}
     if auto:
         best = max(ITERATION_GRID, key=lambda t: (checkpoints[t][0], -t))
@@ -325,6 +310,8 @@ def _diffuse(args) -> int:
             lines.append(f"{name:20s} on {len(yt)} test images: " + ", ".join(
                 f"{key.replace('_', ' ')} {value:.4f}" for key, value in sc.items()))
     if args.out:
+        if best_rows is None:
+            best_rows = model.label_distributions_.argmax(axis=1)
         pred = dict(zip(all_ids, model.classes_[best_rows]))
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)

@@ -3,7 +3,7 @@ al., CVPR'18): a few labelled points, many unlabelled (and optional background) 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -72,6 +72,18 @@ def topk_hits(scores: np.ndarray, classes: np.ndarray, truth: Sequence[str], k: 
     return (classes[best] == np.asarray(truth, dtype=object)[:, None]).any(axis=1)
 
 
+def _draws(labels: dict[str, str], classes, count: Callable[[str, int], int],
+           rng: np.random.Generator) -> Iterator[tuple[str, str, bool]]:
+    """(id, class, drawn) for every labelled id of ``classes`` (class by class, ids sorted): ``count(class, n)``
+    of each class's n ids are drawn, seeded, without replacement."""
+    for c in sorted(classes):
+        ids = sorted(i for i, v in labels.items() if v == c)
+        n = count(c, len(ids))
+        drawn = set(rng.choice(len(ids), n, replace=False).tolist()) if n > 0 else set()
+        for j, i in enumerate(ids):
+            yield i, c, j in drawn
+
+
 def lowshot_split(labels: dict[str, str], novel: set[str], shots: int,
                   seed: int = 0) -> tuple[dict[str, str], dict[str, str]]:
     """The low-shot protocol (Hariharan & Girshick; Douze et al. 2018): every label of a base class is kept, and
@@ -85,14 +97,27 @@ def lowshot_split(labels: dict[str, str], novel: set[str], shots: int,
         raise ImgfeatError(f"novel classes without any label in the training labels: {missing[:5]}")
     if not present - novel:
         raise ImgfeatError("every class of the training labels is novel: the protocol needs base classes too")
-    rng = np.random.default_rng(seed)
+
+    def count(c: str, n: int) -> int:
+        if n < shots:
+            raise ImgfeatError(f"novel class {c!r} has {n} labelled images, fewer than --shots {shots}")
+        return shots
+
     kept = {i: c for i, c in labels.items() if c not in novel}
     held = {}
-    for c in sorted(novel):
-        ids = sorted(i for i, v in labels.items() if v == c)
-        if len(ids) < shots:
-            raise ImgfeatError(f"novel class {c!r} has {len(ids)} labelled images, fewer than --shots {shots}")
-        pick = set(rng.choice(len(ids), shots, replace=False).tolist())
-        for j, i in enumerate(ids):
-            (kept if j in pick else held)[i] = c
+    for i, c, drawn in _draws(labels, novel, count, np.random.default_rng(seed)):
+        (kept if drawn else held)[i] = c
+    return kept, held
+
+
+def validation_split(labels: dict[str, str], fraction: float,
+                     seed: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """(kept labels, held-out labels): a seeded ``fraction`` of each class held out, every class keeping one."""
+    kept, held = {}, {}
+    for i, c, drawn in _draws(labels, set(labels.values()), lambda c, n: min(n - 1, int(round(fraction * n))),
+                              np.random.default_rng(seed)):
+        (held if drawn else kept)[i] = c
+    if not held:
+        raise ImgfeatError("--iterations auto needs labelled images to hold out for validation: give more than one "
+                           "label per class, or --novel-classes (the novel images not drawn validate)")
     return kept, held
