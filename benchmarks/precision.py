@@ -32,6 +32,7 @@ from PIL import Image
 
 import imgfeat
 from imgfeat.engines.fidelity import FidelityError
+from imgfeat.tools.knn import KNNIndex
 from imgfeat.tools.probe import LinearProbe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -54,16 +55,9 @@ def fashion_mnist(work: Path, n_train: int, n_test: int) -> tuple[Path, dict[str
 
 
 def knn_overlap(A: np.ndarray, B: np.ndarray, k: int = 10) -> float:
-    def neighbours(X):
-        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        out = []
-        for s in range(0, len(X), 2048):
-            S = X[s:s + 2048] @ X.T
-            S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf
-            out.append(np.argpartition(-S, k, axis=1)[:, :k])
-        return np.concatenate(out)
-
-    a, b = neighbours(A), neighbours(B)
+    """Mean share of each image's k nearest neighbours (cosine; imgfeat's own exact kNN graph) that B keeps."""
+    a = KNNIndex(metric="cosine").fit(A).graph(A, k)[1]
+    b = KNNIndex(metric="cosine").fit(B).graph(B, k)[1]
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())]))
 
 
