@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +24,21 @@ def write_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB", fmt
 def expected_ids() -> list[str]:
     """The ids of ``image_tsv`` that hold readable images."""
     return [f"img{i:02d}" for i in range(25) if i not in (7, 18)]
+
+
+# How long a test waits for something that happens when the code is right (a server starts, a result is
+# computed, a process exits). It bounds a loop so a broken build fails instead of hanging; it is never the
+# thing a test checks, so it is far above what the slowest machine needs (IMGFEAT_TEST_PATIENCE overrides).
+PATIENCE = float(os.environ.get("IMGFEAT_TEST_PATIENCE", "600"))
+
+
+def wait_until(condition, what: str, patience: float = PATIENCE, interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned), failing after ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {patience:.0f} s")
+        time.sleep(interval)

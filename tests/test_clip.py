@@ -16,7 +16,7 @@ from PIL import Image
 
 open_clip = pytest.importorskip("open_clip")
 
-from helpers import write_image  # noqa: E402
+from helpers import PATIENCE, write_image  # noqa: E402
 
 import imgfeat  # noqa: E402
 from imgfeat.cli import main  # noqa: E402
@@ -171,9 +171,9 @@ def test_serve_text_search_on_a_tiny_clip_store(tiny, store):
 
     c = Collection(store, cache=tiny["root"] / "serve-cache")
     with Background(c, ServeConfig(port=0, weights=tiny["weights"])) as srv:
-        info = requests.get(srv.url + "api/info", timeout=30).json()
+        info = requests.get(srv.url + "api/info", timeout=PATIENCE).json()
         assert info["text"] is True
-        r = requests.get(srv.url + "api/search/text", params={"q": TEXTS[2], "k": 5}, timeout=120).json()
+        r = requests.get(srv.url + "api/search/text", params={"q": TEXTS[2], "k": 5}, timeout=PATIENCE).json()
     ids, X = imgfeat.load(store)
     s = np.asarray(X) @ reference_texts(tiny, TEXTS[2:3])[0]
     assert [h["id"] for h in r["results"]] == [ids[i] for i in np.argsort(-s, kind="stable")[:5]]

@@ -16,7 +16,7 @@ import imgfeat
 from imgfeat import InvalidParameterError
 from imgfeat.models.backbone import FeatureModel
 
-from helpers import write_image
+from helpers import PATIENCE, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +104,7 @@ def test_crash_leaves_no_file_under_the_final_name(photo_dir, tmp_path, monkeypa
     assert list(tmp_path.glob("f*")) == [] and list(tmp_path.glob(".f*")) == []
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("out_name", ["f.tsv", "store"])
 def test_a_killed_decode_worker_is_a_clear_error_not_a_hang(photo_dir, tmp_path, monkeypatch, out_name):
     """The OOM killer (SIGKILL) takes a decode worker: the run stops at once and says what to do."""
@@ -150,7 +151,7 @@ def test_bf16_on_cpu_is_close_to_fp32(photos):
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "imgfeat.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=PATIENCE)
 
 
 @pytest.mark.slow

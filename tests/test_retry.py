@@ -13,6 +13,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from helpers import PATIENCE
 from PIL import Image, ImageFile, PngImagePlugin
 
 import imgfeat
@@ -65,6 +66,7 @@ def _extract(data, out=None, **kw):
     return imgfeat.extract(data, out, **{"model": "squeezenet1_1", "backend": "torch", **kw})
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_file_broken_by_an_earlier_one_is_recovered_in_a_fresh_process(poison, files, workers):
     alone = _extract([("b", str(files / "b_valid.png"))], workers=0)
@@ -110,7 +112,7 @@ def test_the_real_pillow_pair(tmp_path):
     sdist = tmp_path / "sdist"
     try:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                        f"pillow=={PIL.__version__}", "-d", str(sdist)], check=True, timeout=180,
+                        f"pillow=={PIL.__version__}", "-d", str(sdist)], check=True, timeout=PATIENCE,
                        capture_output=True)
     except (subprocess.SubprocessError, OSError) as exc:
         pytest.skip(f"cannot fetch Pillow {PIL.__version__}'s source distribution from PyPI: {exc}")
@@ -126,14 +128,14 @@ def test_the_real_pillow_pair(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "from PIL import Image; import sys\n"
                             f"Image.open({str(tmp_path / 'a.tga')!r}).load()\n"
                             f"try:\n Image.open({str(tmp_path / 'b.ico')!r}).load(); print('ok')\n"
-                            "except OSError: print('poisoned')"], capture_output=True, text=True, timeout=60)
+                            "except OSError: print('poisoned')"], capture_output=True, text=True, timeout=PATIENCE)
     # in a new interpreter: Pillow's state (which plugins it has loaded) is part of the bug
     script = ("import json, imgfeat\n"
               f"r = imgfeat.extract([('tga', {str(tmp_path / 'a.tga')!r}), ('ico', {str(tmp_path / 'b.ico')!r})], "
               "model='squeezenet1_1', backend='torch', workers=0)\n"
               "print(json.dumps({'ids': r.ids, 'retried': r.n_retried, 'recovered': r.n_recovered, "
               "'errors': r.errors, 'ico': r.features[-1].tolist()}))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=PATIENCE)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ids"] == ["tga", "ico"], res["errors"]
     alone = _extract([("ico", str(tmp_path / "b.ico"))], workers=0)

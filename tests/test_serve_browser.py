@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver")
 
+from helpers import PATIENCE, wait_until  # noqa: E402
 from test_serve_api import make_collection  # noqa: E402
 
 from imgfeat.serve.app import ServeConfig  # noqa: E402
@@ -52,20 +52,14 @@ def launch_browser(width: int = 1400, height: int = 900):
                  "--disable-extensions", *WEBGL_FLAGS]:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
+    driver.set_page_load_timeout(PATIENCE)
+    driver.set_script_timeout(PATIENCE)
     return driver
 
 
-def wait_for(driver, script: str, timeout: float = 60.0):
-    """Poll a JS expression until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script("return " + script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {script}")
+def wait_for(driver, script: str, timeout: float = PATIENCE):
+    """Poll a JS expression until it is truthy (bounded by the tests' patience, never the claim)."""
+    return wait_until(lambda: driver.execute_script("return " + script), f"waiting for: {script}", timeout, 0.1)
 
 
 def shot(driver, name: str) -> None:
@@ -139,6 +133,7 @@ def _canvas_pixels(driver) -> np.ndarray:
     return page[y0:y1, x0:x1]
 
 
+@pytest.mark.timing
 def test_map_draws_points_and_lasso_selects(site):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -148,12 +143,18 @@ def test_map_draws_points_and_lasso_selects(site):
     wait_for(d, "window.imgfeatMap && (window.imgfeatMap.ready || window.imgfeatMap.error)")
     assert d.execute_script("return window.imgfeatMap.error || null") is None
     assert d.execute_script("return window.imgfeatMap.points") == 20
-    time.sleep(0.5)
-    shot(d, "map")
-    px = _canvas_pixels(d)
     background = np.array([255, 255, 255])
-    drawn = np.abs(px - background).sum(axis=2) > 60
-    assert drawn.sum() > 20 * 10, "the WebGL canvas is blank: no points were drawn"
+
+    def drawn_pixels():  # the first frame may come a little after ready: look again until it is there (bounded)
+        px = _canvas_pixels(d)
+        drawn = np.abs(px - background).sum(axis=2) > 60
+        return (px, drawn) if drawn.sum() > 20 * 10 else None
+
+    try:
+        px, drawn = wait_until(drawn_pixels, "points drawn on the WebGL canvas", patience=min(PATIENCE, 60))
+    except AssertionError:
+        raise AssertionError("the WebGL canvas is blank: no points were drawn") from None
+    shot(d, "map")
     # both label colours appear (noise: blue #1f77b4, photo: orange #ff7f0e, blended with some opacity)
     r, b = px[..., 0], px[..., 2]
     assert ((b - r > 80) & drawn).sum() > 5 * 13 and ((r - b > 80) & drawn).sum() > 5 * 7
@@ -167,7 +168,7 @@ def test_map_draws_points_and_lasso_selects(site):
     wait_for(d, "document.querySelector('#tooltip').style.display === 'block' && "
                 "document.querySelector('#tooltip img').complete && "
                 "document.querySelector('#tooltip img').naturalWidth > 0")
-    rows = np.frombuffer(__import__("requests").get(site["url"] + "api/map/rows.i32", timeout=30).content, "<i4")
+    rows = np.frombuffer(__import__("requests").get(site["url"] + "api/map/rows.i32", timeout=PATIENCE).content, "<i4")
     assert d.find_element(By.CSS_SELECTOR, "#tooltip div").text.startswith(site["collection"].ids[rows[0]])
     shot(d, "map-hover")
 
@@ -220,7 +221,7 @@ def test_text_box_on_a_tiny_clip_store(tmp_path):
     c = Collection(store, cache=tmp_path / "serve-cache")
     with Background(c, ServeConfig(port=0, weights=tiny["weights"])) as srv:
         want = __import__("requests").get(srv.url + "api/search/text", params={"q": "a cup of coffee", "k": 10},
-                                          timeout=120).json()["results"]
+                                          timeout=PATIENCE).json()["results"]
         d = launch_browser()
         try:
             d.get(srv.url)

@@ -19,7 +19,7 @@ from imgfeat.cli import main
 from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 
 from helpers import expected_ids as _expected_ids
-from helpers import write_image
+from helpers import PATIENCE, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,6 +170,7 @@ def test_info_and_export(image_tsv, tmp_path, capsys):
     assert "CORRUPT" in capsys.readouterr().out
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_rerun_loses_and_duplicates_nothing(tmp_path):
     """Really kill a running extraction (SIGKILL) several times, then finish it."""
@@ -188,8 +189,8 @@ def test_kill_9_at_any_moment_then_rerun_loses_and_duplicates_nothing(tmp_path):
     for attempt in range(6):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         before = len(FeatureStore(out).done_shards()) if (out / "manifest.json").exists() else 0
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:  # wait for progress, then kill mid-flight
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for progress, then kill mid-flight
             if (out / "manifest.json").exists() and len(FeatureStore(out).done_shards()) > before:
                 break
             time.sleep(0.02)
@@ -199,7 +200,7 @@ def test_kill_9_at_any_moment_then_rerun_loses_and_duplicates_nothing(tmp_path):
             kills += 1
         proc.wait()
     assert kills >= 2
-    subprocess.run(cmd, check=True, timeout=300)
+    subprocess.run(cmd, check=True, timeout=PATIENCE)
     ids, mat = imgfeat.load(out)
     assert ids == [f"id{i:03d}" for i in range(n)]  # each exactly once, in input order
     ref = imgfeat.extract(str(tmp_path / "list.tsv"), model="squeezenet1_1", backend="torch", workers=0)

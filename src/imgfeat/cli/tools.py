@@ -424,7 +424,7 @@ def _add_diffuse(sub) -> None:
     diffuse.add_argument("--iterations", default="20",
                          help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
                               "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
-                              f"undrawn novel images, or {VALIDATION_FRACTION:.0%} of each class)")
+                              f"undrawn novel images, or {VALIDATION_FRACTION * 100:.0f}%% of each class)")
     diffuse.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
                               "for a large --background set")

@@ -36,10 +36,13 @@ class DecodePool:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def warm(self) -> None:
-        """Start the workers now (imports take a second or two) rather than on the first request."""
-        for f in [self._pool.submit(_ping) for _ in range(self.workers)]:
-            f.result()
+    def warm(self, timeout: Optional[float] = None) -> None:
+        """Start the workers now (imports take a second or two) rather than on the first request; ``timeout``
+        bounds the wait (``concurrent.futures.TimeoutError`` past it)."""
+        with self._lock:
+            pool = self._pool
+        for f in [pool.submit(_ping) for _ in range(self.workers)]:
+            f.result(timeout=timeout)
 
     def run(self, fn: Callable, *args) -> Union[object, str]:
         with self._lock:

@@ -106,8 +106,11 @@ def _interrupt(signum, frame):
 class Background:
     """``with Background(collection, config) as srv: srv.url`` - a real server on a loopback port in a thread."""
 
-    def __init__(self, collection: Collection, config: Optional[ServeConfig] = None) -> None:
+    def __init__(self, collection: Collection, config: Optional[ServeConfig] = None,
+                 start_timeout: float = 600.0) -> None:
+        # start_timeout only bounds a server that never starts (a loaded machine may take many seconds)
         self.config = config or ServeConfig(port=0)
+        self.start_timeout = start_timeout
         self.app = create_app(collection, self.config)
         self.sock = bind(self.config.host, self.config.port)
         self.url = url_of(self.sock, self.config.host)
@@ -118,16 +121,16 @@ class Background:
         self._threads = one_thread_per_query()
         self._threads.__enter__()
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise ImgfeatError("the server did not start within 30 s")
+                raise ImgfeatError(f"the server did not start within {self.start_timeout:g} s")
             time.sleep(0.02)
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=self.start_timeout)
         self.app.state.pool.close()
         self.sock.close()
         self._threads.__exit__(None, None, None)
