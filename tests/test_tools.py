@@ -262,7 +262,7 @@ def test_cli_search_by_id(h5_features, capsys):
     assert main(["search", "--features", f, "--query", ids[0], "--k", "3", "--json"]) == 0
     hits = _json(capsys)["queries"][ids[0]]
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-    expected = np.argsort(-(Xn @ Xn[0]))[:3]
+    expected = [i for i in np.argsort(-(Xn @ Xn[0])) if i != 0][:3]  # a query by id does not find itself
     assert [h["id"] for h in hits] == [ids[i] for i in expected]
 
 
@@ -323,8 +323,8 @@ def test_bad_inputs_are_clear(tmp_path, capsys):
     cases = [
         (["probe", "--features", f, "--labels", str(tmp_path / "ghost.tsv")], "have no feature vector"),
         (["probe", "--features", f, "--labels", str(tmp_path / "one.tsv")], "at least 2 classes"),
-        (["knn", "--features", f, "--k", "500", "--out", str(tmp_path / "g.npz")], "'k' parameter"),
-        (["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv")], "single class"),
+        (["knn", "--features", f, "--k", "500", "--out", str(tmp_path / "g.npz")], "--k must be"),
+        (["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv"), "--json"], "single class"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2, argv
@@ -346,7 +346,7 @@ def test_search_by_image_uses_the_stores_model(tmp_path, photos, capsys):
     hits = _json(capsys)["queries"]
     assert hits[str(photos / "coffee.jpg")][0]["id"] == "coffee.jpg"
     assert hits[str(photos / "coffee.jpg")][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert hits["chelsea.jpg"][0]["id"] == "chelsea.jpg"
+    assert len(hits["chelsea.jpg"]) == 2 and "chelsea.jpg" not in [h["id"] for h in hits["chelsea.jpg"]]
     wrong = tmp_path / "w.pth"
     import torch
     import torchvision
@@ -354,7 +354,8 @@ def test_search_by_image_uses_the_stores_model(tmp_path, photos, capsys):
     torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), wrong)
     assert main(["search", "--features", str(store), "--query", str(photos / "coffee.jpg"),
                  "--weights", str(wrong)]) == 2
-    assert "other squeezenet1_1 weights" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "extracted with the pretrained weights of squeezenet1_1" in err and "hashes differ" in err, err
 
 
 @pytest.mark.parametrize("method", ["tsne", pytest.param("umap", marks=pytest.mark.slow)])
@@ -457,8 +458,8 @@ def test_iterations_auto_is_chosen_on_held_out_training_images(lowshot, tmp_path
     (["--novel-classes", "NOVEL", "--shots", "0"], "--shots: expected an integer >= 1"),
     (["--novel-classes", "MISSING"], "--novel-classes .*nope.txt: No such file"),
     (["--novel-classes", "UNKNOWN"], "without any label"),
-    (["--iterations", "0"], "'iterations' parameter"),
-    (["--iterations", "many"], "'iterations' parameter"),
+    (["--iterations", "0"], "--iterations must be"),
+    (["--iterations", "many"], "--iterations must be"),
     (["--k", "0"], "--k: expected an integer >= 1"),
 ])
 def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
@@ -468,7 +469,7 @@ def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
              "UNKNOWN": str(tmp_path / "unknown.txt")}
     extra = [paths.get(a, a) for a in extra]
     try:
-        code = main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv")] + extra)
+        code = main(["diffuse", "--features", f, "--labels", str(tmp_path / "train.tsv"), "--json"] + extra)
     except SystemExit as exc:  # argparse's usage errors
         code = exc.code
     assert code == 2
@@ -478,7 +479,8 @@ def test_lowshot_options_are_checked(lowshot, tmp_path, capsys, extra, message):
 def test_iterations_auto_without_a_validation_set_is_refused(lowshot, tmp_path, capsys):
     f, ids, X, y = lowshot
     write_labels(tmp_path / "one.tsv", [ids[0], ids[40]], [y[0], y[40]])
-    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv"), "--iterations", "auto"]) == 2
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "one.tsv"), "--iterations", "auto",
+                 "--json"]) == 2
     assert "hold out for validation" in capsys.readouterr().err
 
 

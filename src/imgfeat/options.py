@@ -14,16 +14,19 @@ from numbers import Real
 from typing import Any, Callable, Optional
 
 from .data.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
-from .data.sources import accepted_inputs
+from .data.sources import accepted_inputs, open_source
 from .errors import bad_param
 from .models.backbone import POOLS
 from .models.backends import BACKENDS, PRECISIONS
+from .outputs.checks import check_output_dir, check_output_file
 from .outputs.formats import extensions
+from .outputs.store import is_store_path
 
 DEVICES = "auto|cpu|cuda|cuda:N|mps"
 DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
 FORMATS = ("auto", "store")
+_DEFAULT_MIN_FIDELITY = 0.99
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class ExtractOptions:
     precision: str = _opt("fp32", "compute precision (fp16 needs a GPU; int8 runs on the CPU through onnx/openvino, "
                                   "calibrated on the input); a lower one is first compared with fp32 on a sample of "
                                   "the input and refused below --min-fidelity", one_of(PRECISIONS))
-    min_fidelity: float = _opt(0.99, "1st-percentile cosine to the fp32 vectors that a lower --precision must reach on "
+    min_fidelity: float = _opt(_DEFAULT_MIN_FIDELITY, "1st-percentile cosine to the fp32 vectors that a lower --precision must reach on "
                                      "the first 256 readable images of the input (0 accepts any)", fraction())
     calibrate: Optional[str] = _opt(None, "--precision int8: calibrate on the first 256 readable images of this input "
                                           "(any --data form) instead of the input's own")
@@ -138,7 +141,32 @@ class ExtractOptions:
             if constraint is not None and not (value is None and f.default is None) and not constraint.check(value):
                 raise bad_param(f.name, constraint.allowed + (" or None" if f.default is None else ""), value)
         self.part()
+        self._check_partners()
+        if self.calibrate is not None:
+            open_source(self.calibrate, name="calibrate")  # a missing or unreadable list, said now
+        if self.out is not None:
+            self._check_out()
         return self
+
+    def _check_partners(self) -> None:
+        """Options that do nothing without their partner are refused rather than silently ignored."""
+        lower = self.precision != "fp32"
+        if self.calibrate is not None and self.precision != "int8":
+            raise bad_param("calibrate", "given only with --precision int8 (the images int8 is calibrated on)",
+                            self.calibrate)
+        if self.min_fidelity != _DEFAULT_MIN_FIDELITY and not lower:
+            raise bad_param("min_fidelity", "given only with a --precision below fp32 (fp32 is the reference)",
+                            self.min_fidelity)
+        if self.ray_address is not None and self.engine != "ray":
+            raise bad_param("ray_address", "given only with --engine ray", self.ray_address)
+
+    def _check_out(self) -> None:
+        """The output can be written and is none of the inputs: checked before any model is built."""
+        inputs = [("--data", self.data), ("--calibrate", self.calibrate)]
+        if self.format == "store" or is_store_path(self.out):
+            check_output_dir(self.out, "--out", inputs, must_be_store=True)
+        else:
+            check_output_file(self.out, "--out", inputs)
 
 
 def option_fields():

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import signal
 import sys
 import typing
 from typing import Optional, Sequence
@@ -16,7 +18,7 @@ from .._version import __version__
 from ..errors import ImgfeatError
 from ..options import ExtractOptions, option_fields
 from ..outputs.formats import extensions
-from .common import at_least, comma_list, positive
+from .common import at_least, check_outputs, comma_list, flag_of, positive
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +107,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"precision {describe(m['fidelity'])}")
     elif m.get("precision", "fp32") != "fp32":
         print(f"precision {m['precision']}")
+    missing = report.get("missing", [])
+    damaged = [f for f in report["corrupt"] if f not in missing]
+    if missing:
+        print(f"MISSING   {len(missing)} file(s) of done shards are gone: {', '.join(missing[:10])}")
+    if damaged:
+        print(f"CORRUPT   {len(damaged)} file(s) fail their checksum: {', '.join(damaged[:10])}")
     if report["corrupt"]:
-        print(f"CORRUPT   {len(report['corrupt'])} file(s) fail their checksum: {', '.join(report['corrupt'][:10])}")
+        print("          rerun the extraction after deleting those shards' .done.json markers to redo them")
         return 1
     print("verified  every done shard matches its checksums")
     return 0
@@ -129,6 +137,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, when it has one worth saying (not None, not a flag's False) and the
+    help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction,
+                                            argparse._VersionAction))):
+            shown = ",".join(default) if isinstance(default, (tuple, list)) else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _set_formatter(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgfeat", description="Deep feature vectors for image collections.")
     parser.add_argument("--version", action="version", version=f"imgfeat {__version__}")
@@ -148,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Generate JPEG sets from real photos and measure, in one run: the forward "
                                        "ceiling per backend and batch size, the physical limit, decode rates per "
                                        "worker count, imgfeat end-to-end with default flags and a naive baseline.")
-    bench.add_argument("--model", default="efficientnet_lite0")
+    bench.add_argument("--model", default="efficientnet_lite0", help="the backbone to measure")
     bench.add_argument("--random-weights", action="store_true", help="for models whose weights are not offline")
     bench.add_argument("--sets", default=("imagenet", "camera"), type=comma_list(tuple(SETS)),
                        help="comma list of: imagenet (500x375), camera (4000x3000)")
@@ -162,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     bench.set_defaults(func=_cmd_bench)
     info = sub.add_parser("info", help="summarise a feature store and verify its shards")
-    info.add_argument("store")
+    info.add_argument("store", help="a feature store directory (imgfeat extract --out DIR)")
     info.set_defaults(func=_cmd_info)
     export = sub.add_parser("export", help="convert a feature store to one file (" + " ".join(extensions()) + ")")
-    export.add_argument("store")
-    export.add_argument("out")
-    export.set_defaults(func=_cmd_export)
+    export.add_argument("store", help="a feature store directory")
+    export.add_argument("out", help="the file to write; its extension picks the format (" + " ".join(extensions()) + ")")
+    export.set_defaults(func=_cmd_export, output_files=("out",), param_flags={"out": "OUT", "store": "STORE"})
     from .serve import add_parser as add_serve
     from .text import add_parsers as add_text
     from .tools import add_parsers
@@ -176,20 +207,55 @@ def build_parser() -> argparse.ArgumentParser:
     add_text(sub)
     add_serve(sub)
     layers = sub.add_parser("layers", help="list the node names --layer accepts for a model")
-    layers.add_argument("model")
-    layers.set_defaults(func=_cmd_layers)
+    layers.add_argument("model", help="a model name (imgfeat models) or timm:<name>")
+    layers.set_defaults(func=_cmd_layers, param_flags={"model": "MODEL"})
+    _set_formatter(parser)
     return parser
+
+
+def _message(exc: ImgfeatError, args: argparse.Namespace) -> str:
+    """The error as the user should read it: a parameter is named by the flag they typed (``--data``, or the
+    command's own name for it, ``param_flags``), not by the Python name behind it."""
+    text = str(exc)
+    param = getattr(exc, "param", None)
+    if param and f"The '{param}' parameter" in text:
+        text = text.replace(f"The '{param}' parameter", flag_of(args, param), 1)
+    return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="imgfeat: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Format())
+    handler.addFilter(_own_info_only)
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
     try:
+        check_outputs(args)
         return args.func(args)
     except ImgfeatError as exc:
-        print(f"imgfeat: error: {exc}", file=sys.stderr)
+        print(f"imgfeat: error: {_message(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`imgfeat ... --json | head`): stop quietly, as Unix tools do; stdout
+        # is pointed at /dev/null so the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+class _Format(logging.Formatter):
+    """``imgfeat: message`` for what the user is told, ``imgfeat: WARNING: message`` when something is wrong."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        return f"imgfeat: {level}{record.getMessage()}" + (
+            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def _own_info_only(record: logging.LogRecord) -> bool:
+    """Without -v: imgfeat's own INFO lines (an accepted fidelity, a scaled index) and everyone's warnings."""
+    return record.levelno >= logging.WARNING or record.name.startswith("imgfeat") or record.levelno < logging.INFO

@@ -10,6 +10,32 @@ from typing import Optional
 
 from ..errors import ImgfeatError
 
+# Arguments that name something a command reads: an output may be none of them.
+INPUT_ARGS = ("data", "calibrate", "features", "labels", "test_labels", "background", "pca", "probe",
+              "novel_classes", "text_file", "store", "splits")
+
+
+def flag_of(args: argparse.Namespace, name: str) -> str:
+    """How the user spelled the argument behind ``name`` (``--test-labels``; a command may rename it)."""
+    return getattr(args, "param_flags", {}).get(name) or "--" + name.replace("_", "-")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every output the command will write can be written and is none of its inputs. A
+    command declares them with ``set_defaults(output_files=(...), output_dirs=(...), output_prefixes=(...))``."""
+    from ..outputs.checks import check_output_dir, check_output_file
+
+    inputs = [(flag_of(args, n), getattr(args, n)) for n in INPUT_ARGS if getattr(args, n, None)]
+    for name in getattr(args, "output_files", ()):
+        if getattr(args, name, None):
+            check_output_file(getattr(args, name), flag_of(args, name), inputs)
+    for name in getattr(args, "output_prefixes", ()):  # PREFIX.int32, PREFIX.float32, ...: one folder
+        if getattr(args, name, None):
+            check_output_file(getattr(args, name) + ".int32", flag_of(args, name), inputs)
+    for name in getattr(args, "output_dirs", ()):
+        if getattr(args, name, None):
+            check_output_dir(getattr(args, name), flag_of(args, name), inputs, what="folder of this command")
+
 
 def emit(args: argparse.Namespace, result: dict, lines: list[str]) -> int:
     if args.json:
@@ -24,14 +50,24 @@ def features_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def store_encoder(features: str, weights):
-    """The store's model, weights checked against its manifest (for image and text queries)."""
+def store_encoder(args: argparse.Namespace, purpose: str = "image and text queries are embedded"):
+    """The store's model, weights as the store records them (or ``--weights``/``--random-weights``), checked
+    against its manifest's hash (for image and text queries)."""
     from ..engines.encode import StoreEncoder
 
-    if not Path(features).is_dir():
-        raise ImgfeatError("image and text queries need a feature store (its manifest names the model and weights); "
-                           f"{features} is a file: query by id")
-    return StoreEncoder.for_store(features, weights)
+    if not Path(args.features).is_dir():
+        raise ImgfeatError(f"{purpose} with the store's own model: --features must be a feature store (its "
+                           f"manifest names the model and weights), not the file {args.features}")
+    return StoreEncoder.for_store(args.features, args.weights,
+                                  random_weights=True if getattr(args, "random_weights", False) else None)
+
+
+def weights_args(p: argparse.ArgumentParser) -> None:
+    """How a query's model gets its weights: as the store records (default), or said again."""
+    p.add_argument("--weights", help="the --weights FILE the store was extracted with (a store records that it "
+                                     "was, not the file)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the seeded random weights (default: as the store records; its weights hash is checked)")
 
 
 def at_least(low: int):

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query")
     p.add_argument("--dup-k", type=at_least(1), default=10, help="neighbours per image examined for duplicates")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback prints a warning)")
-    p.add_argument("--port", type=port, default=8765, help="0 picks a free port")
+    p.add_argument("--port", type=port, default=8765, help="port to listen on (0 picks a free port)")
     p.add_argument("--token", help="require this secret on every request (Authorization: Bearer, or the printed link)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another host name requests may use (behind a proxy); repeatable")
@@ -65,4 +65,4 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="backend of the model for image queries (torch: no export step at start)")
     p.add_argument("--open", action="store_true", help="open the app in a browser")
-    p.set_defaults(func=_serve)
+    p.set_defaults(func=_serve, param_flags={"features": "FEATURES", "path": "FEATURES"})

@@ -9,14 +9,19 @@ import numpy as np
 from ..errors import ImgfeatError
 from ..models.backends import BACKENDS
 from ..outputs.formats import extensions, open_matrix, write_blocks
-from .common import at_least, emit, features_arg, store_encoder
+from .common import at_least, emit, features_arg, store_encoder, weights_args
 
 
 def _read_texts(args) -> list[str]:
     texts = list(args.text or [])
     if args.text_file:
-        with open(args.text_file, encoding="utf-8") as fh:
-            texts += [line.rstrip("\r\n") for line in fh if line.strip()]
+        try:
+            with open(args.text_file, encoding="utf-8") as fh:
+                texts += [line.rstrip("\r\n") for line in fh if line.strip()]
+        except OSError as exc:
+            raise ImgfeatError(f"--text-file {args.text_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ImgfeatError(f"--text-file {args.text_file} is not UTF-8 text (one text per line)") from None
     if not texts:
         raise ImgfeatError("give the texts with --text T [T ...] or --text-file FILE (one per line)")
     return texts
@@ -29,7 +34,7 @@ def _classify(args) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     templates = args.prompts or list(DEFAULT_PROMPTS)
-    enc = store_encoder(args.features, args.weights)
+    enc = store_encoder(args, "classify embeds the class prompts")
     clip = enc.pipeline.model.body
     T = enc.encode_text(prompts_for(classes, templates))
     scale, bias = clip.logit_scale_bias()
@@ -88,8 +93,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--labels", help="TSV id<TAB>label: print top-1/top-5 accuracy and write a confusion PNG")
     c.add_argument("--top-k", type=at_least(1), default=5, help="labels written per image")
     c.add_argument("--out", help="TSV id, then top-k label<TAB>probability")
-    c.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
-    c.set_defaults(func=_classify)
+    weights_args(c)
+    c.set_defaults(func=_classify, output_files=("out",), param_flags={"path": "--features"})
     e = sub.add_parser("embed-text", help="text embeddings of a CLIP-family model")
     e.add_argument("--model", required=True, help="clip:<arch>/<pretrained>")
     e.add_argument("--text", nargs="+", help="texts")
@@ -100,7 +105,7 @@ def add_parsers(sub) -> None:
                    help="runs the text tower (auto: torch; onnx/openvino: exported once, cached, checked)")
     e.add_argument("--out", required=True, help="output file (" + " ".join(extensions()) + "); ids are the texts")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_embed_text)
+    e.set_defaults(func=_embed_text, output_files=("out",))
 
 
 __all__ = ["add_parsers"]

@@ -18,7 +18,7 @@ from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
 from ..tools.labels import align, check_dim, read_labels
 from ..tools.maps import METHODS
 from ..tools.probe import CLASSIFIERS
-from .common import at_least, emit, ending, features_arg, fraction_open, positive, store_encoder
+from .common import at_least, emit, ending, features_arg, fraction_open, positive, store_encoder, weights_args
 
 
 _INDEX_METAVAR = "|".join(INDEXES) + "|FACTORY"
@@ -86,9 +86,26 @@ def _probe(args) -> int:
     return emit(args, result, lines)
 
 
+def _load_probe(path: str):
+    """A probe ``imgfeat probe`` saved (``probe.pkl``), or one clear line saying what the file is instead."""
+    from ..tools.probe import LinearProbe
+
+    try:
+        with open(path, "rb") as fh:
+            probe = pickle.load(fh)  # a probe this tool saved; never load pickles from untrusted sources
+    except OSError as exc:
+        raise ImgfeatError(f"--probe {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not a probe file
+        raise ImgfeatError(f"--probe {path} is not a probe saved by imgfeat probe (probe.pkl): cannot read it "
+                           f"as one ({type(exc).__name__})") from None
+    if not isinstance(probe, LinearProbe) or not hasattr(probe, "model_"):
+        raise ImgfeatError(f"--probe {path} holds a {type(probe).__name__}, not a fitted probe saved by "
+                           "imgfeat probe (probe.pkl in its --out-dir)")
+    return probe
+
+
 def _predict(args) -> int:
-    with open(args.probe, "rb") as fh:
-        probe = pickle.load(fh)  # a probe this tool saved; never load pickles from untrusted sources
+    probe = _load_probe(args.probe)
     n = 0
     with open(args.out, "w", encoding="utf-8") as out:
         for ids, block in iter_blocks(args.features):
@@ -105,6 +122,7 @@ def _map(args) -> int:
     from ..tools.maps import embed_2d, mosaic_png, scatter_png
 
     ids, X = read_features(args.features)
+    paths = read_paths(args.features) if args.mosaic else None  # a file without paths: said before t-SNE runs
     labels = None
     if args.labels:
         lab = read_labels(args.labels)
@@ -112,7 +130,7 @@ def _map(args) -> int:
         if args.only_labelled:
             keep = np.array([i in lab for i in ids])
             ids, X = [i for i in ids if i in lab], X[keep]
-        labels = [lab.get(i, "(unlabelled)") for i in ids]
+        labels = [lab.get(i) for i in ids]
     if args.limit and len(ids) > args.limit:
         keep = np.sort(np.random.default_rng(args.seed).permutation(len(ids))[: args.limit])
         ids, X = [ids[i] for i in keep], X[keep]
@@ -124,7 +142,6 @@ def _map(args) -> int:
         fh.writelines(f"{i}\t{x:.5f}\t{y:.5f}\n" for i, (x, y) in zip(ids, coords))
     result = {"png": args.out, "coords": coords_path, "n": len(ids), "method": args.method}
     if args.mosaic:
-        paths = read_paths(args.features)
         result["mosaic"] = args.mosaic
         result["thumbnails"] = mosaic_png(coords, [paths.get(i, "") for i in ids], args.mosaic)
     return emit(args, result, [f"{args.method} map of {len(ids)} vectors -> {args.out} (coordinates {coords_path})"]
@@ -150,6 +167,10 @@ def _knn(args) -> int:
 
     if not args.out and not args.raw:
         raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
+    if args.nlist is not None and args.approx != "ivf":
+        raise ImgfeatError("--nlist sets the cells of --approx ivf (a factory string names its own: IVF4096,...); "
+                           f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
+
     ids, X = open_matrix(args.features)
     index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
     index.fit(X)
@@ -183,7 +204,7 @@ def _search(args) -> int:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        encoder = store_encoder(args.features, args.weights)  # one model for image and text queries
+        encoder = store_encoder(args, "query images and texts are embedded")  # one model for image and text queries
         if files:
             queries.append(encoder.encode_files(files))
             names += files
@@ -191,8 +212,11 @@ def _search(args) -> int:
             queries.append(encoder.encode_text(args.text))
             names += args.text
     Q = np.concatenate(queries)
-    D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k, len(ids)))
-    hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js)] for q, Ds, Js in zip(names, D, I)}
+    # one rule with knn and serve's /api/neighbours: a query by id does not find itself
+    D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k + 1, len(ids)))
+    own = [index_of[q] for q in by_id] + [-1] * (len(names) - len(by_id))
+    hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js) if j != self_row and j >= 0][:args.k]
+            for q, Ds, Js, self_row in zip(names, D, I, own)}
     lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]
     return emit(args, {"queries": hits}, lines)
 
@@ -208,8 +232,9 @@ def _dedup(args) -> int:
             fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
     result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
               "threshold": args.threshold, "out": args.out, "largest": groups[:5]}
-    lines = [f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among {len(ids)} vectors; "
-             f"{result['duplicates']} could be dropped" + (f" -> {args.out}" if args.out else "")]
+    lines = [f"{len(groups)} groups of near-duplicates among {len(ids)} vectors (each image's cosine to its group's "
+             f"first image >= {args.threshold}); {result['duplicates']} could be dropped"
+             + (f" -> {args.out}" if args.out else "")]
     lines += ["  " + ", ".join(g) for g in groups[:10]]
     return emit(args, result, lines)
 
@@ -234,6 +259,9 @@ def _scores(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray], ks: tupl
     return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
 
 
+MIN_VALIDATION_PER_CLASS = 5  # fewer held-out images per class: the iterations chosen on them are noise
+
+
 def _diffuse(args) -> int:
     from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits, validation_split
     from ..tools.probe import LinearProbe
@@ -245,13 +273,19 @@ def _diffuse(args) -> int:
         raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations) from None
     if iterations < 1:
         raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations)
+    if args.shots is not None and not args.novel_classes:
+        raise ImgfeatError("--shots is the number of labels per novel class: give --novel-classes FILE with it")
+    if not args.test_labels and not args.out and not args.json:
+        raise ImgfeatError("imgfeat diffuse needs --test-labels (to score it), --out (the predicted labels), or "
+                           "--json; otherwise the result is computed and thrown away")
     ids, X = read_features(args.features)
-    labels = read_labels(args.labels)
+    given = read_labels(args.labels)
+    labels = given
     novel: set[str] = set()
     validation: dict[str, str] = {}
     if args.novel_classes:
         novel = _read_classes(args.novel_classes)
-        labels, validation = lowshot_split(labels, novel, args.shots, args.seed)
+        labels, validation = lowshot_split(labels, novel, args.shots or 1, args.seed)
     elif auto:
         labels, validation = validation_split(labels, VALIDATION_FRACTION, args.seed)
     Xl, yl, _ = align(ids, X, labels)
@@ -263,6 +297,8 @@ def _diffuse(args) -> int:
         if bX.shape[1] != X.shape[1]:
             raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
         all_ids, all_X = ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
+    if args.k >= len(all_ids):
+        raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
     row = {i: r for r, i in enumerate(ids)}
     test = read_labels(args.test_labels) if args.test_labels else {}
     if test:
@@ -272,13 +308,13 @@ def _diffuse(args) -> int:
     pick = ks[-1]  # the paper's criterion: top-5 (top-1 with 5 classes or fewer)
     val_ids = [i for i in validation if i in row]
     val_rows, val_truth = [row[i] for i in val_ids], [validation[i] for i in val_ids]
-    # t -> (validation score, test rows' scores, every row's argmax for --out)
-    checkpoints: dict[int, tuple[float, Optional[np.ndarray], Optional[np.ndarray]]] = {}
+    # t -> (validation top-pick, validation top-1, test rows' scores, every row's argmax for --out)
+    checkpoints: dict[int, tuple[float, float, Optional[np.ndarray], Optional[np.ndarray]]] = {}
 
     def monitor(t: int, F: np.ndarray) -> None:
         if auto and t in ITERATION_GRID:
-            acc = float(topk_hits(F[val_rows], classes, val_truth, pick).mean()) if val_ids else float("nan")
-            checkpoints[t] = (acc, F[[row[i] for i in tids]].copy() if test else None,
+            acc = (lambda k: float(topk_hits(F[val_rows], classes, val_truth, k).mean()) if val_ids else float("nan"))
+            checkpoints[t] = (acc(pick), acc(1), F[[row[i] for i in tids]].copy() if test else None,
                               F.argmax(axis=1) if args.out else None)
 
     y = [labels.get(i) for i in all_ids]
@@ -286,16 +322,35 @@ def _diffuse(args) -> int:
     F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
     best_rows = None  # each row's class at the iterations used, for --out
     result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": iterations}
+    note = ""
     if auto:
-        best = max(ITERATION_GRID, key=lambda t: (checkpoints[t][0], -t))
-        iterations, (_, F_test, best_rows) = best, checkpoints[best]
+        # the best validation score; ties go to top-1, then to more iterations (a tie on a small set says
+        # little, and the fewest iterations spread the labels least)
+        best = max(ITERATION_GRID, key=lambda t: (checkpoints[t][0], checkpoints[t][1], t))
+        iterations, (_, _, F_test, best_rows) = best, checkpoints[best]
         result.update(iterations=best, validation={str(t): checkpoints[t][0] for t in ITERATION_GRID},
                       validation_images=len(val_ids))
+        if len(val_ids) < MIN_VALIDATION_PER_CLASS * len(classes):
+            note = (f"only {len(val_ids)} held-out images for {len(classes)} classes (fewer than "
+                    f"{MIN_VALIDATION_PER_CLASS} per class): the choice of iterations is noisy; give more labels or "
+                    "a fixed --iterations")
+            result["validation_note"] = note
+        if not novel:  # the held-out labels chose the iterations; now every given label is used
+            labels = given
+            Xl, yl, _ = align(ids, X, labels)
+            y = [labels.get(i) for i in all_ids]
+            model = LabelDiffusion(k=args.k, iterations=best, index=args.index).fit(all_X, y)
+            F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
+            best_rows = None
+            result.update(labelled=int(len(yl)), refit_on_all_labels=True)
     if novel:
-        result.update(novel_classes=sorted(novel), shots=args.shots, seed=args.seed)
+        result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
     lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors, {iterations} iterations"
              + (f" (chosen on {len(val_ids)} held-out labelled images: top-{pick} "
-                f"{result['validation'][str(iterations)]:.4f})" if auto else "")]
+                f"{result['validation'][str(iterations)]:.4f}"
+                + (", then run with all labels" if auto and not novel else "") + ")" if auto else "")]
+    if note:
+        lines.append("note: " + note)
     if test:
         groups = {"all": np.ones(len(yt), bool)}
         if novel:
@@ -325,14 +380,14 @@ def _add_pca(sub) -> None:
     fit = pca_sub.add_parser("fit", help="fit a PCA on features, block by block")
     features_arg(fit)
     fit.add_argument("--dim", type=at_least(1), required=True, help="output dimension")
-    fit.add_argument("--whiten", action="store_true")
+    fit.add_argument("--whiten", action="store_true", help="scale each component to unit variance")
     fit.add_argument("--out", type=ending(".npz"), required=True, help="the fitted PCA (.npz)")
-    fit.set_defaults(func=_pca_fit)
+    fit.set_defaults(func=_pca_fit, output_files=("out",), param_flags={"n_components": "--dim", "path": "--features"})
     apply = pca_sub.add_parser("apply", help="reduce features with a fitted PCA")
     features_arg(apply)
-    apply.add_argument("--pca", required=True)
+    apply.add_argument("--pca", required=True, help="a PCA written by imgfeat pca fit (.npz)")
     apply.add_argument("--out", required=True, help="a file ending in " + " ".join(extensions()))
-    apply.set_defaults(func=_pca_apply)
+    apply.set_defaults(func=_pca_apply, output_files=("out",), param_flags={"path": "--features"})
 
 
 def _add_probe(sub) -> None:
@@ -341,50 +396,56 @@ def _add_probe(sub) -> None:
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
     probe.add_argument("--test-size", type=fraction_open, default=0.2, help="seeded split when no --test-labels")
-    probe.add_argument("--classifier", choices=CLASSIFIERS, default="logreg")
+    probe.add_argument("--classifier", choices=CLASSIFIERS, default="logreg",
+                       help="logreg: logistic regression (probabilities, top-5); svm: a linear SVM")
     probe.add_argument("--C", type=positive, default=None, help="regularisation (default: cross-validated)")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=int, default=0, help="seed of the train/test split and the classifier")
     probe.add_argument("--out-dir", default="probe", help="probe.pkl, confusion.png and report.json go here")
-    probe.set_defaults(func=_probe)
+    probe.set_defaults(func=_probe, output_dirs=("out_dir",), param_flags={"path": "--features"})
     predict = sub.add_parser("predict", help="label features with a saved probe")
     features_arg(predict)
-    predict.add_argument("--probe", required=True)
+    predict.add_argument("--probe", required=True, help="probe.pkl from imgfeat probe's --out-dir")
     predict.add_argument("--out", required=True, help="TSV id<TAB>predicted label")
-    predict.set_defaults(func=_predict)
+    predict.set_defaults(func=_predict, output_files=("out",), param_flags={"path": "--features"})
 
 
 def _add_map(sub) -> None:
     mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
     features_arg(mp)
     mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
-    mp.add_argument("--method", choices=METHODS, default="tsne")
+    mp.add_argument("--method", choices=METHODS, default="tsne",
+                    help="tsne (scikit-learn, PCA to 50 first) or umap (pip install 'imgfeat[umap]')")
     mp.add_argument("--out", type=_image_file, required=True, help="scatter image (.png, .svg, .pdf, .jpg ...)")
     mp.add_argument("--coords", help="TSV id<TAB>x<TAB>y (default: next to --out)")
     mp.add_argument("--mosaic", help="also draw the images at their positions into this PNG")
     mp.add_argument("--only-labelled", action="store_true", help="map only the ids that --labels names")
     mp.add_argument("--limit", type=at_least(1), default=None, help="map a seeded random sample of this many vectors")
-    mp.add_argument("--seed", type=int, default=0)
-    mp.set_defaults(func=_map)
+    mp.add_argument("--seed", type=int, default=0, help="seed of the layout and of --limit's sample")
+    mp.set_defaults(func=_map, output_files=("out", "coords", "mosaic"), param_flags={"path": "--features"})
 
 
 def _add_knn(sub) -> None:
     knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
     features_arg(knn)
-    knn.add_argument("--k", type=at_least(1), required=True)
+    knn.add_argument("--k", type=at_least(1), required=True, help="neighbours per vector (the vector itself excluded)")
     knn.add_argument("--out", type=ending(".npz"),
                      help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
                           "write it; for 100M rows use --raw alone)")
-    knn.add_argument("--metric", choices=METRICS, default="ip",
-                     help="cosine normalises each block as it is read (ip on --l2 features is the same)")
+    knn.add_argument("--metric", choices=METRICS, default="cosine",
+                     help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
+                          "product (the same on --l2 features); l2 the Euclidean distance")
     knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",
                      help="approximate index: ivf, hnsw, or a faiss index_factory string such as "
                           "'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
-    knn.add_argument("--nlist", type=at_least(1), default=None)
-    knn.add_argument("--nprobe", type=at_least(1), default=16)
+    knn.add_argument("--nlist", type=at_least(1), default=None,
+                     help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39)")
+    knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
     knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
                                    "block) and PREFIX.ids.txt")
-    knn.add_argument("--recall-sample", type=at_least(1), default=1000)
-    knn.set_defaults(func=_knn)
+    knn.add_argument("--recall-sample", type=at_least(1), default=1000,
+                     help="queries scored against the exact graph to report an --approx graph's recall")
+    knn.set_defaults(func=_knn, output_files=("out",), output_prefixes=("raw",),
+                     param_flags={"path": "--features", "index": "--approx"})
 
 
 def _add_search(sub) -> None:
@@ -392,21 +453,23 @@ def _add_search(sub) -> None:
     features_arg(search)
     search.add_argument("--query", nargs="+", help="ids in the features, or image files")
     search.add_argument("--text", nargs="+", help="texts (stores of CLIP-family models)")
-    search.add_argument("--k", type=at_least(1), default=10)
-    search.add_argument("--metric", choices=METRICS, default="cosine")
-    search.add_argument("--weights", help="the --weights FILE the store was extracted with, if any")
-    search.set_defaults(func=_search)
+    search.add_argument("--k", type=at_least(1), default=10, help="results per query (a query by id is not its own)")
+    search.add_argument("--metric", choices=METRICS, default="cosine", help="similarity, as imgfeat knn --metric")
+    weights_args(search)
+    search.set_defaults(func=_search, param_flags={"path": "--features"})
 
 
 def _add_dedup(sub) -> None:
     dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
     features_arg(dedup)
-    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
+    dedup.add_argument("--threshold", type=float, default=0.95,
+                       help="cosine similarity each member of a group has at least with the group's first image "
+                            "(its representative)")
     dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
     dedup.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                        help="faiss index (as imgfeat knn --approx)")
-    dedup.add_argument("--out", help="TSV group<TAB>id")
-    dedup.set_defaults(func=_dedup)
+    dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
+    dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
 
 
 def _add_diffuse(sub) -> None:
@@ -418,9 +481,10 @@ def _add_diffuse(sub) -> None:
     diffuse.add_argument("--novel-classes", help="low-shot protocol: a file of class names (one per line) that get "
                                                  "only --shots labels each, drawn with --seed; the other classes "
                                                  "keep all their labels; scores are reported for all, base and novel")
-    diffuse.add_argument("--shots", type=at_least(1), default=1, help="labels per novel class (with --novel-classes)")
+    diffuse.add_argument("--shots", type=at_least(1), default=None,
+                         help="labels per novel class (with --novel-classes; default: 1)")
     diffuse.add_argument("--seed", type=int, default=0, help="draw of the novel labels / of the validation split")
-    diffuse.add_argument("--k", type=at_least(1), default=30)
+    diffuse.add_argument("--k", type=at_least(1), default=30, help="neighbours per vector in the graph")
     diffuse.add_argument("--iterations", default="20",
                          help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
                               "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
@@ -430,7 +494,7 @@ def _add_diffuse(sub) -> None:
                               "for a large --background set")
     diffuse.add_argument("--C", type=positive, default=1.0, help="C of the logistic-regression baseline")
     diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
-    diffuse.set_defaults(func=_diffuse)
+    diffuse.set_defaults(func=_diffuse, output_files=("out",), param_flags={"path": "--features"})
 
 
 def add_parsers(sub) -> None:

@@ -442,8 +442,9 @@ def accepted_inputs() -> str:
 DataArg = Union[str, os.PathLike, Sequence]
 
 
-def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> Source:
-    """Choose the source for ``data`` and apply the ``start``/``stop`` block."""
+def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None, name: str = "data") -> Source:
+    """Choose the source for ``data`` and apply the ``start``/``stop`` block (``name``: the parameter that gave
+    ``data``, for the error message)."""
     if start < 0:
         raise bad_param("start", "an integer >= 0", start)
     if stop is not None and stop < start:
@@ -455,15 +456,15 @@ def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None) -> So
         elif p.suffix.lower() in (".tar", ".zip") and is_pattern(str(data)) and not p.exists():
             src = _FILE_SOURCES[p.suffix.lower()][0](str(data))  # a glob or brace pattern of archives
         elif not p.exists():
-            raise bad_param("data", f"an existing input: {accepted_inputs()}", str(p))
+            raise bad_param(name, f"an existing input: {accepted_inputs()}", str(p))
         elif p.suffix.lower() in _FILE_SOURCES:
             src = _FILE_SOURCES[p.suffix.lower()][0](str(p))
         else:
-            raise bad_param("data", accepted_inputs(), str(p))
+            raise bad_param(name, accepted_inputs(), str(p))
     elif isinstance(data, Sequence):
         src = ListSource(tuple(data))
     else:
-        raise bad_param("data", f"{accepted_inputs()}, or a Python list of paths / (id, path) pairs",
+        raise bad_param(name, f"{accepted_inputs()}, or a Python list of paths / (id, path) pairs",
                         type(data).__name__)
     if start or stop is not None:
         src = Slice(src, start, stop)

@@ -31,11 +31,13 @@ class StoreEncoder:
     decodes files first. Thread-safe: one forward at a time (the executor owns its threads)."""
 
     def __init__(self, store: FeatureStore, weights: Optional[str] = None, backend: str = "torch",
-                 device: str = "auto") -> None:
+                 device: str = "auto", random_weights: Optional[bool] = None) -> None:
         m = store.manifest
         self.store, self.weights = store, weights
+        random_weights = self.weights_as_recorded(m, weights, random_weights)
         self.opts = ExtractOptions(model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
-                                   weights=weights, backend=backend, device=device, workers=0, quiet=True)
+                                   weights=weights, random_weights=random_weights, backend=backend, device=device,
+                                   workers=0, quiet=True)
 
         def check(pipeline: Pipeline) -> None:
             store.check_weights(pipeline.model.fingerprint(), m["model"], weights)
@@ -46,6 +48,20 @@ class StoreEncoder:
         self.preprocess = self.pipeline.spec.preprocess
         self._lock = threading.Lock()
         self._text_run = None
+
+    @staticmethod
+    def weights_as_recorded(manifest: dict, weights: Optional[str], random_weights: Optional[bool]) -> bool:
+        """The store records how its weights were chosen; queries use the same unless told (the weights hash is
+        checked either way). ``random_weights`` None: as recorded."""
+        source = manifest.get("weights_source")
+        if weights is not None and random_weights:
+            raise ImgfeatError("give --weights FILE or --random-weights, not both")
+        if weights is None and source == "file" and not random_weights:
+            raise ImgfeatError(f"{manifest['model']} vectors of this store were extracted with --weights "
+                               f"{manifest.get('weights_file') or 'FILE'}: pass the same --weights FILE to query it")
+        if random_weights is None:
+            return weights is None and source == "random"
+        return bool(random_weights)
 
     @classmethod
     def for_store(cls, store_path, weights: Optional[str] = None, **kwargs) -> "StoreEncoder":

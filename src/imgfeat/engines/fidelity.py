@@ -52,10 +52,11 @@ def sample_pixels(source: Source, opts: ExtractOptions, pp, n: int = SAMPLE) -> 
     return torch.cat(batches) if got else None
 
 
-def _knn_overlap(A: np.ndarray, B: np.ndarray, k: int) -> float:
-    k = min(k, len(A) - 1)
-    if k < 1:
-        return 1.0
+def _knn_overlap(A: np.ndarray, B: np.ndarray, k: int) -> Optional[float]:
+    """Mean share of each image's k nearest neighbours kept; None with k + 1 images or fewer (every other image
+    is then a neighbour at any precision: the figure would be 1.0 whatever the vectors)."""
+    if len(A) <= k + 1:
+        return None
 
     def neighbours(X):
         Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -106,12 +107,18 @@ class Reference:
                 "worst_sample_index": int(np.argmin(cos)), "threshold": opts.min_fidelity}
 
 
+def knn_text(f: dict) -> str:
+    value = f.get(f"knn{KNN}_overlap")
+    return (f"kNN@{KNN} overlap {value:.3f}" if value is not None
+            else f"kNN@{KNN} overlap n/a (needs more than {KNN + 1} images)")
+
+
 def describe(f: dict) -> str:
     head = f" with the first {f['fp32_head']:.0%} of layers in fp32" if f.get("fp32_head") else ""
     return (f"{f['precision']} ({f['backend']}{head}) against fp32 on {f['sample']} images of the input: cosine min "
             f"{f['cosine_min']:.4f}, 1st percentile {f['cosine_p1']:.4f}, median {f['cosine_median']:.4f}; "
             f"norm error median {f['norm_rel_error_median']:.3g}, max {f['norm_rel_error_max']:.3g}; "
-            f"kNN@{KNN} overlap {f[f'knn{KNN}_overlap']:.3f}"
+            + knn_text(f)
             + (f"; {f['near_zero']} image(s) have near-zero fp32 vectors (norm < {NEAR_ZERO:.0%} of the median: "
                f"no direction at any precision), without them the 1st percentile is "
                f"{f['cosine_p1_without_near_zero']:.4f}; largest error {f['error_max_vs_median_norm']:.3g} of the "
@@ -121,7 +128,7 @@ def describe(f: dict) -> str:
 def announce(figures: Optional[dict], store=None) -> None:
     """Log the accepted figures of a lower precision and record them in the store's manifest."""
     if figures is not None:
-        log.warning("%s", describe(figures))
+        log.info("%s", describe(figures))  # accepted: information, not a warning
         if store is not None:
             store.annotate("fidelity", figures)
 
@@ -136,7 +143,7 @@ def measurement_images(opts: ExtractOptions, source: Source) -> tuple[Optional[t
     if opts.precision != "int8":
         return sample, None
     if opts.calibrate is not None:
-        calibration = sample_pixels(open_source(opts.calibrate), opts, pp)
+        calibration = sample_pixels(open_source(opts.calibrate, name="calibrate"), opts, pp)
         if calibration is None:
             raise ImgfeatError(f"--calibrate {opts.calibrate}: none of its first {SCAN} images could be read")
     else:

@@ -8,6 +8,7 @@ The local engine, ``--shard I/N`` parts and Ray actors all call :func:`build_pip
 from __future__ import annotations
 
 import json
+import os
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -127,7 +128,11 @@ def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> 
                 "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size,
                 "precision": opts.precision,  # vectors of two precisions never share a store
                 # not part of IDENTITY: what the vectors can be compared with (a CLIP embedding: text)
-                "text_tower": bool(pipeline.spec.text_tower and model.layer is None)}
+                "text_tower": bool(pipeline.spec.text_tower and model.layer is None),
+                # not part of IDENTITY: how the weights were chosen, so queries build the same model (the hash
+                # above checks it): pretrained, random (--random-weights) or file (--weights, its name)
+                "weights_source": ("random" if opts.random_weights else "file" if opts.weights else "pretrained"),
+                "weights_file": os.path.basename(opts.weights) if opts.weights else None}
     return json.loads(json.dumps(identity))
 
 

@@ -32,7 +32,9 @@ def _fx(spec: ModelSpec):
 def list_layers(spec: ModelSpec, net: Optional[nn.Module] = None) -> list[str]:
     """The fx node names of ``spec`` in eval mode (what ``--layer`` accepts)."""
     _, get_graph_node_names = _fx(spec)
-    _, eval_nodes = get_graph_node_names(net if net is not None else spec.build())
+    with warnings.catch_warnings():  # "eval nodes are a subsequence of train nodes": we list the eval ones
+        warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing", category=UserWarning)
+        _, eval_nodes = get_graph_node_names(net if net is not None else spec.build())
     return list(eval_nodes)
 
 

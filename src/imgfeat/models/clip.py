@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import WeightsUnavailableError, bad_param, require
 from .preprocess import Preprocess
-from .weights import WeightsSource
+from .weights import WeightsSource, hub_offline, offline_message
 
 CLIP_PREFIX = "clip:"
 _RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
@@ -101,6 +101,10 @@ class OpenClipWeights(WeightsSource):
 
     def instantiate(self, build, name: str) -> nn.Module:
         open_clip = _open_clip()
+        if self._hub() and not self.available():
+            why = hub_offline()
+            if why:
+                raise WeightsUnavailableError(offline_message(name, self._hub(), why, "an open_clip checkpoint"))
         try:
             clip = open_clip.create_model(self.arch, pretrained=self.tag, require_pretrained=True)
         except Exception as exc:  # noqa: BLE001 - offline, no such file, hub error: one clear message
@@ -108,8 +112,8 @@ class OpenClipWeights(WeightsSource):
             raise WeightsUnavailableError(
                 f"{name}: the pretrained weights could not be loaded from {where} ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). Online, they download once "
-                "into the Hugging Face cache (HF_HOME); offline, copy an open_clip checkpoint here and pass "
-                "--weights FILE, or use --random-weights for speed tests.") from None
+                "into the Hugging Face cache (HF_HOME); offline, pass --weights FILE (an open_clip checkpoint "
+                "file), or use --random-weights for speed tests.") from None
         return ClipModel(clip, self.arch).eval()
 
 

@@ -28,7 +28,15 @@ def load_state_dict_file(path: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors: the file is not a checkpoint
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        kind = "a NumPy array file (.npy)" if head == b"\x93NUMPY" else "not a PyTorch checkpoint"
+        raise WeightsUnavailableError(
+            f"--weights file {path!r} is {kind}: expected a state dict saved with torch.save (.pth/.pt) or a "
+            f".safetensors file ({type(exc).__name__})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -58,12 +66,69 @@ class StateDictWeights(WeightsSource):
 
     def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
         net = build()
-        missing, unexpected = net.load_state_dict(self.load(), strict=False)
-        if missing or unexpected:
-            raise WeightsUnavailableError(
-                f"weights for {name} do not match the architecture: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}")
+        state = self.load()
+        mismatch = mismatched_tensors(net.state_dict(), state)
+        if mismatch:
+            raise WeightsUnavailableError(f"{self.describe()} does not fit {name}: {mismatch}")
+        net.load_state_dict(state, strict=True)
         return net.eval()
+
+
+def mismatched_tensors(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """One line saying how ``given`` differs from the state dict a model expects ('' when it fits)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [(k, tuple(given[k].shape), tuple(v.shape)) for k, v in expected.items()
+              if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return ""
+    parts = []
+    if shapes:
+        k, got, want = shapes[0]
+        parts.append(f"{len(shapes)} of {len(expected)} tensors have other shapes (e.g. {k}: file {got}, "
+                     f"model {want})")
+    if missing:
+        parts.append(f"{len(missing)} tensors are missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} are not the model's (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(parts) + " - the file holds weights of another architecture or variant"
+
+
+def hub_offline(endpoint: Optional[str] = None) -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached right now (None when it can): ``HF_HUB_OFFLINE`` is set, or a
+    connection to the endpoint fails within a few seconds. Asked before a download so an offline machine fails
+    at once with the fix, instead of after the hub client's retries (about a minute, 46 lines)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def hub_cache_folder(repo: str) -> str:
+    """Where the Hugging Face cache keeps ``repo`` (HF_HOME / HF_HUB_CACHE respected)."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - timm and open_clip both need huggingface_hub
+        HF_HUB_CACHE = os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub")
+                                               if os.environ.get("HF_HOME") else HF_HUB_CACHE)
+    return os.path.join(cache, "models--" + repo.replace("/", "--"))
+
+
+def offline_message(name: str, repo: Optional[str], why: str, checkpoint: str) -> str:
+    where = (f"the Hugging Face hub repository {repo} is not in the cache ({hub_cache_folder(repo)})"
+             if repo else "its weights are not cached")
+    return (f"{name}: {where} and the hub is offline ({why}). Online, they download once into that cache; "
+            f"offline, copy the cache folder from a machine that has it, or pass --weights FILE ({checkpoint}), "
+            "or --random-weights for speed tests.")
 
 
 @dataclass(frozen=True)
@@ -216,6 +281,13 @@ class TimmHubWeights(WeightsSource):
     def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
         """timm's builder fetches and adapts its own checkpoints (per-model filters), so it builds the net here."""
         timm = require("timm", "timm", "timm models")
+        if not self.available():
+            why = hub_offline()
+            if why:
+                cfg = timm.models.get_pretrained_cfg(self.model_name)
+                raise WeightsUnavailableError(offline_message(
+                    f"timm:{self.model_name}", (cfg.hf_hub_id or "").split("@")[0] or None if cfg else None, why,
+                    "a state dict for this timm model"))
         try:
             return timm.create_model(self.model_name, pretrained=True).eval()
         except Exception as exc:  # hub errors come in many types

@@ -123,6 +123,8 @@ class FeatureStore:
     @classmethod
     def existing(cls, path: str | os.PathLike) -> "FeatureStore":
         """The store at ``path``, which must exist (a clear error otherwise)."""
+        if not os.path.exists(path):
+            raise ImgfeatError(f"{path} does not exist")
         store = cls(path)
         if not store.manifest:
             raise ImgfeatError(f"{path} is not an imgfeat feature store (no manifest.json)")
@@ -165,9 +167,12 @@ class FeatureStore:
     def check_weights(self, fingerprint: str, model: str, weights: Optional[str] = None) -> None:
         """Refuse to mix in (or compare against) vectors of other weights than the store's."""
         if fingerprint != self.manifest.get("weights"):
+            source = self.manifest.get("weights_source")
+            was = {"random": "--random-weights", "file": f"--weights {self.manifest.get('weights_file') or 'FILE'}",
+                   "pretrained": "the pretrained weights"}.get(source, "other weights")
             raise StoreMismatchError(
-                f"{self.path} was extracted with other {model} weights than "
-                f"{weights or 'the pretrained ones'}: refusing to mix their features (pass the same --weights FILE)")
+                f"{self.path} was extracted with {was} of {model}, not {weights or 'these weights'} "
+                "(their hashes differ): refusing to mix or compare their features")
 
     def annotate(self, key: str, value) -> None:
         """Record ``key`` (not part of the identity, e.g. a precision's measured fidelity) in the manifest."""
@@ -204,19 +209,21 @@ class FeatureStore:
     # ------------------------------------------------------------------ reading
     def verify(self) -> dict:
         """Check every done shard's files against its checksums; report pending shards."""
-        bad, rows, errors = [], 0, 0
+        bad, missing, rows, errors = [], [], 0, 0
         for m in self.markers():
             for f in m["files"].values():
                 p = self.shard_dir / f["name"]
-                if not p.is_file() or p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
+                if not p.is_file():
+                    missing.append(f["name"])
+                elif p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
                     bad.append(f["name"])
             rows += m["rows"]
             errors += m["errors"]
         done = self.done_shards()
         total = self.manifest.get("total_shards")
         pending = sorted(set(range(total)) - done) if total is not None else None
-        return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad, "rows": rows,
-                "errors": errors}
+        return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad + missing,
+                "missing": missing, "rows": rows, "errors": errors}
 
     def load(self) -> tuple[list[str], "StoreMatrix"]:
         import pyarrow.parquet as pq

@@ -1,5 +1,6 @@
-"""Near-duplicate groups: each vector's k nearest neighbours (cosine, blocks of queries), pairs above a
-threshold joined into connected components. Memory is the index plus N x k, never N x N.
+"""Near-duplicate groups: each vector's k nearest neighbours (cosine, blocks of queries), then groups whose
+every member is within the threshold of the group's representative. Memory is the index plus N x k, never
+N x N.
 
 The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold
 (``groups_at``) in a fraction of a second, which is what a threshold slider needs."""
@@ -39,28 +40,43 @@ def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex
 
 
 def groups_at(D: np.ndarray, I: np.ndarray, threshold: float) -> list[np.ndarray]:
-    """Rows grouped by chains of similarity >= ``threshold``: arrays of rows (size >= 2), largest first,
-    ties by first row."""
+    """Groups (size >= 2) in which every member's similarity to the group's representative, its first row, is
+    >= ``threshold`` (not chains: single linkage would put two images that share a neighbour, but not each
+    other, in one group). Representatives are taken greedily, the row with the most pairs above the threshold
+    first (ties: the lower row); each takes its not yet grouped neighbours above the threshold. Groups are
+    arrays of rows, representative first then ascending, largest group first, ties by representative."""
     from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     check_threshold(threshold)
     n = len(D)
     src, col = np.nonzero((D >= threshold) & (I >= 0))
-    dst = I[src, col]
+    dst = I[src, col].astype(np.int64)
     keep = dst != src
-    graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (src[keep], dst[keep])), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    sizes = np.bincount(comp)
-    order = np.argsort(comp, kind="stable")  # rows grouped by component, ascending within each
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    groups = [order[starts[c]:starts[c] + sizes[c]] for c in np.flatnonzero(sizes > 1)]
+    src, dst = src[keep], dst[keep]
+    # symmetric: a pair found from either side links both (the lists are k-limited and may be one-sided)
+    adj = coo_matrix((np.ones(2 * len(src), np.int8), (np.concatenate([src, dst]), np.concatenate([dst, src]))),
+                     shape=(n, n)).tocsr()
+    adj.sum_duplicates()
+    degree = np.diff(adj.indptr)
+    order = np.lexsort((np.arange(n), -degree))
+    grouped = np.zeros(n, bool)
+    groups = []
+    for r in order[: int((degree > 0).sum())]:
+        if grouped[r]:
+            continue
+        members = adj.indices[adj.indptr[r]:adj.indptr[r + 1]]
+        members = np.sort(members[~grouped[members]])
+        if len(members) == 0:
+            continue
+        grouped[r] = True
+        grouped[members] = True
+        groups.append(np.concatenate([[r], members]).astype(np.int64))
     return sorted(groups, key=lambda g: (-len(g), int(g[0])))
 
 
 def duplicate_groups(X, ids: list[str], *, threshold: float = 0.95, k: int = 10,
                      index: str = "exact") -> list[list[str]]:
-    """Groups (size >= 2) of ids whose cosine similarity chains above ``threshold``.
+    """Groups (size >= 2) of ids, representative first, each member's cosine to it >= ``threshold``.
 
     ``X`` may be a memory map or a store's matrix: it is read in blocks."""
     check_threshold(threshold)

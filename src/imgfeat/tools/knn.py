@@ -39,9 +39,28 @@ def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[
     return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
 
 
+def scaled_factory(factory: str, n: int) -> str:
+    """``factory`` with its IVF cell count lowered to what ``n`` vectors can train (``TRAIN_PER_CELL`` each), with
+    a warning: the README's ``IVF65536,PQ32`` run on a sample of a large collection still works."""
+    import logging
+    import re
+
+    match = re.search(r"IVF(\d+)", factory)
+    if not match:
+        return factory
+    nlist, fits = int(match.group(1)), max(1, n // TRAIN_PER_CELL)
+    if nlist <= fits:
+        return factory
+    scaled = factory[:match.start(1)] + str(fits) + factory[match.end(1):]
+    logging.getLogger(__name__).warning(
+        "%s needs at least %d vectors to train %d IVF cells (%d per cell); %d vectors: using %s", factory,
+        nlist * TRAIN_PER_CELL, nlist, TRAIN_PER_CELL, n, scaled)
+    return scaled
+
+
 class KNNIndex(Params):
-    """``metric`` "ip" (inner product), "l2" or "cosine" (vectors L2-normalised as they are
-    added and queried, block by block; scores are cosine similarities); ``index``
+    """``metric`` "cosine" (the default of every tool: vectors L2-normalised as they are added and queried,
+    block by block; scores are cosine similarities), "ip" (inner product) or "l2"; ``index``
     "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), or a
     faiss ``index_factory`` string such as ``"IVF65536,PQ32"`` (compressed codes: what makes a
     100M-vector graph fit in memory; ``nprobe`` applies to it too).
@@ -50,7 +69,7 @@ class KNNIndex(Params):
     blocks of ``block`` rows and trains on a seeded sample, so beyond the index itself it
     needs memory for one block and the sample only."""
 
-    def __init__(self, *, metric: str = "ip", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
+    def __init__(self, *, metric: str = "cosine", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
                  M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536) -> None:
         self.metric, self.index, self.nlist, self.nprobe, self.M, self.ef_search, self.seed = \
             metric, index, nlist, nprobe, M, ef_search, seed
@@ -67,8 +86,9 @@ class KNNIndex(Params):
         if self.index == "ivf":
             nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
             return faiss.IndexIVFFlat(faiss.IndexFlat(d, mt), d, nlist, mt)
+        factory = scaled_factory(self.index, n)
         try:
-            return faiss.index_factory(d, self.index, mt)
+            return faiss.index_factory(d, factory, mt)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             raise bad_param("index", f"one of {INDEXES} or a faiss index_factory string ({first})",
@@ -91,7 +111,12 @@ class KNNIndex(Params):
             want = TRAIN_PER_CELL * max(256, ivf.nlist if ivf is not None else 0)
             rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
             sample = np.ascontiguousarray(X[rows], dtype=np.float32)
-            idx.train(l2_normalise(sample) if self.normalise_ else sample)
+            try:
+                idx.train(l2_normalise(sample) if self.normalise_ else sample)
+            except RuntimeError as exc:  # e.g. a PQ's 256 codes from fewer vectors
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise ImgfeatError(f"the index {self.index!r} cannot be trained on {n} vectors ({last.strip()}); "
+                                   "use a smaller one (fewer IVF cells, fewer PQ bits) or the exact index") from None
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             ivf.nprobe = min(self.nprobe, ivf.nlist)

@@ -18,16 +18,20 @@ def read_labels(path: str | Path) -> dict[str, str]:
     except OSError as exc:
         raise ImgfeatError(f"labels file {path}: {exc.strerror or exc}") from None
     with fh:
-        for n, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if n == 1 and [x.lower() for x in parts] == ["id", "label"]:
-                continue
-            if len(parts) != 2:
-                raise ImgfeatError(f"{path} line {n}: expected 'id<TAB>label', got {line!r}")
-            labels[parts[0]] = parts[1]
+        try:
+            for n, line in enumerate(fh, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if n == 1 and [x.lower() for x in parts] == ["id", "label"]:
+                    continue
+                if len(parts) != 2:
+                    raise ImgfeatError(f"{path} line {n}: expected 'id<TAB>label', got {line[:80]!r}")
+                labels[parts[0]] = parts[1]
+        except UnicodeDecodeError:
+            raise ImgfeatError(f"labels file {path} is not UTF-8 text (a binary file?): expected "
+                               "'id<TAB>label' lines") from None
     if not labels:
         raise ImgfeatError(f"{path} holds no labels")
     return labels

@@ -31,7 +31,19 @@ def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: flo
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X).astype(np.float32)
 
 
-def scatter_png(coords: np.ndarray, labels: Optional[Sequence[str]], path: str, title: str = "") -> None:
+def class_colours(n: int, plt) -> list:
+    """``n`` distinct colours: tab10 up to 10 classes; beyond, tab20's strong and light halves in turn (its
+    pairs side by side are hard to tell apart), then evenly spaced hues."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(j) for j in range(n)]
+    if n <= 20:
+        tab20 = plt.get_cmap("tab20")
+        return [tab20(2 * j) for j in range(10)][:n] + [tab20(2 * j + 1) for j in range(10)][: n - 10]
+    return [plt.get_cmap("hsv")(j / n) for j in range(n)]
+
+
+def scatter_png(coords: np.ndarray, labels: Optional[Sequence[Optional[str]]], path: str, title: str = "") -> None:
+    """Points coloured by label (None: unlabelled, grey and behind the classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,12 +53,16 @@ def scatter_png(coords: np.ndarray, labels: Optional[Sequence[str]], path: str, 
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=3)
     else:
-        labels = np.asarray(labels)
-        classes = sorted(set(labels.tolist()))
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        labels = np.asarray(labels, dtype=object)
+        unlabelled = np.array([v is None for v in labels], bool)
+        if unlabelled.any():  # grey, drawn first (behind), not a class and not a colour of the palette
+            ax.scatter(coords[unlabelled, 0], coords[unlabelled, 1], s=3, color="#c8c8c8",
+                       label=f"(unlabelled: {int(unlabelled.sum())})", zorder=0)
+        classes = sorted({v for v in labels.tolist() if v is not None})
+        colours = class_colours(len(classes), plt)
         for j, c in enumerate(classes):
             sel = labels == c
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=3, color=cmap(j % cmap.N), label=c)
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=3, color=colours[j], label=c, zorder=1)
         ax.legend(markerscale=4, fontsize=8, loc="best")
     ax.set_xticks([])
     ax.set_yticks([])

@@ -49,6 +49,9 @@ class StreamingPCA(Params):
         n, d = self.n_samples_seen_, self._sum.shape[0]
         if not 1 <= self.n_components <= d:
             raise bad_param("n_components", f"an integer in [1, {d}] (the feature dimension)", self.n_components)
+        if self.n_components >= n:  # n centred vectors span at most n - 1 directions
+            raise bad_param("n_components", f"an integer below the number of vectors fitted ({n}): {n} vectors "
+                                            f"have at most {n - 1} directions of variance", self.n_components)
         self.mean_ = self._sum / n
         cov = (self._outer - n * np.outer(self.mean_, self.mean_)) / max(n - 1, 1)
         values, vectors = np.linalg.eigh(cov)

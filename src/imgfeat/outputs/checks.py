@@ -1,0 +1,94 @@
+"""Checks made on an output before any work: it can be written, it is not a folder (or, for a feature store, a
+folder of something else), and it is none of the run's inputs. A user learns this in a second, not after the
+model was built, the probe trained or t-SNE ran, and never by finding an input overwritten."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import ImgfeatError
+
+MANIFEST = "manifest.json"
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_inputs(out: str | os.PathLike, inputs: Iterable[tuple[str, object]], flag: str = "--out") -> None:
+    """``out`` must not be one of ``inputs`` (``(flag, path)`` pairs; non-paths are ignored) or inside an input
+    folder: writing there would overwrite the input, or add files to the collection being read."""
+    target = _resolved(out)
+    for name, value in inputs:
+        if not isinstance(value, (str, os.PathLike)) or not os.path.exists(value):
+            continue
+        source = _resolved(value)
+        if source.is_dir() and _inside(target, source):
+            raise ImgfeatError(f"{flag} {out} is inside the input folder {name} {value}: refusing to write into the "
+                               "collection being read; write somewhere else")
+        if target == source:
+            raise ImgfeatError(f"{flag} {out} is the input {name} {value}: refusing to overwrite it; "
+                               "write somewhere else")
+
+
+def _probe_folder(folder: Path, out: str | os.PathLike, flag: str) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".imgfeat-write-check-"):
+            pass
+    except OSError as exc:
+        raise ImgfeatError(f"{flag} {out} cannot be written: {exc.strerror or exc} in {folder}") from None
+
+
+def check_output_file(out: str | os.PathLike, flag: str = "--out",
+                      inputs: Iterable[tuple[str, object]] = ()) -> None:
+    """``out`` is a file this run can create or replace (an error naming ``flag`` otherwise)."""
+    refuse_inputs(out, inputs, flag)
+    p = Path(os.path.expanduser(os.fspath(out)))
+    if p.is_dir():
+        raise ImgfeatError(f"{flag} {out} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ImgfeatError(f"{flag} {out}: the folder {parent} does not exist"
+                           if not parent.exists() else f"{flag} {out}: {parent} is not a folder")
+    _probe_folder(parent, out, flag)
+
+
+def check_output_dir(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[tuple[str, object]] = (),
+                     must_be_store: bool = False, what: str = "feature store") -> None:
+    """``out`` is a folder this run may write: a feature store already (its manifest), an empty or missing
+    folder whose nearest existing parent is writable, never a folder that holds other things."""
+    refuse_inputs(out, inputs, flag)
+    p = Path(os.path.expanduser(os.fspath(out)))
+    if p.exists() and not p.is_dir():
+        raise ImgfeatError(f"{flag} {out} is a file, not a folder")
+    if p.is_dir():
+        if must_be_store and not (p / MANIFEST).is_file():
+            entries = sorted(os.listdir(p))
+            if entries:
+                shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+                raise ImgfeatError(f"{flag} {out} is a folder that is not a {what}: it holds {len(entries)} "
+                                   f"entr{'y' if len(entries) == 1 else 'ies'} ({shown}); give a new or empty "
+                                   "folder, or an existing store")
+        _probe_folder(p, out, flag)
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ImgfeatError(f"{flag} {out}: {parent} is not a folder")
+    _probe_folder(parent, out, flag)
+
+
+def check_outputs(*pairs: tuple[str, Optional[str]], inputs: Iterable[tuple[str, object]] = ()) -> None:
+    """Each ``(flag, file)`` of a tool's outputs that is set (None: not asked for)."""
+    inputs = list(inputs)
+    for flag, out in pairs:
+        if out:
+            check_output_file(out, flag, inputs)
