@@ -115,7 +115,8 @@ class KNNIndex(Params):
                 idx.train(l2_normalise(sample) if self.normalise_ else sample)
             except RuntimeError as exc:  # e.g. a PQ's 256 codes from fewer vectors
                 last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ImgfeatError(f"the index {self.index!r} cannot be trained on {n} vectors ({last.strip()}); "
+                last = last.split("failed: ")[-1].split("Error: ")[-1].strip()
+                raise ImgfeatError(f"the index {self.index!r} cannot be trained on {n} vectors ({last}); "
                                    "use a smaller one (fewer IVF cells, fewer PQ bits) or the exact index") from None
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
