@@ -40,12 +40,30 @@ def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):
     np.testing.assert_allclose(np.asarray(mat_r), np.asarray(mat_l), rtol=1e-5, atol=1e-5)
     report = FeatureStore(distributed).verify()
     assert (report["done"], report["total_shards"], report["corrupt"], report["errors"]) == (5, 5, [], 2)
-    # resuming through Ray: drop two shards, rerun, only those are redone
+    # resuming through Ray: a run that died before publishing, with two shards undone: only those are redone
+    import imgfeat.engines.update as update_mod
+
+    resumed = tmp_path / "resumed"
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    real, update_mod.publish = update_mod.publish, killed
+    try:
+        with pytest.raises(Killed):
+            imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts())
+    finally:
+        update_mod.publish = real
     for k in (1, 3):
-        (distributed / "shards" / f"{k:06d}.done.json").unlink()
-    again = imgfeat.extract(str(image_tsv), str(distributed), engine="ray", **_opts())
+        (resumed / "shards" / f"{k:06d}.done.json").unlink()
+    again = imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts())
     assert (again.shards_written, again.shards_skipped) == (2, 3)
-    assert imgfeat.load(distributed)[0] == _expected_ids()
+    assert imgfeat.load(resumed)[0] == _expected_ids()
+    # and a second run finds nothing to do: no actor, no model
+    assert imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts()).model is None
 
 
 def test_ray_engine_needs_a_store(tmp_path, ray_cluster):

@@ -39,7 +39,7 @@ def test_store_layout_manifest_and_load(image_tsv, tmp_path):
     assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3, 4]
     assert manifest["shards"][1]["errors"] == 1 and manifest["shards"][1]["rows"] == 4
     assert sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith("000001")) == [
-        "000001.done.json", "000001.errors.tsv", "000001.ids.parquet", "000001.npy"]
+        "000001.done.json", "000001.errors.tsv", "000001.ids.parquet", "000001.inputs.parquet", "000001.npy"]
     ids, mat = imgfeat.load(out)
     assert ids == _expected_ids() and mat.shape == (23, 512)
     ref = imgfeat.extract(str(image_tsv), model="squeezenet1_1", backend="torch", workers=0)
@@ -53,9 +53,20 @@ def test_store_layout_manifest_and_load(image_tsv, tmp_path):
     assert "missing" in (out / "shards" / "000001.errors.tsv").read_text()
 
 
-def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path, capsys):
+def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path, capsys, monkeypatch):
+    import imgfeat.engines.update as update_mod
+
     out = tmp_path / "features"
-    _run(image_tsv, out)
+    real_publish = update_mod.publish
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(update_mod, "publish", killed)  # the run dies after its shards, before publishing them
+    with pytest.raises(_Killed):
+        _run(image_tsv, out)
+    assert imgfeat.load(out)[0] == []  # readers never see an unpublished state
+    monkeypatch.setattr(update_mod, "publish", real_publish)
     (out / "shards" / "000002.done.json").unlink()  # as if the run had died in shard 2
     (out / "shards" / "000003.npy").write_bytes(b"garbage")  # and shard 3's vectors were never renamed
     (out / "shards" / "000003.done.json").unlink()
@@ -112,6 +123,8 @@ def test_manifest_appears_whole_or_not_at_all(image_tsv, tmp_path, monkeypatch):
     real_link = os.link
 
     def killed_before_link(src, dst):
+        if Path(dst).name != "manifest.json":
+            return real_link(src, dst)
         assert json.loads(Path(src).read_text())["dim"] == 512  # the temporary file is complete
         raise _Killed
 

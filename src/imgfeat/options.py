@@ -117,6 +117,11 @@ class ExtractOptions:
                                                          "slower one (a stalled mount or URL) becomes a 'timeout' "
                                                          "error row (0: no limit)", seconds())
     quiet: bool = _opt(False, "no progress bar and no summary line")
+    prune: bool = _opt(False, "a store: allow a run that removes more than 10%% of the store's inputs (their ids "
+                              "left the input); without it such a run is refused, in case the input is only "
+                              "partly there (an unmounted drive)")
+    append: bool = _opt(False, "a store: add new and changed images but never remove any (an input that lists "
+                               "only the new images)")
 
     def part(self) -> Optional[tuple[int, int]]:
         """``--shard I/N`` parsed as (I, N)."""
@@ -159,6 +164,13 @@ class ExtractOptions:
                             self.min_fidelity)
         if self.ray_address is not None and self.engine != "ray":
             raise bad_param("ray_address", "given only with --engine ray", self.ray_address)
+        store = self.out is not None and (self.format == "store" or is_store_path(self.out))
+        for name in ("prune", "append"):
+            if getattr(self, name) and not store:
+                raise bad_param(name, "given only with a feature store --out (a folder)", True)
+        if self.prune and self.append:
+            raise bad_param("append", "given without --prune (--append never removes; --prune allows removing)",
+                            True)
 
     def _check_out(self) -> None:
         """The output can be written and is none of the inputs: checked before any model is built."""

@@ -410,6 +410,54 @@ class TarSource(Source):
 
 
 # Registry of file suffix -> (source class, what the file holds); folders are handled before the lookup.
+def fingerprint(rec: Record) -> str:
+    """What changes when a record's bytes change, without reading them: a file's size and modification time
+    (ns); a tar or zip member's archive fingerprint plus the member's offset and size. '' when nothing can be
+    known cheaply (a URL: taken as unchanged while its id stays) or the record is an error; 'missing' for a
+    path that does not exist (an error row when extracted)."""
+    if rec.error or "://" in rec.path:
+        return ""
+    base = rec.path.split("::", 1)[0] if rec.offset is not None or "::" in rec.path else rec.path
+    try:
+        st = os.stat(base)
+    except OSError:
+        return "missing"
+    fp = f"{st.st_size}:{st.st_mtime_ns}"
+    if rec.offset is not None or "::" in rec.path:
+        fp += f":{rec.offset}:{rec.size}:{rec.path.split('::', 1)[-1]}"
+    return fp
+
+
+@dataclass(frozen=True)
+class PlanSource(Source):
+    """The records an update extracts (new and changed images, in input order), read back lazily from the
+    store's plan file (``id, path, offset, size, error`` columns, one row group per shard): what decode workers
+    are handed instead of the whole input. ``label`` is the original input's description."""
+
+    path: str
+    label: str = ""
+
+    def records(self) -> Iterator[Record]:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.path)
+        for batch in pf.iter_batches(batch_size=8192, columns=["id", "path", "offset", "size", "error"]):
+            cols = [batch.column(i).to_pylist() for i in range(5)]
+            for rid, path, offset, size, error in zip(*cols):
+                yield Record(rid, path, error, offset, size)
+
+    def count(self) -> int:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    def input_file(self) -> Optional[str]:
+        return None
+
+    def describe(self) -> str:
+        return self.label or f"update plan {self.path}"
+
+
 _FILE_SOURCES: dict[str, tuple[Callable[[str], Source], str]] = {}
 
 

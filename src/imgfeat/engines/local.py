@@ -3,7 +3,7 @@ shard of the input (all of it, or the ``--shard I/N`` part) streams to a file or
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import sys
 import threading
 import time
@@ -12,13 +12,14 @@ from typing import Optional
 import torch
 
 from ..data.shards import ShardPlan
-from ..data.sources import Source, open_source
+from ..data.sources import PlanSource, Source, open_source
 from ..errors import WorkerDiedError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
-from ..outputs.store import FeatureStore, is_store_path
+from ..outputs.store import FeatureStore, StoreLockedError, is_store_path
 from ..outputs.targets import FileTarget, StoreTarget
 from .fidelity import announce, build_measured, measurement_images
+from . import update
 from .pipeline import ExtractResult, Pipeline, process_shards, require_input, store_identity
 
 
@@ -48,25 +49,29 @@ def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
 def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run ``opts`` (already validated) in this process."""
     source = open_source(opts.data, opts.start, opts.stop)
-    store = FeatureStore(opts.out) if wants_store(opts) else None
-    target = StoreTarget(store) if store is not None else FileTarget(opts.out)  # a bad extension fails early
+    if wants_store(opts):
+        return _run_store(opts, source, FeatureStore(opts.out), progress)
+    target = FileTarget(opts.out)  # a bad extension fails early
     require_input(source, opts)
+    _threads(opts)
+    plan = ShardPlan(size=opts.shard_size if opts.part() else None, part=opts.part())
+    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source))
+    announce(fidelity, None)
+    result = _run(opts, pipeline, source, plan, target, _progress(opts, source, progress), None)
+    result.errors = target.error_log.rows
+    if opts.out is None:
+        sink = target.sink
+        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
+    return result
+
+
+def _threads(opts: ExtractOptions) -> None:
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    plan = ShardPlan(size=opts.shard_size if (store is not None or opts.part()) else None, part=opts.part())
 
-    def open_store(pipeline: Pipeline) -> None:
-        store.open(store_identity(opts, pipeline, source))
 
-    # a lower precision: measured on this input (or refused) before anything is written
-    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
-                                        before_executor=open_store if store is not None else None)
-    announce(fidelity, store)
-    if store is not None:
-        plan = dataclasses.replace(plan, skip=frozenset(store.done_shards()))
-    bar = _progress(opts, source, progress)
-    if bar is not None and plan.skip:
-        bar.update(sum(m["inputs"] for m in store.markers()))  # a resumed run starts where the last one stopped
+def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPlan, target, bar,
+         store: Optional[FeatureStore]) -> ExtractResult:
     start = time.perf_counter()
     retries: dict = {}
     try:
@@ -78,17 +83,56 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     finally:
         if bar is not None:
             bar.close()
-    result = ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
-                           dim=pipeline.dim, model=pipeline.spec.name, backend=pipeline.report["backend"],
-                           backend_report=pipeline.report, out=str(opts.out) if opts.out is not None else None,
-                           errors_path=target.errors_path, n_retried=retries.get("retried", 0),
-                           n_recovered=retries.get("recovered", 0))
-    if store is not None:
-        store.refresh_manifest(total_inputs=target.total_inputs)
-        result.shards_written, result.shards_skipped = target.shards_written, len(plan.skip)
-    else:
-        result.errors = target.error_log.rows
-        if opts.out is None:
-            sink = target.sink
-            result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
-    return result
+    return ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
+                         dim=pipeline.dim, model=pipeline.spec.name, backend=pipeline.report["backend"],
+                         backend_report=pipeline.report, out=str(opts.out) if opts.out is not None else None,
+                         errors_path=target.errors_path, n_retried=retries.get("retried", 0),
+                         n_recovered=retries.get("recovered", 0))
+
+
+def _run_store(opts: ExtractOptions, source: Source, store: FeatureStore,
+               progress: Optional[bool]) -> ExtractResult:
+    """A store converges on its input: the difference is extracted into new shards and published (see
+    ``engines.update``). One writer at a time; ``--shard I/N`` parts share one plan and take no lock."""
+    require_input(source, opts)
+    part = opts.part()
+    if part is not None:
+        held = store.held_lock() if store.path.is_dir() else None
+        if held:
+            raise StoreLockedError(f"{store.path} is being written by another imgfeat extract (pid {held.get('pid')} "
+                                   f"on {held.get('host')}, since {held.get('since')}); run the parts after it")
+        return _update_store(opts, source, store, progress)
+    with store.writer_lock():
+        return _update_store(opts, source, store, progress)
+
+
+def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
+                  progress: Optional[bool]) -> ExtractResult:
+    part = opts.part()
+    upd = update.prepare(opts, source, store, part=part is not None)
+    cheap = update.cheap_identity(opts, source)
+    if upd.nothing_to_do and store.manifest.get("options") == cheap:  # the same job, nothing new: no model
+        return update.finish(opts, store, upd, None, None)
+
+    def open_store(pipeline: Pipeline) -> None:
+        store.open(store_identity(opts, pipeline, source))
+
+    _threads(opts)
+    # a lower precision: measured on this input (or refused) before anything is written
+    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
+                                        before_executor=open_store)
+    announce(fidelity, store)
+    result = None
+    if upd.pending:
+        done = frozenset(store.done_shards())
+        plan = ShardPlan(size=opts.shard_size, skip=done, part=part, offset=upd.base)
+        plan_source = PlanSource(upd.plan, source.describe())
+        bar = _progress(opts, plan_source, progress)
+        if bar is not None:
+            bar.update(sum(json.loads(store.marker(k).read_text())["inputs"] for k in done
+                           if upd.base <= k < upd.base + upd.shards))
+        target = StoreTarget(store, upd.plan, upd.base)
+        result = _run(opts, pipeline, plan_source, plan, target, bar, store)
+        result.shards_written = target.shards_written
+        result.shards_skipped = len([k for k in done if upd.base <= k < upd.base + upd.shards])
+    return update.finish(opts, store, upd, pipeline, result, cheap)

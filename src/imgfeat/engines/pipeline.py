@@ -50,6 +50,9 @@ class ExtractResult:
     backend_report: dict = field(default_factory=dict)
     shards_written: Optional[int] = None
     shards_skipped: Optional[int] = None
+    update: Optional[dict] = None  # a store's run: added, changed, removed, unchanged (+ duplicates, kept)
+    generation: Optional[int] = None  # the store's published generation after the run
+    published: bool = True  # False: a --shard part whose update waits for the other parts
 
     @property
     def images_per_s(self) -> float:
@@ -64,8 +67,18 @@ class ExtractResult:
             failed += f" ({self.n_retried} retried alone in a fresh process, {self.n_recovered} recovered)"
         if self.shards_written is not None:
             failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
+        store = ""
+        if self.update is not None:
+            u = self.update
+            store = (f"; {u['added']:,} added, {u['changed']:,} changed, {u['removed']:,} removed, "
+                     f"{u['unchanged']:,} unchanged" + (f", {u['kept']:,} kept (--append)" if u.get("kept") else "")
+                     + (f", {u['duplicates']:,} duplicate ids skipped" if u.get("duplicates") else "")
+                     + (f"; generation {self.generation}" if self.published else
+                        "; published when every --shard part is done"))
+        if self.model is None:  # nothing to extract: no model was built
+            return f"imgfeat: nothing to extract{store} -> {dest}"
         return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
-                f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}) -> {dest}")
+                f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}){store} -> {dest}")
 
 
 @dataclass

@@ -19,13 +19,14 @@ from typing import Iterator, Optional
 import torch
 
 from ..data.shards import ShardPlan, cut_shards
-from ..data.sources import Counted, ListSource, Record, open_source
+from ..data.sources import ListSource, PlanSource, Record, open_source
 from ..errors import bad_param, require
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
 from .fidelity import FidelityError, announce, build_measured, measurement_images
+from . import update
 from .local import wants_store
 from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, require_input, store_identity
 
@@ -54,17 +55,18 @@ class ShardWorker:
     def fidelity(self) -> tuple[Optional[dict], Optional[str]]:
         return self.figures, self.refused
 
-    def process(self, shard: int, records: list[Record]) -> dict:
-        target = StoreTarget(self.store)
+    def process(self, shard: int, records: list[Record], plan: Optional[str] = None, base: int = 0) -> dict:
+        target = StoreTarget(self.store, plan, base)
         retries: dict = {}
         process_shards(self.pipeline, ListSource(tuple(records)), ShardPlan(size=len(records), offset=shard),
                        target, self.opts, retries=retries)
         return {"shard": shard, "rows": target.n_written, "errors": target.n_failed, **retries}
 
 
-def _pending(records: Iterator[Record], plan: ShardPlan) -> Iterator[tuple[int, list[Record]]]:
+def _pending(records: Iterator[Record], plan: ShardPlan, plan_file: Optional[str],
+             base: int) -> Iterator[tuple]:
     for shard, group in cut_shards(records, plan):
-        yield shard, list(group)  # only wanted shards are ever materialised
+        yield shard, list(group), plan_file, base  # only wanted shards are ever materialised
 
 
 def _actors(ray, opts: ExtractOptions, sample, calibration) -> list:
@@ -84,7 +86,7 @@ def _actors(ray, opts: ExtractOptions, sample, calibration) -> list:
     return [actor.remote(actor_opts, sample, calibration) for _ in range(n_actors)]
 
 
-def _dispatch(ray, actors: list, jobs: Iterator[tuple[int, list[Record]]]) -> dict:
+def _dispatch(ray, actors: list, jobs: Iterator[tuple]) -> dict:
     """Keep every actor busy with at most two shards; returns the totals of the actors' reports (rows, error
     rows, decodes retried and recovered) and the shards written."""
     idle, in_flight = list(actors) * 2, {}
@@ -117,9 +119,23 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
         ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
     source = open_source(opts.data, opts.start, opts.stop)
+    store = FeatureStore(opts.out)
     require_input(source, opts)
+    if opts.part() is not None:
+        return _run(ray, opts, source, store, part=True)
+    with store.writer_lock():  # the driver is the store's one writer; actors write shards of its plan
+        return _run(ray, opts, source, store, part=False)
+
+
+def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> ExtractResult:
+    upd = update.prepare(opts, source, store, part=part)
+    cheap = update.cheap_identity(opts, source)
+    if upd.nothing_to_do and store.manifest.get("options") == cheap:
+        return update.finish(opts, store, upd, None, None)
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
-    store = FeatureStore(opts.out).open(store_identity(opts, pipeline, source))
+    store.open(store_identity(opts, pipeline, source))
+    if not upd.pending:
+        return update.finish(opts, store, upd, pipeline, None, cheap)
     done = store.done_shards()
     actors = _actors(ray, opts, *measurement_images(opts, source))
     figures, refused = ray.get(actors[0].fidelity.remote())
@@ -127,12 +143,13 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
         raise FidelityError(refused)
     announce(figures, store)
     start = time.perf_counter()
-    records = Counted(source.records())
-    plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part())
-    totals = _dispatch(ray, actors, _pending(iter(records), plan))
+    plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part(), offset=upd.base)
+    records = PlanSource(upd.plan, source.describe()).records()
+    totals = _dispatch(ray, actors, _pending(records, plan, upd.plan, upd.base))
     seconds = time.perf_counter() - start
-    store.refresh_manifest(total_inputs=records.n)  # the driver has read every record by now
-    return ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
-                         model=pipeline.spec.name, backend=f"ray x{len(actors)}", out=str(opts.out),
-                         shards_written=totals["shards"], shards_skipped=len(done),
-                         n_retried=totals["retried"], n_recovered=totals["recovered"])
+    skipped = len([k for k in done if upd.base <= k < upd.base + upd.shards])
+    result = ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
+                           model=pipeline.spec.name, backend=f"ray x{len(actors)}", out=str(opts.out),
+                           shards_written=totals["shards"], shards_skipped=skipped,
+                           n_retried=totals["retried"], n_recovered=totals["recovered"])
+    return update.finish(opts, store, upd, pipeline, result, cheap)

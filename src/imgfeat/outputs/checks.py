@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 from ..errors import ImgfeatError
 
 MANIFEST = "manifest.json"
+STORE_ENTRIES = {"shards", "update", ".lock"}  # what a store holds before its manifest exists
 
 
 def _resolved(path: str | os.PathLike) -> Path:
@@ -70,7 +71,9 @@ def check_output_dir(out: str | os.PathLike, flag: str = "--out", inputs: Iterab
         raise ImgfeatError(f"{flag} {out} is a file, not a folder")
     if p.is_dir():
         if must_be_store and not (p / MANIFEST).is_file():
-            entries = sorted(os.listdir(p))
+            # a store another job is creating right now (--shard I/N) has its shards/ and a temporary manifest
+            # (an interrupted first run leaves its update/ plan and perhaps its lock)
+            entries = sorted(e for e in os.listdir(p) if e not in STORE_ENTRIES and not e.startswith(f".{MANIFEST}."))
             if entries:
                 shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
                 raise ImgfeatError(f"{flag} {out} is a folder that is not a {what}: it holds {len(entries)} "

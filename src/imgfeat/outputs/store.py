@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -42,6 +43,23 @@ class StoreMismatchError(ImgfeatError):
     """The store was written by a different job."""
 
 
+class StoreLockedError(ImgfeatError):
+    """Another process is writing the store."""
+
+
+LOCK = ".lock"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
 def is_store_path(path: str | os.PathLike) -> bool:
     """An output with no file extension (or an existing store directory) is a feature store."""
     p = Path(path)
@@ -59,7 +77,7 @@ class ShardWriter:
             stale.unlink(missing_ok=True)
         tag = writer_tag()
         self.final = {"vectors": folder / f"{self.name}.npy", "ids": folder / f"{self.name}.ids.parquet",
-                      "errors": folder / f"{self.name}.errors.tsv"}
+                      "errors": folder / f"{self.name}.errors.tsv", "inputs": folder / f"{self.name}.inputs.parquet"}
         self.tmp = {k: partial_path(p, tag) for k, p in self.final.items()}
         self.dim, self.dtype = store.manifest["dim"], np.dtype(store.manifest["dtype"])
         self._vec = open(self.tmp["vectors"], "wb")
@@ -67,8 +85,12 @@ class ShardWriter:
         self._err = open(self.tmp["errors"], "w", encoding="utf-8", newline="\n")
         self.ids: list[str] = []
         self.paths: list[str] = []
+        self.error_ids: list[str] = []
         self.n_errors = 0
         self.n_inputs = 0
+        # (id, fingerprint) of every input record of this shard in input order, when the run knows them (an
+        # update plan); written as NNNNNN.inputs.parquet, the store's inventory for the next diff
+        self.inputs: Optional[list[tuple[str, str]]] = None
 
     def write(self, ids: Sequence[str], paths: Sequence[str], features: np.ndarray) -> None:
         self._vec.write(np.ascontiguousarray(features, dtype=self.dtype).tobytes())
@@ -77,6 +99,7 @@ class ShardWriter:
 
     def errors(self, rows: Sequence[tuple[str, str, str]]) -> None:
         self._err.write("".join(error_row(row) for row in rows))
+        self.error_ids.extend(str(row[0]) for row in rows)
         self.n_errors += len(rows)
 
     def commit(self) -> dict:
@@ -92,8 +115,12 @@ class ShardWriter:
         pq.write_table(pa.table({"id": pa.array(self.ids, pa.string()), "path": pa.array(self.paths, pa.string())}),
                        self.tmp["ids"])
         fsync_path(self.tmp["ids"])
+        keys = ["vectors", "ids", "errors"]
+        if self.inputs is not None:
+            keys.append("inputs")
+            write_inputs(self.tmp["inputs"], self.inputs, self.ids)
         files = {}
-        for key in ("vectors", "ids", "errors"):
+        for key in keys:
             files[key] = {"name": self.final[key].name, "sha256": sha256(self.tmp[key]),
                           "bytes": self.tmp[key].stat().st_size}
             commit(self.tmp[key], self.final[key])
@@ -108,6 +135,32 @@ class ShardWriter:
             fh.close()
         for p in self.tmp.values():
             p.unlink(missing_ok=True)
+
+
+INPUTS_SCHEMA = None  # pyarrow schema of NNNNNN.inputs.parquet, made on first use (pyarrow imported lazily)
+
+
+def inputs_schema():
+    global INPUTS_SCHEMA
+    if INPUTS_SCHEMA is None:
+        import pyarrow as pa
+
+        INPUTS_SCHEMA = pa.schema([("id", pa.string()), ("fp", pa.string()), ("row", pa.int32())])
+    return INPUTS_SCHEMA
+
+
+def write_inputs(path: Path, inputs: Sequence[tuple[str, str]], vector_ids: Sequence[str]) -> None:
+    """A shard's inventory: each input record's id and fingerprint in input order, and its vector row (-1: an
+    error row). Ids are unique within a shard (an update plan refuses duplicates), so rows map by id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row_of = {rid: i for i, rid in enumerate(vector_ids)}
+    table = pa.table({"id": pa.array([i for i, _ in inputs], pa.string()),
+                      "fp": pa.array([f for _, f in inputs], pa.string()),
+                      "row": pa.array([row_of.get(i, -1) for i, _ in inputs], pa.int32())}, schema=inputs_schema())
+    pq.write_table(table, path)
+    fsync_path(path)
 
 
 class FeatureStore:
@@ -156,8 +209,8 @@ class FeatureStore:
                     + "\nWrite to another --out directory, or delete this one to start over.")
             return self
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT, "format_version": 1, "imgfeat_version": __version__, **identity,
-                    "shards": [], "total_inputs": None, "total_shards": None}
+        manifest = {"format": FORMAT, "format_version": 2, "imgfeat_version": __version__, **identity,
+                    "shards": [], "total_inputs": None, "total_shards": None, "generation": 0, "segments": []}
         if create_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1).encode()):
             self.manifest = manifest
             return self
@@ -206,6 +259,192 @@ class FeatureStore:
         write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
         self.manifest = current
 
+    # ------------------------------------------------------------------ generations
+    # A store follows its input (format_version 2): the manifest is a snapshot. ``segments`` lists the published
+    # shards and, for each, its dead-inputs file (``NNNNNN.dead.gG.npy``: the input positions of the shard's
+    # inventory that were removed or superseded as of generation G; immutable, like the shards). A new state is
+    # published by one atomic replace of the manifest after its shards are done, so a reader sees the old state
+    # or the new one. Shards done but not yet published (an update in progress) are invisible to readers.
+    @property
+    def generation(self) -> Optional[int]:
+        """The published generation; None for a store written before generations (format_version 1)."""
+        return self.manifest.get("generation")
+
+    @property
+    def update_dir(self) -> Path:
+        return self.path / "update"
+
+    def segments(self) -> list[dict]:
+        """The shards readers see, in order: the manifest's list, or every done shard of an old store."""
+        if self.generation is not None:
+            return [dict(seg) for seg in self.manifest.get("segments", [])]
+        return [{"shard": m["shard"], "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"], "dead": None,
+                 "files": m["files"]} for m in self.markers()]
+
+    def _shard_file(self, shard: int, suffix: str) -> Path:
+        return self.shard_dir / f"{shard:06d}.{suffix}"
+
+    def inputs_table(self, shard: int):
+        """A shard's inventory (id, fp, row) - written with the shard, or converted from an old store's files."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self._shard_file(shard, "inputs.parquet"), schema=inputs_schema())
+
+    def dead_inputs(self, seg: dict) -> np.ndarray:
+        return np.load(self.shard_dir / seg["dead"]) if seg.get("dead") else np.zeros(0, np.int64)
+
+    def live_rows(self, seg: dict) -> Optional[np.ndarray]:
+        """The vector rows of a segment that are live (None: all of them)."""
+        dead = self.dead_inputs(seg)
+        if not len(dead):
+            return None
+        rows = self.inputs_table(seg["shard"]).column("row").to_numpy()[dead]
+        return np.setdiff1d(np.arange(seg["rows"]), rows[rows >= 0])
+
+    def inventory(self):
+        """Every live input record of the published state: (id, fp, shard, pos) as an Arrow table (columnar: a
+        few tens of bytes per record, never a Python object per id)."""
+        import pyarrow as pa
+
+        parts = []
+        for seg in self.segments():
+            t = self.inputs_table(seg["shard"])
+            pos = np.arange(t.num_rows, dtype=np.int64)
+            dead = self.dead_inputs(seg)
+            keep = np.setdiff1d(pos, dead) if len(dead) else pos
+            t = t.take(pa.array(keep)) if len(dead) else t
+            parts.append(pa.table({"id": t.column("id"), "sfp": t.column("fp"),
+                                   "shard": pa.array(np.full(len(keep), seg["shard"], np.int64)),
+                                   "spos": pa.array(keep)}))
+        if not parts:
+            return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
+                             "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
+        return pa.concat_tables(parts)
+
+    def convert_inputs(self) -> int:
+        """Give every done shard of an old store its inventory (ids from its .ids.parquet and .errors.tsv, with
+        no fingerprint: taken as unchanged while the id stays in the input). Returns the shards converted."""
+        import pyarrow.parquet as pq
+
+        n = 0
+        for m in self.markers():
+            path = self._shard_file(m["shard"], "inputs.parquet")
+            if path.is_file():
+                continue
+            ids = pq.read_table(self._shard_file(m["shard"], "ids.parquet"), columns=["id"]).column("id").to_pylist()
+            errors = [line.split("\t", 1)[0] for line in
+                      self._shard_file(m["shard"], "errors.tsv").read_text(encoding="utf-8").splitlines() if line]
+            tmp = partial_path(path, writer_tag())
+            write_inputs(tmp, [(i, "") for i in ids + errors], ids)
+            commit(tmp, path)
+            n += 1
+        return n
+
+    def write_dead(self, shard: int, positions: np.ndarray, generation: int) -> str:
+        """The dead-inputs file of ``shard`` as of ``generation`` (sorted, unique input positions)."""
+        path = self._shard_file(shard, f"dead.g{generation}.npy")
+        tmp = partial_path(path, writer_tag())
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.unique(np.asarray(positions, np.int64)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        commit(tmp, path)
+        return path.name
+
+    def publish(self, segments: list[dict], run: dict) -> dict:
+        """Make ``segments`` the store's state, as the next generation (one atomic replace of the manifest)."""
+        import time as _time
+
+        current = self._read_manifest()
+        live = sum(seg["rows"] - seg.get("dead_rows", 0) for seg in segments)
+        errors = sum(seg["errors"] - seg.get("dead_errors", 0) for seg in segments)
+        dead_rows = sum(seg.get("dead_rows", 0) for seg in segments)
+        current.update(format_version=2, generation=(current.get("generation") or 0) + 1, segments=segments,
+                       updated=_time.strftime("%Y-%m-%dT%H:%M:%S%z"), live_rows=live, live_errors=errors,
+                       dead_rows=dead_rows, last_run=run,
+                       removed_total=(current.get("removed_total") or 0) + run.get("removed", 0),
+                       superseded_total=(current.get("superseded_total") or 0) + run.get("changed", 0))
+        current["shards"] = [{k: seg[k] for k in ("shard", "rows", "errors", "inputs", "files") if k in seg}
+                             for seg in segments]
+        current["total_inputs"] = sum(seg["inputs"] - seg.get("dead_inputs", 0) for seg in segments)
+        current["total_shards"] = len(segments)
+        write_atomic(self.path / MANIFEST, json.dumps(current, indent=1).encode())
+        self.manifest = current
+        return current
+
+    def unpublished(self) -> list[int]:
+        """Done shards no published state refers to (an interrupted update's)."""
+        published = {seg["shard"] for seg in self.segments()} if self.generation is not None else self.done_shards()
+        return sorted(self.done_shards() - published)
+
+    def next_shard(self) -> int:
+        """The index after every shard file there is (published, unpublished or half-written)."""
+        if not self.shard_dir.is_dir():
+            return 0
+        numbers = [int(p.name.split(".")[0]) for p in self.shard_dir.iterdir() if p.name[:6].isdigit()]
+        numbers += [int(p.name.split(".")[1]) for p in self.shard_dir.glob(".*.partial") if p.name[1:7].isdigit()]
+        return max(numbers, default=-1) + 1
+
+    def remove_shard_files(self, shard: int) -> None:
+        """Delete every file of ``shard`` (its marker first, so it is never half-present and marked done)."""
+        self.marker(shard).unlink(missing_ok=True)
+        for p in self.shard_dir.glob(f"{shard:06d}.*"):
+            p.unlink(missing_ok=True)
+
+    @contextmanager
+    def writer_lock(self):
+        """One writer at a time: ``STORE/.lock`` holds the writer's pid, host and start time. A lock left by a
+        process that is gone (same host) is taken over; one from another host is reported with how to clear it."""
+        import socket
+        import time as _time
+
+        path = self.path / LOCK
+        self.path.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": _time.strftime("%Y-%m-%d %H:%M:%S")}
+        data = json.dumps(mine).encode()
+        while not create_atomic(path, data):
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # it went away (or is being replaced): try again
+            if held.get("host") == mine["host"] and not _alive(held.get("pid")):
+                stale = path.with_name(f"{LOCK}.stale.{os.getpid()}")
+                try:
+                    os.rename(path, stale)
+                except FileNotFoundError:
+                    continue
+                if json.loads(stale.read_text()) != held:  # another process took it over first: give it back
+                    os.rename(stale, path)
+                    continue
+                stale.unlink()
+                continue
+            where = "this machine" if held.get("host") == mine["host"] else f"host {held.get('host')}"
+            raise StoreLockedError(
+                f"{self.path} is being written by another imgfeat extract (pid {held.get('pid')} on {where}, since "
+                f"{held.get('since')}); wait for it to finish"
+                + ("" if held.get("host") == mine["host"] else
+                   f". If that process is gone, delete {path} (a lock from another machine cannot be checked)"))
+        try:
+            yield
+        finally:
+            try:
+                if json.loads(path.read_text()) == mine:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+
+    def held_lock(self) -> Optional[dict]:
+        """The writer lock's holder when a live process holds it (for ``--shard I/N`` parts, which take none)."""
+        import socket
+
+        try:
+            held = json.loads((self.path / LOCK).read_text())
+        except (OSError, ValueError):
+            return None
+        if held.get("host") == socket.gethostname() and not _alive(held.get("pid")):
+            return None
+        return held
+
     # ------------------------------------------------------------------ reading
     def verify(self) -> dict:
         """Check every done shard's files against its checksums; report pending shards."""
@@ -221,28 +460,44 @@ class FeatureStore:
             errors += m["errors"]
         done = self.done_shards()
         total = self.manifest.get("total_shards")
-        pending = sorted(set(range(total)) - done) if total is not None else None
+        if self.generation is not None:  # the shards of an update in progress that are not done yet
+            try:
+                plan = json.loads((self.update_dir / "plan.json").read_text())
+                pending = sorted(set(range(plan["base"], plan["base"] + plan["shards"])) - done)
+            except (OSError, ValueError, KeyError):
+                pending = []
+        else:
+            pending = sorted(set(range(total)) - done) if total is not None else None
         return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad + missing,
                 "missing": missing, "rows": rows, "errors": errors}
 
     def load(self) -> tuple[list[str], "StoreMatrix"]:
+        """The live ids and a matrix over the live vectors of the published state."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        shards = sorted(self.done_shards())
         ids: list[str] = []
-        for i in shards:
-            ids.extend(pq.read_table(self.shard_dir / f"{i:06d}.ids.parquet", columns=["id"]).column("id").to_pylist())
-        return ids, StoreMatrix([self.shard_dir / f"{i:06d}.npy" for i in shards], self.manifest["dim"],
-                                np.dtype(self.manifest["dtype"]))
+        files, keeps = [], []
+        for seg in self.segments():
+            col = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=["id"]).column("id")
+            keep = self.live_rows(seg)
+            ids.extend((col if keep is None else col.take(pa.array(keep))).to_pylist())
+            files.append(self._shard_file(seg["shard"], "npy"))
+            keeps.append(keep)
+        return ids, StoreMatrix(files, self.manifest["dim"], np.dtype(self.manifest["dtype"]), keeps)
 
     def iter_shards(self) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
-        """(ids, paths, memory-mapped vectors) shard by shard, in input order."""
+        """(ids, paths, vectors) of the live rows, shard by shard (memory-mapped where a shard has no dead rows)."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i in sorted(self.done_shards()):
-            t = pq.read_table(self.shard_dir / f"{i:06d}.ids.parquet")
-            yield t.column("id").to_pylist(), t.column("path").to_pylist(), \
-                np.load(self.shard_dir / f"{i:06d}.npy", mmap_mode="r")
+        for seg in self.segments():
+            t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"))
+            vectors = np.load(self._shard_file(seg["shard"], "npy"), mmap_mode="r")
+            keep = self.live_rows(seg)
+            if keep is not None:
+                t, vectors = t.take(pa.array(keep)), vectors[keep]
+            yield t.column("id").to_pylist(), t.column("path").to_pylist(), vectors
 
 
 class StoreMatrix:
@@ -251,9 +506,12 @@ class StoreMatrix:
     Supports ``len``, ``shape``, ``dtype``, row indexing (int, slice, integer array),
     ``iter_blocks(rows)`` and ``np.asarray`` (which does read everything)."""
 
-    def __init__(self, files: list[Path], dim: int, dtype: np.dtype) -> None:
+    def __init__(self, files: list[Path], dim: int, dtype: np.dtype,
+                 keeps: Optional[list[Optional[np.ndarray]]] = None) -> None:
         self._parts = [np.load(f, mmap_mode="r") for f in files]
-        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+        # the live rows of each part (None: all): dead rows of an updated store are skipped, never copied
+        self._keeps = keeps or [None] * len(self._parts)
+        self._offsets = np.cumsum([0] + [len(p) if k is None else len(k) for p, k in zip(self._parts, self._keeps)])
         self.dtype = np.dtype(dtype)
         self.shape = (int(self._offsets[-1]), dim)
         self.ndim = 2
@@ -266,7 +524,9 @@ class StoreMatrix:
         part = np.searchsorted(self._offsets, idx, side="right") - 1
         for p in np.unique(part):
             sel = part == p
-            out[sel] = self._parts[p][idx[sel] - self._offsets[p]]
+            local = idx[sel] - self._offsets[p]
+            keep = self._keeps[p]
+            out[sel] = self._parts[p][local if keep is None else keep[local]]
         return out
 
     def __getitem__(self, key):
@@ -290,5 +550,6 @@ class StoreMatrix:
             yield self[start:start + rows]
 
     def __array__(self, dtype=None, copy=None):
-        full = np.concatenate(self._parts) if self._parts else np.zeros(self.shape, self.dtype)
+        parts = [p if k is None else p[k] for p, k in zip(self._parts, self._keeps)]
+        full = np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
         return full.astype(dtype) if dtype is not None else full

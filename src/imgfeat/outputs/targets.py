@@ -62,8 +62,10 @@ class StoreTarget:
 
     total_inputs: Optional[int] = None  # set by the batch loop at the end of the input
 
-    def __init__(self, store: FeatureStore) -> None:
-        self.store = store
+    def __init__(self, store: FeatureStore, plan: Optional[str] = None, base: int = 0) -> None:
+        # plan: the update plan (a Parquet file, one row group per shard, shard ``base`` first) whose ids and
+        # fingerprints each shard records as its inventory
+        self.store, self.plan, self.base = store, plan, base
         self.writers: dict[int, ShardWriter] = {}
         self.n_failed = 0
         self.n_written = 0
@@ -74,7 +76,13 @@ class StoreTarget:
 
     def _writer(self, shard: int) -> ShardWriter:
         if shard not in self.writers:
-            self.writers[shard] = self.store.shard_writer(shard)
+            writer = self.store.shard_writer(shard)
+            if self.plan is not None:
+                import pyarrow.parquet as pq
+
+                group = pq.ParquetFile(self.plan).read_row_group(shard - self.base, columns=["id", "fp"])
+                writer.inputs = list(zip(group.column("id").to_pylist(), group.column("fp").to_pylist()))
+            self.writers[shard] = writer
         return self.writers[shard]
 
     def write(self, shard, ids, paths, rows) -> int:

@@ -1,0 +1,358 @@
+"""A feature store that follows its input: the difference between the input and the store's published state,
+frozen as a plan, extracted into new shards, then published as the next generation.
+
+One operation for a first run, a resumed run and an update after the input changed:
+
+1. **Listing.** The input is read once, lazily, into ``update/input.*.parquet`` (id, path, offset, size,
+   error, and a fingerprint: size and mtime of a file, plus offset and size of an archive member), one row
+   group per shard.
+2. **Diff.** The listing's ids and fingerprints are joined (Arrow, columnar) with the store's inventory (each
+   published shard's ``inputs.parquet`` minus its dead inputs): ids only in the input are *added*, ids whose
+   fingerprint changed are *changed*, ids only in the store are *removed* (never with ``--append``; refused
+   beyond ``PRUNE_SHARE`` of the store without ``--prune``), the rest *unchanged* and never decoded again.
+   Duplicate ids in the input keep their first occurrence.
+3. **Plan.** The added and changed records, in input order, are written to ``update/plan.parquet`` (one row
+   group per shard, shards numbered after every existing one) with ``update/plan.json`` (the generation it
+   is based on, a digest of the work, the dead inputs it will record). A rerun that computes the same digest
+   resumes the plan (done shards are skipped); a plan made for another state of the input is dropped with its
+   unpublished shards. ``--shard I/N`` parts share one plan.
+4. **Publish.** When every shard of the plan is done, the superseded and removed inputs are recorded in new
+   dead-inputs files and the manifest is replaced in one atomic step (``FeatureStore.publish``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..data.sources import Source, fingerprint
+from ..errors import ImgfeatError
+from ..files import commit, create_atomic, partial_path, write_atomic, writer_tag
+from ..options import ExtractOptions
+from ..outputs.store import FeatureStore
+from .pipeline import ExtractResult, Pipeline
+
+log = logging.getLogger(__name__)
+
+PRUNE_SHARE = 0.10  # an update may remove at most this share of the store's inputs without --prune ...
+PRUNE_FLOOR = 5  # ... unless it removes this many or fewer (a small folder may lose a photo)
+LISTING_COLUMNS = ("id", "path", "offset", "size", "error", "fp")
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("path", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
+                      ("error", pa.string()), ("fp", pa.string())])
+
+
+@dataclass
+class Update:
+    """What a run will do to a store: the plan (None when there is nothing to extract) and the counts."""
+
+    base: int = 0  # the plan's first shard
+    shards: int = 0  # shards in the plan
+    pending: int = 0  # records in the plan
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    kept: int = 0  # with --append: ids of the store absent from the input, kept
+    inputs: int = 0  # records in the input
+    dead: dict = field(default_factory=dict)  # shard -> input positions superseded or removed
+    plan: Optional[str] = None
+    digest: str = ""
+    converted: int = 0
+
+    def counts(self) -> dict:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
+                "duplicates": self.duplicates, "kept": self.kept}
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.pending == 0 and not self.dead
+
+
+def cheap_identity(opts: ExtractOptions, source: Source) -> dict:
+    """The options behind a store's identity, as given (no model is built to know them): a rerun that gives the
+    same and finds nothing to extract never builds the model. Any difference builds it and compares the full
+    identity (weights hash included)."""
+    return {"model": opts.model, "layer": opts.layer, "pool": opts.pool, "relu": opts.relu, "l2": opts.l2,
+            "dtype": opts.dtype, "precision": opts.precision, "input": source.describe(), "start": opts.start,
+            "stop": opts.stop, "shard_size": opts.shard_size, "random_weights": opts.random_weights,
+            "weights": _weights_stamp(opts.weights)}
+
+
+def _weights_stamp(path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# ----------------------------------------------------------------------------- listing
+def write_listing(source: Source, path: Path, shard_size: int) -> int:
+    """Stream the input's records with their fingerprints into a Parquet file, one row group per shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema()
+    tmp = partial_path(path, writer_tag())
+    n = 0
+    cols: dict[str, list] = {c: [] for c in LISTING_COLUMNS}
+
+    def flush(writer) -> None:
+        if cols["id"]:
+            writer.write_table(pa.table({c: pa.array(cols[c], schema.field(c).type) for c in LISTING_COLUMNS}),
+                               row_group_size=shard_size)
+            for c in LISTING_COLUMNS:
+                cols[c].clear()
+
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for rec in source.records():
+            cols["id"].append(rec.id)
+            cols["path"].append(rec.path)
+            cols["offset"].append(rec.offset)
+            cols["size"].append(rec.size)
+            cols["error"].append(rec.error)
+            cols["fp"].append(fingerprint(rec))
+            n += 1
+            if len(cols["id"]) == shard_size:
+                flush(writer)
+        flush(writer)
+    commit(tmp, path)
+    return n
+
+
+# ----------------------------------------------------------------------------- diff
+def diff(store: FeatureStore, listing: Path, append: bool = False) -> tuple[Update, np.ndarray]:
+    """The difference between the listing and the store's published state: the Update's counts and dead
+    inputs, and the listing positions to extract (sorted: input order)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(listing, columns=["id", "fp"])
+    n = t.num_rows
+    upd = Update(inputs=n)
+    inp = pa.table({"id": t.column("id"), "fp": t.column("fp"), "pos": pa.array(np.arange(n, dtype=np.int64))})
+    del t
+    firsts = inp.group_by("id", use_threads=False).aggregate([("pos", "min")])
+    if firsts.num_rows < n:  # duplicate ids: the first occurrence is the record
+        keep = np.sort(firsts.column("pos_min").to_numpy())
+        upd.duplicates = n - len(keep)
+        dup = np.setdiff1d(np.arange(n), keep)
+        sample = inp.column("id").take(pa.array(dup[:5])).to_pylist()
+        log.warning("%d record(s) repeat an id seen earlier in the input and are skipped (the first is kept), "
+                    "e.g. %s", upd.duplicates, sample)
+        inp = inp.take(pa.array(keep))
+    inv = store.inventory()
+    joined = inp.join(inv, keys="id", join_type="full outer", use_threads=False)
+    pos, shard = joined.column("pos"), joined.column("shard")
+    in_input, in_store = pc.is_valid(pos), pc.is_valid(shard)
+    both = pc.and_(in_input, in_store)
+    fp, sfp = pc.fill_null(joined.column("fp"), ""), pc.fill_null(joined.column("sfp"), "")
+    differs = pc.and_(pc.and_(pc.not_equal(fp, ""), pc.not_equal(sfp, "")), pc.not_equal(fp, sfp))
+    changed = pc.and_(both, differs)
+    added = pc.and_(in_input, pc.invert(in_store))
+    removed = pc.and_(in_store, pc.invert(in_input))
+    upd.added = int(pc.sum(added).as_py() or 0)
+    upd.changed = int(pc.sum(changed).as_py() or 0)
+    upd.unchanged = int(pc.sum(both).as_py() or 0) - upd.changed
+    n_removed = int(pc.sum(removed).as_py() or 0)
+    if append:
+        upd.kept, n_removed = n_removed, 0
+    upd.removed = n_removed
+    pending = np.sort(pc.filter(pos, pc.or_(added, changed)).to_numpy().astype(np.int64))
+    dead_mask = pc.or_(changed, removed) if not append else changed
+    dead = joined.filter(dead_mask).select(["shard", "spos"])
+    ds, dp = dead.column("shard").to_numpy(), dead.column("spos").to_numpy()
+    order = np.lexsort((dp, ds))
+    ds, dp = ds[order], dp[order]
+    for s in np.unique(ds):
+        upd.dead[int(s)] = dp[ds == s]
+    upd.pending = len(pending)
+    return upd, pending
+
+
+def check_removals(upd: Update, live: int, prune: bool) -> None:
+    """An input that suddenly reads as mostly gone (an unmounted drive, a share that timed out) must not wipe the
+    store: beyond PRUNE_SHARE of its inputs, a removal needs ``--prune``."""
+    if prune or upd.removed <= PRUNE_FLOOR or upd.removed <= PRUNE_SHARE * live:
+        return
+    raise ImgfeatError(
+        f"this run would remove {upd.removed:,} of the store's {live:,} inputs ({upd.removed / max(live, 1):.0%}): "
+        f"their ids are no longer in the input. If the input is only partly there (an unmounted drive, a network "
+        f"share that timed out), fix that and rerun; if they were really deleted, rerun with --prune; to add new "
+        f"images without removing any, use --append")
+
+
+# ----------------------------------------------------------------------------- plan
+def _digest(plan_ids, plan_fps, dead: dict, generation: int) -> str:
+    h = hashlib.sha256(f"g{generation}\n".encode())
+    for i, f in zip(plan_ids, plan_fps):
+        h.update(f"{i}\t{f}\n".encode())
+    for s in sorted(dead):
+        h.update(f"dead {s}:".encode() + np.asarray(dead[s], np.int64).tobytes())
+    return h.hexdigest()
+
+
+def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int) -> tuple[list, list]:
+    """The listing's rows at ``positions`` (sorted), one row group per shard; returns the plan's ids and fps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(listing)
+    tmp = partial_path(path, writer_tag())
+    ids, fps = [], []
+    buffered: list = []
+    rows = 0
+
+    def emit(writer, final: bool) -> None:
+        nonlocal buffered, rows
+        if not buffered:
+            return
+        table = pa.concat_tables(buffered)
+        while table.num_rows >= shard_size or (final and table.num_rows):
+            chunk, table = table.slice(0, shard_size), table.slice(shard_size)
+            writer.write_table(chunk, row_group_size=shard_size)
+        buffered, rows = ([table] if table.num_rows else []), table.num_rows
+
+    with pq.ParquetWriter(tmp, _schema()) as writer:
+        start = 0
+        for g in range(pf.num_row_groups):
+            size = pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(positions, [start, start + size])
+            if hi > lo:
+                group = pf.read_row_group(g).take(pa.array(positions[lo:hi] - start))
+                ids += group.column("id").to_pylist()
+                fps += group.column("fp").to_pylist()
+                buffered.append(group)
+                rows += group.num_rows
+                if rows >= shard_size:
+                    emit(writer, False)
+            start += size
+        emit(writer, True)
+    commit(tmp, path)
+    return ids, fps
+
+
+def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: bool = False) -> Update:
+    """List the input, diff it against the store, and freeze (or resume) the plan. The caller holds the writer
+    lock, except ``--shard I/N`` parts, which share one plan and never drop another's work."""
+    folder = store.update_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    upd = Update()
+    if store.manifest and store.generation is None:  # a store written before generations: converted once
+        upd.converted = store.convert_inputs()
+        segs = store.segments()
+        store.publish(segs, {"converted": True})
+        log.info("converted %s to the updatable store format: its %d shard(s) are generation 1; their images are "
+                 "taken as unchanged while their ids stay in the input", store.path, len(segs))
+    listing = folder / f"input.{writer_tag()}.parquet"
+    try:
+        write_listing(source, listing, opts.shard_size)
+        found, positions = diff(store, listing, append=opts.append)
+        found.converted = upd.converted
+        upd = found
+        live = sum(s["inputs"] - s.get("dead_inputs", 0) for s in store.segments())
+        check_removals(upd, live, opts.prune)
+        generation = store.generation or 0
+        plan_path = folder / "plan.parquet"
+        meta_path = folder / "plan.json"
+        if upd.pending:
+            fresh = folder / f"plan.{writer_tag()}.parquet"
+            ids, fps = write_plan(listing, positions, fresh, opts.shard_size)
+        else:
+            fresh, ids, fps = None, [], []
+        upd.digest = _digest(ids, fps, upd.dead, generation)
+        upd.shards = -(-upd.pending // opts.shard_size)
+        held = _read_json(meta_path)
+        if held is not None and held.get("digest") == upd.digest and plan_path.is_file() == bool(upd.pending):
+            upd.base = held["base"]  # the same work as an interrupted run: resume it
+            if fresh is not None:
+                fresh.unlink(missing_ok=True)
+        else:
+            if held is not None and part:
+                raise ImgfeatError(
+                    f"{store.path} has an update plan for another state of the input (made by another part, or "
+                    "before the input changed): run every --shard part again after the input stops changing")
+            for shard in store.unpublished():  # an interrupted update of another input state: its work is dropped
+                store.remove_shard_files(shard)
+            meta_path.unlink(missing_ok=True)
+            plan_path.unlink(missing_ok=True)
+            upd.base = store.next_shard()
+            if fresh is not None:
+                os.replace(fresh, plan_path)
+            meta = {"digest": upd.digest, "base": upd.base, "shards": upd.shards, "pending": upd.pending,
+                    "generation": generation, "counts": upd.counts()}
+            if part:
+                if not create_atomic(meta_path, json.dumps(meta).encode()):
+                    return prepare(opts, source, store, part=part)  # another part froze it first: compare again
+            else:
+                write_atomic(meta_path, json.dumps(meta).encode())
+        upd.plan = str(plan_path) if upd.pending else None
+        return upd
+    finally:
+        listing.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def plan_done(store: FeatureStore, upd: Update) -> bool:
+    return all(store.marker(k).is_file() for k in range(upd.base, upd.base + upd.shards))
+
+
+def publish(store: FeatureStore, upd: Update) -> dict:
+    """Record the plan's shards and the dead inputs as the next generation (one atomic manifest replace), then
+    drop the plan. Run once every shard of the plan is done."""
+    generation = (store.generation or 0) + 1
+    segments = store.segments()
+    by_shard = {seg["shard"]: seg for seg in segments}
+    for shard, positions in upd.dead.items():
+        seg = by_shard[shard]
+        dead = np.union1d(store.dead_inputs(seg), positions)
+        seg["dead"] = store.write_dead(shard, dead, generation)
+        rows = store.inputs_table(shard).column("row").to_numpy()[dead]
+        seg.update(dead_inputs=int(len(dead)), dead_rows=int((rows >= 0).sum()), dead_errors=int((rows < 0).sum()))
+    for k in range(upd.base, upd.base + upd.shards):
+        m = json.loads(store.marker(k).read_text())
+        segments.append({"shard": k, "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"], "dead": None,
+                         "files": m["files"]})
+    manifest = store.publish(segments, upd.counts())
+    for name in ("plan.json", "plan.parquet"):
+        (store.update_dir / name).unlink(missing_ok=True)
+    return manifest
+
+
+def finish(opts: ExtractOptions, store: FeatureStore, upd: Update, pipeline: Optional[Pipeline],
+           result: Optional[ExtractResult], cheap: Optional[dict] = None) -> ExtractResult:
+    """Publish the update once every shard of its plan is done (the last ``--shard`` part does it)."""
+    published = plan_done(store, upd)
+    if published and not upd.nothing_to_do:
+        publish(store, upd)
+    if published and cheap is not None and store.manifest.get("options") != cheap:
+        store.annotate("options", cheap)
+    if result is None:
+        result = ExtractResult(n_done=0, n_failed=0, seconds=0.0, dim=store.manifest.get("dim") or 0,
+                               model=pipeline.spec.name if pipeline is not None else None,
+                               backend=pipeline.report.get("backend", "") if pipeline is not None else "",
+                               out=str(opts.out), shards_written=0, shards_skipped=0)
+    result.update, result.generation, result.published = upd.counts(), store.generation, published
+    return result
