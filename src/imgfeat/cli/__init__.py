@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -93,13 +94,34 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = api.store_info(args.store)
     m, report = info["manifest"], info["report"]
     pending = report["pending"]
+    if args.json:
+        print(json.dumps({"store": args.store, **{k: m.get(k) for k in (
+            "model", "layer", "pool", "dim", "dtype", "relu", "l2", "input", "precision", "generation", "updated",
+            "live_rows", "live_errors", "dead_rows", "removed_total", "superseded_total", "last_run")},
+            "shards": len(m.get("segments") or m.get("shards") or []), "pending": pending,
+            "corrupt": report["corrupt"], "missing": report.get("missing", [])}))
+        return 1 if report["corrupt"] else 0
     print(f"store     {args.store}")
     print(f"model     {m['model']}  layer {m['layer']}  pool {m['pool']}  dim {m['dim']}  dtype {m['dtype']}"
           f"  relu {m['relu']}  l2 {m['l2']}")
     print(f"input     {m['input']}  (start {m['start']}, stop {m['stop']})")
-    print(f"shards    {report['done']} done of {m['total_shards'] if m['total_shards'] is not None else '?'}"
-          f" ({m['shard_size']} inputs each)" + (f", pending: {_ranges(pending)}" if pending else ""))
-    print(f"rows      {report['rows']} vectors, {report['errors']} error rows")
+    if m.get("generation") is not None:
+        segments = m.get("segments") or []
+        print(f"state     generation {m['generation']}" + (f", updated {m['updated']}" if m.get("updated") else
+                                                           " (nothing published yet)"))
+        print(f"shards    {len(segments)} live ({m['shard_size']} inputs each)"
+              + (f"; an update is in progress, shards pending: {_ranges(pending)}" if pending else ""))
+        print(f"rows      {m.get('live_rows', 0)} live vectors, {m.get('live_errors', 0)} error rows; "
+              f"{m.get('dead_rows', 0)} dead rows kept in shards until `imgfeat compact` "
+              f"({m.get('removed_total', 0)} removed, {m.get('superseded_total', 0)} superseded over time)")
+        last = m.get("last_run") or {}
+        if last and not last.get("converted"):
+            print("last run  " + ", ".join(f"{last.get(k, 0)} {k}" for k in ("added", "changed", "removed",
+                                                                          "unchanged")))
+    else:
+        print(f"shards    {report['done']} done of {m['total_shards'] if m['total_shards'] is not None else '?'}"
+              f" ({m['shard_size']} inputs each)" + (f", pending: {_ranges(pending)}" if pending else ""))
+        print(f"rows      {report['rows']} vectors, {report['errors']} error rows")
     print(f"imgfeat   {m['imgfeat_version']}")
     if m.get("fidelity"):
         from ..engines.fidelity import describe
@@ -129,6 +151,18 @@ def _ranges(values: list[int]) -> str:
         out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
         i = j + 1
     return ", ".join(out)
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from ..outputs.store import FeatureStore
+
+    store = FeatureStore.existing(args.store)
+    with store.writer_lock():
+        done = store.compact()
+    print(f"imgfeat: compacted {args.store}: {done['rewritten']} shard(s) rewritten without their "
+          f"{done['dropped_rows']} dead rows; {done['files_removed']} unreferenced file(s) removed "
+          f"({done['bytes_freed'] / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -194,7 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
     info = sub.add_parser("info", help="summarise a feature store and verify its shards")
     info.add_argument("store", help="a feature store directory (imgfeat extract --out DIR)")
+    info.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     info.set_defaults(func=_cmd_info)
+    compact = sub.add_parser("compact", help="rewrite a store's shards without their removed and superseded rows",
+                             description="Rewrite the shards of a feature store that hold dead rows (images "
+                                         "removed from the input, or superseded by a changed file) without them, "
+                                         "and delete the files no published state refers to. Readers see the old "
+                                         "state or the new one, never a mix.")
+    compact.add_argument("store", help="a feature store directory")
+    compact.set_defaults(func=_cmd_compact, param_flags={"store": "STORE"})
     export = sub.add_parser("export", help="convert a feature store to one file (" + " ".join(extensions()) + ")")
     export.add_argument("store", help="a feature store directory")
     export.add_argument("out", help="the file to write; its extension picks the format (" + " ".join(extensions()) + ")")

@@ -202,7 +202,7 @@ class ListSource(Source):
         return len(self.items)
 
     def describe(self) -> str:
-        return f"list of {len(self.items)} items"
+        return "a Python list"  # its items may change between runs into one store, as a folder's files do
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
         return update.finish(opts, store, upd, None, None)
 
     def open_store(pipeline: Pipeline) -> None:
-        store.open(store_identity(opts, pipeline, source))
+        store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
 
     _threads(opts)
     # a lower precision: measured on this input (or refused) before anything is written

@@ -73,6 +73,8 @@ class ExtractResult:
             store = (f"; {u['added']:,} added, {u['changed']:,} changed, {u['removed']:,} removed, "
                      f"{u['unchanged']:,} unchanged" + (f", {u['kept']:,} kept (--append)" if u.get("kept") else "")
                      + (f", {u['duplicates']:,} duplicate ids skipped" if u.get("duplicates") else "")
+                     + (f"; converted {u['converted']} shard(s) of a store written before updates" if u.get("converted")
+                        else "")
                      + (f"; generation {self.generation}" if self.published else
                         "; published when every --shard part is done"))
         if self.model is None:  # nothing to extract: no model was built

@@ -133,7 +133,7 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
     if upd.nothing_to_do and store.manifest.get("options") == cheap:
         return update.finish(opts, store, upd, None, None)
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
-    store.open(store_identity(opts, pipeline, source))
+    store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
     if not upd.pending:
         return update.finish(opts, store, upd, pipeline, None, cheap)
     done = store.done_shards()

@@ -74,7 +74,7 @@ class Update:
 
     def counts(self) -> dict:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
-                "duplicates": self.duplicates, "kept": self.kept}
+                "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted}
 
     @property
     def nothing_to_do(self) -> bool:
@@ -86,7 +86,8 @@ def cheap_identity(opts: ExtractOptions, source: Source) -> dict:
     same and finds nothing to extract never builds the model. Any difference builds it and compares the full
     identity (weights hash included)."""
     return {"model": opts.model, "layer": opts.layer, "pool": opts.pool, "relu": opts.relu, "l2": opts.l2,
-            "dtype": opts.dtype, "precision": opts.precision, "input": source.describe(), "start": opts.start,
+            "dtype": opts.dtype, "precision": opts.precision, "start": opts.start,
+            "input": None if opts.append else source.describe(),  # --append: images from any input
             "stop": opts.stop, "shard_size": opts.shard_size, "random_weights": opts.random_weights,
             "weights": _weights_stamp(opts.weights)}
 

@@ -1,0 +1,321 @@
+"""A store follows its collection (issue 20): images added, changed, removed and renamed in a folder, a TSV, tar
+shards and a zip; after each run the store's live ids equal the input's and every vector equals a fresh
+extraction of its file; a second run does nothing; interrupted updates, two writers, readers during an update,
+an input that suddenly reads as mostly gone, and stores written before generations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import PATIENCE, write_image
+
+import imgfeat
+from imgfeat.cli import main
+from imgfeat.outputs.store import FeatureStore, StoreLockedError
+
+MODEL = dict(model="squeezenet1_1", backend="torch", workers=0, quiet=True)
+
+
+def _ex(data, out, **kw):
+    return imgfeat.extract(str(data) if not isinstance(data, list) else data, str(out),
+                           **{**MODEL, "shard_size": 2, **kw})
+
+
+def _live(out) -> dict:
+    ids, mat = imgfeat.load(out)
+    assert len(ids) == len(set(ids)), "an id twice in the live view"
+    return dict(zip(ids, np.asarray(mat)))
+
+
+def _fresh(data) -> dict:
+    ref = imgfeat.extract(str(data), **MODEL)
+    return dict(zip(ref.ids, ref.features))
+
+
+def _same(out, data) -> None:
+    live, ref = _live(out), _fresh(data)
+    assert sorted(live) == sorted(ref)
+    for k in ref:
+        np.testing.assert_allclose(live[k], ref[k], atol=1e-5, err_msg=k)
+
+
+def _touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+@pytest.fixture
+def folder(tmp_path, photos) -> Path:
+    dst = tmp_path / "photos"
+    dst.mkdir()
+    for p in sorted(photos.glob("*.jpg"))[:5]:
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+def test_added_changed_removed_and_renamed_images_in_a_folder(folder, tmp_path, photos, monkeypatch):
+    out = tmp_path / "store"
+    first = _ex(folder, out)
+    assert first.update == {"added": 5, "changed": 0, "removed": 0, "unchanged": 0, "duplicates": 0, "kept": 0,
+                            "converted": 0}
+    names = sorted(p.name for p in folder.iterdir())
+    shutil.copy(folder / names[1], folder / "aaa_new.jpg")  # sorts first
+    (folder / names[0]).unlink()
+    res = _ex(folder, out)
+    assert (res.update["added"], res.update["removed"], res.update["unchanged"], res.n_done) == (1, 1, 4, 1)
+    assert "1 added, 0 changed, 1 removed, 4 unchanged" in res.summary()
+    _same(out, folder)
+
+    write_image(folder / names[2], size=(300, 200), seed=7, fmt="JPEG")  # other content under the same name
+    _touch_later(folder / names[2])
+    res = _ex(folder, out)
+    assert (res.update["changed"], res.update["unchanged"], res.n_done) == (1, 4, 1)
+    _same(out, folder)
+
+    os.rename(folder / names[3], folder / "renamed.jpg")
+    res = _ex(folder, out)
+    assert (res.update["added"], res.update["removed"]) == (1, 1)
+    _same(out, folder)
+
+    import imgfeat.engines.local as local
+
+    def never(*a, **k):
+        raise AssertionError("a model was built though nothing changed")
+
+    monkeypatch.setattr(local, "build_measured", never)
+    again = _ex(folder, out)  # nothing changed: no decode, no model
+    assert again.model is None and again.update["unchanged"] == 5 and again.n_done == 0
+    assert "nothing to extract" in again.summary()
+
+
+def test_a_tsv_edited_in_the_middle(tmp_path, photos):
+    names = sorted(p.name for p in photos.glob("*.jpg"))
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("".join(f"{n}\t{photos / n}\n" for n in names[:4]))
+    out = tmp_path / "store"
+    _ex(tsv, out)
+    lines = [f"{n}\t{photos / n}\n" for n in names[:4]]
+    lines.insert(2, f"inserted\t{photos / names[4]}\n")
+    del lines[0]
+    tsv.write_text("".join(lines))
+    res = _ex(tsv, out)
+    assert (res.update["added"], res.update["removed"], res.update["unchanged"]) == (1, 1, 3)
+    _same(out, tsv)
+
+
+def _tar(path: Path, files: dict[str, Path]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for name, src in files.items():
+            tf.add(src, arcname=name)
+
+
+def test_tar_shards_appear_and_disappear(tmp_path, photos):
+    names = sorted(photos.glob("*.jpg"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tar(shards / "000001.tar", {"a1.jpg": names[0], "a2.jpg": names[1]})
+    _tar(shards / "000002.tar", {"b1.jpg": names[2]})
+    out = tmp_path / "store"
+    pattern = str(shards / "*.tar")
+    _ex(pattern, out)
+    _tar(shards / "000000.tar", {"z1.jpg": names[3], "z2.jpg": names[4]})  # a new shard that sorts first
+    (shards / "000002.tar").unlink()
+    res = _ex(pattern, out)
+    assert (res.update["added"], res.update["removed"], res.update["unchanged"]) == (2, 1, 2)
+    _same(out, pattern)
+
+
+def test_a_zip_whose_member_changed(tmp_path, photos):
+    names = sorted(photos.glob("*.jpg"))
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(names[0], "one.jpg")
+        zf.write(names[1], "two.jpg")
+    out = tmp_path / "store"
+    _ex(archive, out)
+    with zipfile.ZipFile(archive, "w") as zf:  # two.jpg now holds another photo; one.jpg moved in the file
+        zf.write(names[2], "two.jpg")
+        zf.write(names[0], "one.jpg")
+    res = _ex(archive, out)
+    assert res.update["changed"] == 2 and res.update["added"] == res.update["removed"] == 0
+    _same(out, archive)
+
+
+def test_readers_see_the_old_state_until_the_new_one_is_published(folder, tmp_path, monkeypatch):
+    import imgfeat.engines.update as update_mod
+
+    out = tmp_path / "store"
+    _ex(folder, out)
+    before = _live(out)
+    shutil.copy(next(folder.iterdir()), folder / "zz_new.jpg")
+    real = update_mod.publish
+    seen = {}
+
+    def publish_and_look(store, upd):
+        seen["before"] = sorted(_live(out))  # every new shard is written, nothing published
+        manifest = real(store, upd)
+        seen["after"] = sorted(_live(out))
+        return manifest
+
+    monkeypatch.setattr(update_mod, "publish", publish_and_look)
+    _ex(folder, out)
+    assert seen["before"] == sorted(before) and seen["after"] == sorted(before) + ["zz_new.jpg"]
+
+
+@pytest.mark.slow
+@pytest.mark.timing
+def test_kill_9_during_an_update_then_rerun_is_exact(tmp_path, photos):
+    src = tmp_path / "img"
+    for i in range(24):
+        write_image(src / f"{i:03d}.jpg", size=(300, 200), seed=i, fmt="JPEG")
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "imgfeat", "extract", "--data", str(src), "--out", str(out), "--model",
+           "squeezenet1_1", "--backend", "torch", "--batch-size", "2", "--shard-size", "4", "--workers", "1",
+           "--quiet"]
+    subprocess.run(cmd, check=True, timeout=PATIENCE)
+    for i in range(24, 48):  # an update of 24 new images and 4 changed ones, killed in the middle
+        write_image(src / f"{i:03d}.jpg", size=(300, 200), seed=i, fmt="JPEG")
+    for i in range(4):
+        write_image(src / f"{i:03d}.jpg", size=(300, 200), seed=100 + i, fmt="JPEG")
+        _touch_later(src / f"{i:03d}.jpg")
+    store = FeatureStore(out)
+    gen = store.generation
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for a new shard, then kill mid-flight
+        if len(FeatureStore(out).unpublished()) >= 2:
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if killed:
+        assert FeatureStore(out).generation == gen  # nothing published: readers still see the old state
+        assert sorted(_live(out)) == [f"{i:03d}.jpg" for i in range(24)]
+    res = subprocess.run(cmd[:-1], check=True, timeout=PATIENCE, capture_output=True, text=True)
+    assert "removed" in res.stderr
+    _same(out, src)
+    assert FeatureStore(out).verify()["corrupt"] == []
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(folder, tmp_path):
+    import socket
+
+    out = tmp_path / "store"
+    _ex(folder, out)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": "then"}))
+        with pytest.raises(StoreLockedError, match=f"pid {sleeper.pid} on this machine, since then"):
+            _ex(folder, out)
+        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": "elsewhere", "since": "then"}))
+        with pytest.raises(StoreLockedError, match="delete .*\\.lock"):
+            _ex(folder, out)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": "then"}))
+    assert _ex(folder, out).model is None  # the pid is gone: its lock is taken over
+    assert not (out / ".lock").exists()
+
+
+def test_an_input_that_reads_as_mostly_gone_needs_prune(tmp_path, photos, capsys):
+    src = tmp_path / "many"
+    for i in range(20):
+        write_image(src / f"{i:02d}.png", seed=i)
+    out = tmp_path / "store"
+    _ex(src, out)
+    for i in range(12):
+        (src / f"{i:02d}.png").unlink()
+    assert main(["extract", "--data", str(src), "--out", str(out), "--model", "squeezenet1_1", "--backend",
+                 "torch"]) == 2
+    assert "would remove 12 of the store's 20 inputs (60%)" in capsys.readouterr().err
+    assert len(_live(out)) == 20
+    res = _ex(src, out, prune=True)
+    assert res.update["removed"] == 12
+    _same(out, src)
+    for p in src.iterdir():
+        p.unlink()
+    with pytest.raises(imgfeat.ImgfeatError, match="holds no images"):
+        _ex(src, out, prune=True)
+
+
+def test_append_adds_and_never_removes(tmp_path, photos):
+    names = sorted(photos.glob("*.jpg"))
+    out = tmp_path / "store"
+    _ex([(p.name, str(p)) for p in names[:3]], out)
+    res = _ex([(p.name, str(p)) for p in names[3:5]], out, append=True)
+    assert (res.update["added"], res.update["removed"], res.update["kept"]) == (2, 0, 3)
+    assert sorted(_live(out)) == sorted(p.name for p in names[:5])
+
+
+def test_parts_share_one_plan_and_the_last_publishes(folder, tmp_path):
+    out = tmp_path / "store"
+    _ex(folder, out, shard_size=1)
+    for i in range(3):
+        write_image(folder / f"new{i}.png", seed=i)
+    first = _ex(folder, out, shard_size=1, shard="0/2")
+    assert not first.published and sorted(_live(out)) == sorted(p.name for p in folder.iterdir()
+                                                                if not p.name.startswith("new"))
+    second = _ex(folder, out, shard_size=1, shard="1/2")
+    assert second.published
+    _same(out, folder)
+
+
+def test_an_old_store_opens_and_updates_once_converted(folder, tmp_path, capsys):
+    out = tmp_path / "store"
+    _ex(folder, out)
+    manifest = json.loads((out / "manifest.json").read_text())  # make it a store written before generations
+    for key in ("generation", "segments", "updated", "live_rows", "live_errors", "dead_rows", "last_run",
+                "removed_total", "superseded_total", "options"):
+        manifest.pop(key, None)
+    manifest["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for p in (out / "shards").glob("*.inputs.parquet"):
+        p.unlink()
+    shutil.rmtree(out / "update", ignore_errors=True)
+    assert sorted(_live(out)) == sorted(p.name for p in folder.iterdir())  # old stores read as before
+    write_image(folder / "zz.png", seed=3)
+    assert main(["extract", "--data", str(folder), "--out", str(out), "--model", "squeezenet1_1", "--backend",
+                 "torch", "--shard-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "1 added, 0 changed, 0 removed, 5 unchanged" in err and "converted 3 shard(s)" in err
+    _same(out, folder)
+    assert FeatureStore(out).generation == 2
+
+
+def test_info_and_compact(folder, tmp_path, capsys):
+    out = tmp_path / "store"
+    _ex(folder, out)
+    victim = sorted(folder.iterdir())[1]
+    victim.unlink()
+    _ex(folder, out)
+    before = _live(out)
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["generation"], info["live_rows"], info["dead_rows"], info["removed_total"]) == (2, 4, 1, 1)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "generation 2" in text and "4 live vectors" in text and "1 dead rows" in text
+    assert main(["compact", str(out)]) == 0
+    assert "1 shard(s) rewritten without their 1 dead rows" in capsys.readouterr().err
+    after = _live(out)
+    assert sorted(after) == sorted(before)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+    store = FeatureStore(out)
+    assert store.manifest["dead_rows"] == 0 and store.verify()["corrupt"] == []
+    published = {seg["shard"] for seg in store.segments()}
+    assert {int(p.name[:6]) for p in (out / "shards").iterdir()} == published
