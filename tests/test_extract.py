@@ -175,9 +175,9 @@ def test_cli_models_layers_and_errors(tmp_path):
     assert proc.returncode == 0 and "features.12.cat" in proc.stdout.split()
     proc = _cli("extract", "--data", "no/such/dir", "--out", str(tmp_path / "f.tsv"))
     assert proc.returncode == 2
-    assert "The 'data' parameter must be" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--data must be" in proc.stderr and "Traceback" not in proc.stderr
     proc = _cli("extract", "--data", "examples/images", "--out", str(tmp_path / "f.csv"))
-    assert proc.returncode == 2 and "'out' parameter" in proc.stderr
+    assert proc.returncode == 2 and "--out must be" in proc.stderr
 
 
 def test_cli_missing_weights_offline(tmp_path, monkeypatch, capsys):

@@ -116,9 +116,23 @@ def test_zip_archives(tmp_path, photos, reference):
 def test_zip_store_resumes_without_loss_or_duplicates(tmp_path, photos):
     root = _zips(tmp_path, photos)
     store = tmp_path / "store"
-    full = _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
-    first = imgfeat.load(store)
-    (store / "shards" / "000001.done.json").unlink()  # as if the run had died in shard 1
+    full = _extract(str(root / "12" / "*.zip"), out=str(tmp_path / "whole"), shard_size=2, quiet=True)
+    first = imgfeat.load(tmp_path / "whole")
+    import imgfeat.engines.update as update_mod
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    real, update_mod.publish = update_mod.publish, killed  # the run dies after its shards, before publishing
+    try:
+        with pytest.raises(Killed):
+            _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
+    finally:
+        update_mod.publish = real
+    (store / "shards" / "000001.done.json").unlink()  # ... and in shard 1
     again = _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
     ids, X = imgfeat.load(store)
     assert (again.shards_written, again.shards_skipped) == (1, 2) and ids == first[0]

@@ -236,3 +236,34 @@ def test_text_box_on_a_tiny_clip_store(tmp_path):
             shot(d, "search-text")
         finally:
             d.quit()
+
+
+def test_an_image_added_to_the_store_appears_without_a_restart(tmp_path, photos):
+    """The store follows its folder (issue 20): the running server shows the new image on the next page load."""
+    from selenium.webdriver.common.by import By
+
+    from imgfeat.api import extract
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(photos.glob("*.jpg"))[:3]:
+        shutil.copy(p, folder / p.name)
+    store = tmp_path / "store"
+    kw = dict(model="squeezenet1_1", backend="torch", workers=0, quiet=True, shard_size=2)
+    extract(str(folder), str(store), **kw)
+    with Background(Collection(store, cache=tmp_path / "serve-cache"), ServeConfig(port=0)) as srv:
+        d = launch_browser()
+        try:
+            d.get(srv.url)
+            wait_for(d, "document.body.dataset.ready === '1'")
+            assert len(d.find_elements(By.CSS_SELECTOR, "#browse .card")) == 3
+            shutil.copy(sorted(photos.glob("*.jpg"))[3], folder / "added.jpg")
+            extract(str(folder), str(store), **kw)
+            d.get(srv.url)
+            wait_for(d, "document.body.dataset.ready === '1'")
+            ids = {e.get_attribute("data-id") for e in d.find_elements(By.CSS_SELECTOR, "#browse .card")}
+            assert "added.jpg" in ids and len(ids) == 4
+            wait_for(d, "[...document.querySelectorAll('#browse .card img')].some(i => i.closest('.card').dataset.id"
+                        " === 'added.jpg' && i.complete && i.naturalWidth > 0)")
+        finally:
+            d.quit()

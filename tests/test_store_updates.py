@@ -319,3 +319,43 @@ def test_info_and_compact(folder, tmp_path, capsys):
     assert store.manifest["dead_rows"] == 0 and store.verify()["corrupt"] == []
     published = {seg["shard"] for seg in store.segments()}
     assert {int(p.name[:6]) for p in (out / "shards").iterdir()} == published
+
+
+def test_a_running_server_follows_the_store(folder, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="imgfeat")
+    pytest.importorskip("fastapi")
+    import requests
+
+    from imgfeat.serve.app import ServeConfig
+    from imgfeat.serve.collection import Collection
+    from imgfeat.serve.server import Background
+
+    out = tmp_path / "store"
+    _ex(folder, out, l2=True)
+    names = sorted(p.name for p in folder.iterdir())
+    collection = Collection(out, cache=tmp_path / "cache")
+    before_index = collection.knn.index_
+    with Background(collection, ServeConfig(port=0)) as srv:
+        def get(path, **params):
+            return requests.get(srv.url + path, params=params, timeout=PATIENCE)
+
+        assert get("api/info").json()["count"] == 5
+        write_image(folder / "zz_new.png", size=(120, 90), seed=11)
+        (folder / names[0]).unlink()
+        _ex(folder, out, l2=True)
+        info = get("api/info").json()  # no restart: the next request sees the new state
+        assert info["count"] == 5
+        assert get(f"api/neighbours/{names[0]}").status_code == 404
+        hits = get("api/neighbours/zz_new.png", k=4).json()["results"]
+        assert len(hits) == 4 and "zz_new.png" not in [h["id"] for h in hits]
+        assert get("thumb/zz_new.png").status_code == 200
+        # the index was updated, not rebuilt: same results as a fresh collection of the new state
+        live = srv.app.state.live.current
+        assert live.generation == 2 and live.knn.index_ is not before_index
+        assert "index updated: 1 rows removed, 1 added (of 5)" in caplog.text
+        fresh = Collection(out, cache=tmp_path / "cache2")
+        q = fresh.vector(fresh.row_of["zz_new.png"])
+        assert [h.row for h in live.search(q, 5)] == [h.row for h in fresh.search(q, 5)]
+        assert [live.ids[h.row] for h in live.search(q, 5)] == [fresh.ids[h.row] for h in fresh.search(q, 5)]

@@ -550,6 +550,16 @@ class FeatureStore:
             keeps.append(keep)
         return ids, StoreMatrix(files, self.manifest["dim"], np.dtype(self.manifest["dtype"]), keeps)
 
+    def live_keys(self) -> np.ndarray:
+        """A stable key per live row, aligned with ``load()``: shard << 32 | row in the shard (a reader that kept
+        an index of an earlier state matches its rows to this one's with them)."""
+        parts = []
+        for seg in self.segments():
+            keep = self.live_rows(seg)
+            rows = np.arange(seg["rows"], dtype=np.int64) if keep is None else keep.astype(np.int64)
+            parts.append((np.int64(seg["shard"]) << 32) | rows)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     def iter_shards(self) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
         """(ids, paths, vectors) of the live rows, shard by shard (memory-mapped where a shard has no dead rows)."""
         import pyarrow as pa

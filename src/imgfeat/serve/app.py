@@ -31,7 +31,7 @@ from ..data.decode import DEFAULT_MAX_PIXELS, decode_bytes
 from ..engines.encode import no_text_tower
 from ..errors import ImgfeatError, InvalidParameterError
 from ..tools.dedup import check_threshold
-from .collection import Collection, Hit
+from .collection import Collection, Hit, LiveCollection
 from .media import DecodePool, Thumbnails, placeholder_png
 from .security import Guard, allowed_hosts
 
@@ -141,25 +141,26 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     thumbs = Thumbnails(collection.cache, pool, config.thumb_size)
     encoders = Encoders(collection, config)
     placeholder = placeholder_png()
-    app.state.collection, app.state.pool, app.state.encoders = collection, pool, encoders
+    live = LiveCollection(collection)
+    app.state.live, app.state.pool, app.state.encoders = live, pool, encoders
     _errors(app)
 
-    def item(row: int, score: Optional[float] = None) -> dict:
+    def item(collection: Collection, row: int, score: Optional[float] = None) -> dict:
         d = {"id": collection.ids[row], "row": row, "label": collection.label_of(row)}
         if score is not None:
             d["score"] = round(score, 6)
         return d
 
-    def page(hits: list[Hit], k: int, offset: int, query: dict) -> JSONResponse:
+    def page(collection: Collection, hits: list[Hit], k: int, offset: int, query: dict) -> JSONResponse:
         # a JSONResponse skips FastAPI's response-model validation and encoder: most of a search's cost
-        return JSONResponse({"query": query, "offset": offset, "k": k, "results": [item(h.row, h.score) for h in hits],
+        return JSONResponse({"query": query, "offset": offset, "k": k, "results": [item(collection, h.row, h.score) for h in hits],
                              "more": len(hits) == k and offset + k < min(config.max_k, collection.n)})
 
     def check_window(k: int, offset: int) -> None:
         if offset + k > config.max_k:
             raise ApiError(400, f"offset + k must be at most {config.max_k} (this server's --max-k)", "offset")
 
-    def row_of(rid: str) -> int:
+    def row_of(collection: Collection, rid: str) -> int:
         row = collection.row_of.get(rid)
         if row is None:
             raise ApiError(404, "no such id in this collection", "id")
@@ -173,20 +174,23 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     # ---------------------------------------------------------------- API
     @app.get("/api/info", summary="The collection: model, dimension, count, identity, labels")
     def info() -> JSONResponse:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         return JSONResponse({**collection.info(), "max_k": config.max_k, "max_page": MAX_PAGE,
                              "max_upload": config.max_upload})
 
     @app.get("/api/neighbours/{id:path}", summary="Nearest neighbours of an id (itself left out)")
     def neighbours(id: str, k: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
                    label: Optional[str] = None) -> JSONResponse:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         check_window(k, offset)
-        row = row_of(id)
+        row = row_of(collection, id)
         hits = collection.search(collection.vector(row), k, offset, label, exclude=row)
-        return page(hits, k, offset, {"id": id, "label": label})
+        return page(collection, hits, k, offset, {"id": id, "label": label})
 
     @app.post("/api/search/image", summary="Search by an uploaded image (the request body is the file)")
     async def search_image(request: Request, k: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
                            label: Optional[str] = None) -> JSONResponse:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         check_window(k, offset)
         collection.label_code(label)
         ctype = _content_type(request)
@@ -200,11 +204,12 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
             raise ApiError(413 if pixels.startswith("too large") else 400, f"not a usable image: {pixels}", "body")
         vector = await encoders.encode(encoder, pixels)
         hits = await run_in_threadpool(collection.search, vector, k, offset, label)
-        return page(hits, k, offset, {"image": f"{len(data)} bytes", "label": label})
+        return page(collection, hits, k, offset, {"image": f"{len(data)} bytes", "label": label})
 
     @app.get("/api/search/text", summary="Search by text (stores of CLIP-family models)")
     async def search_text(q: str = Query(..., min_length=1, max_length=1000), k: int = Query(20, ge=1, le=MAX_PAGE),
                           offset: int = Query(0, ge=0), label: Optional[str] = None) -> JSONResponse:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         check_window(k, offset)
         collection.label_code(label)
         if not collection.manifest.get("text_tower"):
@@ -212,11 +217,12 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
         encoder = await run_in_threadpool(encoders.get)
         vector = await encoders.encode_text(encoder, q)
         hits = await run_in_threadpool(collection.search, vector, k, offset, label)
-        return page(hits, k, offset, {"text": q, "label": label})
+        return page(collection, hits, k, offset, {"text": q, "label": label})
 
     @app.post("/api/rows", summary="Ids and labels of rows (a map selection); format=txt gives every id as text")
     async def rows(request: Request, format: str = Query("json", pattern="^(json|txt)$"),
                    limit: int = Query(MAX_PAGE, ge=0, le=10_000)) -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         ctype = _content_type(request)
         if ctype == "application/json":
             body = await _read_body(request, config.max_json, "the JSON body")
@@ -238,10 +244,11 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
         if format == "txt":
             return PlainTextResponse("".join(collection.ids[r] + "\n" for r in sel.tolist()),
                                      headers={"Content-Disposition": 'attachment; filename="selection.txt"'})
-        return JSONResponse({"count": int(len(sel)), "items": [item(r) for r in sel[:limit].tolist()]})
+        return JSONResponse({"count": int(len(sel)), "items": [item(collection, r) for r in sel[:limit].tolist()]})
 
     @app.get("/api/map", summary="The map: point count, how it was made, label names, binary column URLs")
     def map_info() -> JSONResponse:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         m = collection.map()
         return JSONResponse({"count": int(len(m["rows"])), "method": m["method"], "labels": collection.categories,
                 "xy": "/api/map/xy.f32", "rows": "/api/map/rows.i32", "codes": "/api/map/codes.u16",
@@ -250,42 +257,48 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
 
     @app.get("/api/map/xy.f32", summary="Map coordinates, float32 pairs (binary)")
     def map_xy() -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         return _binary(collection.map()["xy"], f"{collection.key}-xy")
 
     @app.get("/api/map/rows.i32", summary="Collection row of each map point, int32 (binary)")
     def map_rows() -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         return _binary(collection.map()["rows"], f"{collection.key}-rows")
 
     @app.get("/api/map/codes.u16", summary="Label index + 1 of each map point, uint16 (binary)")
     def map_codes() -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         rows = collection.map()["rows"]
         return _binary((collection.codes[rows] + 1).astype(np.uint16), f"{collection.key}-codes")
 
-    def groups(threshold: float):
+    def groups(collection: Collection, threshold: float):
         return collection.duplicate_groups(round(float(threshold), 4))
 
     @app.get("/api/duplicates", summary="Near-duplicate groups at a cosine threshold (paged); 202 with progress "
                                         "while the neighbour lists are first computed")
     def duplicates(threshold: float = Query(0.95), offset: int = Query(0, ge=0),
                    limit: int = Query(50, ge=1, le=MAX_PAGE)) -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         check_threshold(threshold)
         progress = collection.start_neighbours()
         if not progress["ready"]:
             return JSONResponse({"status": "computing", **progress}, status_code=202)
-        found = groups(threshold)
+        found = groups(collection, threshold)
         return JSONResponse({"threshold": threshold, "groups_total": len(found),
                              "duplicates_total": int(sum(len(g) - 1 for g in found)), "offset": offset,
-                             "groups": [[item(int(r)) for r in g] for g in found[offset:offset + limit]]})
+                             "groups": [[item(collection, int(r)) for r in g] for g in found[offset:offset + limit]]})
 
     @app.get("/api/duplicates.tsv", summary="Every group at a threshold as group<TAB>id lines (imgfeat dedup --out)")
     def duplicates_tsv(threshold: float = Query(0.95)) -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         check_threshold(threshold)
-        found = groups(threshold)
+        found = groups(collection, threshold)
         text = "".join(f"{g}\t{collection.ids[r]}\n" for g, members in enumerate(found) for r in members.tolist())
         return PlainTextResponse(text, headers={"Content-Disposition": 'attachment; filename="duplicates.tsv"'})
 
     @app.get("/thumb/{id:path}", summary="A JPEG thumbnail of an id's image (404 and a placeholder when unreadable)")
     def thumb(id: str, request: Request) -> Response:
+        collection = live.get()  # this request's state of the collection (a changed store: the new one)
         row = collection.row_of.get(id)
         if row is None:
             return Response(placeholder, 404, media_type="image/png", headers={"X-Error": "no such id"})

@@ -52,6 +52,39 @@ def features_key(path: Path) -> str:
     return hashlib.sha256(str(p).encode() + b"\0" + blob).hexdigest()[:16]
 
 
+def _stamp(path: Path) -> tuple:
+    p = path / MANIFEST if path.is_dir() else path
+    try:
+        st = p.stat()
+    except OSError:
+        return ()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class LiveCollection:
+    """The collection a server answers from, picking up a new state of its store on the request after it is
+    published (one stat per request; the new state is loaded once, by one request, while the others keep
+    answering from the old one)."""
+
+    def __init__(self, collection: "Collection") -> None:
+        self.current = collection
+        self._lock = threading.Lock()
+
+    def get(self) -> "Collection":
+        current = self.current
+        if current.changed() and self._lock.acquire(blocking=False):
+            try:
+                if self.current is current:
+                    self.current = current.refreshed()
+                    log.info("%s changed: now %d vectors (generation %s)", current.path, self.current.n,
+                             self.current.generation)
+            except Exception:  # noqa: BLE001 - a store caught mid-change is read again at the next request
+                log.exception("could not load the new state of %s; still serving the old one", current.path)
+            finally:
+                self._lock.release()
+        return self.current
+
+
 def _index_name(index: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in index)
 
@@ -63,15 +96,25 @@ class Collection:
 
     def __init__(self, features: str | Path, *, labels: Optional[str] = None, map_coords: Optional[str] = None,
                  index: str = "auto", index_file: Optional[str] = None, nprobe: int = 16,
-                 cache: Optional[str | Path] = None, dup_k: int = 10) -> None:
+                 cache: Optional[str | Path] = None, dup_k: int = 10, previous: Optional["Collection"] = None) -> None:
         self.path = Path(features)
-        self.ids, self.X = open_matrix(self.path)
+        self._args = dict(labels=labels, map_coords=map_coords, index=index, index_file=index_file, nprobe=nprobe,
+                          cache=cache, dup_k=dup_k)
+        self.stamp = _stamp(self.path)  # read before the data: a change while loading is seen at the next check
+        self.store = FeatureStore.existing(self.path) if self.path.is_dir() else None
+        if self.store is not None:  # one published state: ids, vectors and keys from the same manifest
+            self.ids, self.X = self.store.load()
+            self.keys: Optional[np.ndarray] = self.store.live_keys()
+        else:
+            self.ids, self.X = open_matrix(self.path)
+            self.keys = None
         self.n, self.dim = len(self.ids), int(self.X.shape[1])
         self.row_of = {rid: i for i, rid in enumerate(self.ids)}
-        self.store = FeatureStore.existing(self.path) if self.path.is_dir() else None
         self.manifest = self.store.manifest if self.store else {}
+        self.generation = self.manifest.get("generation")
         self.key = features_key(self.path)
         self.cache = Path(cache) if cache else cache_dir() / "serve" / self.key
+        self._previous = previous
         self.cache.mkdir(parents=True, exist_ok=True)
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
@@ -117,6 +160,11 @@ class Collection:
         return categories, codes
 
     def _index(self, index_file: Optional[str]) -> KNNIndex:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            knn = self._updated_index(previous)
+            if knn is not None:
+                return knn
         if index_file and Path(index_file).is_file():
             knn = KNNIndex.load(index_file, "cosine", self.nprobe)
             if knn.n_ != self.n or knn.index_.d != self.dim:
@@ -131,6 +179,45 @@ class Collection:
         if index_file or self.index_name != "exact":  # asked for, or worth keeping: training IVF/PQ takes a while
             knn.save(str(cached))
         return knn
+
+    def _updated_index(self, previous: "Collection") -> Optional[KNNIndex]:
+        """The previous state's index brought to this one without training or re-reading unchanged vectors: the
+        rows that left are removed (an exact index shifts the rest down, which is exactly how the live view
+        changes) and the new rows, which a store appends at the end, are added. An IVF/PQ index keeps its trained
+        cells and is refilled. None when the states do not line up that way (after ``compact``): build anew."""
+        import faiss
+
+        if previous.keys is None or self.keys is None or previous.index_name != self.index_name \
+                or previous.dim != self.dim:
+            return None
+        kept = np.isin(previous.keys, self.keys)
+        n_kept = int(kept.sum())
+        if not np.array_equal(previous.keys[kept], self.keys[:n_kept]):
+            return None
+        idx = faiss.clone_index(previous.knn.index_)  # requests in flight keep searching the old one
+        if self.index_name == "exact":
+            gone = np.flatnonzero(~kept).astype(np.int64)
+            if len(gone):
+                idx.remove_ids(faiss.IDSelectorBatch(gone))
+            added = range(n_kept, self.n)
+        else:
+            idx.reset()
+            added = range(0, self.n)
+        for s in range(added.start, added.stop, 65536):
+            idx.add(l2_normalise(np.ascontiguousarray(self.X[s:min(s + 65536, added.stop)], dtype=np.float32)))
+        knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe)
+        knn.index_, knn.n_, knn.normalise_ = idx, self.n, True
+        log.info("index updated: %d rows removed, %d added (of %d)", len(previous.keys) - n_kept,
+                 self.n - n_kept, self.n)
+        return knn
+
+    def changed(self) -> bool:
+        """Whether the features on disk are no longer the ones served (a stat of the manifest or the file)."""
+        return _stamp(self.path) != self.stamp
+
+    def refreshed(self) -> "Collection":
+        """The collection as it is on disk now, its index updated from this one's."""
+        return Collection(self.path, previous=self, **self._args)
 
     # ------------------------------------------------------------------ search
     def _selector(self, label: int):

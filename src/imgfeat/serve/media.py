@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,18 +26,24 @@ class Thumbnails:
     def __init__(self, folder: Path, pool: DecodePool, size: int = 256) -> None:
         self.folder, self.pool, self.size = folder / f"thumbs-{size}", pool, size
 
-    def _file(self, rid: str) -> Path:
-        h = hashlib.sha1(rid.encode("utf-8")).hexdigest()
+    def _file(self, rid: str, path: Optional[str] = None) -> Path:
+        # keyed by the image's path and modification time too: an image changed under the same id (a store
+        # that follows its collection) gets a new thumbnail
+        try:
+            stamp = os.stat(path.split("::", 1)[0]).st_mtime_ns if path and "://" not in path else ""
+        except OSError:
+            stamp = ""
+        h = hashlib.sha1(f"{rid}\0{path}\0{stamp}".encode("utf-8")).hexdigest()
         return self.folder / h[:2] / f"{h}.jpg"
 
     def etag(self, rid: str, path: Optional[str]) -> str:
-        return '"' + hashlib.sha1(f"{rid}\0{path}\0{self.size}".encode("utf-8")).hexdigest()[:20] + '"'
+        return '"' + hashlib.sha1(f"{self._file(rid, path).name}\0{self.size}".encode("utf-8")).hexdigest()[:20] + '"'
 
     def get(self, rid: str, path: Optional[str]) -> Union[bytes, str]:
         """The thumbnail's bytes, or the reason it cannot be made."""
         if not path:
             return "missing: the features record no image path for this id"
-        f = self._file(rid)
+        f = self._file(rid, path)
         if f.is_file():
             return f.read_bytes()
         result = self.pool.run(thumbnail, path, self.size)
