@@ -67,10 +67,14 @@ class StateDictWeights(WeightsSource):
     def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
         net = build()
         state = self.load()
-        mismatch = mismatched_tensors(net.state_dict(), state)
-        if mismatch:
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)  # a model may map the keys itself
+        except RuntimeError:  # tensors of other shapes
+            missing = unexpected = True
+        if missing or unexpected:
+            mismatch = mismatched_tensors(net.state_dict(), state) or \
+                f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
             raise WeightsUnavailableError(f"{self.describe()} does not fit {name}: {mismatch}")
-        net.load_state_dict(state, strict=True)
         return net.eval()
 
 

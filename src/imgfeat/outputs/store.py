@@ -253,7 +253,17 @@ class FeatureStore:
         return [json.loads(self.marker(i).read_text()) for i in sorted(self.done_shards())]
 
     def refresh_manifest(self, total_inputs: Optional[int] = None) -> None:
-        """Rewrite the manifest's shard list (and totals, once known) from the done-markers."""
+        """Rewrite the manifest's shard list (and totals, once known) from the done-markers. For a store with
+        generations (every store since updates), publish the done shards that are not published yet: the way to
+        finish a store written shard by shard through this class (the engines publish through
+        ``engines.update``)."""
+        if self.generation is not None:
+            segments = self.segments()
+            published = {seg["shard"] for seg in segments}
+            segments += [{"shard": m["shard"], "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"],
+                          "dead": None, "files": m["files"]} for m in self.markers() if m["shard"] not in published]
+            self.publish(segments, {})
+            return
         current = self._read_manifest()
         if total_inputs is not None:
             size = current["shard_size"]
