@@ -115,19 +115,35 @@ with pq.ParquetWriter(tmp / "input.parquet", _schema()) as writer:
                                                   "segments": segs, "dim": 8, "dtype": "float32"}}))
 """
     run = f"""
-import json, resource, time
+import json, time
 from pathlib import Path
 from imgfeat.engines.update import diff
 from imgfeat.outputs.store import FeatureStore
 
+import gc, os, threading
+
+def rss():  # resident memory now (not a high-water mark: imports peak higher than they settle)
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 tmp = Path({str(tmp)!r})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+gc.collect()
+base, peak, running = rss(), [0], [True]
+
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
 t0 = time.perf_counter()
 upd, pending = diff(FeatureStore(tmp / "store"), tmp / "input.parquet")
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+running[0] = False
+sampler.join()
 print(json.dumps({{"n": {n}, "changed": upd.changed, "unchanged": upd.unchanged, "pending": len(pending),
-                  "seconds": seconds, "rss_before_mb": base / 1024, "peak_mb": peak / 1024}}))
+                  "seconds": seconds, "rss_before_mb": base / 2**20, "peak_mb": max(peak[0], rss()) / 2**20}}))
 """
     try:
         subprocess.run([sys.executable, "-c", setup], check=True)
@@ -193,13 +209,14 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print("\n| records (ids + fingerprints), 1% changed | diff time | peak RSS of the diffing process | "
-          "after imports | found changed |")
-    print("|---|---|---|---|---|")
+    print("\n| records (ids + fingerprints), 1% changed | diff time | peak RSS during the diff | RSS before it "
+          "(imports) | the diff's own peak | found changed |")
+    print("|---|---|---|---|---|---|")
     for size in (int(x) for x in args.diff_sizes.split(",") if x):
         m = diff_memory(size)
         print(f"| {size:,} | {m['seconds']:.1f} s | {m['peak_mb']:,.0f} MB | {m['rss_before_mb']:,.0f} MB | "
-              f"{m['changed']:,} |")
+              f"{m['peak_mb'] - m['rss_before_mb']:,.0f} MB ({(m['peak_mb'] - m['rss_before_mb']) * 2**20 / size:,.0f} "
+              f"B/record) | {m['changed']:,} |")
 
 
 def imgfeat_extract_warm(files: list, out: Path, model: str) -> None:

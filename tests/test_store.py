@@ -171,7 +171,7 @@ def test_info_and_export(image_tsv, tmp_path, capsys):
     _run(image_tsv, out)
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "5 done of 5" in text and "23 vectors, 2 error rows" in text and "verified" in text
+    assert "generation 1" in text and "5 live" in text and "23 live vectors, 2 error rows" in text and "verified" in text
     assert main(["export", str(out), str(tmp_path / "all.parquet")]) == 0
     ids, mat = imgfeat.load(tmp_path / "all.parquet")
     assert ids == _expected_ids() and mat.shape == (23, 512)

@@ -359,3 +359,40 @@ def test_a_running_server_follows_the_store(folder, tmp_path, caplog):
         q = fresh.vector(fresh.row_of["zz_new.png"])
         assert [h.row for h in live.search(q, 5)] == [h.row for h in fresh.search(q, 5)]
         assert [live.ids[h.row] for h in live.search(q, 5)] == [fresh.ids[h.row] for h in fresh.search(q, 5)]
+
+
+def test_the_partitioned_diff_equals_the_one_in_memory(folder, tmp_path):
+    """Above PARTITION_RECORDS the diff is a grace hash join on disk: the same answer, bounded memory."""
+    from imgfeat.data.sources import ListSource
+    from imgfeat.engines.update import diff, write_listing
+
+    out = tmp_path / "store"
+    _ex(folder, out)
+    names = sorted(p.name for p in folder.iterdir())
+    (folder / names[0]).unlink()
+    write_image(folder / names[1], seed=5, fmt="JPEG")
+    _touch_later(folder / names[1])
+    records = [(p.name, str(p)) for p in sorted(folder.iterdir())]
+    records += [("new1", str(folder / names[2])), (names[2], str(folder / names[3])), ("new2", str(folder / names[4]))]
+    listing = tmp_path / "listing.parquet"
+    write_listing(ListSource(tuple(records)), listing, 2)
+    store = FeatureStore(out)
+    whole, pending = diff(store, listing)
+    for size in (1, 2, 3):
+        split, pending_split = diff(store, listing, partition_records=size)
+        assert split.counts() == whole.counts() and np.array_equal(pending_split, pending)
+        assert {k: v.tolist() for k, v in split.dead.items()} == {k: v.tolist() for k, v in whole.dead.items()}
+    assert (whole.added, whole.changed, whole.removed, whole.unchanged, whole.duplicates) == (2, 1, 1, 3, 1)
+    assert pending.tolist() == [0, 4, 6]  # the changed file and the two new ids, in input order
+
+
+def test_the_id_partition_spreads_ids():
+    import pyarrow as pa
+
+    from imgfeat.engines.update import _id_partition
+
+    ids = pa.array([f"photos/{i:07d}.jpg" for i in range(20000)] + ["", "é"], pa.string())
+    parts = _id_partition(ids, 8)
+    counts = np.bincount(parts, minlength=8)
+    assert counts.min() > 2000 and counts.max() < 3000
+    assert np.array_equal(_id_partition(ids.slice(5, 100), 8), parts[5:105])  # sliced arrays hash the same

@@ -137,28 +137,150 @@ def write_listing(source: Source, path: Path, shard_size: int) -> int:
 
 
 # ----------------------------------------------------------------------------- diff
-def diff(store: FeatureStore, listing: Path, append: bool = False) -> tuple[Update, np.ndarray]:
+PARTITION_RECORDS = 2_000_000  # above this many records a side, the diff runs partition by partition
+
+
+def diff(store: FeatureStore, listing: Path, append: bool = False,
+         partition_records: int = PARTITION_RECORDS) -> tuple[Update, np.ndarray]:
     """The difference between the listing and the store's published state: the Update's counts and dead
-    inputs, and the listing positions to extract (sorted: input order)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    inputs, and the listing positions to extract (sorted: input order). Up to ``partition_records`` records a
+    side it is one Arrow join in memory (about 0.6 KB per record at its peak); above, both sides are first
+    split by a hash of the id into partitions of about that size on disk and joined one partition at a time,
+    so memory stays bounded whatever the collection's size (a grace hash join)."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(listing, columns=["id", "fp"])
-    n = t.num_rows
-    upd = Update(inputs=n)
-    inp = pa.table({"id": t.column("id"), "fp": t.column("fp"), "pos": pa.array(np.arange(n, dtype=np.int64))})
-    del t
+    n_input = pq.ParquetFile(listing).metadata.num_rows
+    parts = -(-max(n_input, store.live_inputs()) // partition_records)
+    upd = Update(inputs=n_input)
+    if parts <= 1:
+        inp = _listing_table(listing, 0, None)
+        pending, dead = _diff_tables(inp, store.inventory(), append, upd)
+    else:
+        pending, dead = _diff_partitioned(store, listing, append, upd, parts)
+    order = np.lexsort((dead[1], dead[0]))
+    ds, dp = dead[0][order], dead[1][order]
+    for s in np.unique(ds):
+        upd.dead[int(s)] = dp[ds == s]
+    pending = np.sort(pending)
+    upd.pending = len(pending)
+    if upd.duplicates:
+        log.warning("%d record(s) repeat an id seen earlier in the input and are skipped (the first is kept)",
+                    upd.duplicates)
+    return upd, pending
+
+
+def _listing_table(listing: Path, group: int, pf):
+    """(id, fp, pos) of the whole listing (pf None) or of one row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if pf is None:
+        t = pq.read_table(listing, columns=["id", "fp"])
+        start = 0
+    else:
+        t = pf.read_row_group(group, columns=["id", "fp"])
+        start = sum(pf.metadata.row_group(g).num_rows for g in range(group))
+    return pa.table({"id": t.column("id"), "fp": t.column("fp"),
+                     "pos": pa.array(np.arange(start, start + t.num_rows, dtype=np.int64))})
+
+
+def _id_partition(ids, parts: int) -> np.ndarray:
+    """A partition number per id from a hash of its UTF-8 bytes (vectorised over the Arrow buffers)."""
+    import pyarrow as pa
+
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = data[lo:hi].astype(np.uint64)
+    starts = offsets[:-1] - lo
+    lengths = np.diff(offsets)
+    within = np.arange(hi - lo, dtype=np.int64) - np.repeat(starts, lengths)
+    weights = np.random.default_rng(20).integers(1, 2**61, 64, dtype=np.uint64) | np.uint64(1)
+    mixed = (data + np.uint64(1)) * weights[within % 64] + (within // 64).astype(np.uint64)
+    sums = np.zeros(n, np.uint64)
+    nonempty = lengths > 0
+    if nonempty.any():
+        sums[nonempty] = np.add.reduceat(mixed, starts[nonempty])
+    sums ^= sums >> np.uint64(29)
+    return (sums % np.uint64(parts)).astype(np.int64)
+
+
+def _spill(tables, parts: int, folder: Path, name: str) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    paths = [folder / f"{name}.{p:04d}.{writer_tag()}.parquet" for p in range(parts)]
+    writers: list = [None] * parts
+    try:
+        for t in tables:
+            part = _id_partition(t.column("id"), parts)
+            for p in np.unique(part):
+                sel = t.filter(part == p)
+                if writers[p] is None:
+                    writers[p] = pq.ParquetWriter(paths[p], sel.schema)
+                writers[p].write_table(sel)
+    finally:
+        for w in writers:
+            if w is not None:
+                w.close()
+    return paths
+
+
+def _diff_partitioned(store: FeatureStore, listing: Path, append: bool, upd: Update,
+                      parts: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = listing.parent
+    pf = pq.ParquetFile(listing)
+    inputs = _spill((_listing_table(listing, g, pf) for g in range(pf.num_row_groups)), parts, folder, "in")
+    stored = _spill(store.iter_inventory(), parts, folder, "st")
+    empty_in = pa.table({"id": pa.array([], pa.string()), "fp": pa.array([], pa.string()),
+                         "pos": pa.array([], pa.int64())})
+    empty_st = store.inventory().slice(0, 0) if store.live_inputs() == 0 else None
+    pending, dead_s, dead_p = [], [], []
+    try:
+        for p in range(parts):
+            inp = pq.read_table(inputs[p]) if inputs[p].is_file() else empty_in
+            if stored[p].is_file():
+                st = pq.read_table(stored[p])
+            else:
+                st = empty_st if empty_st is not None else _empty_inventory()
+            got, (ds, dp) = _diff_tables(inp, st, append, upd)
+            pending.append(got)
+            dead_s.append(ds)
+            dead_p.append(dp)
+    finally:
+        for path in inputs + stored:
+            path.unlink(missing_ok=True)
+    return np.concatenate(pending), (np.concatenate(dead_s), np.concatenate(dead_p))
+
+
+def _empty_inventory():
+    import pyarrow as pa
+
+    return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
+                     "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
+
+
+def _diff_tables(inp, inv, append: bool, upd: Update) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """One join of input (id, fp, pos) with inventory (id, sfp, shard, spos): adds to ``upd``'s counts; returns
+    the positions to extract (unsorted) and the dead (shard, position) pairs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = inp.num_rows
     firsts = inp.group_by("id", use_threads=False).aggregate([("pos", "min")])
     if firsts.num_rows < n:  # duplicate ids: the first occurrence is the record
-        keep = np.sort(firsts.column("pos_min").to_numpy())
-        upd.duplicates = n - len(keep)
-        dup = np.setdiff1d(np.arange(n), keep)
-        sample = inp.column("id").take(pa.array(dup[:5])).to_pylist()
-        log.warning("%d record(s) repeat an id seen earlier in the input and are skipped (the first is kept), "
-                    "e.g. %s", upd.duplicates, sample)
-        inp = inp.take(pa.array(keep))
-    inv = store.inventory()
+        keep = firsts.column("pos_min")
+        upd.duplicates += n - len(keep)
+        inp = inp.filter(pc.is_in(inp.column("pos"), value_set=keep))
+    if inp.column("id").type != inv.column("id").type:
+        inv = inv.set_column(0, "id", inv.column("id").cast(inp.column("id").type))
     joined = inp.join(inv, keys="id", join_type="full outer", use_threads=False)
     pos, shard = joined.column("pos"), joined.column("shard")
     in_input, in_store = pc.is_valid(pos), pc.is_valid(shard)
@@ -168,23 +290,19 @@ def diff(store: FeatureStore, listing: Path, append: bool = False) -> tuple[Upda
     changed = pc.and_(both, differs)
     added = pc.and_(in_input, pc.invert(in_store))
     removed = pc.and_(in_store, pc.invert(in_input))
-    upd.added = int(pc.sum(added).as_py() or 0)
-    upd.changed = int(pc.sum(changed).as_py() or 0)
-    upd.unchanged = int(pc.sum(both).as_py() or 0) - upd.changed
+    n_changed = int(pc.sum(changed).as_py() or 0)
+    upd.added += int(pc.sum(added).as_py() or 0)
+    upd.changed += n_changed
+    upd.unchanged += int(pc.sum(both).as_py() or 0) - n_changed
     n_removed = int(pc.sum(removed).as_py() or 0)
     if append:
-        upd.kept, n_removed = n_removed, 0
-    upd.removed = n_removed
-    pending = np.sort(pc.filter(pos, pc.or_(added, changed)).to_numpy().astype(np.int64))
-    dead_mask = pc.or_(changed, removed) if not append else changed
-    dead = joined.filter(dead_mask).select(["shard", "spos"])
-    ds, dp = dead.column("shard").to_numpy(), dead.column("spos").to_numpy()
-    order = np.lexsort((dp, ds))
-    ds, dp = ds[order], dp[order]
-    for s in np.unique(ds):
-        upd.dead[int(s)] = dp[ds == s]
-    upd.pending = len(pending)
-    return upd, pending
+        upd.kept += n_removed
+    else:
+        upd.removed += n_removed
+    pending = pc.filter(pos, pc.or_(added, changed)).to_numpy().astype(np.int64)
+    dead = joined.filter(pc.or_(changed, removed) if not append else changed).select(["shard", "spos"])
+    return pending, (dead.column("shard").to_numpy().astype(np.int64),
+                     dead.column("spos").to_numpy().astype(np.int64))
 
 
 def check_removals(upd: Update, live: int, prune: bool) -> None:
@@ -200,23 +318,24 @@ def check_removals(upd: Update, live: int, prune: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- plan
-def _digest(plan_ids, plan_fps, dead: dict, generation: int) -> str:
-    h = hashlib.sha256(f"g{generation}\n".encode())
-    for i, f in zip(plan_ids, plan_fps):
-        h.update(f"{i}\t{f}\n".encode())
+def _digest(plan, dead: dict, generation: int) -> str:
+    """What the plan will do: its records' ids and fingerprints (hashed as written) and the dead inputs."""
+    h = plan if plan is not None else hashlib.sha256()
+    h.update(f"g{generation}\n".encode())
     for s in sorted(dead):
         h.update(f"dead {s}:".encode() + np.asarray(dead[s], np.int64).tobytes())
     return h.hexdigest()
 
 
-def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int) -> tuple[list, list]:
-    """The listing's rows at ``positions`` (sorted), one row group per shard; returns the plan's ids and fps."""
+def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int):
+    """The listing's rows at ``positions`` (sorted), one row group per shard; returns a sha256 of the plan's
+    ids and fingerprints (streamed: a first run of 100M images never holds them in Python)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(listing)
     tmp = partial_path(path, writer_tag())
-    ids, fps = [], []
+    digest = hashlib.sha256()
     buffered: list = []
     rows = 0
 
@@ -237,8 +356,8 @@ def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int
             lo, hi = np.searchsorted(positions, [start, start + size])
             if hi > lo:
                 group = pf.read_row_group(g).take(pa.array(positions[lo:hi] - start))
-                ids += group.column("id").to_pylist()
-                fps += group.column("fp").to_pylist()
+                for i, f in zip(group.column("id").to_pylist(), group.column("fp").to_pylist()):
+                    digest.update(f"{i}\t{f}\n".encode())
                 buffered.append(group)
                 rows += group.num_rows
                 if rows >= shard_size:
@@ -246,7 +365,7 @@ def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int
             start += size
         emit(writer, True)
     commit(tmp, path)
-    return ids, fps
+    return digest
 
 
 def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: bool = False) -> Update:
@@ -267,17 +386,16 @@ def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: 
         found, positions = diff(store, listing, append=opts.append)
         found.converted = upd.converted
         upd = found
-        live = sum(s["inputs"] - s.get("dead_inputs", 0) for s in store.segments())
-        check_removals(upd, live, opts.prune)
+        check_removals(upd, store.live_inputs(), opts.prune)
         generation = store.generation or 0
         plan_path = folder / "plan.parquet"
         meta_path = folder / "plan.json"
         if upd.pending:
             fresh = folder / f"plan.{writer_tag()}.parquet"
-            ids, fps = write_plan(listing, positions, fresh, opts.shard_size)
+            plan_hash = write_plan(listing, positions, fresh, opts.shard_size)
         else:
-            fresh, ids, fps = None, [], []
-        upd.digest = _digest(ids, fps, upd.dead, generation)
+            fresh, plan_hash = None, None
+        upd.digest = _digest(plan_hash, upd.dead, generation)
         upd.shards = -(-upd.pending // opts.shard_size)
         held = _read_json(meta_path)
         if held is not None and held.get("digest") == upd.digest and plan_path.is_file() == bool(upd.pending):

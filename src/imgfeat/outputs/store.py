@@ -316,24 +316,31 @@ class FeatureStore:
         return np.setdiff1d(np.arange(seg["rows"]), rows[rows >= 0])
 
     def inventory(self):
-        """Every live input record of the published state: (id, fp, shard, pos) as an Arrow table (columnar: a
-        few tens of bytes per record, never a Python object per id)."""
+        """Every live input record of the published state: (id, sfp, shard, spos) as one Arrow table (columnar:
+        a few tens of bytes per record, never a Python object per id)."""
         import pyarrow as pa
 
-        parts = []
+        parts = list(self.iter_inventory())
+        if not parts:
+            return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
+                             "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
+        return pa.concat_tables(parts)
+
+    def live_inputs(self) -> int:
+        return sum(seg["inputs"] - seg.get("dead_inputs", 0) for seg in self.segments())
+
+    def iter_inventory(self):
+        """The inventory shard by shard (bounded memory)."""
+        import pyarrow as pa
+
         for seg in self.segments():
             t = self.inputs_table(seg["shard"])
             pos = np.arange(t.num_rows, dtype=np.int64)
             dead = self.dead_inputs(seg)
             keep = np.setdiff1d(pos, dead) if len(dead) else pos
             t = t.take(pa.array(keep)) if len(dead) else t
-            parts.append(pa.table({"id": t.column("id"), "sfp": t.column("fp"),
-                                   "shard": pa.array(np.full(len(keep), seg["shard"], np.int64)),
-                                   "spos": pa.array(keep)}))
-        if not parts:
-            return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
-                             "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
-        return pa.concat_tables(parts)
+            yield pa.table({"id": t.column("id"), "sfp": t.column("fp"),
+                            "shard": pa.array(np.full(len(keep), seg["shard"], np.int64)), "spos": pa.array(keep)})
 
     def convert_inputs(self) -> int:
         """Give every done shard of an old store its inventory (ids from its .ids.parquet and .errors.tsv, with
