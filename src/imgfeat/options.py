@@ -117,6 +117,9 @@ class ExtractOptions:
                                                          "slower one (a stalled mount or URL) becomes a 'timeout' "
                                                          "error row (0: no limit)", seconds())
     quiet: bool = _opt(False, "no progress bar and no summary line")
+    skipped_log: Optional[str] = _opt(None, "write the files the input holds that are not images (a folder's "
+                                            "videos, sidecars, documents) to FILE, one path<TAB>reason per line; "
+                                            "the summary always counts them by extension")
     prune: bool = _opt(False, "a store: allow a run that removes more than 10%% of the store's inputs (their ids "
                               "left the input); without it such a run is refused, in case the input is only "
                               "partly there (an unmounted drive)")
@@ -175,6 +178,8 @@ class ExtractOptions:
     def _check_out(self) -> None:
         """The output can be written and is none of the inputs: checked before any model is built."""
         inputs = [("--data", self.data), ("--calibrate", self.calibrate)]
+        if self.skipped_log is not None:
+            check_output_file(self.skipped_log, "--skipped-log", inputs)
         if self.format == "store" or is_store_path(self.out):
             check_output_dir(self.out, "--out", inputs, must_be_store=True)
         else:

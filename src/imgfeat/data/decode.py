@@ -30,6 +30,7 @@ from ..models.preprocess import Preprocess
 # plugin now gives every process the same order (23 ms); the retry in a fresh process (data.fresh) covers
 # whatever other state a decoder keeps.
 Image.init()
+from . import formats  # noqa: E402,F401 - HEIC/HEIF and JPEG XL plugins, in every decoding process
 
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485

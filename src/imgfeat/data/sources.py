@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from ..errors import bad_param
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
+from .formats import is_image_name
 
 def _is_image(name: str) -> bool:
-    """Whether a file (or archive member) is taken as an image, by its extension."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    """Whether a file (or archive member) is taken as an image, by its extension: any format a registered Pillow
+    decoder opens (``data.formats``: HEIC, AVIF and JPEG XL included where their plugins are installed)."""
+    return is_image_name(name)
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,10 @@ class Source:
         """The file or folder the records are read from, where there is one."""
         path = getattr(self, "path", None)
         return path if isinstance(path, str) else None
+
+    def skipped(self) -> Iterator[str]:
+        """Files the input holds that are not taken as images (a folder's videos, sidecars, documents)."""
+        return iter(())
 
     def is_empty(self) -> bool:
         """Whether the input holds no record at all (the first record answers; nothing else is read). An input
@@ -175,6 +178,14 @@ class FolderSource(Source):
                     full = os.path.join(dirpath, name)
                     rid = os.path.relpath(full, root).replace(os.sep, "/")
                     yield Record(rid, full, _check_id(rid))
+
+    def skipped(self) -> Iterator[str]:
+        root = os.path.abspath(self.root)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not _is_image(name):
+                    yield os.path.join(dirpath, name)
 
     def describe(self) -> str:
         return f"folder {os.path.abspath(self.root)}"

@@ -20,7 +20,7 @@ from ..outputs.store import FeatureStore, StoreLockedError, is_store_path
 from ..outputs.targets import FileTarget, StoreTarget
 from .fidelity import announce, build_measured, measurement_images
 from . import update
-from .pipeline import ExtractResult, Pipeline, process_shards, require_input, store_identity
+from .pipeline import ExtractResult, Pipeline, count_skipped, process_shards, require_input, store_identity
 
 
 def wants_store(opts: ExtractOptions) -> bool:
@@ -58,6 +58,7 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source))
     announce(fidelity, None)
     result = _run(opts, pipeline, source, plan, target, _progress(opts, source, progress), None)
+    result.skipped = count_skipped(source, opts)
     result.errors = target.error_log.rows
     if opts.out is None:
         sink = target.sink
@@ -110,6 +111,7 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
                   progress: Optional[bool]) -> ExtractResult:
     part = opts.part()
     upd = update.prepare(opts, source, store, part=part is not None)
+    upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
     if upd.nothing_to_do and store.manifest.get("options") == cheap:  # the same job, nothing new: no model
         return update.finish(opts, store, upd, None, None)

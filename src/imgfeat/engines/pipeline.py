@@ -8,8 +8,9 @@ The local engine, ``--shard I/N`` parts and Ray actors all call :func:`build_pip
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.formats import describe_skipped, extension_of
 from ..data.loader import make_loader, worker_deaths
 from ..data.shards import ShardPlan
 from ..data.sources import Source
@@ -50,6 +52,7 @@ class ExtractResult:
     backend_report: dict = field(default_factory=dict)
     shards_written: Optional[int] = None
     shards_skipped: Optional[int] = None
+    skipped: dict = field(default_factory=dict)  # files of the input that are not images, by extension
     update: Optional[dict] = None  # a store's run: added, changed, removed, unchanged (+ duplicates, kept)
     generation: Optional[int] = None  # the store's published generation after the run
     published: bool = True  # False: a --shard part whose update waits for the other parts
@@ -65,6 +68,8 @@ class ExtractResult:
             failed += f" (reasons in {self.errors_path})"
         if self.n_retried:
             failed += f" ({self.n_retried} retried alone in a fresh process, {self.n_recovered} recovered)"
+        if self.skipped:
+            failed += ", " + describe_skipped(Counter(self.skipped))
         if self.shards_written is not None:
             failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
         store = ""
@@ -78,7 +83,8 @@ class ExtractResult:
                      + (f"; generation {self.generation}" if self.published else
                         "; published when every --shard part is done"))
         if self.model is None:  # nothing to extract: no model was built
-            return f"imgfeat: nothing to extract{store} -> {dest}"
+            skipped = f"; {describe_skipped(Counter(self.skipped))}" if self.skipped else ""
+            return f"imgfeat: nothing to extract{skipped}{store} -> {dest}"
         return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
                 f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}){store} -> {dest}")
 
@@ -125,6 +131,24 @@ def build_pipeline(opts: ExtractOptions, device: torch.device,
         before_executor(pipeline)
     pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
     return pipeline
+
+
+def count_skipped(source: Source, opts: ExtractOptions) -> dict:
+    """The input's files that are not images, counted by extension (and listed in ``--skipped-log``): a
+    collection is never silently smaller than the folder it came from."""
+    counts: Counter = Counter()
+    log_file = open(opts.skipped_log, "w", encoding="utf-8") if opts.skipped_log else None
+    try:
+        for path in source.skipped():
+            counts[extension_of(path)] += 1
+            if log_file is not None:
+                log_file.write(f"{path}\tskipped: not an image extension\n")
+    finally:
+        if log_file is not None:
+            log_file.close()
+    if counts:
+        log.info("%s", describe_skipped(counts))
+    return dict(counts)
 
 
 def require_input(source: Source, opts: ExtractOptions) -> None:

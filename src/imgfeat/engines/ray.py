@@ -28,7 +28,8 @@ from ..outputs.targets import StoreTarget
 from .fidelity import FidelityError, announce, build_measured, measurement_images
 from . import update
 from .local import wants_store
-from .pipeline import ExtractResult, Pipeline, prepare_model, process_shards, require_input, store_identity
+from .pipeline import ExtractResult, Pipeline, count_skipped, prepare_model, process_shards, require_input, \
+    store_identity
 
 
 class ShardWorker:
@@ -129,6 +130,7 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
 
 def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> ExtractResult:
     upd = update.prepare(opts, source, store, part=part)
+    upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
     if upd.nothing_to_do and store.manifest.get("options") == cheap:
         return update.finish(opts, store, upd, None, None)

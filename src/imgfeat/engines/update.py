@@ -71,6 +71,7 @@ class Update:
     plan: Optional[str] = None
     digest: str = ""
     converted: int = 0
+    skipped: dict = field(default_factory=dict)  # files of the input that are not images, by extension
 
     def counts(self) -> dict:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
@@ -474,4 +475,7 @@ def finish(opts: ExtractOptions, store: FeatureStore, upd: Update, pipeline: Opt
                                backend=pipeline.report.get("backend", "") if pipeline is not None else "",
                                out=str(opts.out), shards_written=0, shards_skipped=0)
     result.update, result.generation, result.published = upd.counts(), store.generation, published
+    result.skipped = upd.skipped
+    if published and store.manifest.get("skipped") != upd.skipped:
+        store.annotate("skipped", upd.skipped)  # what the input held that is not an image, by extension
     return result

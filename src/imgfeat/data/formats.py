@@ -1,0 +1,77 @@
+"""Which files are images: every format a registered Pillow decoder opens, after the plugins that phones' formats
+need are loaded (HEIC/HEIF through pillow-heif, a default dependency; JPEG XL through pillow-jxl-plugin, the
+``jxl`` extra; AVIF is Pillow's own). A new plugin is picked up without editing a list.
+
+Imported by every decoding process (``data.decode`` imports it), so extract's workers, the second attempt in a
+fresh process and serve's uploads and thumbnails decode the same formats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections import Counter
+from functools import lru_cache
+
+from PIL import Image, ImageFile
+
+log = logging.getLogger(__name__)
+
+# Formats Pillow registers with an opener that are not pictures a user means: video containers (Pillow reads an
+# MPEG's header only) and stubs that need a handler nobody installed (HDF5: imgfeat's own .h5 output!).
+NOT_PICTURES = frozenset({"MPEG"})
+
+
+def _load_plugins() -> dict[str, bool]:
+    loaded = {}
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()  # HEIC/HEIF (and AVIF when Pillow lacks it); orientation applied
+        loaded["heif"] = True
+    except ImportError:  # pragma: no cover - a default dependency
+        loaded["heif"] = False
+    try:
+        importlib.import_module("pillow_jxl")  # registers JPEG XL on import
+        loaded["jxl"] = True
+    except ImportError:
+        loaded["jxl"] = False
+    return loaded
+
+
+PLUGINS = _load_plugins()
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset:
+    """Lower-case extensions (with the dot) of every format a registered decoder opens."""
+    Image.init()
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        if fmt not in Image.OPEN or fmt in NOT_PICTURES:
+            continue
+        factory = Image.OPEN[fmt][0]
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        out.add(ext.lower())
+    return frozenset(out)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+def extension_of(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    return ext if ext else "(no extension)"
+
+
+def describe_skipped(counts: Counter, top: int = 5) -> str:
+    """``312 skipped (not images: .mov 300, .txt 12)``."""
+    if not counts:
+        return ""
+    total = sum(counts.values())
+    parts = ", ".join(f"{ext} {n:,}" for ext, n in counts.most_common(top))
+    more = len(counts) - top
+    return f"{total:,} skipped (not images: {parts}{f', {more} more kinds' if more > 0 else ''})"
