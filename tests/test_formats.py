@@ -107,3 +107,121 @@ def test_serve_thumbnails_and_uploads_read_heic(phone_folder):
     assert Image.open(io.BytesIO(thumb)).size == (43, 64)  # upright
     pixels = decode_bytes((phone_folder / "cat.heic").read_bytes(), Preprocess(crop_size=(32, 32), resize_size=32))
     assert not isinstance(pixels, str) and pixels.shape[-1] == 3
+
+
+# ----------------------------------------------------------------------------- image bytes in tables
+def _hf_table(photos, n_bad: int = 0):
+    import pyarrow as pa
+
+    names = sorted(p.name for p in photos.glob("*.jpg"))
+    cells = [{"bytes": (photos / n).read_bytes(), "path": n} for n in names]
+    ids = [n.split(".")[0] for n in names]
+    if n_bad:
+        cells.append({"bytes": b"\xff\xd8 not really a jpeg", "path": "bad.jpg"})
+        ids.append("bad")
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.table({"id": pa.array(ids), "image": pa.array(cells, image_type),
+                     "label": pa.array(list(range(len(ids))))}), names
+
+
+@pytest.fixture
+def reference_vectors(photos):
+    res = imgfeat.extract(str(photos), **MODEL)
+    return {rid.split(".")[0]: v for rid, v in zip(res.ids, res.features) if rid.endswith(".jpg")}
+
+
+def test_hf_parquet_with_image_structs(tmp_path, photos, reference_vectors):
+    import pyarrow.parquet as pq
+
+    table, names = _hf_table(photos, n_bad=1)
+    pq.write_table(table, tmp_path / "train.parquet", row_group_size=2)
+    res = imgfeat.extract(str(tmp_path / "train.parquet"), **MODEL)
+    assert res.ids == [n.split(".")[0] for n in names]
+    for rid, vec in zip(res.ids, res.features):
+        np.testing.assert_allclose(vec, reference_vectors[rid], atol=1e-5, err_msg=rid)
+    assert [e[0] for e in res.errors] == ["bad"]  # a corrupt bytes cell is an error row for its id
+
+
+def test_a_binary_column_a_glob_of_shards_and_ids_by_row(tmp_path, photos, reference_vectors):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name for p in photos.glob("*.jpg"))
+    for k, chunk in enumerate((names[:3], names[3:])):
+        pq.write_table(pa.table({"jpg": pa.array([(photos / n).read_bytes() for n in chunk], pa.binary()),
+                                 "caption": pa.array(chunk)}), tmp_path / f"{k:05d}.parquet")
+    res = imgfeat.extract(str(tmp_path / "*.parquet"), **MODEL)
+    assert res.ids == ["00000.parquet:0", "00000.parquet:1", "00000.parquet:2", "00001.parquet:0",
+                       "00001.parquet:1"]
+    for rid, name in zip(res.ids, names):
+        np.testing.assert_allclose(res.features[res.ids.index(rid)], reference_vectors[name.split(".")[0]],
+                                   atol=1e-5)
+    named = imgfeat.extract(str(tmp_path / "*.parquet"), image_column="jpg", id_column="caption", **MODEL)
+    assert named.ids == names
+
+
+def test_a_datasets_arrow_folder(tmp_path, photos, reference_vectors):
+    import json
+
+    import pyarrow as pa
+
+    table, names = _hf_table(photos)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:  # what save_to_disk writes
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=2):
+                writer.write_batch(batch)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (folder / "dataset_info.json").write_text("{}")
+    res = imgfeat.extract(str(folder), **MODEL)
+    assert res.ids == [n.split(".")[0] for n in names]
+    for rid, vec in zip(res.ids, res.features):
+        np.testing.assert_allclose(vec, reference_vectors[rid], atol=1e-5)
+
+
+def test_a_table_without_an_image_column_names_its_columns(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"name": ["a"], "score": [1.0]}), tmp_path / "t.parquet")
+    assert main(["extract", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "f.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "has columns ['name', 'score']" in err and "--image-column" in err
+    assert main(["extract", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "f.npy"),
+                 "--image-column", "photo"]) == 2
+    assert "--image-column must be a column of" in capsys.readouterr().err
+
+
+def test_a_store_over_parquet_bytes_resumes_after_losing_a_shard(tmp_path, photos, reference_vectors):
+    import pyarrow.parquet as pq
+
+    import imgfeat.engines.update as update_mod
+
+    table, names = _hf_table(photos)
+    pq.write_table(table, tmp_path / "train.parquet", row_group_size=2)
+    store = tmp_path / "store"
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    real, update_mod.publish = update_mod.publish, killed
+    try:
+        with pytest.raises(Killed):
+            imgfeat.extract(str(tmp_path / "train.parquet"), str(store), shard_size=2, **MODEL)
+    finally:
+        update_mod.publish = real
+    (store / "shards" / "000001.done.json").unlink()
+    again = imgfeat.extract(str(tmp_path / "train.parquet"), str(store), shard_size=2, **MODEL)
+    assert (again.shards_written, again.shards_skipped) == (1, 2)
+    ids, X = imgfeat.load(store)
+    assert ids == [n.split(".")[0] for n in names]
+    for rid, vec in zip(ids, np.asarray(X)):
+        np.testing.assert_allclose(vec, reference_vectors[rid], atol=1e-5)
+    from imgfeat.data.decode import thumbnail
+
+    paths = imgfeat.outputs.formats.read_paths(store)
+    assert isinstance(thumbnail(paths[ids[0]], 64), bytes)  # serve's thumbnails read the cell the same way

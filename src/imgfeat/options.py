@@ -76,6 +76,10 @@ class ExtractOptions:
     """Options of one extraction run (see ``imgfeat extract --help``)."""
 
     data: Any = _opt(None, f"input: {accepted_inputs()}", cli_required=True)
+    image_column: Optional[str] = _opt(None, "a table input: the column holding the images (HF's {bytes, path} "
+                                             "struct, binary, or paths); default: found by name and type")
+    id_column: Optional[str] = _opt(None, "a table input: the column holding the ids (default: id, key, __key__ or "
+                                          "image_id; else file:row)")
     out: Optional[str] = _opt(None, f"output: a file whose extension picks the format ({' '.join(extensions())}), "
                                     "or a directory (no extension) for a resumable sharded feature store")
     format: str = _opt("auto", "auto: by --out's extension; store: a sharded feature store even if --out has a dot",

@@ -31,6 +31,7 @@ from ..models.preprocess import Preprocess
 # whatever other state a decoder keeps.
 Image.init()
 from . import formats  # noqa: E402,F401 - HEIC/HEIF and JPEG XL plugins, in every decoding process
+from .tables import cell_bytes, is_cell  # noqa: E402
 
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -233,6 +234,8 @@ def _zip_directory(archive: str) -> zipfile.ZipFile:
 def read_member(path: str, offset: Optional[int] = None, size: Optional[int] = None) -> bytes:
     """The bytes of an archive member ``archive::member``: a tar or zip member at ``offset`` / ``size`` as the
     sources record them, or, without an offset (a path written in a TSV), found through the archive's index."""
+    if is_cell(path):  # an image held in a table's column (Parquet, Arrow): read by the worker itself
+        return cell_bytes(path)
     archive, member = path.rsplit("::", 1)
     is_zip = archive.lower().endswith(".zip")
     if offset is not None:
@@ -256,8 +259,9 @@ def read_member(path: str, offset: Optional[int] = None, size: Optional[int] = N
 
 
 def is_member(path: str) -> bool:
-    """``archive.tar::member`` or ``archive.zip::member`` (not a URL with ``::`` in it)."""
-    return "::" in path and path.rsplit("::", 1)[0].lower().endswith((".tar", ".zip"))
+    """``archive.tar::member``, ``archive.zip::member`` or a table cell ``table.parquet::#g:i:column`` (not a URL
+    with ``::`` in it)."""
+    return is_cell(path) or ("::" in path and path.rsplit("::", 1)[0].lower().endswith((".tar", ".zip")))
 
 
 def _read_bytes(path: str, offset: Optional[int], size: Optional[int]) -> io.BytesIO:

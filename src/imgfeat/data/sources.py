@@ -7,6 +7,7 @@ Sources are chosen by a registry keyed on what INPUT is (folder, or file suffix)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -248,32 +249,47 @@ def _path_column(path: str, names: Sequence[str]) -> str:
 
 
 @dataclass(frozen=True)
-class ParquetSource(Source):
-    """A parquet file with ``id`` and ``path`` (or ``url``) columns, read batch by batch."""
+class TableSource(Source):
+    """Parquet (one file, or a glob of shards) or a Hugging Face ``save_to_disk`` folder of Arrow files; the image
+    in a column (HF's ``{bytes, path}`` struct, or binary) or a ``path``/``url`` column. Ids: the id column
+    (``id``, ``key``, ``__key__``, ``image_id`` or ``--id-column``), else ``<file name>:<row>``. A bytes cell's
+    record names the cell (``data.tables``); the decode worker reads it."""
 
     path: str
+    image_column: Optional[str] = None
+    id_column: Optional[str] = None
 
     def records(self) -> Iterator[Record]:
-        import pyarrow.parquet as pq
+        from . import tables
 
-        table = pq.ParquetFile(self.path)
-        path_col = _path_column(self.path, table.schema_arrow.names)
-        resolve = _resolver(self.path)
-        for batch in table.iter_batches(batch_size=65536, columns=["id", path_col]):
-            for rid, p in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                rid = "" if rid is None else str(rid)
-                if not rid or not p:
-                    yield Record(rid or "<missing id>", p or "", "bad input row: empty id or path")
-                else:
-                    yield Record(rid, resolve(p), _check_id(rid))
+        for file in tables.files_of(self.path):
+            kind, column, ident = tables.columns_of(file, self.image_column, self.id_column)
+            if kind == "path":
+                resolve = _resolver(file)
+                for rid, p in tables.path_rows(file, column, ident):
+                    rid = "" if rid is None else str(rid)
+                    if not rid or not p:
+                        yield Record(rid or "<missing id>", p or "", "bad input row: empty id or path")
+                    else:
+                        yield Record(rid, resolve(p), _check_id(rid))
+                continue
+            label, row0 = os.path.basename(file), 0
+            for g, rows, ids in tables.iter_ids(file, ident):
+                for i in range(rows):
+                    rid = str(ids[i]) if ids is not None and ids[i] is not None else f"{label}:{row0 + i}"
+                    yield Record(rid, f"{file}{tables.CELL}{g}:{i}:{column}", _check_id(rid))
+                row0 += rows
 
     def count(self) -> int:
-        import pyarrow.parquet as pq
+        from . import tables
 
-        return pq.ParquetFile(self.path).metadata.num_rows
+        return sum(rows for file in tables.files_of(self.path) for _, rows, _ in tables.iter_ids(file, None))
+
+    def input_file(self) -> Optional[str]:
+        return None if any(c in self.path for c in "*?[") else self.path
 
     def describe(self) -> str:
-        return f"parquet {os.path.abspath(self.path)}"
+        return f"table {os.path.abspath(self.path)}"
 
 
 @dataclass(frozen=True)
@@ -482,7 +498,9 @@ def register_source(suffixes: Sequence[str], factory: Callable[[str], Source], w
 
 register_source((".tsv", ".tab"), TsvSource, "a TSV of id<TAB>path")
 register_source((".txt", ".lst", ".list"), PathListSource, "a text list of paths")
-register_source((".parquet",), ParquetSource, "a parquet table with id and path (or url) columns")
+register_source((".parquet", ".arrow"), TableSource,
+                "a Parquet or Arrow table (or a glob of them, or a datasets save_to_disk folder) with the image in a "
+                "column (HF's {bytes, path} struct or binary: --image-column) or id and path (or url) columns")
 register_source((".csv",), CsvSource, "a CSV table with id and path (or url) columns")
 register_source((".tar",), TarSource, "WebDataset tar shards (glob or brace patterns such as 'shards/{000..099}.tar')")
 register_source((".zip",), ZipSource, "zip archives (glob or brace patterns such as 'yfcc/*/*.zip'; "
@@ -501,18 +519,21 @@ def accepted_inputs() -> str:
 DataArg = Union[str, os.PathLike, Sequence]
 
 
-def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None, name: str = "data") -> Source:
+def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None, name: str = "data",
+                image_column: Optional[str] = None, id_column: Optional[str] = None) -> Source:
     """Choose the source for ``data`` and apply the ``start``/``stop`` block (``name``: the parameter that gave
-    ``data``, for the error message)."""
+    ``data``, for the error message; ``image_column``/``id_column``: a table's columns, when not found by name)."""
     if start < 0:
         raise bad_param("start", "an integer >= 0", start)
     if stop is not None and stop < start:
         raise bad_param("stop", f"an integer >= start ({start}) or None", stop)
     if isinstance(data, (str, os.PathLike)):
         p = Path(data)
+        from .tables import is_arrow_folder
+
         if p.is_dir():
-            src: Source = FolderSource(str(p))
-        elif p.suffix.lower() in (".tar", ".zip") and is_pattern(str(data)) and not p.exists():
+            src: Source = TableSource(str(p)) if is_arrow_folder(str(p)) else FolderSource(str(p))
+        elif p.suffix.lower() in (".tar", ".zip", ".parquet", ".arrow") and is_pattern(str(data)) and not p.exists():
             src = _FILE_SOURCES[p.suffix.lower()][0](str(data))  # a glob or brace pattern of archives
         elif not p.exists():
             raise bad_param(name, f"an existing input: {accepted_inputs()}", str(p))
@@ -525,6 +546,13 @@ def open_source(data: DataArg, start: int = 0, stop: Optional[int] = None, name:
     else:
         raise bad_param(name, f"{accepted_inputs()}, or a Python list of paths / (id, path) pairs",
                         type(data).__name__)
+    if image_column is not None or id_column is not None:
+        if not isinstance(src, TableSource):
+            raise bad_param("image_column" if image_column is not None else "id_column",
+                            "given only with a table input (.parquet, .arrow, a datasets folder)", image_column or
+                            id_column)
+        src = dataclasses.replace(src, image_column=image_column, id_column=id_column)
+        list(itertools.islice(src.records(), 1))  # a column that is not there: said now, by name
     if start or stop is not None:
         src = Slice(src, start, stop)
     return src

@@ -48,7 +48,8 @@ def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
 
 def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     """Run ``opts`` (already validated) in this process."""
-    source = open_source(opts.data, opts.start, opts.stop)
+    source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
+                         id_column=opts.id_column)
     if wants_store(opts):
         return _run_store(opts, source, FeatureStore(opts.out), progress)
     target = FileTarget(opts.out)  # a bad extension fails early

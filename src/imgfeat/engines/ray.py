@@ -119,7 +119,8 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
     if not ray.is_initialized():
         ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
-    source = open_source(opts.data, opts.start, opts.stop)
+    source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
+                         id_column=opts.id_column)
     store = FeatureStore(opts.out)
     require_input(source, opts)
     if opts.part() is not None:
