@@ -153,7 +153,8 @@ def test_parquet_and_csv_tables(tmp_path, photos, reference):
             np.testing.assert_allclose(vec, reference[rid], atol=1e-5)
     assert open_source(str(tmp_path / "t.parquet")).count() == 4
     pq.write_table(pa.table({"name": ids}), tmp_path / "bad.parquet")
-    with pytest.raises(imgfeat.InvalidParameterError, match="columns 'id' and 'path'.*\\['name'\\]"):
+    with pytest.raises(imgfeat.InvalidParameterError,
+                       match="an image column.*'path'/'url' column.*has columns \\['name'\\]"):
         list(open_source(str(tmp_path / "bad.parquet")).records())
 
 

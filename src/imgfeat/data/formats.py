@@ -29,6 +29,9 @@ def _load_plugins() -> dict[str, bool]:
         import pillow_heif
 
         pillow_heif.register_heif_opener()  # HEIC/HEIF (and AVIF when Pillow lacks it); orientation applied
+        # one thread per decode: imgfeat runs one decode worker per core already (libheif's default of 4
+        # threads per image would oversubscribe them)
+        pillow_heif.options.DECODE_THREADS = 1
         loaded["heif"] = True
     except ImportError:  # pragma: no cover - a default dependency
         loaded["heif"] = False
