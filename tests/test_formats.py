@@ -225,3 +225,20 @@ def test_a_store_over_parquet_bytes_resumes_after_losing_a_shard(tmp_path, photo
 
     paths = imgfeat.outputs.formats.read_paths(store)
     assert isinstance(thumbnail(paths[ids[0]], 64), bytes)  # serve's thumbnails read the cell the same way
+
+
+def test_archives_count_their_members_that_are_not_images(tmp_path, photos):
+    import tarfile
+    import zipfile
+
+    (tmp_path / "caption.txt").write_text("a cat")
+    with tarfile.open(tmp_path / "000000.tar", "w") as tf:
+        tf.add(photos / "chelsea.jpg", arcname="000.jpg")
+        tf.add(tmp_path / "caption.txt", arcname="000.txt")
+        tf.add(tmp_path / "caption.txt", arcname="000.json")
+    res = imgfeat.extract(str(tmp_path / "000000.tar"), **MODEL)
+    assert res.ids == ["000"] and res.skipped == {".txt": 1, ".json": 1}
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.write(photos / "coffee.jpg", "x/1.jpg")
+        zf.write(tmp_path / "caption.txt", "x/1.txt")
+    assert imgfeat.extract(str(tmp_path / "a.zip"), **MODEL).skipped == {".txt": 1}

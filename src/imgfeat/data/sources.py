@@ -399,6 +399,18 @@ class ZipSource(Source):
                     yield Record(key, f"{zip_path}::{info.filename}", _check_id(key), info.header_offset,
                                  info.compress_size)
 
+    def skipped(self) -> Iterator[str]:
+        import zipfile
+
+        for zip_path in self.archives():
+            try:
+                with zipfile.ZipFile(zip_path) as archive:
+                    for info in archive.infolist():
+                        if not info.is_dir() and not _is_image(info.filename):
+                            yield f"{zip_path}::{info.filename}"
+            except (OSError, zipfile.BadZipFile):
+                continue  # an archive that cannot be opened is an error row already
+
     def describe(self) -> str:
         return f"zip {os.path.abspath(self.pattern)}"
 
@@ -431,6 +443,18 @@ class TarSource(Source):
                     folder, name = os.path.split(member.name)
                     key = os.path.join(folder, name.split(".", 1)[0])
                     yield Record(key, f"{tar_path}::{member.name}", _check_id(key), member.offset_data, member.size)
+
+    def skipped(self) -> Iterator[str]:
+        import tarfile
+
+        for tar_path in self.tars():
+            try:
+                with tarfile.open(tar_path, "r:") as archive:
+                    for member in archive:
+                        if member.isfile() and not _is_image(member.name):
+                            yield f"{tar_path}::{member.name}"
+            except (OSError, tarfile.TarError):
+                continue  # an archive that cannot be opened is an error row already
 
     def describe(self) -> str:
         return f"tar {os.path.abspath(self.pattern)}"
