@@ -42,3 +42,32 @@ def wait_until(condition, what: str, patience: float = PATIENCE, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not after {patience:.0f} s")
         time.sleep(interval)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after the raising line runs, no except clause of the product catches it."""
+
+
+def die_before_publishing():
+    """A context manager: a store's run writes its shards and dies before publishing them (as if killed)."""
+    import contextlib
+
+    import pytest
+
+    import imgfeat.engines.update as update_mod
+
+    @contextlib.contextmanager
+    def patched():
+        real = update_mod.publish
+
+        def killed(*args, **kwargs):
+            raise Killed
+
+        update_mod.publish = killed
+        try:
+            with pytest.raises(Killed):
+                yield
+        finally:
+            update_mod.publish = real
+
+    return patched()

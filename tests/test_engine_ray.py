@@ -11,6 +11,7 @@ import pytest
 import imgfeat
 from imgfeat.outputs.store import FeatureStore
 
+from helpers import die_before_publishing
 from helpers import expected_ids as _expected_ids
 
 
@@ -41,22 +42,9 @@ def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):
     report = FeatureStore(distributed).verify()
     assert (report["done"], report["total_shards"], report["corrupt"], report["errors"]) == (5, 5, [], 2)
     # resuming through Ray: a run that died before publishing, with two shards undone: only those are redone
-    import imgfeat.engines.update as update_mod
-
     resumed = tmp_path / "resumed"
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*args, **kwargs):
-        raise Killed
-
-    real, update_mod.publish = update_mod.publish, killed
-    try:
-        with pytest.raises(Killed):
-            imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts())
-    finally:
-        update_mod.publish = real
+    with die_before_publishing():
+        imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts())
     for k in (1, 3):
         (resumed / "shards" / f"{k:06d}.done.json").unlink()
     again = imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts())

@@ -8,6 +8,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from helpers import die_before_publishing
 from PIL import Image, ImageOps
 
 import imgfeat
@@ -196,24 +197,11 @@ def test_a_table_without_an_image_column_names_its_columns(tmp_path, capsys):
 def test_a_store_over_parquet_bytes_resumes_after_losing_a_shard(tmp_path, photos, reference_vectors):
     import pyarrow.parquet as pq
 
-    import imgfeat.engines.update as update_mod
-
     table, names = _hf_table(photos)
     pq.write_table(table, tmp_path / "train.parquet", row_group_size=2)
     store = tmp_path / "store"
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*args, **kwargs):
-        raise Killed
-
-    real, update_mod.publish = update_mod.publish, killed
-    try:
-        with pytest.raises(Killed):
-            imgfeat.extract(str(tmp_path / "train.parquet"), str(store), shard_size=2, **MODEL)
-    finally:
-        update_mod.publish = real
+    with die_before_publishing():
+        imgfeat.extract(str(tmp_path / "train.parquet"), str(store), shard_size=2, **MODEL)
     (store / "shards" / "000001.done.json").unlink()
     again = imgfeat.extract(str(tmp_path / "train.parquet"), str(store), shard_size=2, **MODEL)
     assert (again.shards_written, again.shards_skipped) == (1, 2)

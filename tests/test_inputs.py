@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import PATIENCE
+from helpers import PATIENCE, die_before_publishing
 
 import imgfeat
 from imgfeat.data.sources import open_source
@@ -118,20 +118,8 @@ def test_zip_store_resumes_without_loss_or_duplicates(tmp_path, photos):
     store = tmp_path / "store"
     full = _extract(str(root / "12" / "*.zip"), out=str(tmp_path / "whole"), shard_size=2, quiet=True)
     first = imgfeat.load(tmp_path / "whole")
-    import imgfeat.engines.update as update_mod
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*args, **kwargs):
-        raise Killed
-
-    real, update_mod.publish = update_mod.publish, killed  # the run dies after its shards, before publishing
-    try:
-        with pytest.raises(Killed):
-            _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
-    finally:
-        update_mod.publish = real
+    with die_before_publishing():  # the run dies after its shards, before publishing them
+        _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
     (store / "shards" / "000001.done.json").unlink()  # ... and in shard 1
     again = _extract(str(root / "12" / "*.zip"), out=str(store), shard_size=2, quiet=True)
     ids, X = imgfeat.load(store)

@@ -19,7 +19,7 @@ from imgfeat.cli import main
 from imgfeat.outputs.store import FeatureStore, StoreMismatchError
 
 from helpers import expected_ids as _expected_ids
-from helpers import PATIENCE, write_image
+from helpers import PATIENCE, die_before_publishing, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,19 +54,10 @@ def test_store_layout_manifest_and_load(image_tsv, tmp_path):
 
 
 def test_rerun_resumes_and_skips_done_shards(image_tsv, tmp_path, capsys, monkeypatch):
-    import imgfeat.engines.update as update_mod
-
     out = tmp_path / "features"
-    real_publish = update_mod.publish
-
-    def killed(*args, **kwargs):
-        raise _Killed
-
-    monkeypatch.setattr(update_mod, "publish", killed)  # the run dies after its shards, before publishing them
-    with pytest.raises(_Killed):
+    with die_before_publishing():
         _run(image_tsv, out)
     assert imgfeat.load(out)[0] == []  # readers never see an unpublished state
-    monkeypatch.setattr(update_mod, "publish", real_publish)
     (out / "shards" / "000002.done.json").unlink()  # as if the run had died in shard 2
     (out / "shards" / "000003.npy").write_bytes(b"garbage")  # and shard 3's vectors were never renamed
     (out / "shards" / "000003.done.json").unlink()
