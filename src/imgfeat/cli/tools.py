@@ -374,6 +374,120 @@ def _diffuse(args) -> int:
     return emit(args, result, lines)
 
 
+# ----------------------------------------------------------------------------- audit
+def _audit(args) -> int:
+    from ..tools.audit import ISSUES, DatasetAudit
+
+    ids, X = read_features(args.features)
+    given = read_labels(args.labels) if args.labels else {}
+    split_of: dict[str, str] = {}
+    if args.test_labels:
+        test = read_labels(args.test_labels)
+        split_of = {**{i: "train" for i in given}, **{i: "test" for i in test}}
+        given = {**given, **test}
+    elif args.splits:
+        split_of = read_labels(args.splits)
+    for what, table in (("labels", given), ("splits", split_of)):
+        align(ids, X, table, what) if table else None  # every labelled id must have a vector
+    issues = [i.strip() for i in args.issues.split(",") if i.strip()]
+    left_out = 0
+    if given and len(given) < len(ids):  # audit the labelled part, and say so
+        keep = np.array([i in given or i in split_of for i in ids])
+        left_out = int((~keep).sum())
+        ids, X = [i for i, k in zip(ids, keep) if k], X[keep]
+    labels = [given.get(i) for i in ids] if given else None
+    splits = [split_of.get(i) for i in ids] if split_of else None
+    audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold)
+    audit.fit(X, labels, splits)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    D, I = audit.knn_
+    paths = _paths_or_none(args.features)
+    written = {}
+    for name in [i for i in ISSUES if i in audit.issues_]:
+        entry = audit.issues_[name]
+        rows = entry.get("rows")
+        rows = np.arange(len(ids)) if rows is None else rows
+        order = np.argsort(entry["score"], kind="stable")  # worst (lowest score) first
+        path = out / f"{name}.tsv"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("id\tscore\tflag\tgiven\tsuggested\tneighbours\tneighbour_labels\n")
+            for j in order:
+                r = int(rows[j])
+                nb = [ids[int(x)] for x in I[r][:5]]
+                fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
+                         f"{labels[r] if labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
+                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\n")
+        written[name] = str(path)
+        worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
+        if paths and worst:
+            written[f"{name}_png"] = _worst_png(out / f"{name}.png", worst, ids, labels, paths,
+                                                entry.get("suggested"), rows, name)
+    if "leak" in audit.issues:
+        path = out / "leak.tsv"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("id\tsplit\tother_id\tother_split\tcosine\n")
+            for a, b, cos in audit.leaks_:
+                fh.write(f"{ids[a]}\t{splits[a] if splits else ''}\t{ids[b]}\t{splits[b] if splits else ''}\t"
+                         f"{cos:.6f}\n")
+        written["leak"] = str(path)
+    summary = {**audit.summary_, "files": written, "unlabelled_left_out": left_out}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = [f"audit of {len(ids)} vectors (k={args.k}, {args.index}) -> {out}/"]
+    for name in ISSUES:
+        s = audit.summary_.get(name)
+        if s is None:
+            continue
+        if "skipped" in s:
+            lines.append(f"  {name}: skipped ({s['skipped']})")
+        elif name == "leak":
+            lines.append(f"  leak: {s['pairs']} near-duplicate pairs across splits (cosine >= {s['threshold']:.4f})")
+        else:
+            lines.append(f"  {name}: {s['flagged']} flagged" + (f", dataset score {s['score']:.4f}"
+                                                                 if s.get("score") is not None else ""))
+    if left_out:
+        lines.append(f"  ({left_out} vectors without a label were left out: the labelled part was audited)")
+    return emit(args, summary, lines)
+
+
+def _paths_or_none(features: str) -> Optional[dict]:
+    try:
+        return read_paths(features)
+    except ImgfeatError:
+        return None
+
+
+def _worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, rows, name: str) -> str:
+    """The worst flagged images as thumbnails, with their given and suggested labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    pos = {int(r): j for j, r in enumerate(rows)}
+    cols = min(4, len(worst))
+    fig, axes = plt.subplots(-(-len(worst) // cols), cols, figsize=(3 * cols, 3 * -(-len(worst) // cols)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), worst):
+        try:
+            with Image.open(paths.get(ids[r], "")) as im:
+                ax.imshow(im.convert("RGB"))
+        except Exception:  # noqa: BLE001 - a missing image still gets its caption
+            pass
+        caption = ids[r] + (f"\ngiven {labels[r]}" if labels else "")
+        if suggested is not None:
+            caption += f", suggested {suggested[pos[r]]}"
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(f"{name}: worst flagged")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
 def _add_pca(sub) -> None:
     pca = sub.add_parser("pca", help="streaming PCA: fit, then apply")
     pca_sub = pca.add_subparsers(dest="pca_command", required=True)
@@ -497,8 +611,35 @@ def _add_diffuse(sub) -> None:
     diffuse.set_defaults(func=_diffuse, output_files=("out",), param_flags={"path": "--features"})
 
 
+def _add_audit(sub) -> None:
+    from ..tools.audit import ISSUES
+
+    audit = sub.add_parser("audit", help="label errors, outliers, near-duplicates and train/test leaks (cleanlab)",
+                           description="Find what is wrong with a labelled collection from its features: cleanlab's "
+                                       "label, outlier and near-duplicate issues computed on imgfeat's faiss kNN "
+                                       "graph, and near-duplicate pairs across splits (leaks). Writes one TSV per "
+                                       "issue, summary.json and a picture of the worst flagged images.")
+    features_arg(audit)
+    audit.add_argument("--labels", help="TSV id<TAB>label (the training labels); without it the label issue is "
+                                        "skipped")
+    split = audit.add_mutually_exclusive_group()
+    split.add_argument("--test-labels", help="TSV id<TAB>label of the test split (audited too; leaks are pairs across "
+                                             "the two)")
+    split.add_argument("--splits", help="TSV id<TAB>split name, for leaks across any splits")
+    audit.add_argument("--k", type=at_least(1), default=10, help="neighbours per image in the kNN graph")
+    audit.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
+                       help="faiss index of the graph (as imgfeat knn --approx), e.g. IVF4096,Flat for millions")
+    audit.add_argument("--issues", default=",".join(ISSUES), help=f"comma list of {', '.join(ISSUES)}")
+    audit.add_argument("--leak-threshold", type=float, default=None,
+                       help="cosine at or above which a cross-split pair is a leak (default: cleanlab's near-"
+                            "duplicate rule, within 0.13 of the median nearest-neighbour distance)")
+    audit.add_argument("--out", required=True, help="report folder")
+    audit.set_defaults(func=_audit, output_dirs=("out",), param_flags={"path": "--features"})
+
+
 def add_parsers(sub) -> None:
     """Add the tools' subcommands to the ``imgfeat`` parser."""
+    _add_audit(sub)
     _add_pca(sub)
     _add_probe(sub)
     _add_map(sub)

@@ -1,0 +1,126 @@
+"""What is wrong with a labelled collection, from its features: label errors, outliers, near-duplicates and
+near-copies across splits (leaks).
+
+cleanlab's ``Datalab`` computes the label, outlier and near-duplicate issues. imgfeat builds the one kNN graph
+they need with faiss (exact or approximate, in blocks: ``tools.knn``) and hands it over as ``knn_graph`` (a
+sparse matrix of cosine distances), so cleanlab never builds its own (scikit-learn, exact, in memory). The label
+issue gets out-of-sample predicted probabilities from the same graph: each image's class shares among its k
+neighbours, which is exactly what cleanlab derives from features (a k+1-NN classifier with the image's own vote
+taken out). The leak issue is imgfeat's: pairs of near-duplicates whose images are in different splits.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import ImgfeatError, bad_param, require
+from ._base import Params
+from .knn import KNNIndex
+
+ISSUES = ("label", "outlier", "near_duplicate", "leak")
+
+
+class DatasetAudit(Params):
+    """``fit(X, labels=None, splits=None)``: ``labels`` a class per row (None: unlabelled rows, left out of the
+    label issue), ``splits`` a split name per row (for leaks). Fitted: ``knn_`` (D cosine, I rows), ``issues_``
+    (issue -> dict of per-row arrays: ``score``, ``flag``, and for labels ``suggested``), ``leaks_`` (pairs),
+    ``summary_``."""
+
+    def __init__(self, *, k: int = 10, index: str = "exact", issues: Sequence[str] = ISSUES,
+                 leak_threshold: Optional[float] = None) -> None:
+        self.k, self.index, self.issues, self.leak_threshold = k, index, tuple(issues), leak_threshold
+
+    def fit(self, X, labels: Optional[Sequence[Optional[str]]] = None,
+            splits: Optional[Sequence[Optional[str]]] = None) -> "DatasetAudit":
+        from scipy.sparse import csr_matrix
+
+        unknown = [i for i in self.issues if i not in ISSUES]
+        if unknown:
+            raise bad_param("issues", f"a comma list of {', '.join(ISSUES)}", ",".join(unknown))
+        n = len(X)
+        if self.k >= n:
+            raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
+        knn = KNNIndex(metric="cosine", index=self.index).fit(X)
+        D, I = knn.graph(X, self.k)
+        order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
+        D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+        self.knn_ = (D, I)
+        dist = np.maximum(0.0, 1.0 - D.astype(np.float64))
+        graph = csr_matrix((dist.ravel(), I.ravel().astype(np.int64), np.arange(0, n * self.k + 1, self.k)),
+                           shape=(n, n))
+        self.issues_, self.summary_ = {}, {"n": n, "k": self.k, "index": self.index}
+        cleanlab_issues = [i for i in ("outlier", "near_duplicate") if i in self.issues]
+        if cleanlab_issues:
+            self._datalab(graph, None, None, cleanlab_issues)
+        if "label" in self.issues:
+            if labels is None or sum(lab is not None for lab in labels) == 0:
+                self.summary_["label"] = {"skipped": "no labels"}
+            else:
+                self._label_issues(np.asarray(labels, dtype=object), graph, I)
+        if "leak" in self.issues:
+            self._leaks(D, I, splits, dist)
+        return self
+
+    def _datalab(self, graph, labels, pred_probs, names: list[str], rows: Optional[np.ndarray] = None) -> None:
+        Datalab = require("cleanlab", "audit", "imgfeat audit").Datalab
+        data = {"label": list(labels)} if labels is not None else {"x": list(range(graph.shape[0]))}
+        lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
+        lab.find_issues(knn_graph=graph, pred_probs=pred_probs, issue_types={name: {} for name in names})
+        for name in names:
+            found = lab.get_issues(name)
+            score = found[f"{name}_score"].to_numpy()
+            flag = found[f"is_{name}_issue"].to_numpy()
+            entry = {"score": score, "flag": flag}
+            if name == "label":
+                entry["suggested"] = found["predicted_label"].to_numpy().astype(object)
+                entry["rows"] = rows
+            self.issues_[name] = entry
+            summary = lab.get_issue_summary(name)
+            self.summary_[name] = {"flagged": int(flag.sum()), "score": float(summary["score"].iloc[0])
+                                   if len(summary) else None}
+
+    def _label_issues(self, labels: np.ndarray, graph, I: np.ndarray) -> None:
+        """Out-of-sample class shares among each labelled image's labelled neighbours (cleanlab's own rule),
+        then cleanlab's label issues."""
+        from scipy.sparse import csr_matrix
+
+        rows = np.flatnonzero(np.array([lab is not None for lab in labels]))
+        classes = np.array(sorted({str(x) for x in labels[rows]}))
+        if len(classes) < 2:
+            raise ImgfeatError(f"the labels hold a single class ({classes[0]}); label issues need at least 2")
+        code = {c: j for j, c in enumerate(classes)}
+        y = np.full(len(labels), -1)
+        y[rows] = [code[str(x)] for x in labels[rows]]
+        neighbours = y[I[rows]]  # -1: an unlabelled neighbour, no vote
+        counts = np.stack([(neighbours == j).sum(axis=1) for j in range(len(classes))], axis=1).astype(float)
+        votes = counts.sum(axis=1, keepdims=True)
+        pred = np.where(votes > 0, counts / np.maximum(votes, 1), 1.0 / len(classes))
+        # the labelled part only (cleanlab's label issue reads the probabilities; the graph is only carried)
+        sub = graph if len(rows) == len(labels) else csr_matrix(graph[rows][:, rows])
+        self._datalab(sub, classes[y[rows]], pred, ["label"], rows)
+        self.issues_["label"]["given"] = classes[y[rows]]
+        self.summary_["label"]["labelled"] = int(len(rows))
+        if len(rows) < len(labels):
+            self.summary_["label"]["unlabelled_left_out"] = int(len(labels) - len(rows))
+
+    def _leaks(self, D: np.ndarray, I: np.ndarray, splits, dist: np.ndarray) -> None:
+        if splits is None or len({s for s in splits if s is not None}) < 2:
+            self.summary_["leak"] = {"skipped": "one split only (give --test-labels or --splits)"}
+            self.leaks_ = []
+            return
+        threshold = self.leak_threshold
+        if threshold is None:  # cleanlab's near-duplicate rule: within 0.13 of the median nearest distance
+            threshold = float(1.0 - 0.13 * max(np.median(dist[:, 0]), 1e-6))
+        s = np.asarray(splits, dtype=object)
+        rows, cols = np.nonzero(D >= threshold)
+        other = I[rows, cols]
+        cross = s[rows] != s[other]
+        pairs: dict = {}  # each pair once, found from either side
+        for a, b, c in zip(rows[cross], other[cross], cols[cross]):
+            key = (int(min(a, b)), int(max(a, b)))
+            pairs[key] = max(pairs.get(key, -1.0), float(D[a, c]))
+        self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()), key=lambda t: -t[2])
+        self.summary_["leak"] = {"pairs": len(self.leaks_), "threshold": threshold,
+                                 "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}

@@ -1,0 +1,122 @@
+"""imgfeat audit (issue 22): cleanlab's label, outlier and near-duplicate issues on imgfeat's kNN graph, and
+leaks across splits, on generated data with flipped labels, planted outliers and planted cross-split copies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+cleanlab = pytest.importorskip("cleanlab")
+
+from imgfeat.cli import main  # noqa: E402
+from imgfeat.tools.audit import DatasetAudit  # noqa: E402
+
+
+def planted(seed: int = 0):
+    """4 classes x 80, 16 labels flipped, 3 training images copied into the test split, 2 far outliers."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, 16)) * 3
+    X = np.concatenate([c + 0.5 * rng.standard_normal((80, 16)) for c in centres]).astype(np.float32)
+    y = np.repeat([f"c{i}" for i in range(4)], 80).astype(object)
+    flipped = rng.choice(len(y), 16, replace=False)
+    y[flipped] = [f"c{(int(v[1]) + 1) % 4}" for v in y[flipped]]
+    X = np.concatenate([X, X[:3] + 1e-4, rng.standard_normal((2, 16)).astype(np.float32) * 30])
+    y = np.concatenate([y, y[:3], ["c0", "c1"]]).astype(object)
+    splits = ["train"] * 320 + ["test"] * 3 + ["train"] * 2
+    return X, list(y), splits, set(flipped.tolist())
+
+
+def test_the_flags_find_what_was_planted():
+    X, y, splits, flipped = planted()
+    audit = DatasetAudit(k=10).fit(X, y, splits)
+    label = audit.issues_["label"]
+    found = set(label["rows"][label["flag"]].tolist())
+    assert flipped <= found and len(found - flipped) <= 2
+    outliers = set(np.flatnonzero(audit.issues_["outlier"]["flag"]).tolist())
+    assert {323, 324} <= outliers
+    assert [(a, b) for a, b, _ in audit.leaks_] == [(0, 320), (1, 321), (2, 322)]
+    assert set(np.flatnonzero(audit.issues_["near_duplicate"]["flag"]).tolist()) >= {0, 1, 2, 320, 321, 322}
+
+
+def test_label_issues_equal_cleanlabs_own_from_the_same_neighbours():
+    """cleanlab's default path (a k+1-NN classifier on the features, the image's own vote taken out) on the
+    L2-normalised features finds the same neighbours as imgfeat's cosine graph: the scores are the same."""
+    from cleanlab import Datalab
+
+    X, y, _, _ = planted(1)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    ours = DatasetAudit(k=10, issues=("label",)).fit(X, y).issues_["label"]
+    lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
+    lab.find_issues(features=Xn, issue_types={"label": {"k": 10}})
+    theirs = lab.get_issues("label")
+    np.testing.assert_allclose(ours["score"], theirs["label_score"].to_numpy(), atol=1e-9)
+    assert np.array_equal(ours["flag"], theirs["is_label_issue"].to_numpy())
+
+
+def test_cli_writes_the_report(tmp_path, capsys):
+    X, y, splits, flipped = planted()
+    ids = [f"i{k:03d}" for k in range(len(y))]
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    train = [k for k, s in enumerate(splits) if s == "train"]
+    test = [k for k, s in enumerate(splits) if s == "test"]
+    (tmp_path / "train.tsv").write_text("".join(f"{ids[k]}\t{y[k]}\n" for k in train))
+    (tmp_path / "test.tsv").write_text("".join(f"{ids[k]}\t{y[k]}\n" for k in test))
+    out = tmp_path / "report"
+    assert main(["audit", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "train.tsv"),
+                 "--test-labels", str(tmp_path / "test.tsv"), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["leak"]["pairs"] == 3 and summary["label"]["flagged"] >= len(flipped)
+    leak = (out / "leak.tsv").read_text().splitlines()
+    assert leak[0] == "id\tsplit\tother_id\tother_split\tcosine" and len(leak) == 4
+    assert {tuple(line.split("\t")[:4]) for line in leak[1:]} == {
+        ("i000", "train", "i320", "test"), ("i001", "train", "i321", "test"), ("i002", "train", "i322", "test")}
+    rows = [line.split("\t") for line in (out / "label.tsv").read_text().splitlines()[1:]]
+    flagged = {r[0] for r in rows if r[2] == "1"}
+    assert {ids[k] for k in flipped} <= flagged
+    assert all(r[4] for r in rows)  # a suggested label for each
+    assert json.loads((out / "summary.json").read_text())["files"]["label"] == str(out / "label.tsv")
+
+
+def test_without_labels_the_label_issue_is_skipped(tmp_path, capsys):
+    X, _, _, _ = planted()
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"i{k}\n" for k in range(len(X))))
+    assert main(["audit", "--features", str(tmp_path / "f.npy"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "label: skipped (no labels)" in out and "outlier:" in out and "leak: skipped" in out
+
+
+@pytest.mark.parametrize("case,message", [
+    ("one class", "single class"),
+    ("k too large", "--k must be an integer below the number of vectors"),
+    ("stranger", "have no feature vector"),
+    ("bad issue", "--issues must be a comma list"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, case, message):
+    X = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"i{k}\n" for k in range(30)))
+    labels = {"one class": "".join(f"i{k}\tx\n" for k in range(30)),
+              "stranger": "nobody\tx\n"}.get(case, "".join(f"i{k}\t{'ab'[k % 2]}\n" for k in range(30)))
+    (tmp_path / "l.tsv").write_text(labels)
+    argv = ["audit", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "l.tsv"), "--out",
+            str(tmp_path / "r")]
+    argv += {"k too large": ["--k", "30"], "bad issue": ["--issues", "label,typos"]}.get(case, [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_labels_for_part_of_the_features_audit_the_labelled_part(tmp_path, capsys):
+    X, y, _, _ = planted()
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"i{k}\n" for k in range(len(X))))
+    (tmp_path / "l.tsv").write_text("".join(f"i{k}\t{y[k]}\n" for k in range(200)))
+    assert main(["audit", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "l.tsv"), "--out",
+                 str(tmp_path / "r"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 200 and summary["label"]["labelled"] == 200 and summary["unlabelled_left_out"] == 125
