@@ -120,3 +120,85 @@ def test_labels_for_part_of_the_features_audit_the_labelled_part(tmp_path, capsy
                  str(tmp_path / "r"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 200 and summary["label"]["labelled"] == 200 and summary["unlabelled_left_out"] == 125
+
+
+# ----------------------------------------------------------------------------- review in imgfeat serve
+@pytest.fixture
+def reviewed(tmp_path):
+    pytest.importorskip("fastapi")
+    return make_review(tmp_path)
+
+
+def make_review(tmp_path):
+    """An audit report of the planted data (16 flipped labels) and the features it was made from."""
+    X, y, _, flipped = planted()
+    ids = [f"i{k:03d}" for k in range(len(y))]
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    (tmp_path / "noisy.tsv").write_text("".join(f"{i}\t{lab}\n" for i, lab in zip(ids, y)))
+    report = tmp_path / "report"
+    assert main(["audit", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "noisy.tsv"),
+                 "--out", str(report)]) == 0
+    wrong = [ids[k] for k in sorted(flipped)[:3]]
+    return {"store": tmp_path / "f.npy", "report": report, "noisy": tmp_path / "noisy.tsv", "wrong": wrong,
+            "root": tmp_path, "truth": planted_truth(), "ids": ids}
+
+
+def planted_truth() -> list:
+    """The labels of planted() before they were flipped."""
+    return [f"c{i}" for i in range(4) for _ in range(80)] + ["c0"] * 3 + ["c0", "c1"]
+
+
+def test_the_review_api_records_decisions_that_probe_takes_back(reviewed, capsys):
+    import requests
+    from helpers import PATIENCE
+
+    from imgfeat.serve.app import ServeConfig
+    from imgfeat.serve.collection import Collection
+    from imgfeat.serve.server import Background
+
+    root = reviewed["root"]
+    collection = Collection(reviewed["store"], cache=root / "serve-cache")
+    with Background(collection, ServeConfig(port=0, audit=str(reviewed["report"]))) as srv:
+        def api(path, **kw):
+            r = requests.request(kw.pop("method", "GET"), srv.url + path, timeout=PATIENCE, **kw)
+            return r
+
+        info = api("api/audit").json()
+        assert info["available"] and info["issues"]["label"] >= 3
+        page = api("api/audit/label").json()
+        suspect = next(it for it in page["items"] if it["id"] == reviewed["wrong"][0])
+        row = reviewed["ids"].index(suspect["id"])
+        assert suspect["given"] != reviewed["truth"][row] and suspect["suggested"] == reviewed["truth"][row]
+        assert suspect["in_collection"] and len(suspect["neighbours"]) == 5
+        for rid in reviewed["wrong"][:2]:
+            true = reviewed["truth"][reviewed["ids"].index(rid)]
+            assert api("api/audit/decision", method="POST", json={"id": rid, "decision": "relabel",
+                                                                   "new_label": true}).status_code == 200
+        assert api("api/audit/decision", method="POST", json={"id": reviewed["wrong"][2], "decision": "drop"}).ok
+        bad = api("api/audit/decision", method="POST", json={"id": "x", "decision": "maybe"})
+        assert bad.status_code == 400 and bad.json()["parameter"] == "decision"
+        tsv = api("api/audit/decisions.tsv").text
+    assert tsv.splitlines()[0] == "id\tdecision\tnew_label" and len(tsv.splitlines()) == 4
+    corrections = root / "corrections.tsv"
+    corrections.write_text(tsv)
+    assert (root / "serve-cache" / "audit-decisions.tsv").read_text() == tsv  # kept in the serve cache
+    # the corrected labels go back into probe: the relabelled ids count as noise, the dropped one is gone
+    from imgfeat.tools.labels import apply_corrections, read_labels
+
+    fixed = apply_corrections(read_labels(reviewed["noisy"]), str(corrections))
+    first = reviewed["wrong"][0]
+    assert fixed[first] == reviewed["truth"][reviewed["ids"].index(first)] and reviewed["wrong"][2] not in fixed
+    assert main(["probe", "--features", str(reviewed["store"]), "--labels", str(reviewed["noisy"]), "--corrections",
+                 str(corrections), "--C", "1", "--out-dir", str(root / "probe"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["train"] + res["test"] == len(reviewed["ids"]) - 1  # the dropped id is gone
+
+
+def test_a_review_without_a_report_says_how_to_get_one(tmp_path):
+    pytest.importorskip("fastapi")
+    from imgfeat.errors import ImgfeatError
+    from imgfeat.serve.review import Review
+
+    with pytest.raises(ImgfeatError, match="not a report folder of imgfeat audit"):
+        Review(tmp_path, tmp_path)

@@ -267,3 +267,37 @@ def test_an_image_added_to_the_store_appears_without_a_restart(tmp_path, photos)
                         " === 'added.jpg' && i.complete && i.naturalWidth > 0)")
         finally:
             d.quit()
+
+
+def test_audit_review_page_by_keyboard(tmp_path):
+    """Issue 22: the review page lists the suspects; 'r' relabels the current one to the suggestion, 'd' drops
+    the next; the decisions download as the TSV probe/diffuse/audit take back."""
+    pytest.importorskip("cleanlab")
+    import requests
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from test_audit import make_review
+
+    review = make_review(tmp_path)
+    collection = Collection(review["store"], cache=tmp_path / "serve-cache")
+    with Background(collection, ServeConfig(port=0, audit=str(review["report"]))) as srv:
+        d = launch_browser()
+        try:
+            d.get(srv.url + "audit")
+            wait_for(d, "document.body.dataset.ready === '1'")
+            suspects = d.find_elements(By.CSS_SELECTOR, ".suspect")
+            assert len(suspects) >= 16
+            first, second = suspects[0].get_attribute("data-id"), suspects[1].get_attribute("data-id")
+            body = d.find_element(By.TAG_NAME, "body")
+            body.send_keys("r")
+            wait_for(d, "document.body.dataset.decided === '1'")
+            body.send_keys("d")
+            wait_for(d, "document.body.dataset.decided === '2'")
+            assert "relabel →" in d.find_elements(By.CSS_SELECTOR, ".suspect .decision")[0].text
+            body.send_keys(Keys.ARROW_UP)
+            shot(d, "audit")
+            tsv = requests.get(srv.url + "api/audit/decisions.tsv", timeout=PATIENCE).text
+        finally:
+            d.quit()
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in tsv.splitlines()[1:]}
+    assert rows[first][0] == "relabel" and rows[first][1] and rows[second] == ["drop", ""]

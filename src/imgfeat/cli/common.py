@@ -12,7 +12,7 @@ from ..errors import ImgfeatError
 
 # Arguments that name something a command reads: an output may be none of them.
 INPUT_ARGS = ("data", "calibrate", "features", "labels", "test_labels", "background", "pca", "probe",
-              "novel_classes", "text_file", "store", "splits")
+              "novel_classes", "text_file", "store", "splits", "corrections", "audit")
 
 
 def flag_of(args: argparse.Namespace, name: str) -> str:

@@ -27,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
                             index_file=args.index_file, nprobe=args.nprobe, dup_k=args.dup_k)
     config = ServeConfig(host=args.host, port=args.port, token=args.token, allow_hosts=tuple(args.allow_host),
                          cors=tuple(args.cors), max_upload=int(args.max_upload_mb * 1024 * 1024), max_k=args.max_k,
-                         decode_workers=args.decode_workers, weights=args.weights, backend=args.backend)
+                         decode_workers=args.decode_workers, weights=args.weights, backend=args.backend,
+                         audit=args.audit)
     try:
         run(collection, config, open_browser=args.open)
     except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop
@@ -64,5 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", help="the --weights FILE the store was extracted with, if any (image queries)")
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="backend of the model for image queries (torch: no export step at start)")
+    p.add_argument("--audit", metavar="REPORT", help="an imgfeat audit --out folder: review its suspects on /audit "
+                                                    "(decisions kept in the serve cache, downloadable as "
+                                                    "--corrections for probe, diffuse and audit)")
     p.add_argument("--open", action="store_true", help="open the app in a browser")
     p.set_defaults(func=_serve, param_flags={"features": "FEATURES", "path": "FEATURES"})

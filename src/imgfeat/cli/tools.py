@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param
 from ..outputs.formats import extensions, iter_blocks, open_matrix, read_features, read_paths
 from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
-from ..tools.labels import align, check_dim, read_labels
+from ..tools.labels import align, apply_corrections, check_dim, read_labels
 from ..tools.maps import METHODS
 from ..tools.probe import CLASSIFIERS
 from .common import at_least, emit, ending, features_arg, fraction_open, positive, store_encoder, weights_args
@@ -58,7 +58,7 @@ def _probe(args) -> int:
     from ..tools.probe import LinearProbe, confusion_png
 
     ids, X = read_features(args.features)
-    Xtr, ytr, _ = align(ids, X, read_labels(args.labels))
+    Xtr, ytr, _ = align(ids, X, apply_corrections(read_labels(args.labels), args.corrections))
     if args.test_labels:
         Xte, yte, _ = align(ids, X, read_labels(args.test_labels), "test labels")
     else:
@@ -279,7 +279,7 @@ def _diffuse(args) -> int:
         raise ImgfeatError("imgfeat diffuse needs --test-labels (to score it), --out (the predicted labels), or "
                            "--json; otherwise the result is computed and thrown away")
     ids, X = read_features(args.features)
-    given = read_labels(args.labels)
+    given = apply_corrections(read_labels(args.labels), args.corrections)
     labels = given
     novel: set[str] = set()
     validation: dict[str, str] = {}
@@ -379,7 +379,7 @@ def _audit(args) -> int:
     from ..tools.audit import ISSUES, DatasetAudit
 
     ids, X = read_features(args.features)
-    given = read_labels(args.labels) if args.labels else {}
+    given = apply_corrections(read_labels(args.labels), args.corrections) if args.labels else {}
     split_of: dict[str, str] = {}
     if args.test_labels:
         test = read_labels(args.test_labels)
@@ -488,6 +488,11 @@ def _worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, row
     return str(path)
 
 
+def corrections_arg(p) -> None:
+    p.add_argument("--corrections", help="a review's decisions on --labels (id<TAB>keep|relabel|drop<TAB>new_label: "
+                                         "the TSV imgfeat serve --audit's review page downloads)")
+
+
 def _add_pca(sub) -> None:
     pca = sub.add_parser("pca", help="streaming PCA: fit, then apply")
     pca_sub = pca.add_subparsers(dest="pca_command", required=True)
@@ -509,6 +514,7 @@ def _add_probe(sub) -> None:
     features_arg(probe)
     probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
+    corrections_arg(probe)
     probe.add_argument("--test-size", type=fraction_open, default=0.2, help="seeded split when no --test-labels")
     probe.add_argument("--classifier", choices=CLASSIFIERS, default="logreg",
                        help="logreg: logistic regression (probabilities, top-5); svm: a linear SVM")
@@ -591,6 +597,7 @@ def _add_diffuse(sub) -> None:
     features_arg(diffuse)
     diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
     diffuse.add_argument("--test-labels", help="TSV id<TAB>label to score the unlabelled part")
+    corrections_arg(diffuse)
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
     diffuse.add_argument("--novel-classes", help="low-shot protocol: a file of class names (one per line) that get "
                                                  "only --shots labels each, drawn with --seed; the other classes "
@@ -622,6 +629,7 @@ def _add_audit(sub) -> None:
     features_arg(audit)
     audit.add_argument("--labels", help="TSV id<TAB>label (the training labels); without it the label issue is "
                                         "skipped")
+    corrections_arg(audit)
     split = audit.add_mutually_exclusive_group()
     split.add_argument("--test-labels", help="TSV id<TAB>label of the test split (audited too; leaks are pairs across "
                                              "the two)")

@@ -32,13 +32,14 @@ from ..engines.encode import no_text_tower
 from ..errors import ImgfeatError, InvalidParameterError
 from ..tools.dedup import check_threshold
 from .collection import Collection, Hit, LiveCollection
+from .review import Review
 from .media import DecodePool, Thumbnails, placeholder_png
 from .security import Guard, allowed_hosts
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_PAGE = 200  # results per page
-PAGES = {"/": "search.html", "/map": "map.html", "/duplicates": "duplicates.html"}
+PAGES = {"/": "search.html", "/map": "map.html", "/duplicates": "duplicates.html", "/audit": "audit.html"}
 
 
 @dataclass
@@ -57,6 +58,7 @@ class ServeConfig:
     thumb_size: int = 256
     weights: Optional[str] = None
     backend: str = "torch"
+    audit: Optional[str] = None  # an imgfeat audit report folder: the review page
 
 
 class ApiError(Exception):
@@ -313,6 +315,43 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
                                      "Cache-Control": "no-store"})
         return Response(result, media_type="image/jpeg",
                         headers={"ETag": etag, "Cache-Control": "private, max-age=86400"})
+
+    review = Review(config.audit, collection.cache) if config.audit else None
+
+    def reviewing() -> Review:
+        if review is None:
+            raise ApiError(404, "no audit to review: start imgfeat serve with --audit REPORT (imgfeat audit --out)",
+                           "audit")
+        return review
+
+    @app.get("/api/audit", summary="The audit under review: suspects per issue, decisions made")
+    def audit_info() -> JSONResponse:
+        return JSONResponse({"available": review is not None, **(review.summary() if review else {})})
+
+    @app.get("/api/audit/decisions.tsv", summary="The decisions as id<TAB>decision<TAB>new_label (--corrections)")
+    def audit_decisions() -> Response:
+        return PlainTextResponse(reviewing().tsv(),
+                                 headers={"Content-Disposition": 'attachment; filename="corrections.tsv"'})
+
+    @app.get("/api/audit/{issue}", summary="Suspects of one issue, worst first, with the decisions made (paged)")
+    def audit_page(issue: str, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=MAX_PAGE)) -> Response:
+        collection = live.get()
+        page_ = reviewing().page(issue, offset, limit)
+        for item_ in page_["items"]:
+            item_["in_collection"] = item_["id"] in collection.row_of
+        return JSONResponse(page_)
+
+    @app.post("/api/audit/decision", summary="Record a decision: keep, relabel (new_label) or drop an id")
+    async def audit_decide(request: Request) -> JSONResponse:
+        body = await _read_body(request, config.max_json, "the JSON body")
+        try:
+            parsed = json.loads(body)
+            rid, decision = str(parsed["id"]), str(parsed["decision"])
+            new_label = parsed.get("new_label")
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400, 'expected {"id": ..., "decision": "keep"|"relabel"|"drop", "new_label": ...}',
+                           "body") from None
+        return JSONResponse(reviewing().decide(rid, decision, None if new_label is None else str(new_label)))
 
     if config.cors:
         from starlette.middleware.cors import CORSMiddleware

@@ -37,6 +37,36 @@ def read_labels(path: str | Path) -> dict[str, str]:
     return labels
 
 
+DECISIONS = ("keep", "relabel", "drop")  # what a reviewer decides of an audit's suspect
+
+
+def apply_corrections(labels: dict[str, str], path: Optional[str]) -> dict[str, str]:
+    """``labels`` with a review's decisions applied (``id<TAB>decision<TAB>new_label``, as ``imgfeat serve
+    --audit`` writes them): ``relabel`` gives the new label, ``drop`` removes the id, ``keep`` changes nothing."""
+    if not path:
+        return labels
+    out = dict(labels)
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as exc:
+        raise ImgfeatError(f"--corrections {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ImgfeatError(f"--corrections {path} is not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        parts = line.split("\t")
+        if n == 1 and parts[:2] == ["id", "decision"] or not line.strip():
+            continue
+        if len(parts) < 2 or parts[1] not in DECISIONS or (parts[1] == "relabel" and (len(parts) < 3 or not parts[2])):
+            raise ImgfeatError(f"--corrections {path} line {n}: expected 'id<TAB>keep|relabel|drop<TAB>new_label', "
+                               f"got {line[:80]!r}")
+        rid, decision = parts[0], parts[1]
+        if decision == "drop":
+            out.pop(rid, None)
+        elif decision == "relabel":
+            out[rid] = parts[2]
+    return out
+
+
 def align(ids: list[str], X: np.ndarray, labels: dict[str, str], what: str = "labels",
           require_all: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows of X that have a label, their labels, and their ids. Labelled ids missing from the

@@ -38,7 +38,8 @@ const imgfeat = (() => {
     node.textContent = text;
     node.classList.toggle("error", error);
   }
-  const PAGES = [["search", "/", "Search"], ["map", "/map", "Map"], ["duplicates", "/duplicates", "Duplicates"]];
+  const PAGES = [["search", "/", "Search"], ["map", "/map", "Map"], ["duplicates", "/duplicates", "Duplicates"],
+                 ["audit", "/audit", "Audit"]];
   async function header(active) {
     document.querySelector("header").replaceChildren(el("span", { class: "brand" }, "imgfeat"),
       el("nav", {}, ...PAGES.map(([page, href, text]) => el("a", { href, class: page === active ? "active" : "" }, text))),
