@@ -40,6 +40,15 @@ def _load_plugins() -> dict[str, bool]:
         loaded["jxl"] = True
     except ImportError:
         loaded["jxl"] = False
+    # more Pillow plugins, named by module in IMGFEAT_PILLOW_PLUGINS (comma list), imported in every decoding
+    # process, Ray actors and fresh-process retries included (a format of one's own; the tests' killer plugin)
+    for name in filter(None, (m.strip() for m in os.environ.get("IMGFEAT_PILLOW_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+            loaded[name] = True
+        except ImportError as exc:
+            log.warning("IMGFEAT_PILLOW_PLUGINS: cannot import %s (%s)", name, exc)
+            loaded[name] = False
     return loaded
 
 

@@ -56,6 +56,10 @@ class ExtractResult:
     update: Optional[dict] = None  # a store's run: added, changed, removed, unchanged (+ duplicates, kept)
     generation: Optional[int] = None  # the store's published generation after the run
     published: bool = True  # False: a --shard part whose update waits for the other parts
+    actors_lost: int = 0  # Ray: actors that died (a node removed, the OOM killer), replaced while there was room
+    shards_retried: int = 0  # Ray: shards given to another actor after theirs died
+    failed_shards: list = field(default_factory=list)  # Ray: (shard, reason) not done: the rerun retries them
+    by_worker: dict = field(default_factory=dict)  # Ray: shards done per actor process
 
     @property
     def images_per_s(self) -> float:
@@ -72,6 +76,10 @@ class ExtractResult:
             failed += ", " + describe_skipped(Counter(self.skipped))
         if self.shards_written is not None:
             failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
+        if self.actors_lost or self.failed_shards:
+            failed += (f", {self.actors_lost} actor(s) lost, {self.shards_retried} shard(s) retried"
+                       + (f", {len(self.failed_shards)} shard(s) NOT done ({self.failed_shards[0][1]}; shards "
+                          f"{', '.join(str(s) for s, _ in self.failed_shards[:10])})" if self.failed_shards else ""))
         store = ""
         if self.update is not None:
             u = self.update

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -61,7 +61,7 @@ class ShardWorker:
         retries: dict = {}
         process_shards(self.pipeline, ListSource(tuple(records)), ShardPlan(size=len(records), offset=shard),
                        target, self.opts, retries=retries)
-        return {"shard": shard, "rows": target.n_written, "errors": target.n_failed, **retries}
+        return {"shard": shard, "rows": target.n_written, "errors": target.n_failed, "pid": os.getpid(), **retries}
 
 
 def _pending(records: Iterator[Record], plan: ShardPlan, plan_file: Optional[str],
@@ -70,46 +70,112 @@ def _pending(records: Iterator[Record], plan: ShardPlan, plan_file: Optional[str
         yield shard, list(group), plan_file, base  # only wanted shards are ever materialised
 
 
-def _actors(ray, opts: ExtractOptions, sample, calibration) -> list:
-    """One actor per GPU (its CPUs decode in DataLoader workers), else one single-threaded actor per CPU."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if gpus:
-        per_actor = {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
-        actor_opts = dataclasses.replace(opts, engine="local", workers=max(0, cpus // gpus - 1))
-        n_actors = gpus
-    else:
-        per_actor = {"num_cpus": 1}
-        actor_opts = dataclasses.replace(opts, engine="local", threads=1, workers=0, device="cpu")
-        n_actors = cpus
-    actor = ray.remote(**per_actor)(ShardWorker)
-    sample, calibration = ray.put(sample), ray.put(calibration)
-    return [actor.remote(actor_opts, sample, calibration) for _ in range(n_actors)]
+MAX_DEATHS = 2  # a shard during which its actor died this many times is reported, not retried again
+_ON_REPORT: Optional[Callable[[dict], None]] = None  # tests: called in the driver after each shard's report
 
 
-def _dispatch(ray, actors: list, jobs: Iterator[tuple]) -> dict:
-    """Keep every actor busy with at most two shards; returns the totals of the actors' reports (rows, error
-    rows, decodes retried and recovered) and the shards written."""
-    idle, in_flight = list(actors) * 2, {}
-    totals = {"rows": 0, "errors": 0, "retried": 0, "recovered": 0, "shards": 0}
+class Fleet:
+    """The actors of a run: one per GPU (its CPUs decode in DataLoader workers), else one single-threaded actor per
+    CPU, as many as the cluster has room for *now*: a node that joins gets actors, a dead actor is replaced while
+    there is room for it (a node that left has none)."""
+
+    def __init__(self, ray, opts: ExtractOptions, sample, calibration) -> None:
+        self.ray = ray
+        resources = ray.cluster_resources()
+        self.gpu = int(resources.get("GPU", 0)) > 0
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+        if self.gpu:
+            per_actor = {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
+            self.actor_opts = dataclasses.replace(opts, engine="local", workers=max(0, cpus // gpus - 1))
+        else:
+            per_actor = {"num_cpus": 1}
+            self.actor_opts = dataclasses.replace(opts, engine="local", threads=1, workers=0, device="cpu")
+        self.per_actor = per_actor
+        self.cls = ray.remote(**per_actor)(ShardWorker)
+        self.sample, self.calibration = ray.put(sample), ray.put(calibration)
+        self.actors: list = []
+        self.grow()
+
+    def capacity(self) -> int:
+        resources = self.ray.cluster_resources()
+        if self.gpu:
+            return int(resources.get("GPU", 0))
+        return int(resources.get("CPU", 0)) // self.per_actor["num_cpus"]
+
+    def grow(self) -> list:
+        """Start actors up to the cluster's capacity; returns the new ones."""
+        new = [self.cls.remote(self.actor_opts, self.sample, self.calibration)
+               for _ in range(max(0, self.capacity() - len(self.actors)))]
+        if not self.actors and not new:
+            new = [self.cls.remote(self.actor_opts, self.sample, self.calibration)]
+        self.actors += new
+        return new
+
+    def lost(self, actor) -> None:
+        self.actors = [a for a in self.actors if a is not actor]
+
+
+def _dispatch(ray, fleet: Fleet, jobs: Iterator[tuple]) -> dict:
+    """Keep every actor busy with at most two shards. A shard whose actor dies (a node removed, the OOM killer)
+    goes back to the queue and is given to another actor; the shard the actor was running when it died is charged
+    with the death, and after MAX_DEATHS of them it is reported instead of retried. Nodes that join get actors.
+    Returns the totals of the actors' reports and what was lost."""
+    from collections import Counter, deque
+
+    totals = {"rows": 0, "errors": 0, "retried": 0, "recovered": 0, "shards": 0, "actors_lost": 0,
+              "shards_retried": 0, "failed": [], "by_pid": Counter()}
+    idle = [a for a in fleet.actors for _ in range(2)]
+    in_flight: dict = {}  # ref -> (actor, job)
+    held: dict = {}  # actor -> its refs in submission order (an actor runs one at a time: the first is running)
+    again: deque = deque()
+    deaths: Counter = Counter()
     exhausted = False
     while True:
-        while idle and not exhausted:
-            job = next(jobs, None)
+        idle += [a for a in fleet.grow() for _ in range(2)]  # a node joined: its actors take shards at once
+        while idle and (again or not exhausted):
+            job = again.popleft() if again else next(jobs, None)
             if job is None:
                 exhausted = True
                 break
             actor = idle.pop()
-            in_flight[actor.process.remote(*job)] = actor
+            ref = actor.process.remote(*job)
+            in_flight[ref] = (actor, job)
+            held.setdefault(actor, []).append(ref)
         if not in_flight:
             return totals
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor = in_flight.pop(ready[0])
-        report = ray.get(ready[0])  # an actor's exception surfaces here; its shard stays undone
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=2.0)  # wake up to see nodes that joined
+        if not ready:
+            continue
+        actor, job = in_flight.pop(ready[0])
+        try:
+            report = ray.get(ready[0])
+        except ray.exceptions.RayActorError as exc:
+            refs = held.pop(actor, [ready[0]])
+            running = refs[0]
+            for ref in refs:
+                lost_job = job if ref == ready[0] else in_flight.pop(ref)[1]
+                shard = lost_job[0]
+                if ref == running:
+                    deaths[shard] += 1
+                if deaths[shard] >= MAX_DEATHS:
+                    totals["failed"].append((shard, f"its actor died {deaths[shard]} times while it ran "
+                                                    f"({type(exc).__name__}): an image that takes a worker down? "
+                                                    "rerunning retries it"))
+                else:
+                    again.append(lost_job)
+                    totals["shards_retried"] += 1
+            idle = [a for a in idle if a is not actor]
+            fleet.lost(actor)
+            totals["actors_lost"] += 1
+            continue
+        held[actor].remove(ready[0])
         for key in ("rows", "errors", "retried", "recovered"):
             totals[key] += report.get(key, 0)
         totals["shards"] += 1
+        totals["by_pid"][report.get("pid")] += 1
         idle.append(actor)
+        if _ON_REPORT is not None:
+            _ON_REPORT(report)
 
 
 def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
@@ -140,19 +206,21 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
     if not upd.pending:
         return update.finish(opts, store, upd, pipeline, None, cheap)
     done = store.done_shards()
-    actors = _actors(ray, opts, *measurement_images(opts, source))
-    figures, refused = ray.get(actors[0].fidelity.remote())
+    fleet = Fleet(ray, opts, *measurement_images(opts, source))
+    figures, refused = ray.get(fleet.actors[0].fidelity.remote())
     if refused is not None:
         raise FidelityError(refused)
     announce(figures, store)
     start = time.perf_counter()
     plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part(), offset=upd.base)
     records = PlanSource(upd.plan, source.describe()).records()
-    totals = _dispatch(ray, actors, _pending(records, plan, upd.plan, upd.base))
+    totals = _dispatch(ray, fleet, _pending(records, plan, upd.plan, upd.base))
     seconds = time.perf_counter() - start
     skipped = len([k for k in done if upd.base <= k < upd.base + upd.shards])
     result = ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
-                           model=pipeline.spec.name, backend=f"ray x{len(actors)}", out=str(opts.out),
+                           model=pipeline.spec.name, backend=f"ray x{len(fleet.actors)}", out=str(opts.out),
                            shards_written=totals["shards"], shards_skipped=skipped,
-                           n_retried=totals["retried"], n_recovered=totals["recovered"])
+                           n_retried=totals["retried"], n_recovered=totals["recovered"],
+                           actors_lost=totals["actors_lost"], shards_retried=totals["shards_retried"],
+                           failed_shards=totals["failed"], by_worker=dict(totals["by_pid"]))
     return update.finish(opts, store, upd, pipeline, result, cheap)
