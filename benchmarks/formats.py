@@ -52,7 +52,7 @@ def main() -> None:
                 assert not isinstance(out, str), out
             rows.append((name, path.stat().st_size, min(times[1:])))
     jpeg = rows[0][2]
-    print(f"| format | file | ms per image | images/s per core | vs JPEG |\n|---|---|---|---|---|")
+    print("| format | file | ms per image | images/s per core | vs JPEG |\n|---|---|---|---|---|")
     for name, size, sec in rows:
         print(f"| {name} | {size / 1e6:.1f} MB | {sec * 1e3:.0f} | {1 / sec:.1f} | {sec / jpeg:.1f}x |")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PATIENCE, wait_until, write_image
+from helpers import wait_until, write_image
 
 import imgfeat
 

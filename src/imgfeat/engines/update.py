@@ -271,7 +271,6 @@ def _empty_inventory():
 def _diff_tables(inp, inv, append: bool, upd: Update) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """One join of input (id, fp, pos) with inventory (id, sfp, shard, spos): adds to ``upd``'s counts; returns
     the positions to extract (unsorted) and the dead (shard, position) pairs."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = inp.num_rows
