@@ -18,7 +18,7 @@ from helpers import wait_until, write_image
 import imgfeat
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, pytest.mark.timing]
+pytestmark = pytest.mark.slow
 
 OPTS = {"model": "squeezenet1_1", "backend": "torch", "batch_size": 2, "shard_size": 2, "quiet": True}
 
@@ -76,6 +76,7 @@ def _wait_for_cpus(n: int) -> None:
     wait_until(lambda: int(ray.cluster_resources().get("CPU", 0)) == n, f"{n} CPUs in the cluster")
 
 
+@pytest.mark.timing
 def test_a_node_removed_mid_run(cluster, images, tmp_path, monkeypatch):
     node = cluster.add_node(num_cpus=1)
     _wait_for_cpus(2)
@@ -86,6 +87,7 @@ def test_a_node_removed_mid_run(cluster, images, tmp_path, monkeypatch):
     _same_as_local(images, out, tmp_path)
 
 
+@pytest.mark.timing
 def test_an_actor_killed_mid_shard(cluster, images, tmp_path, monkeypatch):
     cluster.add_node(num_cpus=1)
     _wait_for_cpus(2)
