@@ -43,12 +43,13 @@ def read_idx(path: Path) -> np.ndarray:
 def features(work: Path) -> tuple[list, np.ndarray, np.ndarray, list]:
     """(ids, X, labels as ints, splits) of the 70k images, extracted once into work/features."""
     import imgfeat
+    from imgfeat.api import store_info
     from PIL import Image
 
     store = work / "features"
     x = {"train": read_idx(SRC / "train-images-idx3-ubyte.gz"), "test": read_idx(SRC / "t10k-images-idx3-ubyte.gz")}
     y = {"train": read_idx(SRC / "train-labels-idx1-ubyte.gz"), "test": read_idx(SRC / "t10k-labels-idx1-ubyte.gz")}
-    if not (store / "manifest.json").is_file() or imgfeat.api.store_info(store)["manifest"].get("live_rows") != 70_000:
+    if not (store / "manifest.json").is_file() or store_info(store)["manifest"].get("live_rows") != 70_000:
         for split in x:
             (work / "images" / split).mkdir(parents=True, exist_ok=True)
             for i, a in enumerate(x[split]):
@@ -73,10 +74,10 @@ RUN = textwrap.dedent("""
     def sample():
         while on[0]:
             peak[0] = max(peak[0], rss()); time.sleep(0.01)
-    t = threading.Thread(target=sample); t.start(); t0 = time.perf_counter()
+    t = threading.Thread(target=sample, daemon=True); t.start(); t0 = time.perf_counter()
     if which == "imgfeat":
         from imgfeat.tools.audit import DatasetAudit
-        index = sys.argv[5] if len(sys.argv) > 5 else "exact"
+        index = sys.argv[5] if len(sys.argv) > 6 else "exact"  # the last argument is the output file
         a = DatasetAudit(k=k, index=index, issues=("label",)).fit(X, list(y))
         score, flag = a.issues_["label"]["score"], a.issues_["label"]["flag"]
     else:
