@@ -78,7 +78,8 @@ RUN = textwrap.dedent("""
     if which == "imgfeat":
         from imgfeat.tools.audit import DatasetAudit
         index = sys.argv[5] if len(sys.argv) > 6 else "exact"  # the last argument is the output file
-        a = DatasetAudit(k=k, index=index, issues=("label",)).fit(X, list(y))
+        nprobe = int(sys.argv[6]) if len(sys.argv) > 7 else 16
+        a = DatasetAudit(k=k, index=index, issues=("label",), nprobe=nprobe).fit(X, list(y))
         score, flag = a.issues_["label"]["score"], a.issues_["label"]["flag"]
     else:
         from cleanlab import Datalab

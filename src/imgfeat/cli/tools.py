@@ -397,7 +397,8 @@ def _audit(args) -> int:
         ids, X = [i for i, k in zip(ids, keep) if k], X[keep]
     labels = [given.get(i) for i in ids] if given else None
     splits = [split_of.get(i) for i in ids] if split_of else None
-    audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold)
+    audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold,
+                         nprobe=args.nprobe)
     audit.fit(X, labels, splits)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -637,6 +638,7 @@ def _add_audit(sub) -> None:
     audit.add_argument("--k", type=at_least(1), default=10, help="neighbours per image in the kNN graph")
     audit.add_argument("--index", default="exact", metavar=_INDEX_METAVAR,
                        help="faiss index of the graph (as imgfeat knn --approx), e.g. IVF4096,Flat for millions")
+    audit.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (an IVF --index)")
     audit.add_argument("--issues", default=",".join(ISSUES), help=f"comma list of {', '.join(ISSUES)}")
     audit.add_argument("--leak-threshold", type=float, default=None,
                        help="cosine at or above which a cross-split pair is a leak (default: cleanlab's near-"

@@ -29,8 +29,9 @@ class DatasetAudit(Params):
     ``summary_``."""
 
     def __init__(self, *, k: int = 10, index: str = "exact", issues: Sequence[str] = ISSUES,
-                 leak_threshold: Optional[float] = None) -> None:
+                 leak_threshold: Optional[float] = None, nprobe: int = 16) -> None:
         self.k, self.index, self.issues, self.leak_threshold = k, index, tuple(issues), leak_threshold
+        self.nprobe = nprobe
 
     def fit(self, X, labels: Optional[Sequence[Optional[str]]] = None,
             splits: Optional[Sequence[Optional[str]]] = None) -> "DatasetAudit":
@@ -42,7 +43,7 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        knn = KNNIndex(metric="cosine", index=self.index).fit(X)
+        knn = KNNIndex(metric="cosine", index=self.index, nprobe=self.nprobe).fit(X)
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
         D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
