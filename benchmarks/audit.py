@@ -19,7 +19,6 @@ Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -28,16 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-SRC = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from fashion_mnist import CLASSES, SRC, read_idx  # noqa: E402 - the example's dataset path, classes and IDX reader
 
 
 def features(work: Path) -> tuple[list, np.ndarray, np.ndarray, list]:
