@@ -130,6 +130,10 @@ class ExtractOptions:
     append: bool = _opt(False, "a store: add new and changed images but never remove any (an input that lists "
                                "only the new images)")
 
+    def wants_store(self) -> bool:
+        """Whether ``out`` is a feature store (a folder), not one file."""
+        return self.out is not None and (self.format == "store" or is_store_path(self.out))
+
     def part(self) -> Optional[tuple[int, int]]:
         """``--shard I/N`` parsed as (I, N)."""
         if self.shard is None:
@@ -171,9 +175,8 @@ class ExtractOptions:
                             self.min_fidelity)
         if self.ray_address is not None and self.engine != "ray":
             raise bad_param("ray_address", "given only with --engine ray", self.ray_address)
-        store = self.out is not None and (self.format == "store" or is_store_path(self.out))
         for name in ("prune", "append"):
-            if getattr(self, name) and not store:
+            if getattr(self, name) and not self.wants_store():
                 raise bad_param(name, "given only with a feature store --out (a folder)", True)
         if self.prune and self.append:
             raise bad_param("append", "given without --prune (--append never removes; --prune allows removing)",
@@ -184,7 +187,7 @@ class ExtractOptions:
         inputs = [("--data", self.data), ("--calibrate", self.calibrate)]
         if self.skipped_log is not None:
             check_output_file(self.skipped_log, "--skipped-log", inputs)
-        if self.format == "store" or is_store_path(self.out):
+        if self.wants_store():
             check_output_dir(self.out, "--out", inputs, must_be_store=True)
         else:
             check_output_file(self.out, "--out", inputs)

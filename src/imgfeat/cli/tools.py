@@ -388,7 +388,8 @@ def _audit(args) -> int:
     elif args.splits:
         split_of = read_labels(args.splits)
     for what, table in (("labels", given), ("splits", split_of)):
-        align(ids, X, table, what) if table else None  # every labelled id must have a vector
+        if table:
+            align(ids, X, table, what)  # every labelled id must have a vector
     issues = [i.strip() for i in args.issues.split(",") if i.strip()]
     left_out = 0
     if given and len(given) < len(ids):  # audit the labelled part, and say so

@@ -16,15 +16,11 @@ from ..data.sources import PlanSource, Source, open_source
 from ..errors import WorkerDiedError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions
-from ..outputs.store import FeatureStore, StoreLockedError, is_store_path
+from ..outputs.store import FeatureStore
 from ..outputs.targets import FileTarget, StoreTarget
 from .fidelity import announce, build_measured, measurement_images
 from . import update
 from .pipeline import ExtractResult, Pipeline, count_skipped, process_shards, require_input, store_identity
-
-
-def wants_store(opts: ExtractOptions) -> bool:
-    return opts.out is not None and (opts.format == "store" or is_store_path(opts.out))
 
 
 def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
@@ -50,7 +46,7 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     """Run ``opts`` (already validated) in this process."""
     source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
                          id_column=opts.id_column)
-    if wants_store(opts):
+    if opts.wants_store():
         return _run_store(opts, source, FeatureStore(opts.out), progress)
     target = FileTarget(opts.out)  # a bad extension fails early
     require_input(source, opts)
@@ -97,14 +93,7 @@ def _run_store(opts: ExtractOptions, source: Source, store: FeatureStore,
     """A store converges on its input: the difference is extracted into new shards and published (see
     ``engines.update``). One writer at a time; ``--shard I/N`` parts share one plan and take no lock."""
     require_input(source, opts)
-    part = opts.part()
-    if part is not None:
-        held = store.held_lock() if store.path.is_dir() else None
-        if held:
-            raise StoreLockedError(f"{store.path} is being written by another imgfeat extract (pid {held.get('pid')} "
-                                   f"on {held.get('host')}, since {held.get('since')}); run the parts after it")
-        return _update_store(opts, source, store, progress)
-    with store.writer_lock():
+    with store.writing(part=opts.part() is not None):
         return _update_store(opts, source, store, progress)
 
 
@@ -132,10 +121,9 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
         plan_source = PlanSource(upd.plan, source.describe())
         bar = _progress(opts, plan_source, progress)
         if bar is not None:
-            bar.update(sum(json.loads(store.marker(k).read_text())["inputs"] for k in done
-                           if upd.base <= k < upd.base + upd.shards))
+            bar.update(sum(json.loads(store.marker(k).read_text())["inputs"] for k in upd.done_of(done)))
         target = StoreTarget(store, upd.plan, upd.base)
         result = _run(opts, pipeline, plan_source, plan, target, bar, store)
         result.shards_written = target.shards_written
-        result.shards_skipped = len([k for k in done if upd.base <= k < upd.base + upd.shards])
+        result.shards_skipped = len(upd.done_of(done))
     return update.finish(opts, store, upd, pipeline, result, cheap)

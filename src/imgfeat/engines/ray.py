@@ -27,7 +27,6 @@ from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
 from .fidelity import FidelityError, announce, build_measured, measurement_images
 from . import update
-from .local import wants_store
 from .pipeline import ExtractResult, Pipeline, count_skipped, prepare_model, process_shards, require_input, \
     store_identity
 
@@ -180,7 +179,7 @@ def _dispatch(ray, fleet: Fleet, jobs: Iterator[tuple]) -> dict:
 
 def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     ray = require("ray", "ray", "--engine ray")
-    if not wants_store(opts):
+    if not opts.wants_store():
         raise bad_param("out", "a feature store directory (no file extension) with --engine ray", opts.out)
     if not ray.is_initialized():
         ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
@@ -189,10 +188,8 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
                          id_column=opts.id_column)
     store = FeatureStore(opts.out)
     require_input(source, opts)
-    if opts.part() is not None:
-        return _run(ray, opts, source, store, part=True)
-    with store.writer_lock():  # the driver is the store's one writer; actors write shards of its plan
-        return _run(ray, opts, source, store, part=False)
+    with store.writing(part=opts.part() is not None):  # the driver is the writer; actors write its plan's shards
+        return _run(ray, opts, source, store, part=opts.part() is not None)
 
 
 def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> ExtractResult:
@@ -216,7 +213,7 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
     records = PlanSource(upd.plan, source.describe()).records()
     totals = _dispatch(ray, fleet, _pending(records, plan, upd.plan, upd.base))
     seconds = time.perf_counter() - start
-    skipped = len([k for k in done if upd.base <= k < upd.base + upd.shards])
+    skipped = len(upd.done_of(done))
     result = ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
                            model=pipeline.spec.name, backend=f"ray x{len(fleet.actors)}", out=str(opts.out),
                            shards_written=totals["shards"], shards_skipped=skipped,

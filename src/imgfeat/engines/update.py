@@ -36,7 +36,7 @@ from ..data.sources import Source, fingerprint
 from ..errors import ImgfeatError
 from ..files import commit, create_atomic, partial_path, write_atomic, writer_tag
 from ..options import ExtractOptions
-from ..outputs.store import FeatureStore
+from ..outputs.store import FeatureStore, empty_inventory
 from .pipeline import ExtractResult, Pipeline
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class Update:
     def counts(self) -> dict:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
                 "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted}
+
+    def done_of(self, done) -> list[int]:
+        """The plan's shards among ``done`` (a resumed plan's finished part)."""
+        return [k for k in done if self.base <= k < self.base + self.shards]
 
     @property
     def nothing_to_do(self) -> bool:
@@ -154,7 +158,7 @@ def diff(store: FeatureStore, listing: Path, append: bool = False,
     parts = -(-max(n_input, store.live_inputs()) // partition_records)
     upd = Update(inputs=n_input)
     if parts <= 1:
-        inp = _listing_table(listing, 0, None)
+        inp = _listing_table(listing)
         pending, dead = _diff_tables(inp, store.inventory(), append, upd)
     else:
         pending, dead = _diff_partitioned(store, listing, append, upd, parts)
@@ -170,17 +174,12 @@ def diff(store: FeatureStore, listing: Path, append: bool = False,
     return upd, pending
 
 
-def _listing_table(listing: Path, group: int, pf):
-    """(id, fp, pos) of the whole listing (pf None) or of one row group."""
+def _listing_table(listing: Path, group: int = 0, pf=None, start: int = 0):
+    """(id, fp, pos) of the whole listing (pf None) or of one row group, whose first row is ``start``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if pf is None:
-        t = pq.read_table(listing, columns=["id", "fp"])
-        start = 0
-    else:
-        t = pf.read_row_group(group, columns=["id", "fp"])
-        start = sum(pf.metadata.row_group(g).num_rows for g in range(group))
+    t = pq.read_table(listing, columns=["id", "fp"]) if pf is None else pf.read_row_group(group, columns=["id", "fp"])
     return pa.table({"id": t.column("id"), "fp": t.column("fp"),
                      "pos": pa.array(np.arange(start, start + t.num_rows, dtype=np.int64))})
 
@@ -238,19 +237,17 @@ def _diff_partitioned(store: FeatureStore, listing: Path, append: bool, upd: Upd
 
     folder = listing.parent
     pf = pq.ParquetFile(listing)
-    inputs = _spill((_listing_table(listing, g, pf) for g in range(pf.num_row_groups)), parts, folder, "in")
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    inputs = _spill((_listing_table(listing, g, pf, int(starts[g])) for g in range(pf.num_row_groups)), parts,
+                    folder, "in")
     stored = _spill(store.iter_inventory(), parts, folder, "st")
     empty_in = pa.table({"id": pa.array([], pa.string()), "fp": pa.array([], pa.string()),
                          "pos": pa.array([], pa.int64())})
-    empty_st = store.inventory().slice(0, 0) if store.live_inputs() == 0 else None
     pending, dead_s, dead_p = [], [], []
     try:
         for p in range(parts):
             inp = pq.read_table(inputs[p]) if inputs[p].is_file() else empty_in
-            if stored[p].is_file():
-                st = pq.read_table(stored[p])
-            else:
-                st = empty_st if empty_st is not None else _empty_inventory()
+            st = pq.read_table(stored[p]) if stored[p].is_file() else empty_inventory()
             got, (ds, dp) = _diff_tables(inp, st, append, upd)
             pending.append(got)
             dead_s.append(ds)
@@ -259,13 +256,6 @@ def _diff_partitioned(store: FeatureStore, listing: Path, append: bool, upd: Upd
         for path in inputs + stored:
             path.unlink(missing_ok=True)
     return np.concatenate(pending), (np.concatenate(dead_s), np.concatenate(dead_p))
-
-
-def _empty_inventory():
-    import pyarrow as pa
-
-    return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
-                     "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
 
 
 def _diff_tables(inp, inv, append: bool, upd: Update) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -435,7 +425,7 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def plan_done(store: FeatureStore, upd: Update) -> bool:
-    return all(store.marker(k).is_file() for k in range(upd.base, upd.base + upd.shards))
+    return len(upd.done_of(store.done_shards())) == upd.shards
 
 
 def publish(store: FeatureStore, upd: Update) -> dict:

@@ -141,6 +141,14 @@ class ShardWriter:
 INPUTS_SCHEMA = None  # pyarrow schema of NNNNNN.inputs.parquet, made on first use (pyarrow imported lazily)
 
 
+def empty_inventory():
+    """An inventory (``FeatureStore.inventory``) with no record: its columns and types."""
+    import pyarrow as pa
+
+    return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
+                     "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
+
+
 def inputs_schema():
     global INPUTS_SCHEMA
     if INPUTS_SCHEMA is None:
@@ -321,10 +329,7 @@ class FeatureStore:
         import pyarrow as pa
 
         parts = list(self.iter_inventory())
-        if not parts:
-            return pa.table({"id": pa.array([], pa.string()), "sfp": pa.array([], pa.string()),
-                             "shard": pa.array([], pa.int64()), "spos": pa.array([], pa.int64())})
-        return pa.concat_tables(parts)
+        return pa.concat_tables(parts) if parts else empty_inventory()
 
     def live_inputs(self) -> int:
         return sum(seg["inputs"] - seg.get("dead_inputs", 0) for seg in self.segments())
@@ -454,8 +459,22 @@ class FeatureStore:
             except (OSError, ValueError):
                 pass
 
-    def held_lock(self) -> Optional[dict]:
-        """The writer lock's holder when a live process holds it (for ``--shard I/N`` parts, which take none)."""
+    @contextmanager
+    def writing(self, part: bool = False):
+        """What a run that writes the store holds: the writer lock, or for a ``--shard I/N`` part (parts share one
+        plan and take no lock) the check that no other writer holds it."""
+        if not part:
+            with self.writer_lock():
+                yield
+            return
+        held = self._held_lock()
+        if held:
+            raise StoreLockedError(f"{self.path} is being written by another imgfeat extract (pid {held.get('pid')} "
+                                   f"on {held.get('host')}, since {held.get('since')}); run the parts after it")
+        yield
+
+    def _held_lock(self) -> Optional[dict]:
+        """The writer lock's holder when a live process holds it."""
         import socket
 
         try:

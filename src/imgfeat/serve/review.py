@@ -11,9 +11,10 @@ from typing import Optional
 
 from ..errors import ImgfeatError, bad_param
 from ..files import write_atomic
+from ..tools.audit import ISSUES
 from ..tools.labels import DECISIONS
 
-ISSUE_FILES = ("label", "outlier", "near_duplicate")
+ISSUE_FILES = tuple(i for i in ISSUES if i != "leak")  # the per-image issues (leaks are pairs)
 
 
 class Review:
