@@ -494,3 +494,30 @@ def test_diffusion_is_class_balanced():
     assert (model.transduction_[60:] == "c1").mean() > 0.9
     F = model.label_distributions_
     assert F[:60, 0].mean() > F[:60, 1].mean() and F[60:, 1].mean() > F[60:, 0].mean()
+
+
+def test_pca_index_re_ranks_to_the_exact_graph(tmp_path):
+    """index="pca": candidates from an L2 search in a few PCA dimensions, re-ranked on the full vectors. On
+    features whose variance lives in a few directions (as a CNN's do) it returns the exact graph, with cosine
+    scores for the cosine metric and squared L2 for l2; a saved one reads back with the same scores."""
+    rng = np.random.default_rng(5)
+    X = (rng.standard_normal((1500, 24)) @ rng.standard_normal((24, 256))
+         + 0.05 * rng.standard_normal((1500, 256))).astype(np.float32)
+    for metric in ("cosine", "l2"):
+        D, I = KNNIndex(metric=metric).fit(X).graph(X, 10)
+        knn = KNNIndex(metric=metric, index="pca", pca_dim=32).fit(X)
+        Dp, Ip = knn.graph(X, 10)
+        assert recall_at_k(Ip, I) > 0.99, metric
+        same = Ip == I
+        np.testing.assert_allclose(Dp[same], D[same], rtol=1e-4, atol=1e-4)
+    Dq, Iq = knn.search(X[:5], 3)  # l2: squared distances, ascending
+    assert (np.diff(Dq, axis=1) >= 0).all()
+    cos = KNNIndex(index="pca", pca_dim=32).fit(X)
+    Dc, Ic = cos.search(X[:5], 3)
+    assert np.allclose(Dc[:, 0], 1.0, atol=1e-4) and (np.diff(Dc, axis=1) <= 1e-6).all()
+    cos.save(str(tmp_path / "pca.faiss"))
+    Dl, Il = KNNIndex.load(str(tmp_path / "pca.faiss"), metric="cosine").search(X[:5], 3)
+    np.testing.assert_array_equal(Il, Ic)
+    np.testing.assert_allclose(Dl, Dc, atol=1e-6)
+    with pytest.raises(InvalidParameterError, match="ip metric"):
+        KNNIndex(metric="ip", index="pca").fit(X)

@@ -13,7 +13,7 @@ from ..files import atomic_paths
 from ._base import Params
 
 METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
-INDEXES = ("exact", "ivf", "hnsw")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
+INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 
 
@@ -61,7 +61,10 @@ def scaled_factory(factory: str, n: int) -> str:
 class KNNIndex(Params):
     """``metric`` "cosine" (the default of every tool: vectors L2-normalised as they are added and queried,
     block by block; scores are cosine similarities), "ip" (inner product) or "l2"; ``index``
-    "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), or a
+    "exact", "ivf" (``nlist`` cells, ``nprobe`` visited), "hnsw" (``M``, ``ef_search``), "pca" (candidates
+    from an exact search in ``pca_dim`` PCA dimensions, ``k_factor`` times k of them, re-ranked on the full
+    vectors: faiss's ``IndexRefineFlat``; exact neighbours in practice at a fraction of the cost on
+    high-dimensional features, since the brute-force part does ``pca_dim / d`` of the work), or a
     faiss ``index_factory`` string such as ``"IVF65536,PQ32"`` (compressed codes: what makes a
     100M-vector graph fit in memory; ``nprobe`` applies to it too).
 
@@ -70,10 +73,11 @@ class KNNIndex(Params):
     needs memory for one block and the sample only."""
 
     def __init__(self, *, metric: str = "cosine", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
-                 M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536) -> None:
+                 M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536, pca_dim: int = 128,
+                 k_factor: float = 3.0) -> None:
         self.metric, self.index, self.nlist, self.nprobe, self.M, self.ef_search, self.seed = \
             metric, index, nlist, nprobe, M, ef_search, seed
-        self.block = block
+        self.block, self.pca_dim, self.k_factor = block, pca_dim, k_factor
 
     def _new_index(self, faiss, d: int, n: int):
         mt = _faiss_metric(faiss, self.metric)
@@ -82,6 +86,17 @@ class KNNIndex(Params):
         if self.index == "hnsw":
             idx = faiss.IndexHNSWFlat(d, self.M, mt)
             idx.hnsw.efSearch = self.ef_search
+            return idx
+        if self.index == "pca":
+            if self.metric == "ip":
+                raise bad_param("index", "exact, ivf, hnsw or a factory string with the ip metric (pca ranks by L2 "
+                                         "after centring, which keeps the order of l2 and cosine only)", self.index)
+            # L2 throughout: PCA centres the vectors, which keeps L2 distances (and so, on unit vectors, the cosine
+            # order); search() turns them back into cosines
+            dim = min(self.pca_dim, d)
+            base = faiss.IndexPreTransform(faiss.PCAMatrix(d, dim), faiss.IndexFlatL2(dim))
+            idx = faiss.IndexRefineFlat(base)
+            idx.k_factor = self.k_factor
             return idx
         if self.index == "ivf":
             nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
@@ -124,6 +139,7 @@ class KNNIndex(Params):
         for b in row_blocks(X, self.block, self.normalise_):
             idx.add(b)
         self.index_, self.n_ = idx, n
+        self._l2_as_cosine = self.normalise_ and idx.metric_type == faiss.METRIC_L2
         return self
 
     def save(self, path: str) -> None:
@@ -148,6 +164,7 @@ class KNNIndex(Params):
         if ivf is not None:
             ivf.nprobe = min(nprobe, ivf.nlist)
         self.index_, self.n_, self.normalise_ = idx, idx.ntotal, metric == "cosine"
+        self._l2_as_cosine = self.normalise_ and idx.metric_type == faiss.METRIC_L2
         return self
 
     def search(self, Q, k: int, block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +174,8 @@ class KNNIndex(Params):
         Ds, Is = [], []
         for q in row_blocks(Q, block or self.block, self.normalise_):
             D, I = self.index_.search(q, k)
+            if self._l2_as_cosine:  # squared L2 of unit vectors: 2 - 2 cos
+                D = 1.0 - D / 2.0
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
         if not Ds:
