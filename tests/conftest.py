@@ -28,6 +28,9 @@ def offline_caches(tmp_path_factory, monkeypatch, export_cache):
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the export cache is shared by the session, so a second small run of the same options would take the quick
+    # path (engines.quick); tests/test_quick.py turns it on where it is the subject
+    monkeypatch.setenv("IMGFEAT_QUICK", "0")
     import torch.hub
 
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # re-read TORCH_HOME

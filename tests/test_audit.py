@@ -217,7 +217,16 @@ def test_auto_takes_the_pca_graph_on_large_high_dimensional_sets_and_says_its_re
     monkeypatch.setattr(audit_mod, "PCA_FROM", (100, 200))
     fast = DatasetAudit(k=10).fit(Xh, y, splits)
     assert fast.summary_["index"] == "pca"
-    assert fast.summary_["graph_recall"] == {"recall_at_k": 1.0, "sampled_rows": len(Xh)}
+    recall = fast.summary_["graph_recall"]  # every row sampled; below 1 only among the planted near-copies' ties
+    assert recall["sampled_rows"] == len(Xh) and recall["recall_at_k"] >= 0.99
     for name in ("label", "outlier", "near_duplicate"):
         assert np.array_equal(fast.issues_[name]["flag"], exact.issues_[name]["flag"]), name
-    assert fast.leaks_ == pytest.approx(exact.leaks_)
+    assert [(a, b) for a, b, _ in fast.leaks_] == [(a, b) for a, b, _ in exact.leaks_] == [(0, 320), (1, 321), (2, 322)]
+    np.testing.assert_allclose([c for *_, c in fast.leaks_], [c for *_, c in exact.leaks_], atol=1e-5)
+
+
+def test_auto_index_rule():
+    from imgfeat.tools.audit import auto_index
+
+    assert [auto_index(n, d) for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256), (500_000, 2048),
+                                          (500_001, 64)]] == ["exact", "pca", "exact", "pca", "ivf"]

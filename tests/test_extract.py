@@ -110,7 +110,7 @@ def test_a_killed_decode_worker_is_a_clear_error_not_a_hang(photo_dir, tmp_path,
     """The OOM killer (SIGKILL) takes a decode worker: the run stops at once and says what to do."""
     import signal
 
-    import imgfeat.data.loader as loader_mod
+    import imgfeat.data.batches as loader_mod  # where the DataLoader's workers decode
 
     real_decode = loader_mod.decode
 

@@ -76,7 +76,7 @@ def test_a_folder_that_is_not_a_store_is_refused_as_a_store(work, photo_dir, tmp
     ("adir.npy", "is a folder; give a file name"),
 ])
 def test_an_unwritable_extract_output_is_refused_before_the_model_is_built(work, capsys, monkeypatch, out, message):
-    import imgfeat.engines.local as local
+    import imgfeat.engines.fidelity as local  # the model is built there, imported by the engine when needed
 
     (work / "adir.npy").mkdir()
     monkeypatch.setattr(local, "build_measured", _never)

@@ -88,7 +88,7 @@ def test_added_changed_removed_and_renamed_images_in_a_folder(folder, tmp_path, 
     assert (res.update["added"], res.update["removed"]) == (1, 1)
     _same(out, folder)
 
-    import imgfeat.engines.local as local
+    import imgfeat.engines.fidelity as local  # the model is built there, imported by the engine when needed
 
     def never(*a, **k):
         raise AssertionError("a model was built though nothing changed")

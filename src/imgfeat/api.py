@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from .engines import run
-from .engines.pipeline import ExtractResult
+from .engines.result import ExtractResult
 from .errors import ImgfeatError
 from .options import ExtractOptions
 from .outputs.formats import load, reading, write_blocks

@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .api import extract
-from .data.loader import make_loader
 from .data.sources import ListSource
 from .errors import ImgfeatError
-from .models.backbone import build_feature_model
 from .files import cache_dir
-from .models.backends import ExecConfig, available_backends, make_executor
 from .models.registry import get_model_spec
 from .options import available_cores
+
+# torch and the model stack are imported by the functions that measure (the command line's parser reads SETS)
 
 PHOTOS = Path(__file__).parent / "_data" / "photos"
 SETS = {"imagenet": (500, 375), "camera": (4000, 3000)}  # ImageNet-like and camera-size JPEGs
@@ -84,6 +82,8 @@ def _rate(fn: Callable[[], int], seconds: float, warm_up: bool = True) -> float:
 
 def matmul_gflops(seconds: float = 1.0) -> float:
     """Best fp32 matrix-product rate over a few sizes, all threads."""
+    import torch
+
     best = 0.0
     for n in (1024, 2048, 4096):
         a, b = torch.randn(n, n), torch.randn(n, n)
@@ -91,7 +91,8 @@ def matmul_gflops(seconds: float = 1.0) -> float:
     return best
 
 
-def model_gflops(model: torch.nn.Module, input_size: tuple[int, int]) -> float:
+def model_gflops(model, input_size: tuple[int, int]) -> float:
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     h, w = input_size
@@ -102,6 +103,10 @@ def model_gflops(model: torch.nn.Module, input_size: tuple[int, int]) -> float:
 
 def _forward_rows(fm, batch_sizes, threads: int, seconds: float, rows: list[Row]) -> float:
     """Forward rate of every backend x batch size on pre-made tensors (rows appended); returns the best."""
+    import torch
+
+    from .models.backends import ExecConfig, available_backends, make_executor
+
     ceiling = 0.0
     for backend in available_backends():
         for bs in batch_sizes:
@@ -140,6 +145,11 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
               images: int = 300, workdir: Optional[Path] = None, batch_sizes=(1, 8, 32), seconds: float = 3.0,
               naive_images: int = 40, log: Callable[[str], None] = print,
               precisions: tuple[str, ...] = ("fp32",)) -> tuple[list[Row], dict]:
+    import torch
+
+    from .data.loader import make_loader
+    from .models.backbone import build_feature_model
+
     workdir = Path(workdir or cache_dir() / "bench")
     spec = get_model_spec(model)
     size = spec.preprocess.crop_size
@@ -198,6 +208,7 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
 
 def naive_rate(spec, fm, files: list[str]) -> float:
     """The blog-post way: one image at a time, full PIL decode, torchvision transforms, torch eager."""
+    import torch
     from torchvision import transforms as T
 
     pp = spec.preprocess

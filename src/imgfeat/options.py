@@ -16,8 +16,7 @@ from typing import Any, Callable, Optional
 from .data.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from .data.sources import accepted_inputs, open_source
 from .errors import bad_param
-from .models.backbone import POOLS
-from .models.backends import BACKENDS, PRECISIONS
+from .models.names import BACKENDS, POOLS, PRECISIONS
 from .outputs.checks import check_output_dir, check_output_file
 from .outputs.formats import extensions
 from .outputs.store import is_store_path

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--clip", action="store_true", help="list the clip:<arch>/<pretrained> pairs open_clip knows")
     models.set_defaults(func=_cmd_models)
     from ..bench import SETS
-    from ..models.backends import PRECISIONS
+    from ..models.names import PRECISIONS
 
     bench = sub.add_parser("bench", help="measure forward ceiling, decode, end-to-end and naive rates",
                            description="Generate JPEG sets from real photos and measure, in one run: the forward "

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import bad_param
-from ..models.backends import BACKENDS
+from ..models.names import BACKENDS
 from .common import at_least, port, positive
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImgfeatError
-from ..models.backends import BACKENDS
+from ..models.names import BACKENDS
 from ..outputs.formats import extensions, open_matrix, write_blocks
 from .common import at_least, emit, features_arg, store_encoder, weights_args
 

@@ -644,8 +644,8 @@ def _add_audit(sub) -> None:
     audit.add_argument("--index", default="auto", metavar="auto|" + _INDEX_METAVAR,
                        help="faiss index of the graph (as imgfeat knn --approx): auto is exact below 20,000 vectors "
                             "or 512 dimensions and pca above (PCA-128 candidates re-ranked on the full vectors: "
-                            "near-exact, about 3x faster; its sampled recall is in summary.json); "
-                            "IVF4096,Flat for millions")
+                            "near-exact, about 3x faster), ivf above 500,000 vectors; the recall of a non-exact graph, "
+                            "sampled, is in summary.json")
     audit.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (an IVF --index)")
     audit.add_argument("--issues", default=",".join(ISSUES), help=f"comma list of {', '.join(ISSUES)}")
     audit.add_argument("--leak-threshold", type=float, default=None,

@@ -9,7 +9,6 @@ files, so a bad file never costs its neighbours their vectors.
 
 from __future__ import annotations
 
-import itertools
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -19,60 +18,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import WorkerDiedError
 from ..models.preprocess import Preprocess
-from .decode import DEFAULT_DECODE_TIMEOUT, both_attempts, decode, retriable
-from .fresh import fresh_attempt
-from .shards import ShardPlan, cut_shards
-from .sources import Counted, Record, Source
-
-
-def decode_batch(records: list[Record], pp: Preprocess, max_pixels: int,
-                 timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT, retry: bool = True) -> dict:
-    """Decode ``records``: ids/paths/pixels of the good ones, ``errors`` rows for the rest. With ``retry``, a
-    failure that another process could change is tried once more alone in a fresh process (``data.fresh``:
-    an image must not fail because of what this worker decoded before it); ``retried`` and ``recovered``
-    count them."""
-    ids, paths, arrays, errors, retried, recovered = [], [], [], [], 0, 0
-    for rec in records:
-        result = rec.error or decode(rec.path, pp, max_pixels, offset=rec.offset, size=rec.size, timeout=timeout)
-        if isinstance(result, str) and retry and rec.error is None and retriable(result):
-            retried += 1
-            second = fresh_attempt(rec.path, rec.offset, rec.size, pp, max_pixels, timeout)
-            recovered += not isinstance(second, str)
-            result = both_attempts(result, second) if isinstance(second, str) else second
-        if isinstance(result, str):
-            errors.append((rec.id, rec.path, result))
-        else:
-            ids.append(rec.id)
-            paths.append(rec.path)
-            arrays.append(result)
-    return {"ids": ids, "paths": paths, "pixels": stack_pixels(arrays, pp), "errors": errors, "n": len(records),
-            "retried": retried, "recovered": recovered}
-
-
-def stack_pixels(arrays: list[np.ndarray], pp: Preprocess) -> torch.Tensor:
-    """Decoded uint8 H x W x 3 arrays as the uint8 N x 3 x H x W batch every executor takes."""
-    if not len(arrays):
-        h, w = pp.crop_size
-        return torch.zeros((0, 3, h, w), dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _batches(it: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
-def planned_batches(records: Iterator[Record], batch_size: int,
-                    plan: ShardPlan) -> Iterator[tuple[Optional[int], list[Record], bool]]:
-    """(shard, records, is_last_batch_of_shard) in input order; batches never straddle shards."""
-    for shard, group in cut_shards(records, plan):
-        previous = None
-        for chunk in _batches(group, batch_size):
-            if previous is not None:
-                yield shard, previous, False
-            previous = chunk
-        if previous is not None:
-            yield shard, previous, shard is not None
+from .batches import nchw
+from .batches import decode_batch, end_of_input, planned_batches  # noqa: F401 - re-exported
+from .decode import DEFAULT_DECODE_TIMEOUT
+from .shards import ShardPlan
+from .sources import Counted, Source
 
 
 class DecodedBatches(IterableDataset):
@@ -94,16 +44,20 @@ class DecodedBatches(IterableDataset):
             if k % nw == wid:
                 batch = decode_batch(chunk, self.pp, self.max_pixels, self.timeout)
                 batch.update(shard=shard, last=last)
-                yield batch
+                yield _tensors(batch)
         if wid == 0:  # worker 0 has the most batches, so round-robin delivers this one last
-            yield end_of_input(records.n, self.pp)
+            yield _tensors(end_of_input(records.n, self.pp))
 
 
-def end_of_input(total: int, pp: Preprocess) -> dict:
-    """The closing item of a loader: no images, and ``total``, the number of input records."""
-    batch = decode_batch([], pp, 0)
-    batch.update(shard=None, last=False, total=total)
+def _tensors(batch: dict) -> dict:
+    """The batch's pixels as the uint8 tensor the executors take (shared memory across the DataLoader)."""
+    batch["pixels"] = torch.from_numpy(batch["pixels"])
     return batch
+
+
+def stack_pixels(arrays: list[np.ndarray], pp: Preprocess) -> torch.Tensor:
+    """Decoded uint8 H x W x 3 arrays as the uint8 N x 3 x H x W tensor every executor takes."""
+    return torch.from_numpy(nchw(arrays, pp))
 
 
 def _worker_init(_: int) -> None:

@@ -1,7 +1,8 @@
 """Engine layer: how a job's shards are spread. Engines are chosen from a table and share one
 signature, ``run(opts, progress) -> ExtractResult`` (img2dataset ``distributor.py`` habit):
 
-``local`` (this process; ``--shard I/N`` parts are several local runs) and ``ray`` (a Ray cluster).
+``local`` (this process; ``--shard I/N`` parts are several local runs) and ``ray`` (a Ray cluster); before
+either, ``quick`` serves a small job whose model is already exported without importing torch.
 Both build the model with ``pipeline.build_pipeline`` and process shards with
 ``pipeline.process_shards``. May import every layer below: data, models, outputs, options.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..options import ExtractOptions
-from .pipeline import ExtractResult
+from .result import ExtractResult
 
 
 def _local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
@@ -30,9 +31,13 @@ ENGINES: dict[str, Callable[..., ExtractResult]] = {"local": _local, "ray": _ray
 
 
 def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
-    """Validate ``opts`` and run it with the engine it names."""
+    """Validate ``opts`` and run it with the engine it names (a small job with a recorded export: the quick path,
+    without torch)."""
+    from .quick import try_run
+
     opts.validate()
-    return ENGINES[opts.engine](opts, progress)
+    result = try_run(opts, progress)
+    return result if result is not None else ENGINES[opts.engine](opts, progress)
 
 
 __all__ = ["ENGINES", "ExtractResult", "run"]

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..data.loader import decode_batch
+from ..data.batches import decode_batch
 from ..data.sources import Source, open_source
 from ..errors import ImgfeatError
 from ..models.backends import make_executor
@@ -46,7 +46,7 @@ def sample_pixels(source: Source, opts: ExtractOptions, pp, n: int = SAMPLE) -> 
         chunk = list(islice(records, n - got))
         if not chunk:
             break
-        pixels = decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None)["pixels"]
+        pixels = torch.from_numpy(decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None)["pixels"])
         batches.append(pixels)
         got += len(pixels)
     return torch.cat(batches) if got else None

@@ -7,20 +7,23 @@ import json
 import sys
 import threading
 import time
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from ..data.shards import ShardPlan
 from ..data.sources import PlanSource, Source, open_source
 from ..errors import WorkerDiedError
-from ..models.backends import resolve_device
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import FileTarget, StoreTarget
-from .fidelity import announce, build_measured, measurement_images
-from . import update
-from .pipeline import ExtractResult, Pipeline, count_skipped, process_shards, require_input, store_identity
+from . import quick, update
+from .inputs import count_skipped, require_input
+from .result import ExtractResult
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+# torch and the model stack (engines.pipeline, engines.fidelity) are imported once a model is needed: a store
+# run with nothing new, and the quick path, never import them
 
 
 def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
@@ -48,12 +51,16 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
                          id_column=opts.id_column)
     if opts.wants_store():
         return _run_store(opts, source, FeatureStore(opts.out), progress)
+    from ..models.backends import resolve_device
+    from .fidelity import announce, build_measured, measurement_images
+
     target = FileTarget(opts.out)  # a bad extension fails early
     require_input(source, opts)
     _threads(opts)
     plan = ShardPlan(size=opts.shard_size if opts.part() else None, part=opts.part())
     pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source))
     announce(fidelity, None)
+    quick.remember(opts, pipeline)  # the next small run of these options needs no torch
     result = _run(opts, pipeline, source, plan, target, _progress(opts, source, progress), None)
     result.skipped = count_skipped(source, opts)
     result.errors = target.error_log.rows
@@ -64,12 +71,16 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
 
 
 def _threads(opts: ExtractOptions) -> None:
+    import torch
+
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
 
 
 def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPlan, target, bar,
          store: Optional[FeatureStore]) -> ExtractResult:
+    from .pipeline import process_shards
+
     start = time.perf_counter()
     retries: dict = {}
     try:
@@ -105,6 +116,9 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
     cheap = update.cheap_identity(opts, source)
     if upd.nothing_to_do and store.manifest.get("options") == cheap:  # the same job, nothing new: no model
         return update.finish(opts, store, upd, None, None)
+    from ..models.backends import resolve_device
+    from .fidelity import announce, build_measured, measurement_images
+    from .pipeline import store_identity
 
     def open_store(pipeline: Pipeline) -> None:
         store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())

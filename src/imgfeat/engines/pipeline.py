@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -18,83 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.formats import describe_skipped, extension_of
 from ..data.loader import make_loader, worker_deaths
 from ..data.shards import ShardPlan
 from ..data.sources import Source
-from ..errors import ImgfeatError
 from ..models.backbone import FeatureModel, build_feature_model
 from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
 from ..options import ExtractOptions, available_cores
+from .inputs import count_skipped, require_input  # noqa: F401 - re-exported
+from .result import ExtractResult  # noqa: F401 - re-exported: engines share it
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractResult:
-    """What a run did. ``ids``/``features`` are filled only when no ``out`` file was given."""
-
-    n_done: int
-    n_failed: int
-    seconds: float
-    dim: int
-    model: str
-    backend: str = "torch"
-    out: Optional[str] = None
-    errors_path: Optional[str] = None
-    ids: Optional[list[str]] = None
-    paths: Optional[list[str]] = None
-    features: Optional[np.ndarray] = None
-    errors: list[tuple[str, str, str]] = field(default_factory=list)
-    n_retried: int = 0  # failed in a decode worker and tried again alone in a fresh process
-    n_recovered: int = 0  # ... and decoded there (they have vectors)
-    backend_report: dict = field(default_factory=dict)
-    shards_written: Optional[int] = None
-    shards_skipped: Optional[int] = None
-    skipped: dict = field(default_factory=dict)  # files of the input that are not images, by extension
-    update: Optional[dict] = None  # a store's run: added, changed, removed, unchanged (+ duplicates, kept)
-    generation: Optional[int] = None  # the store's published generation after the run
-    published: bool = True  # False: a --shard part whose update waits for the other parts
-    actors_lost: int = 0  # Ray: actors that died (a node removed, the OOM killer), replaced while there was room
-    shards_retried: int = 0  # Ray: shards given to another actor after theirs died
-    failed_shards: list = field(default_factory=list)  # Ray: (shard, reason) not done: the rerun retries them
-    by_worker: dict = field(default_factory=dict)  # Ray: shards done per actor process
-
-    @property
-    def images_per_s(self) -> float:
-        return self.n_done / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        dest = self.out if self.out else "memory"
-        failed = f"{self.n_failed} failed"
-        if self.n_failed and self.errors_path:
-            failed += f" (reasons in {self.errors_path})"
-        if self.n_retried:
-            failed += f" ({self.n_retried} retried alone in a fresh process, {self.n_recovered} recovered)"
-        if self.skipped:
-            failed += ", " + describe_skipped(Counter(self.skipped))
-        if self.shards_written is not None:
-            failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
-        if self.actors_lost or self.failed_shards:
-            failed += (f", {self.actors_lost} actor(s) lost, {self.shards_retried} shard(s) retried"
-                       + (f", {len(self.failed_shards)} shard(s) NOT done ({self.failed_shards[0][1]}; shards "
-                          f"{', '.join(str(s) for s, _ in self.failed_shards[:10])})" if self.failed_shards else ""))
-        store = ""
-        if self.update is not None:
-            u = self.update
-            store = (f"; {u['added']:,} added, {u['changed']:,} changed, {u['removed']:,} removed, "
-                     f"{u['unchanged']:,} unchanged" + (f", {u['kept']:,} kept (--append)" if u.get("kept") else "")
-                     + (f", {u['duplicates']:,} duplicate ids skipped" if u.get("duplicates") else "")
-                     + (f"; converted {u['converted']} shard(s) of a store written before updates" if u.get("converted")
-                        else "")
-                     + (f"; generation {self.generation}" if self.published else
-                        "; published when every --shard part is done"))
-        if self.model is None:  # nothing to extract: no model was built
-            skipped = f"; {describe_skipped(Counter(self.skipped))}" if self.skipped else ""
-            return f"imgfeat: nothing to extract{skipped}{store} -> {dest}"
-        return (f"imgfeat: {self.n_done} done, {failed}, {self.images_per_s:.1f} images/s, "
-                f"{self.seconds:.1f} s, {self.dim}-d {self.model} ({self.backend}){store} -> {dest}")
 
 
 @dataclass
@@ -139,31 +72,6 @@ def build_pipeline(opts: ExtractOptions, device: torch.device,
         before_executor(pipeline)
     pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
     return pipeline
-
-
-def count_skipped(source: Source, opts: ExtractOptions) -> dict:
-    """The input's files that are not images, counted by extension (and listed in ``--skipped-log``): a
-    collection is never silently smaller than the folder it came from."""
-    counts: Counter = Counter()
-    log_file = open(opts.skipped_log, "w", encoding="utf-8") if opts.skipped_log else None
-    try:
-        for path in source.skipped():
-            counts[extension_of(path)] += 1
-            if log_file is not None:
-                log_file.write(f"{path}\tskipped: not an image extension\n")
-    finally:
-        if log_file is not None:
-            log_file.close()
-    if counts:
-        log.info("%s", describe_skipped(counts))
-    return dict(counts)
-
-
-def require_input(source: Source, opts: ExtractOptions) -> None:
-    """Refuse an input that holds nothing to extract (before any output or store is made)."""
-    if source.is_empty():
-        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
-                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
 
 
 def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:

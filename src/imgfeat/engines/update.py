@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -37,7 +37,10 @@ from ..errors import ImgfeatError
 from ..files import commit, create_atomic, partial_path, write_atomic, writer_tag
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore, empty_inventory
-from .pipeline import ExtractResult, Pipeline
+from .result import ExtractResult
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import bad_param
+from .names import POOLS
 from .preprocess import Preprocess
 from .registry import ModelSpec, instantiate
 
-POOLS = ("avg", "max", "none")
 
 
 def _fx(spec: ModelSpec):

@@ -18,19 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from .._version import __version__
 from ..errors import ImgfeatError, bad_param
 from ..files import atomic_dir, cache_dir, write_atomic
 from .backbone import FeatureModel
+from .names import BACKENDS, CPU_BACKENDS, PRECISIONS  # noqa: F401 - re-exported
+from .runtimes import onnx_runner, openvino_runner
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-CPU_BACKENDS = ("onnx", "openvino")
 MAX_REL_DIFF = 1e-4  # fp32: max |backend - torch| / max |torch| on a check batch
 MIN_COSINE_BF16 = 0.99  # bf16: two bf16 implementations round differently; compare directions
 
@@ -205,60 +203,14 @@ def text_executor(model: torch.nn.Module, tokens: torch.Tensor, backend: str, th
 
 
 def onnx_executor(path: Path, threads: int) -> Executor:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"pixels": np.ascontiguousarray(pixels.numpy())})[0]
-        return torch.from_numpy(out).float()
-
-    return Executor("onnx", run, threads)
-
-
-# Compiled OpenVINO models live as long as the process: destroying one (OpenVINO 2026.4, CPU
-# plugin) later corrupted the Python heap in our test suite (a segfault far from the cause).
-_OPENVINO_COMPILED: dict = {}
-
-
-def _openvino_compiled(model, threads: int, precision: str):
-    import openvino as ov
-
-    # OpenVINO silently runs bf16 on CPUs with native bf16 unless told otherwise; an int8 (QDQ) model runs
-    # its quantised layers in int8 and the rest in f32
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    compiled = ov.Core().compile_model(model, "CPU", config)
-    return compiled, compiled.create_infer_request()
+    run = onnx_runner(path, threads)
+    return Executor("onnx", lambda pixels: torch.from_numpy(run(pixels.numpy())).float(), threads)
 
 
 def openvino_executor(path: Path, threads: int, precision: str, fp32_head: float = 0.0) -> Executor:
     """OpenVINO on the CPU; for bf16 with ``fp32_head`` the model runs as an fp32 head and a bf16 rest."""
-    from .lowp import split_head
-
-    key = (str(path), threads, precision, fp32_head)
-    if key not in _OPENVINO_COMPILED:
-        parts = split_head(path, fp32_head) if precision == "bf16" and fp32_head > 0 else None
-        if parts is None:
-            _OPENVINO_COMPILED[key] = [_openvino_compiled(str(path), threads, precision)]
-        else:
-            _OPENVINO_COMPILED[key] = [_openvino_compiled(parts[0], threads, "fp32"),
-                                       _openvino_compiled(parts[1], threads, "bf16")]
-    stages = _OPENVINO_COMPILED[key]
-
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(pixels.numpy())
-        for compiled, request in stages:
-            x = request.infer({0: x})[compiled.output(0)]
-        return torch.from_numpy(np.array(x, copy=True)).float()
-
-    return Executor("openvino", run, threads)
+    run = openvino_runner(path, threads, precision, fp32_head)
+    return Executor("openvino", lambda pixels: torch.from_numpy(run(pixels.numpy())).float(), threads)
 
 
 def _check(executor: Executor, reference: Executor, input_size: tuple[int, int], precision: str) -> dict:

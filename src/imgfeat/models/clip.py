@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import WeightsUnavailableError, bad_param, require
+from .names import CLIP_PREFIX
 from .preprocess import Preprocess
 from .weights import WeightsSource, hub_offline, offline_message
 
-CLIP_PREFIX = "clip:"
 _RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
 
 

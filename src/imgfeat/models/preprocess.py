@@ -64,6 +64,11 @@ class Preprocess:
         resize: Union[int, tuple[int, int]] = scale[0] if crop_mode == "center" and scale[0] == scale[1] else scale
         return cls(crop_size=(h, w), resize_size=resize, crop_mode=crop_mode, **kw)
 
+    @classmethod
+    def from_identity(cls, fields: dict) -> "Preprocess":
+        """The inverse of :meth:`identity` (after a JSON round trip: lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
     def identity(self) -> dict:
         """The fields a feature store records; ``crop_mode`` only when it is not the default, so stores
         written before it existed still resume."""

@@ -11,17 +11,16 @@ import functools
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import bad_param, require
+from .names import CLIP_PREFIX, TIMM_PREFIX
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .weights import PackageWeights, TimmHubWeights, UrlWeights, WeightsSource, resolve_weights
 
-TIMM_PREFIX = "timm:"
-from .clip import CLIP_PREFIX  # noqa: E402 - clip.py imports no network code at import
+if TYPE_CHECKING:  # torch is imported where a network is built, never to list or look up models
+    from torch import nn
+
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,6 @@ class ModelSpec:
     default_pool: str = "avg"
     description: str = ""
     text_tower: bool = False  # CLIP family: the network also embeds text (``encode_text``)
-    categories: Optional[tuple[str, ...]] = field(default=None, repr=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -124,6 +122,8 @@ _SQUEEZE_FIRES = {3: 2, 4: 3, 6: 4, 7: 5, 9: 6, 10: 7, 11: 8, 12: 9}  # torchvis
 
 def _ndf_squeezenet_state(path: str) -> dict:
     """Convert ndf's Keras-layout SqueezeNet 1.1 (HWIO kernels) to torchvision's state dict."""
+    import torch
+
     with open(path, "rb") as fh:
         keras = pickle.load(fh)  # shipped inside the installed ndf package
 
@@ -143,6 +143,7 @@ def _ndf_squeezenet_state(path: str) -> dict:
 
 def _build_ndf_squeezenet() -> nn.Module:
     import torchvision
+    from torch import nn
 
     net = torchvision.models.squeezenet1_1(weights=None)
     net.features[0].padding = (1, 1)  # Keras "same" padding on the stride-2 stem
@@ -168,45 +169,59 @@ register_model(ModelSpec(
 
 # --------------------------------------------------------------------------- torchvision
 
-def _register_torchvision(name: str, default_layer: str, dim: int, description: str, **arch_kwargs) -> None:
+# The weights torchvision's DEFAULT enum picks for each model and its transforms, as a table: listing and looking
+# up models never imports torchvision (2 s); tests/test_models.py checks the table against torchvision's own.
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_TORCHVISION = [  # name, default layer, dim, description, weights, file, crop, resize, interpolation, arch kwargs
+    ("alexnet", "classifier.5", 4096, "AlexNet fc7 after ReLU",  # its classifier starts with Dropout
+     "IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", 224, 256, "bilinear", {}),
+    ("vgg16", "classifier.4", 4096, "VGG-16 fc7 after ReLU", "IMAGENET1K_V1", "vgg16-397923af.pth", 224, 256,
+     "bilinear", {}),
+    ("vgg19", "classifier.4", 4096, "VGG-19 fc7 after ReLU", "IMAGENET1K_V1", "vgg19-dcbb9e9d.pth", 224, 256,
+     "bilinear", {}),
+    ("resnet18", "flatten", 512, "ResNet-18 global pool", "IMAGENET1K_V1", "resnet18-f37072fd.pth", 224, 256,
+     "bilinear", {}),
+    ("resnet34", "flatten", 512, "ResNet-34 global pool", "IMAGENET1K_V1", "resnet34-b627a593.pth", 224, 256,
+     "bilinear", {}),
+    ("resnet50", "flatten", 2048, "ResNet-50 global pool", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 224, 232,
+     "bilinear", {}),
+    ("resnet101", "flatten", 2048, "ResNet-101 global pool", "IMAGENET1K_V2", "resnet101-cd907fc2.pth", 224, 232,
+     "bilinear", {}),
+    ("resnet152", "flatten", 2048, "ResNet-152 global pool", "IMAGENET1K_V2", "resnet152-f82ba261.pth", 224, 232,
+     "bilinear", {}),
+    ("efficientnet_b0", "flatten", 1280, "EfficientNet-B0 global pool", "IMAGENET1K_V1",
+     "efficientnet_b0_rwightman-7f5810bc.pth", 224, 256, "bicubic", {}),
+    ("mobilenet_v3_large", "flatten", 960, "MobileNetV3-Large global pool", "IMAGENET1K_V2",
+     "mobilenet_v3_large-5c1a4163.pth", 224, 232, "bilinear", {}),
+    ("convnext_tiny", "classifier.1", 768, "ConvNeXt-T pooled + LayerNorm", "IMAGENET1K_V1",
+     "convnext_tiny-983f1562.pth", 224, 236, "bilinear", {}),
+    ("vit_b_16", "getitem_5", 768, "ViT-B/16 class token after final LayerNorm", "IMAGENET1K_V1",
+     "vit_b_16-c867db91.pth", 224, 256, "bilinear", {}),
+    # Inception-v3's torchvision weights expect transform_input=True and the aux head present
+    ("inception_v3", "flatten", 2048, "Inception-v3 pool_3", "IMAGENET1K_V1", "inception_v3_google-0cc3c7bd.pth",
+     299, 342, "bilinear", {"transform_input": True, "aux_logits": True, "init_weights": False}),
+]
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+def _build_torchvision(name: str, **arch_kwargs) -> nn.Module:
     import torchvision
 
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    t = weights.transforms()
-    crop = t.crop_size[0]
+    return torchvision.models.get_model(name, weights=None, **arch_kwargs)
+
+
+for _name, _layer, _dim, _desc, _enum, _file, _crop, _resize, _interp, _kwargs in _TORCHVISION:
     register_model(ModelSpec(
-        name=name,
+        name=_name,
         family="torchvision",
-        build=functools.partial(torchvision.models.get_model, name, weights=None, **arch_kwargs),
-        preprocess=Preprocess(crop_size=(crop, crop), resize_size=t.resize_size[0],
-                              interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std)),
-        default_layer=default_layer,
-        dim=dim,
-        weights=UrlWeights(weights.url),
-        description=f"{description} (torchvision {weights})",
-        categories=tuple(weights.meta["categories"]),
+        build=functools.partial(_build_torchvision, _name, **_kwargs),
+        preprocess=Preprocess(crop_size=(_crop, _crop), resize_size=_resize, interpolation=_interp, mean=_MEAN,
+                              std=_STD),
+        default_layer=_layer,
+        dim=_dim,
+        weights=UrlWeights(TORCHVISION_URL + _file),
+        description=f"{_desc} (torchvision {_enum})",
     ))
-
-
-for _name, _layer, _dim, _desc in [
-    ("alexnet", "classifier.5", 4096, "AlexNet fc7 after ReLU"),  # its classifier starts with Dropout
-    ("vgg16", "classifier.4", 4096, "VGG-16 fc7 after ReLU"),
-    ("vgg19", "classifier.4", 4096, "VGG-19 fc7 after ReLU"),
-    ("resnet18", "flatten", 512, "ResNet-18 global pool"),
-    ("resnet34", "flatten", 512, "ResNet-34 global pool"),
-    ("resnet50", "flatten", 2048, "ResNet-50 global pool"),
-    ("resnet101", "flatten", 2048, "ResNet-101 global pool"),
-    ("resnet152", "flatten", 2048, "ResNet-152 global pool"),
-    ("efficientnet_b0", "flatten", 1280, "EfficientNet-B0 global pool"),
-    ("mobilenet_v3_large", "flatten", 960, "MobileNetV3-Large global pool"),
-    ("convnext_tiny", "classifier.1", 768, "ConvNeXt-T pooled + LayerNorm"),
-    ("vit_b_16", "getitem_5", 768, "ViT-B/16 class token after final LayerNorm"),
-]:
-    _register_torchvision(_name, _layer, _dim, _desc)
-
-# Inception-v3's torchvision weights expect transform_input=True and the aux head present.
-_register_torchvision("inception_v3", "flatten", 2048, "Inception-v3 pool_3",
-                      transform_input=True, aux_logits=True, init_weights=False)
 
 
 # --------------------------------------------------------------------------- timm

@@ -10,14 +10,15 @@ import importlib
 import os
 import urllib.error
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from ..errors import InvalidParameterError, MissingDependencyError, WeightsUnavailableError, require
 
-StateDict = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported when weights are loaded, never to describe or locate them
+    import torch
+    from torch import nn
+
+StateDict = Mapping[str, "torch.Tensor"]
 
 
 def load_state_dict_file(path: str) -> dict:
@@ -28,6 +29,8 @@ def load_state_dict_file(path: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors: the file is not a checkpoint
@@ -53,6 +56,11 @@ class WeightsSource:
 
     def available(self) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def local_file(self) -> Optional[str]:
+        """The one local file whose bytes are these weights (so its size and mtime tell when they change), or None
+        (random weights, or weights a library resolves itself)."""
+        return None
 
     def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
@@ -147,6 +155,9 @@ class FileWeights(StateDictWeights):
     def available(self) -> bool:
         return os.path.isfile(self.path)
 
+    def local_file(self) -> Optional[str]:
+        return os.path.abspath(self.path)
+
     def load(self) -> dict:
         return load_state_dict_file(self.path)
 
@@ -164,6 +175,8 @@ class RandomWeights(WeightsSource):
         return True
 
     def instantiate(self, build: Callable[[], nn.Module], name: str) -> nn.Module:
+        import torch
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return build().eval()
@@ -210,14 +223,24 @@ class PackageWeights(StateDictWeights):
         except MissingDependencyError:
             return False
 
+    def local_file(self) -> Optional[str]:
+        return self._path() if self.available() else None
+
     def load(self) -> dict:
         path = self._path()
         return self.convert(path) if self.convert else load_state_dict_file(path)
 
 
 def hub_checkpoint_dir() -> str:
-    """The directory torchvision downloads to (``$TORCH_HOME/hub/checkpoints``)."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
+    """The directory torchvision downloads to (``$TORCH_HOME/hub/checkpoints``): torch's own answer once torch is
+    imported (it honours ``torch.hub.set_dir``), else the same rule read from the environment."""
+    import sys
+
+    if "torch" in sys.modules:
+        return os.path.join(sys.modules["torch"].hub.get_dir(), "checkpoints")
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch")
+    return os.path.join(os.path.expanduser(home), "hub", "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -240,8 +263,13 @@ class UrlWeights(StateDictWeights):
     def available(self) -> bool:
         return os.path.isfile(self.cache_path)
 
+    def local_file(self) -> Optional[str]:
+        return self.cache_path if self.available() else None
+
     def load(self) -> dict:
         if not self.available():
+            import torch
+
             try:
                 # Verifies the hash prefix in torchvision file names (resnet50-11ad3fa6.pth).
                 return torch.hub.load_state_dict_from_url(

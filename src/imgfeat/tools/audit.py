@@ -21,13 +21,16 @@ from .knn import KNNIndex, sampled_recall
 
 ISSUES = ("label", "outlier", "near_duplicate", "leak")
 PCA_FROM = (20_000, 512)  # auto: the pca graph from this many vectors of at least this dimension, else exact
+PCA_UP_TO = 500_000  # auto: above, ivf (the pca graph's candidate search is still quadratic)
 RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (summary["graph_recall"])
 
 
 def auto_index(n: int, d: int) -> str:
     """exact for small or low-dimensional sets; above, "pca" (3k candidates from an exact search in 128 PCA
     dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph and the same label-issue precision
-    on Fashion-MNIST's 60k x 1280, in a third of the time; BENCHMARKS.md)."""
+    on Fashion-MNIST's 60k x 1280, in a third of the time; BENCHMARKS.md); above ``PCA_UP_TO`` vectors, ivf."""
+    if n > PCA_UP_TO:
+        return "ivf"
     return "pca" if n >= PCA_FROM[0] and d >= PCA_FROM[1] else "exact"
 
 

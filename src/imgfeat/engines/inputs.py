@@ -1,0 +1,39 @@
+"""What an input holds before any model is built: nothing to extract is refused, and the files that are not
+images are counted (torch-free: the quick path and the store's nothing-to-do run use it too)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from ..data.formats import describe_skipped, extension_of
+from ..data.sources import Source
+from ..errors import ImgfeatError
+from ..options import ExtractOptions
+
+log = logging.getLogger("imgfeat.engines.pipeline")
+
+
+def count_skipped(source: Source, opts: ExtractOptions) -> dict:
+    """The input's files that are not images, counted by extension (and listed in ``--skipped-log``): a
+    collection is never silently smaller than the folder it came from."""
+    counts: Counter = Counter()
+    log_file = open(opts.skipped_log, "w", encoding="utf-8") if opts.skipped_log else None
+    try:
+        for path in source.skipped():
+            counts[extension_of(path)] += 1
+            if log_file is not None:
+                log_file.write(f"{path}\tskipped: not an image extension\n")
+    finally:
+        if log_file is not None:
+            log_file.close()
+    if counts:
+        log.info("%s", describe_skipped(counts))
+    return dict(counts)
+
+
+def require_input(source: Source, opts: ExtractOptions) -> None:
+    """Refuse an input that holds nothing to extract (before any output or store is made)."""
+    if source.is_empty():
+        raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
+                           + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))

@@ -1,0 +1,216 @@
+"""The quick path: a small job whose model is already exported runs without importing torch.
+
+A command-line run of a handful of images paid 4-5 s before doing anything: importing torch and torchvision and
+building the network in torch, only to hand the pixels to a cached ONNX export. When a full run writes to a file
+with an exported model on the CPU (ONNX Runtime or OpenVINO chosen, fp32), :func:`remember` records beside the
+export cache what that run needed to know from torch: the model's name, preprocessing and dimension, the backend
+``auto`` chose, and the weights file's path, size and mtime (``quick/<key>.json``). A later run with the same
+options (:func:`try_run`) reads that record, checks the weights file's size and mtime (a changed file takes the
+full path, which hashes it again), and runs the same export on the same batches, decoded in this process by the
+same code (``data.batches``), postprocessed in numpy: the same vectors as the full path (tested to 1e-6).
+
+Anything it cannot serve takes the full path, said in the log at debug level: a store, ``--shard``, Ray, a GPU,
+lower precision, ``--backend torch``, random weights or weights a library resolves itself (timm, CLIP), an input
+above ``QUICK_MAX`` images (where the DataLoader's decode processes pay for themselves), or no record yet.
+``IMGFEAT_QUICK=0`` turns it off. Imports: data, models (torch-free modules only), outputs, options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .._version import __version__
+from ..data.batches import decode_batch, planned_batches
+from ..data.shards import ShardPlan
+from ..data.sources import Source, open_source
+from ..files import cache_dir, write_atomic
+from ..models.names import CPU_BACKENDS
+from ..models.preprocess import Preprocess
+from ..options import ExtractOptions, available_cores
+from ..outputs.targets import FileTarget
+from .inputs import count_skipped, require_input
+from .result import ExtractResult
+
+log = logging.getLogger(__name__)
+
+QUICK_MAX = 256  # images: above, decoding in worker processes (the full path's DataLoader) pays for torch's import
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _key(opts: ExtractOptions) -> str:
+    """What the record is looked up by: every option that decides the model, how it runs and the versions that
+    made the export (torch's read from its metadata, not imported)."""
+    ident = [opts.model, opts.layer, opts.pool, os.path.abspath(opts.weights) if opts.weights else None,
+             opts.backend, opts.batch_size, opts.threads or available_cores(), __version__, _version("torch")]
+    return hashlib.blake2b(json.dumps(ident).encode(), digest_size=12).hexdigest()
+
+
+def _record_path(opts: ExtractOptions) -> Path:
+    return cache_dir() / "quick" / f"{_key(opts)}.json"
+
+
+def _stat(path: str) -> list:
+    st = os.stat(path)
+    return [path, st.st_size, st.st_mtime_ns]
+
+
+def _gpu_visible() -> bool:
+    """A GPU the full path's ``--device auto`` would pick (without importing torch to ask)."""
+    return sys.platform == "darwin" or os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")
+
+
+def _why_not(opts: ExtractOptions) -> Optional[str]:
+    """Why ``opts`` cannot take the quick path (None: it can, if a record exists)."""
+    if os.environ.get("IMGFEAT_QUICK", "1") == "0":
+        return "IMGFEAT_QUICK=0"
+    if opts.engine != "local" or opts.part() is not None:
+        return f"--engine {opts.engine}" if opts.engine != "local" else "--shard"
+    if opts.wants_store():
+        return "the output is a feature store"
+    if opts.precision != "fp32":
+        return f"--precision {opts.precision}"
+    if opts.backend not in ("auto",) + CPU_BACKENDS:
+        return f"--backend {opts.backend}"
+    if opts.random_weights:
+        return "--random-weights"
+    if opts.device not in ("auto", "cpu") or (opts.device == "auto" and _gpu_visible()):
+        return "a GPU (--device)" if opts.device != "auto" else "a GPU may be used (--device auto)"
+    return None
+
+
+def _small(source: Source) -> Optional[list]:
+    """The input's records if there are at most ``QUICK_MAX`` (reading one more to know), else None."""
+    records = list(itertools.islice(source.records(), QUICK_MAX + 1))
+    return records if len(records) <= QUICK_MAX else None
+
+
+def _usable(record: dict) -> Optional[str]:
+    if record.get("versions") != [__version__, _version("torch"), _version(record["runtime"])]:
+        return "versions changed since the export was recorded"
+    if not os.path.isfile(record["export"]):
+        return "the cached export is gone"
+    for path, size, mtime in record["files"]:
+        try:
+            if _stat(path)[1:] != [size, mtime]:
+                return f"the weights file changed ({path})"
+        except OSError:
+            return f"the weights file is gone ({path})"
+    return None
+
+
+def try_run(opts: ExtractOptions, progress: Optional[bool] = None) -> Optional[ExtractResult]:
+    """Run ``opts`` (validated) on the quick path, or return None (and log why at debug level) for the full one."""
+    why = _why_not(opts)
+    record = None
+    if why is None:
+        try:
+            record = json.loads(_record_path(opts).read_text())
+        except (OSError, ValueError):
+            why = "no record of an exported model for these options yet (the full path writes one)"
+    if why is None:
+        why = _usable(record)
+    source = records = None
+    if why is None:
+        source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
+                             id_column=opts.id_column)
+        records = _small(source)
+        if records is None:
+            why = f"more than {QUICK_MAX} images"
+    if why is not None:
+        log.debug("full path (torch): %s", why)
+        return None
+    log.debug("quick path: %s, %s export %s", record["model"], record["backend"], record["export"])
+    return _run(opts, record, source, records)
+
+
+def _runner(record: dict, threads: int):
+    from ..models.runtimes import onnx_runner, openvino_runner
+
+    if record["backend"] == "onnx":
+        return onnx_runner(Path(record["export"]), threads)
+    return openvino_runner(Path(record["export"]), threads, "fp32")
+
+
+def postprocess(rows: np.ndarray, relu: bool, l2: bool) -> np.ndarray:
+    """ReLU then L2, in float32: ``engines.pipeline.postprocess`` in numpy."""
+    x = rows.astype(np.float32, copy=False)
+    if relu:
+        x = np.maximum(x, 0.0)
+    if l2:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+    return x
+
+
+def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> ExtractResult:
+    require_input(source, opts)
+    start = time.perf_counter()
+    pp = Preprocess.from_identity(record["preprocess"])
+    run = _runner(record, opts.threads or available_cores())
+    target = FileTarget(opts.out)
+    target.open(record["dim"], np.dtype(opts.dtype))
+    n_done, retries = 0, {"retried": 0, "recovered": 0}
+    try:
+        for shard, chunk, _ in planned_batches(iter(records), opts.batch_size, ShardPlan()):
+            batch = decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None)
+            for key in retries:
+                retries[key] += batch[key]
+            target.errors(shard, batch["errors"])
+            if batch["ids"]:
+                rows = postprocess(run(batch["pixels"]), opts.relu, opts.l2).astype(np.dtype(opts.dtype), copy=False)
+                n_done += target.write(shard, batch["ids"], batch["paths"], rows)
+        target.close()
+    except BaseException:
+        target.abort()
+        raise
+    result = ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
+                           dim=record["dim"], model=record["model"], backend=record["backend"],
+                           backend_report={"backend": record["backend"], "export": str(Path(record["export"]).parent),
+                                           "quick": True},
+                           out=str(opts.out) if opts.out is not None else None, errors_path=target.errors_path,
+                           n_retried=retries["retried"], n_recovered=retries["recovered"])
+    result.skipped = count_skipped(source, opts)
+    result.errors = target.error_log.rows
+    if opts.out is None:
+        sink = target.sink
+        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
+    return result
+
+
+def remember(opts: ExtractOptions, pipeline) -> None:
+    """After a full run's model is built: record what the quick path needs, when it could serve these options."""
+    report = pipeline.report
+    if _why_not(opts) is not None or report.get("backend") not in CPU_BACKENDS or "export" not in report \
+            or pipeline.device.type != "cpu":
+        return
+    from ..models.weights import resolve_weights
+
+    weights_file = resolve_weights(pipeline.spec.weights, opts.weights, opts.random_weights).local_file()
+    if weights_file is None:
+        return
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[report["backend"]]
+    record = {"model": pipeline.spec.name, "layer": pipeline.model.layer, "pool": pipeline.model.pool,
+              "dim": pipeline.dim, "preprocess": pipeline.spec.preprocess.identity()
+              | {"crop_mode": pipeline.spec.preprocess.crop_mode},
+              "backend": report["backend"], "export": str(Path(report["export"]) / "model.onnx"),
+              "files": [_stat(weights_file)], "runtime": runtime,
+              "versions": [__version__, _version("torch"), _version(runtime)]}
+    path = _record_path(opts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=1).encode())
