@@ -66,7 +66,7 @@ d = {str(tmp_path)!r}
 for argv in (["knn", "--features", d + "/f.npy", "--k", "3", "--out", d + "/g.npz"],
              ["dedup", "--features", d + "/f.npy"],
              ["pca", "fit", "--features", d + "/f.npy", "--dim", "4", "--out", d + "/p.npz"],
-             ["probe", "--features", d + "/f.npy", "--labels", d + "/labels.tsv", "--C", "1"],
+             ["probe", "--features", d + "/f.npy", "--labels", d + "/labels.tsv", "--C", "1", "--out-dir", d + "/probe"],
              ["search", "--features", d + "/f.npy", "--query", "i3", "--k", "2"]):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0, argv
