@@ -183,3 +183,31 @@ def test_what_the_quick_path_cannot_serve_takes_the_full_path_and_says_why(quick
     assert "full path (torch)" in caplog.text and why in caplog.text, caplog.text
     assert "quick path:" not in caplog.text
     del imgfeat
+
+
+def test_a_store_rerun_and_image_queries_need_no_torch(quick_on, photos, tmp_path):
+    """A store run records its export by the vectors' identity: a rerun with nothing new, a search by image and
+    extract_like then run without torch, and a query image embeds to the store's own vector for that image."""
+    import imgfeat
+
+    store = tmp_path / "store"
+    _extract(["--data", str(photos), "--out", str(store)])
+    ids, X = imgfeat.load(store)
+    photo = str(sorted(photos.glob("*.jpg"))[0])
+    own = ids.index(next(i for i in ids if Path(photo).name in i or Path(photo).stem in i))
+    code = f"""
+import contextlib, io, json
+import imgfeat
+from imgfeat.api import extract_like
+from imgfeat.cli import main
+assert main(["extract", "--data", {str(photos)!r}, "--out", {str(store)!r}, "--quiet"]) == 0
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    assert main(["search", "--features", {str(store)!r}, "--query", {photo!r}, "--k", "2", "--json"]) == 0
+out = {{"search": json.loads(buf.getvalue()), "vector": extract_like({str(store)!r}, [{photo!r}])[0].tolist()}}
+"""
+    out = _fresh(code)
+    assert out["heavy"] == []
+    np.testing.assert_allclose(np.array(out["vector"], np.float32), X[own], atol=1e-6, rtol=0)
+    top = out["search"]["queries"][photo][0]
+    assert top["id"] == ids[own] and top["score"] > 0.9999

@@ -50,14 +50,24 @@ def features_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def store_encoder(args: argparse.Namespace, purpose: str = "image and text queries are embedded"):
+def store_encoder(args: argparse.Namespace, purpose: str = "image and text queries are embedded", text: bool = True):
     """The store's model, weights as the store records them (or ``--weights``/``--random-weights``), checked
-    against its manifest's hash (for image and text queries)."""
-    from ..engines.encode import StoreEncoder
-
+    against its manifest's hash (for image and text queries). Image queries only (``text`` False): the quick path's
+    encoder when a full run recorded this model's export (no torch), else the store's model in torch."""
     if not Path(args.features).is_dir():
         raise ImgfeatError(f"{purpose} with the store's own model: --features must be a feature store (its "
                            f"manifest names the model and weights), not the file {args.features}")
+    if not text:
+        from ..engines.quick import store_encoder as quick_encoder
+        from ..outputs.store import FeatureStore, query_weights
+
+        manifest = FeatureStore.existing(args.features).manifest
+        rw = query_weights(manifest, args.weights, True if getattr(args, "random_weights", False) else None)
+        quick = quick_encoder(manifest, args.weights, rw)
+        if quick is not None:
+            return quick
+    from ..engines.encode import StoreEncoder
+
     return StoreEncoder.for_store(args.features, args.weights,
                                   random_weights=True if getattr(args, "random_weights", False) else None)
 

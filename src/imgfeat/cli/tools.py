@@ -204,7 +204,8 @@ def _search(args) -> int:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
-        encoder = store_encoder(args, "query images and texts are embedded")  # one model for image and text queries
+        # one model for image and text queries; image queries alone may take the quick path (no torch)
+        encoder = store_encoder(args, "query images and texts are embedded", text=bool(args.text))
         if files:
             queries.append(encoder.encode_files(files))
             names += files

@@ -16,7 +16,7 @@ from ..data.loader import stack_pixels
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
 from ..options import ExtractOptions, available_cores
-from ..outputs.store import FeatureStore
+from ..outputs.store import FeatureStore, query_weights
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
 
 
@@ -49,19 +49,7 @@ class StoreEncoder:
         self._lock = threading.Lock()
         self._text_run = None
 
-    @staticmethod
-    def weights_as_recorded(manifest: dict, weights: Optional[str], random_weights: Optional[bool]) -> bool:
-        """The store records how its weights were chosen; queries use the same unless told (the weights hash is
-        checked either way). ``random_weights`` None: as recorded."""
-        source = manifest.get("weights_source")
-        if weights is not None and random_weights:
-            raise ImgfeatError("give --weights FILE or --random-weights, not both")
-        if weights is None and source == "file" and not random_weights:
-            raise ImgfeatError(f"{manifest['model']} vectors of this store were extracted with --weights "
-                               f"{manifest.get('weights_file') or 'FILE'}: pass the same --weights FILE to query it")
-        if random_weights is None:
-            return weights is None and source == "random"
-        return bool(random_weights)
+    weights_as_recorded = staticmethod(query_weights)
 
     @classmethod
     def for_store(cls, store_path, weights: Optional[str] = None, **kwargs) -> "StoreEncoder":

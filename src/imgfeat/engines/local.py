@@ -128,6 +128,7 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
     pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
                                         before_executor=open_store)
     announce(fidelity, store)
+    quick.remember(opts, pipeline)  # query images of this store need no torch
     result = None
     if upd.pending:
         done = frozenset(store.done_shards())

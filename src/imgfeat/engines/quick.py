@@ -66,6 +66,13 @@ def _record_path(opts: ExtractOptions) -> Path:
     return cache_dir() / "quick" / f"{_key(opts)}.json"
 
 
+def _identity_path(model: str, layer: Optional[str], pool: Optional[str], fingerprint: str) -> Path:
+    """The same record found by what a store's manifest says its vectors are (model, layer, pool, weights hash):
+    how query images are embedded without torch (:func:`store_encoder`)."""
+    ident = [model, layer, pool, fingerprint, __version__, _version("torch")]
+    return cache_dir() / "quick" / f"id-{hashlib.blake2b(json.dumps(ident).encode(), digest_size=12).hexdigest()}.json"
+
+
 def _stat(path: str) -> list:
     st = os.stat(path)
     return [path, st.st_size, st.st_mtime_ns]
@@ -194,10 +201,11 @@ def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> E
 
 
 def remember(opts: ExtractOptions, pipeline) -> None:
-    """After a full run's model is built: record what the quick path needs, when it could serve these options."""
+    """After a full run's model is built on the CPU with an fp32 export: record what the quick path needs, found by
+    these options (when the quick path could serve them) and by the vectors' identity (for query images)."""
     report = pipeline.report
-    if _why_not(opts) is not None or report.get("backend") not in CPU_BACKENDS or "export" not in report \
-            or pipeline.device.type != "cpu":
+    if report.get("backend") not in CPU_BACKENDS or "export" not in report or pipeline.device.type != "cpu" \
+            or opts.precision != "fp32" or opts.random_weights:
         return
     from ..models.weights import resolve_weights
 
@@ -205,12 +213,79 @@ def remember(opts: ExtractOptions, pipeline) -> None:
     if weights_file is None:
         return
     runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[report["backend"]]
+    fingerprint = pipeline.model.fingerprint()
     record = {"model": pipeline.spec.name, "layer": pipeline.model.layer, "pool": pipeline.model.pool,
-              "dim": pipeline.dim, "preprocess": pipeline.spec.preprocess.identity()
-              | {"crop_mode": pipeline.spec.preprocess.crop_mode},
+              "fingerprint": fingerprint, "dim": pipeline.dim,
+              "preprocess": pipeline.spec.preprocess.identity() | {"crop_mode": pipeline.spec.preprocess.crop_mode},
               "backend": report["backend"], "export": str(Path(report["export"]) / "model.onnx"),
               "files": [_stat(weights_file)], "runtime": runtime,
               "versions": [__version__, _version("torch"), _version(runtime)]}
-    path = _record_path(opts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(record, indent=1).encode())
+    data = json.dumps(record, indent=1).encode()
+    paths = [_identity_path(record["model"], record["layer"], record["pool"], fingerprint)]
+    if _why_not(opts) is None:
+        paths.append(_record_path(opts))
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+
+
+class QuickEncoder:
+    """Query images embedded as a store's vectors were, without torch: the export a full run recorded for the
+    store's model, layer, pool and weights hash (``StoreEncoder``'s ``encode`` / ``encode_files``, images only)."""
+
+    has_text = False
+
+    def __init__(self, record: dict, relu: bool, l2: bool, threads: Optional[int] = None) -> None:
+        self.record, self.relu, self.l2 = record, relu, l2
+        self.preprocess = Preprocess.from_identity(record["preprocess"])
+        self._run = _runner(record, threads or available_cores())
+
+    def encode(self, arrays) -> np.ndarray:
+        from ..data.batches import nchw
+
+        if not len(arrays):
+            return np.zeros((0, self.record["dim"]), np.float32)
+        return postprocess(self._run(nchw(list(arrays), self.preprocess)), self.relu, self.l2)
+
+    def encode_files(self, files, max_pixels: Optional[int] = None) -> np.ndarray:
+        from ..data.decode import DEFAULT_MAX_PIXELS, decode
+        from ..errors import ImgfeatError
+
+        arrays, errors = [], []
+        for f in files:
+            result = decode(f, self.preprocess, max_pixels or DEFAULT_MAX_PIXELS)
+            (errors.append((f, result)) if isinstance(result, str) else arrays.append(result))
+        if errors:
+            raise ImgfeatError(f"query images could not be read: {errors[:3]}")
+        return self.encode(arrays)
+
+
+def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool,
+                  text: bool = False) -> Optional[QuickEncoder]:
+    """A :class:`QuickEncoder` for a store's query images, or None (said at debug level) for ``StoreEncoder``:
+    text queries, random weights, a GPU, no record of this model's export, or its weights file changed."""
+    why = None
+    if os.environ.get("IMGFEAT_QUICK", "1") == "0":
+        why = "IMGFEAT_QUICK=0"
+    elif text:
+        why = "text queries (the text tower runs in torch)"
+    elif random_weights:
+        why = "random weights"
+    elif _gpu_visible():
+        why = "a GPU may be used"
+    record = None
+    if why is None:
+        try:
+            record = json.loads(_identity_path(manifest["model"], manifest.get("layer"), manifest.get("pool"),
+                                               manifest.get("weights")).read_text())
+        except (OSError, ValueError, KeyError):
+            why = "no record of this store's model exported (an extract of these options to a file writes one)"
+    if why is None:
+        why = _usable(record)
+    if why is None and weights is not None and record["files"][0][0] != os.path.abspath(weights):
+        why = "other --weights than the recorded export's"
+    if why is not None:
+        log.debug("query images: full path (torch): %s", why)
+        return None
+    log.debug("query images: quick path, %s export %s", record["backend"], record["export"])
+    return QuickEncoder(record, bool(manifest.get("relu")), bool(manifest.get("l2")))
