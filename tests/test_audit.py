@@ -178,6 +178,12 @@ def test_the_review_api_records_decisions_that_probe_takes_back(reviewed, capsys
         assert api("api/audit/decision", method="POST", json={"id": reviewed["wrong"][2], "decision": "drop"}).ok
         bad = api("api/audit/decision", method="POST", json={"id": "x", "decision": "maybe"})
         assert bad.status_code == 400 and bad.json()["parameter"] == "decision"
+        stranger = api("api/audit/decision", method="POST", json={"id": "not-a-suspect", "decision": "drop"})
+        assert stranger.status_code == 404 and stranger.json()["parameter"] == "id"  # only the report's suspects
+        # relabel without a label: the audit's suggestion (then set back to the label given above)
+        rid = reviewed["wrong"][0]
+        took = api("api/audit/decision", method="POST", json={"id": rid, "decision": "relabel"}).json()
+        assert took["new_label"] == suspect["suggested"] == reviewed["truth"][reviewed["ids"].index(rid)]
         tsv = api("api/audit/decisions.tsv").text
     assert tsv.splitlines()[0] == "id\tdecision\tnew_label" and len(tsv.splitlines()) == 4
     corrections = root / "corrections.tsv"

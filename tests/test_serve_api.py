@@ -122,9 +122,11 @@ def test_info_and_openapi(served):
     assert info["labels"] == ["noise", "photo"] and info["text"] is False and info["store"] is True
     assert info["identity"]["weights"] == served["collection"].manifest["weights"]
     spec = get(served, "/openapi.json").json()
-    for route in ("/api/info", "/api/neighbours/{id}", "/api/search/image", "/api/search/text", "/api/map",
-                  "/api/duplicates", "/api/rows", "/thumb/{id}"):
+    for route in ("/api/info", "/api/neighbours/{id}", "/api/search/image", "/api/map", "/api/duplicates",
+                  "/api/rows", "/thumb/{id}"):
         assert route in spec["paths"], route
+    # what this collection cannot serve is not in its schema (no text tower; no audit report)
+    assert "/api/search/text" not in spec["paths"] and "/api/audit/decision" not in spec["paths"]
     assert get(served, "/docs").status_code == 404  # the docs page would load a CDN
 
 
@@ -138,6 +140,11 @@ def test_neighbours_equal_brute_force_and_page(served):
     assert got[0] == "chelsea-copy" and res["results"][0]["label"] == "photo"
     page2 = get(served, "/api/neighbours/chelsea", params={"k": 5, "offset": 5}).json()
     assert [r["id"] for r in page2["results"]] == got[5:10] and page2["more"] is True
+    # a page that reaches past --max-k (30) is cut there: every schema-valid window is answered
+    last = get(served, "/api/neighbours/chelsea", params={"k": 20, "offset": 15}).json()
+    full = get(served, "/api/neighbours/chelsea", params={"k": 30}).json()
+    assert [r["id"] for r in last["results"]] == [r["id"] for r in full["results"]][15:30]
+    assert last["k"] == 15 and last["more"] is False
     # ids with a slash, URL-encoded
     r = get(served, "/api/neighbours/dir%2Fnoise03", params={"k": 3}).json()
     assert r["query"]["id"] == "dir/noise03" and len(r["results"]) == 3
@@ -275,8 +282,8 @@ def test_thumbnail_of_missing_image_is_a_placeholder_404(served):
     ("/api/neighbours/chelsea?k=abc", 400, "k"),
     ("/api/neighbours/chelsea?k=100000", 400, "k"),
     ("/api/neighbours/chelsea?offset=-1", 400, "offset"),
-    ("/api/neighbours/chelsea?k=20&offset=20", 400, "offset"),  # beyond --max-k 30
-    ("/api/neighbours/chelsea?label=cats", 400, "label"),
+    ("/api/neighbours/chelsea?offset=30", 400, "offset"),  # at --max-k 30: the schema says offset <= 29
+    ("/api/neighbours/chelsea?label=cats", 404, "label"),  # a label this collection does not have
     ("/api/search/text?q=a%20cat", 400, "q"),
     ("/api/search/text", 400, "q"),
     ("/api/duplicates?threshold=2", 400, "threshold"),
@@ -331,8 +338,8 @@ def test_oversized_and_malformed_json(served):
     for body in ("{", '{"rows": "x"}', '{"rows": [1, "a"]}', "[]"):
         r = post(served, "/api/rows", data=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["parameter"] == "rows"
-    r = post(served, "/api/rows", json={"rows": [0, 999]})
-    assert r.status_code == 400 and r.json()["parameter"] == "rows"
+    r = post(served, "/api/rows", json={"rows": [0, 999]})  # no row 999: like an id that does not exist
+    assert r.status_code == 404 and r.json()["parameter"] == "rows"
     r = post(served, "/api/rows", data=b"abc", headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 400
     assert post(served, "/api/rows", data="rows=1", headers={"Content-Type": "text/plain"}).status_code == 415

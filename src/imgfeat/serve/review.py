@@ -17,6 +17,10 @@ from ..tools.labels import DECISIONS
 ISSUE_FILES = tuple(i for i in ISSUES if i != "leak")  # the per-image issues (leaks are pairs)
 
 
+class UnknownSuspect(ImgfeatError):
+    """A decision on an id the report does not flag."""
+
+
 class Review:
     def __init__(self, report: str | Path, cache: Path) -> None:
         self.report = Path(report)
@@ -27,6 +31,11 @@ class Review:
             path = self.report / f"{name}.tsv"
             if path.is_file():
                 self.suspects[name] = _read_suspects(path)
+        # the suspects' ids, with the suggested label (the label issue's first: it is the one a relabel takes)
+        self.suggestion: dict[str, str] = {}
+        for name in sorted(self.suspects, key=lambda n: n != "label"):
+            for row in self.suspects[name]:
+                self.suggestion.setdefault(row["id"], row.get("suggested", ""))
         self.file = cache / "audit-decisions.tsv"
         self._lock = threading.Lock()
         self.decisions: dict[str, tuple[str, str]] = {}
@@ -41,7 +50,7 @@ class Review:
 
     def page(self, issue: str, offset: int, limit: int) -> dict:
         if issue not in self.suspects:
-            raise bad_param("issue", f"one of {sorted(self.suspects)}", issue)
+            raise UnknownSuspect(f"no issue {issue!r} in this report (it has {', '.join(sorted(self.suspects))})")
         rows = self.suspects[issue]
         items = []
         for row in rows[offset:offset + limit]:
@@ -50,10 +59,16 @@ class Review:
         return {"issue": issue, "total": len(rows), "offset": offset, "items": items}
 
     def decide(self, rid: str, decision: str, new_label: Optional[str] = None) -> dict:
+        """Record ``decision`` on the suspect ``rid`` (``UnknownSuspect`` if the report does not flag it); a relabel
+        without ``new_label`` takes the audit's suggestion."""
         if decision not in DECISIONS:
             raise bad_param("decision", f"one of {DECISIONS}", decision)
+        if rid not in self.suggestion:
+            raise UnknownSuspect(f"{rid!r} is not a suspect of this audit report")
         if decision == "relabel" and not new_label:
-            raise bad_param("new_label", "the label to give (relabel)", new_label)
+            new_label = self.suggestion[rid]
+            if not new_label:
+                raise bad_param("new_label", "the label to give (this suspect has no suggested label)", new_label)
         if any(c in (rid or "") + (new_label or "") for c in "\t\n\r"):
             raise bad_param("id", "an id and label without tabs or newlines", rid)
         with self._lock:

@@ -1,0 +1,159 @@
+"""The collection and search: ``/api/info``, neighbours of an id, search by an uploaded image or by text,
+and the ids of a selection of rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ...data.decode import decode_bytes
+from ...engines.encode import no_text_tower
+from ..collection import Collection
+from .common import (MAX_PAGE, ApiError, Item, SearchPage, ServerState, collection, content_type, errors, item,
+                     known_label, page, read_body, row_of, server, window)
+
+INT32_MAX = 2 ** 31 - 1
+
+
+class Info(BaseModel):
+    features: str = Field(description="the features file or store the server reads")
+    count: int = Field(description="vectors in the collection now")
+    dim: int
+    model: Optional[str] = None
+    layer: Optional[str] = None
+    pool: Optional[str] = None
+    weights: Optional[str] = Field(None, description="the weights' hash (stores)")
+    store: bool = Field(description="a feature store (image queries need one; it can change while served)")
+    index: str = Field(description="the faiss index searched (exact or ivf)")
+    labels: list[str] = Field(description="label names (serve --labels), in the order the map's codes use")
+    thumbnails: bool = Field(description="whether the features record image paths (thumbnails)")
+    text: bool = Field(description="a CLIP-family store: /api/search/text is available")
+    identity: dict[str, Any] = Field(description="what the vectors are: model, layer, pool, weights, dim, dtype, "
+                                                 "relu, l2")
+    max_k: int = Field(description="offset + k never reaches past this (serve --max-k)")
+    max_page: int = Field(description="the largest k (or limit) of one page")
+    max_upload: int = Field(description="the largest upload, in bytes")
+
+
+class RowsPage(BaseModel):
+    count: int = Field(description="rows in the selection")
+    items: list[Item] = Field(description="the first `limit` of them")
+
+
+def make_router(state: ServerState, text: bool, images: bool) -> APIRouter:
+    """The search routes; ``text`` / ``images``: whether this collection can embed text / image queries (a route
+    it cannot serve still answers, with a 400 saying why, but is left out of the schema)."""
+    cfg = state.config
+    max_k = cfg.max_k
+    router = APIRouter(tags=["search"])
+    K = Query(20, ge=1, le=MAX_PAGE, description=f"results per page (at most {MAX_PAGE})")
+    OFFSET = Query(0, ge=0, le=max_k - 1, description=f"rank of the first result; a page ends at --max-k ({max_k})")
+    LABEL = Query(None, description="only results with this label (a label of /api/info's labels)")
+
+    @router.get("/api/info", response_model=Info, summary="The collection: model, dimension, count, identity, labels")
+    def info(c: Collection = Depends(collection)) -> JSONResponse:
+        return JSONResponse({**c.info(), "max_k": max_k, "max_page": MAX_PAGE, "max_upload": cfg.max_upload})
+
+    @router.get("/api/neighbours/{id:path}", response_model=SearchPage, responses=errors(400, 404),
+                summary="Nearest neighbours of an id (itself left out)")
+    def neighbours(id: str, k: int = K, offset: int = OFFSET, label: Optional[str] = LABEL,
+                   c: Collection = Depends(collection)) -> JSONResponse:
+        row = row_of(c, id)
+        label = known_label(c, label)
+        k = window(k, offset, max_k)
+        hits = c.search(c.vector(row), k, offset, label, exclude=row) if k else []
+        return page(c, hits, k, offset, {"id": id, "label": label}, max_k)
+
+    image_body = {"required": True, "description": f"the image file itself (JPEG, PNG, WebP, HEIC ...; at most "
+                                                   f"{cfg.max_upload} bytes and --max-pixels once decoded)",
+                  "content": {media: {"schema": {"type": "string", "format": "binary", "maxLength": cfg.max_upload}}
+                              for media in ("image/*", "application/octet-stream")}}
+
+    @router.post("/api/search/image", response_model=SearchPage, responses=errors(400, 404, 413, 415),
+                 include_in_schema=images, openapi_extra={"requestBody": image_body},
+                 summary="Search by an uploaded image (the request body is the file)")
+    async def search_image(request: Request, k: int = K, offset: int = OFFSET, label: Optional[str] = LABEL,
+                           c: Collection = Depends(collection), s: ServerState = Depends(server)) -> JSONResponse:
+        label = known_label(c, label)
+        ctype = content_type(request)
+        if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+            raise ApiError(415, "send the image file itself as the body, with Content-Type image/* or "
+                                "application/octet-stream", "content-type")
+        data = await read_body(request, cfg.max_upload, "the upload")
+        encoder = await run_in_threadpool(s.encoders.get)
+        pixels = await run_in_threadpool(s.pool.run, decode_bytes, data, encoder.preprocess)
+        if isinstance(pixels, str):
+            raise ApiError(413 if pixels.startswith("too large") else 400, f"not a usable image: {pixels}", "body")
+        vector = await s.encoders.encode(encoder, pixels)
+        k = window(k, offset, max_k)
+        hits = await run_in_threadpool(c.search, vector, k, offset, label) if k else []
+        return page(c, hits, k, offset, {"image": f"{len(data)} bytes", "label": label}, max_k)
+
+    @router.get("/api/search/text", response_model=SearchPage, responses=errors(400, 404), include_in_schema=text,
+                summary="Search by text (stores of CLIP-family models)")
+    async def search_text(q: str = Query(..., min_length=1, max_length=1000, description="the text to search for"),
+                          k: int = K, offset: int = OFFSET, label: Optional[str] = LABEL,
+                          c: Collection = Depends(collection), s: ServerState = Depends(server)) -> JSONResponse:
+        if not c.manifest.get("text_tower"):
+            raise ApiError(400, no_text_tower(c.manifest.get("model")), "q")
+        label = known_label(c, label)
+        encoder = await run_in_threadpool(s.encoders.get)
+        vector = await s.encoders.encode_text(encoder, q)
+        k = window(k, offset, max_k)
+        hits = await run_in_threadpool(c.search, vector, k, offset, label) if k else []
+        return page(c, hits, k, offset, {"text": q, "label": label}, max_k)
+
+    max_items = cfg.max_json // 12  # "2147483647, " per row: a schema-valid list always fits --max-json
+    rows_body = {"required": True, "description": "the rows: JSON, or int32 little-endian octets (a selection of a "
+                                                  "million points)",
+                 "content": {"application/json": {"schema": {
+                     "type": "object", "required": ["rows"], "properties": {"rows": {
+                         "type": "array", "maxItems": max_items,
+                         "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}}}},
+                     "example": {"rows": [0, 5, 17]}},
+                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+    @router.post("/api/rows", response_model=RowsPage, responses={
+        **errors(400, 404, 413, 415),
+        200: {"description": "the selection's count and first items (format=json), or every id, one per line "
+                             "(format=txt)", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        openapi_extra={"requestBody": rows_body},
+        summary="Ids and labels of rows (a map selection); format=txt gives every id as text")
+    async def rows(request: Request, format: str = Query("json", pattern="^(json|txt)$"),
+                   limit: int = Query(MAX_PAGE, ge=0, le=10_000, description="items listed (format=json)"),
+                   c: Collection = Depends(collection)) -> Response:
+        ctype = content_type(request)
+        if ctype == "application/json":
+            body = await read_body(request, cfg.max_json, "the JSON body")
+            try:
+                listed = json.loads(body)["rows"]
+                if not isinstance(listed, list) or not all(type(r) is int for r in listed):
+                    raise TypeError("not a list of integers")
+                sel = np.asarray(listed, dtype=np.int64).reshape(-1)
+            except (ValueError, KeyError, TypeError, OverflowError):
+                raise ApiError(400, 'expected {"rows": [integers]}', "rows") from None
+            if len(sel) > max_items:  # what the schema says, whatever the body's bytes
+                raise ApiError(413, f"at most {max_items} rows in a JSON body; send more as int32 octets "
+                                    "(Content-Type application/octet-stream)", "rows")
+        elif ctype == "application/octet-stream":  # int32 little-endian: a selection of a million points
+            body = await read_body(request, 4 * c.n + 4, "the row list")
+            if len(body) % 4:
+                raise ApiError(400, "an int32 row list has a multiple of 4 bytes", "rows")
+            sel = np.frombuffer(body, "<i4").astype(np.int64)
+        else:
+            raise ApiError(415, "send application/json {\"rows\": [...]} or application/octet-stream int32 rows",
+                           "content-type")
+        if len(sel) and (sel.min() < 0 or sel.max() >= c.n):
+            raise ApiError(404, f"no such row: rows are in [0, {c.n})", "rows")
+        if format == "txt":
+            return PlainTextResponse("".join(c.ids[r] + "\n" for r in sel.tolist()),
+                                     headers={"Content-Disposition": 'attachment; filename="selection.txt"'})
+        return JSONResponse({"count": int(len(sel)), "items": [item(c, r) for r in sel[:limit].tolist()]})
+
+    return router
