@@ -63,7 +63,9 @@ def main() -> None:
          IMGFEAT + ["extract", "--data", data, "--out", str(work / "q.npy"), "--quiet"], env),
         ("`imgfeat extract` into a store that holds every input (nothing to do)",
          IMGFEAT + ["extract", "--data", data, "--out", store, "--quiet"], env),
-        ("`imgfeat search --features STORE --query IMAGE` (embeds the image: full path)",
+        ("`imgfeat search --features STORE --query IMAGE`, full path (`IMGFEAT_QUICK=0`: the store's model in torch)",
+         IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], {**env, "IMGFEAT_QUICK": "0"}),
+        ("`imgfeat search --features STORE --query IMAGE`, quick path (the store's recorded export)",
          IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], env),
     ]
     print(f"{args.runs} runs each after a warm-up, median wall time of the whole process\n")
