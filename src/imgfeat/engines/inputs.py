@@ -37,3 +37,14 @@ def require_input(source: Source, opts: ExtractOptions) -> None:
     if source.is_empty():
         raise ImgfeatError(f"the input holds no images to extract: {source.describe()}"
                            + (f" (--start {opts.start} is at or past its end)" if opts.start else ""))
+
+
+def finish_file_run(result, source: Source, target, opts: ExtractOptions):
+    """A file (or in-memory) run's result completed: the input's skipped files, the error rows and, without an
+    output file, the vectors themselves. The same for the full path and the quick path."""
+    result.skipped = count_skipped(source, opts)
+    result.errors = target.error_log.rows
+    if opts.out is None:
+        sink = target.sink
+        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
+    return result

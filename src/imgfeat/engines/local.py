@@ -16,7 +16,7 @@ from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import FileTarget, StoreTarget
 from . import quick, update
-from .inputs import count_skipped, require_input
+from .inputs import count_skipped, finish_file_run, require_input
 from .result import ExtractResult
 
 if TYPE_CHECKING:
@@ -62,12 +62,7 @@ def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractR
     announce(fidelity, None)
     quick.remember(opts, pipeline)  # the next small run of these options needs no torch
     result = _run(opts, pipeline, source, plan, target, _progress(opts, source, progress), None)
-    result.skipped = count_skipped(source, opts)
-    result.errors = target.error_log.rows
-    if opts.out is None:
-        sink = target.sink
-        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
-    return result
+    return finish_file_run(result, source, target, opts)
 
 
 def _threads(opts: ExtractOptions) -> None:

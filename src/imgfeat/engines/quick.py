@@ -39,7 +39,7 @@ from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
 from ..options import ExtractOptions, available_cores
 from ..outputs.targets import FileTarget
-from .inputs import count_skipped, require_input
+from .inputs import finish_file_run, require_input
 from .result import ExtractResult
 
 log = logging.getLogger(__name__)
@@ -192,12 +192,7 @@ def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> E
                                            "quick": True},
                            out=str(opts.out) if opts.out is not None else None, errors_path=target.errors_path,
                            n_retried=retries["retried"], n_recovered=retries["recovered"])
-    result.skipped = count_skipped(source, opts)
-    result.errors = target.error_log.rows
-    if opts.out is None:
-        sink = target.sink
-        result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features
-    return result
+    return finish_file_run(result, source, target, opts)
 
 
 def remember(opts: ExtractOptions, pipeline) -> None:

@@ -170,7 +170,7 @@ register_model(ModelSpec(
 # --------------------------------------------------------------------------- torchvision
 
 # The weights torchvision's DEFAULT enum picks for each model and its transforms, as a table: listing and looking
-# up models never imports torchvision (2 s); tests/test_models.py checks the table against torchvision's own.
+# up models never imports torchvision (2 s); tests/test_quick.py checks the table against torchvision's own.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _TORCHVISION = [  # name, default layer, dim, description, weights, file, crop, resize, interpolation, arch kwargs
     ("alexnet", "classifier.5", 4096, "AlexNet fc7 after ReLU",  # its classifier starts with Dropout
