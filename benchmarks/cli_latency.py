@@ -49,6 +49,9 @@ def main() -> None:
     subprocess.run(IMGFEAT + ["extract", "--data", data, "--out", store, "--quiet"], env=env, check=True,
                    capture_output=True)
     query = str(next(p for p in sorted((ROOT / "examples" / "images").iterdir()) if p.suffix == ".jpg"))
+    clip = str(work / "clip-store")  # text queries: a CLIP store (ViT-B-32, random weights: no hub offline)
+    subprocess.run(IMGFEAT + ["extract", "--data", data, "--out", clip, "--model", "clip:ViT-B-32/none",
+                              "--random-weights", "--quiet"], env=env, check=True, capture_output=True)
     rows = [
         ("`python -c \"import torch\"` (baseline)", [sys.executable, "-c", "import torch"], env),
         ("`imgfeat --help`", IMGFEAT + ["--help"], env),
@@ -67,6 +70,10 @@ def main() -> None:
          IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], {**env, "IMGFEAT_QUICK": "0"}),
         ("`imgfeat search --features STORE --query IMAGE`, quick path (the store's recorded export)",
          IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], env),
+        ("`imgfeat search --features CLIP_STORE --text \"a cat\"` (ViT-B-32 text tower, in torch)",
+         IMGFEAT + ["search", "--features", clip, "--text", "a cat", "--k", "3"], env),
+        ("`imgfeat classify --features CLIP_STORE --classes cat,dog,coffee` (in torch)",
+         IMGFEAT + ["classify", "--features", clip, "--classes", "cat,dog,coffee"], env),
     ]
     print(f"{args.runs} runs each after a warm-up, median wall time of the whole process\n")
     print("| command | wall | imports torch | ratio to `import torch` |\n|---|---|---|---|")
