@@ -150,3 +150,24 @@ def test_a_client_from_the_schema_uploads_an_image(api_schema, contract_server):
     hits = response.json()["results"]
     assert len(hits) == 3 and hits[0]["id"] == "img07" and hits[0]["score"] > 0.999
     assert {h["label"] for h in hits} == {"b"} and np.isfinite([h["score"] for h in hits]).all()
+
+
+def test_a_token_server_declares_its_bearer_scheme_and_401(tmp_path):
+    """With --token every route answers 401 without it: the schema says so, with the bearer scheme."""
+    from test_audit import make_review
+
+    from imgfeat.serve.app import ServeConfig, create_app
+    from imgfeat.serve.collection import Collection
+
+    review = make_review(tmp_path)
+    collection = Collection(str(review["store"]), cache=tmp_path / "serve-cache")
+    app = create_app(collection, ServeConfig(port=0, token="s3cret"))
+    try:
+        spec = app.openapi()
+    finally:
+        app.state.pool.close()
+    assert spec["components"]["securitySchemes"]["token"] == {"type": "http", "scheme": "bearer",
+                                                              "description": "imgfeat serve --token SECRET"}
+    assert spec["security"] == [{"token": []}]
+    operations = [op for path in spec["paths"].values() for op in path.values()]
+    assert all({"400", "401"} <= set(op["responses"]) for op in operations)

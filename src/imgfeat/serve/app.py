@@ -62,7 +62,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     app.include_router(duplicates.make_router())
     app.include_router(media.make_router())
     app.include_router(audit.make_router(state.review))
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app, token=config.token is not None)
 
     if config.cors:
         from starlette.middleware.cors import CORSMiddleware
@@ -73,16 +73,29 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     return app
 
 
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema without its 422 answers: this server answers a parameter that fails validation with a
-    400 and the shared error body, which every route declares."""
+def _openapi(app: FastAPI, token: bool = False) -> dict:
+    """FastAPI's schema without its 422 answers (this server answers a parameter that fails validation with a 400
+    and the shared error body), plus what ``security.Guard`` answers before any route: a 400 for a Host header this
+    server does not answer to, and with ``--token`` the bearer scheme and its 401."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         for path in schema.get("paths", {}).values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses.setdefault("400", {"description": "A Host header this server does not answer to (the "
+                                                            "DNS-rebinding guard)", "content": error})
+                if token:
+                    responses["401"] = {"description": "No valid token: send Authorization: Bearer TOKEN",
+                                        "content": error}
+        components = schema.setdefault("components", {})
         for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
+            components.get("schemas", {}).pop(name, None)
+        if token:
+            components["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer",
+                                                       "description": "imgfeat serve --token SECRET"}}
+            schema["security"] = [{"token": []}]
         app.openapi_schema = schema
     return app.openapi_schema
 
