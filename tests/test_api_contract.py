@@ -16,7 +16,7 @@ schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from helpers import write_image  # noqa: E402
+from helpers import PATIENCE, write_image  # noqa: E402
 
 EXAMPLES = int(os.environ.get("IMGFEAT_API_EXAMPLES", "25"))  # per operation
 # CI draws the same examples every run; IMGFEAT_API_EXAMPLES=N (a deeper search) draws new ones each time
@@ -56,7 +56,10 @@ def _config():
     # a raw body is schema-valid as any bytes: random bytes are rarely an image, or a whole number of int32 rows,
     # so there (only) a 400 for a well-formed request is part of the contract (declared with its error body)
     raw = {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404", "413"]}, **negative}
-    return schemathesis.config.SchemathesisConfig.from_dict({"checks": negative, "operations": [
+    # requests wait as long as any test here may (Schemathesis's own default is 10 s: the first upload, which builds
+    # the store's model and starts the decode processes, takes longer than that on a loaded 2-core machine)
+    return schemathesis.config.SchemathesisConfig.from_dict({"request-timeout": PATIENCE, "checks": negative,
+                                                             "operations": [
         {"include-path": "/api/search/image", "checks": raw},
         {"include-path": "/api/rows", "checks": raw}]})
 
@@ -103,20 +106,20 @@ def _node_id_for_schemathesis(request):
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_the_api_keeps_its_contract(case):
-    case.call_and_validate()
+    case.call_and_validate(timeout=PATIENCE)
 
 
 @pytest.mark.timing
 @review_schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_the_review_api_keeps_its_contract(case):
-    case.call_and_validate()
+    case.call_and_validate(timeout=PATIENCE)
 
 
 def test_the_schema_declares_bodies_media_types_bounds_and_errors(contract_server):
     import requests
 
-    spec = requests.get(contract_server.url + "openapi.json", timeout=60).json()
+    spec = requests.get(contract_server.url + "openapi.json", timeout=PATIENCE).json()
     paths = spec["paths"]
     upload = paths["/api/search/image"]["post"]
     assert set(upload["requestBody"]["content"]) == {"image/*", "application/octet-stream"}
@@ -135,7 +138,7 @@ def test_the_schema_declares_bodies_media_types_bounds_and_errors(contract_serve
     every = [op for path in paths.values() for op in path.values()]
     assert not any("422" in op["responses"] for op in every)  # validation errors are 400s with the error body
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
-    r = requests.request("TRACE", contract_server.url + "thumb/img00", timeout=60)
+    r = requests.request("TRACE", contract_server.url + "thumb/img00", timeout=PATIENCE)
     assert r.status_code == 405 and r.headers["Allow"] == "GET" and r.json()["error"]
 
 
@@ -146,7 +149,7 @@ def test_a_client_from_the_schema_uploads_an_image(api_schema, contract_server):
     Image.open(contract_server.root / "images" / "07.png").save(buf, "PNG")
     operation = api_schema["/api/search/image"]["POST"]
     case = operation.Case(body=buf.getvalue(), media_type="image/png", query={"k": 3, "label": "b"})
-    response = case.call_and_validate()
+    response = case.call_and_validate(timeout=PATIENCE)
     hits = response.json()["results"]
     assert len(hits) == 3 and hits[0]["id"] == "img07" and hits[0]["score"] > 0.999
     assert {h["label"] for h in hits} == {"b"} and np.isfinite([h["score"] for h in hits]).all()
