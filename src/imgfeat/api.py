@@ -13,7 +13,7 @@ from .engines.result import ExtractResult
 from .errors import ImgfeatError
 from .options import ExtractOptions
 from .outputs.formats import load, reading, write_blocks
-from .outputs.store import FeatureStore, query_weights
+from .outputs.store import FeatureStore
 
 EXPORT_BLOCK = 8192  # rows per write when exporting: bounded memory whatever the shard size
 
@@ -83,13 +83,7 @@ def extract_like(store_path: str | Path, files: list[str], weights: Optional[str
     if not Path(store_path).is_dir():
         raise ImgfeatError("image queries need a feature store (its manifest names the model); "
                            "with other outputs, query by id")
-    manifest = FeatureStore.existing(store_path).manifest
-    encoder = quick.store_encoder(manifest, weights, query_weights(manifest, weights, None))
-    if encoder is None:  # no recorded export: the store's model built in torch
-        from .engines.encode import StoreEncoder
-
-        encoder = StoreEncoder.for_store(store_path, weights)
-    return encoder.encode_files(files)
+    return quick.query_encoder(store_path, weights).encode_files(files)
 
 
 __all__ = ["extract", "load", "list_models", "list_layers", "store_info", "export_store", "extract_like",

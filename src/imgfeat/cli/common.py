@@ -57,19 +57,10 @@ def store_encoder(args: argparse.Namespace, purpose: str = "image and text queri
     if not Path(args.features).is_dir():
         raise ImgfeatError(f"{purpose} with the store's own model: --features must be a feature store (its "
                            f"manifest names the model and weights), not the file {args.features}")
-    if not text:
-        from ..engines.quick import store_encoder as quick_encoder
-        from ..outputs.store import FeatureStore, query_weights
+    from ..engines.quick import query_encoder
 
-        manifest = FeatureStore.existing(args.features).manifest
-        rw = query_weights(manifest, args.weights, True if getattr(args, "random_weights", False) else None)
-        quick = quick_encoder(manifest, args.weights, rw)
-        if quick is not None:
-            return quick
-    from ..engines.encode import StoreEncoder
-
-    return StoreEncoder.for_store(args.features, args.weights,
-                                  random_weights=True if getattr(args, "random_weights", False) else None)
+    return query_encoder(args.features, args.weights,
+                         random_weights=True if getattr(args, "random_weights", False) else None, text=text)
 
 
 def weights_args(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..models.preprocess import Preprocess
-from .decode import DEFAULT_DECODE_TIMEOUT, both_attempts, decode, retriable
+from ..errors import ImgfeatError
+from .decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, both_attempts, decode, retriable
 from .fresh import fresh_attempt
 from .shards import ShardPlan, cut_shards
 from .sources import Record
@@ -75,3 +76,18 @@ def end_of_input(total: int, pp: Preprocess) -> dict:
     batch = decode_batch([], pp, 0)
     batch.update(shard=None, last=False, total=total)
     return batch
+
+
+def decode_queries(files, pp: Preprocess, max_pixels: Optional[int] = None) -> list[np.ndarray]:
+    """Query image files decoded at ``pp``'s geometry (uint8 H x W x 3 each); one unreadable file refuses the
+    query, naming the first three."""
+    arrays, errors = [], []
+    for f in files:
+        result = decode(f, pp, max_pixels or DEFAULT_MAX_PIXELS)
+        if isinstance(result, str):
+            errors.append((f, result))
+        else:
+            arrays.append(result)
+    if errors:
+        raise ImgfeatError(f"query images could not be read: {errors[:3]}")
+    return arrays

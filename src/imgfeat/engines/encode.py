@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.decode import decode
+from ..data.batches import decode_queries
 from ..data.loader import stack_pixels
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
@@ -83,13 +83,4 @@ class StoreEncoder:
             return text_embeddings(body, list(texts), run=self._text_run)
 
     def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
-        arrays, errors = [], []
-        for f in files:
-            result = decode(f, self.preprocess, max_pixels or self.opts.max_pixels)
-            if isinstance(result, str):
-                errors.append((f, result))
-            else:
-                arrays.append(result)
-        if errors:
-            raise ImgfeatError(f"query images could not be read: {errors[:3]}")
-        return self.encode(arrays)
+        return self.encode(decode_queries(files, self.preprocess, max_pixels or self.opts.max_pixels))

@@ -211,7 +211,7 @@ def remember(opts: ExtractOptions, pipeline) -> None:
     fingerprint = pipeline.model.fingerprint()
     record = {"model": pipeline.spec.name, "layer": pipeline.model.layer, "pool": pipeline.model.pool,
               "fingerprint": fingerprint, "dim": pipeline.dim,
-              "preprocess": pipeline.spec.preprocess.identity() | {"crop_mode": pipeline.spec.preprocess.crop_mode},
+              "preprocess": pipeline.spec.preprocess.identity(),
               "backend": report["backend"], "export": str(Path(report["export"]) / "model.onnx"),
               "files": [_stat(weights_file)], "runtime": runtime,
               "versions": [__version__, _version("torch"), _version(runtime)]}
@@ -243,27 +243,34 @@ class QuickEncoder:
         return postprocess(self._run(nchw(list(arrays), self.preprocess)), self.relu, self.l2)
 
     def encode_files(self, files, max_pixels: Optional[int] = None) -> np.ndarray:
-        from ..data.decode import DEFAULT_MAX_PIXELS, decode
-        from ..errors import ImgfeatError
+        from ..data.batches import decode_queries
 
-        arrays, errors = [], []
-        for f in files:
-            result = decode(f, self.preprocess, max_pixels or DEFAULT_MAX_PIXELS)
-            (errors.append((f, result)) if isinstance(result, str) else arrays.append(result))
-        if errors:
-            raise ImgfeatError(f"query images could not be read: {errors[:3]}")
-        return self.encode(arrays)
+        return self.encode(decode_queries(files, self.preprocess, max_pixels))
 
 
-def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool,
-                  text: bool = False) -> Optional[QuickEncoder]:
+def query_encoder(store_path, weights: Optional[str] = None, random_weights: Optional[bool] = None,
+                  text: bool = False):
+    """The encoder of a store's queries, weights as the store records them (or as given): a :class:`QuickEncoder`
+    for image queries when a full run recorded this model's export, else ``StoreEncoder`` (the store's model in
+    torch, its weights hash checked; text queries always)."""
+    if not text:
+        from ..outputs.store import FeatureStore, query_weights
+
+        manifest = FeatureStore.existing(store_path).manifest
+        quick = store_encoder(manifest, weights, query_weights(manifest, weights, random_weights))
+        if quick is not None:
+            return quick
+    from .encode import StoreEncoder
+
+    return StoreEncoder.for_store(store_path, weights, random_weights=random_weights)
+
+
+def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool) -> Optional[QuickEncoder]:
     """A :class:`QuickEncoder` for a store's query images, or None (said at debug level) for ``StoreEncoder``:
-    text queries, random weights, a GPU, no record of this model's export, or its weights file changed."""
+    random weights, a GPU, no record of this model's export, or its weights file changed."""
     why = None
     if os.environ.get("IMGFEAT_QUICK", "1") == "0":
         why = "IMGFEAT_QUICK=0"
-    elif text:
-        why = "text queries (the text tower runs in torch)"
     elif random_weights:
         why = "random weights"
     elif _gpu_visible():
