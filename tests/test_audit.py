@@ -188,7 +188,7 @@ def test_the_review_api_records_decisions_that_probe_takes_back(reviewed, capsys
     assert tsv.splitlines()[0] == "id\tdecision\tnew_label" and len(tsv.splitlines()) == 4
     corrections = root / "corrections.tsv"
     corrections.write_text(tsv)
-    assert (root / "serve-cache" / "audit-decisions.tsv").read_text() == tsv  # kept in the serve cache
+    assert [*(root / "serve-cache").glob("review-*/audit-decisions.tsv")][0].read_text() == tsv  # the serve cache
     # the corrected labels go back into probe: the relabelled ids count as noise, the dropped one is gone
     from imgfeat.tools.labels import apply_corrections, read_labels
 

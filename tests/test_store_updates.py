@@ -396,3 +396,75 @@ def test_the_id_partition_spreads_ids():
     counts = np.bincount(parts, minlength=8)
     assert counts.min() > 2000 and counts.max() < 3000
     assert np.array_equal(_id_partition(ids.slice(5, 100), 8), parts[5:105])  # sliced arrays hash the same
+
+
+@pytest.mark.parametrize("index", ["exact", "ivf"])
+def test_duplicates_neighbours_and_uploads_after_each_kind_of_update(folder, tmp_path, photos, index):
+    """Issue 29.1: a served store updated by an add, a change, a removal and a rename answers duplicates,
+    neighbours and uploads exactly as a server started on the new state (the index is updated, not rebuilt)."""
+    pytest.importorskip("fastapi")
+    import requests
+
+    from helpers import wait_until
+
+    from imgfeat.serve.app import ServeConfig
+    from imgfeat.serve.collection import Collection
+    from imgfeat.serve.server import Background
+
+    out = tmp_path / "store"
+    shutil.copy(folder / sorted(p.name for p in folder.iterdir())[1], folder / "copy_of_1.jpg")  # a duplicate pair
+    _ex(folder, out, l2=True)
+    collection = Collection(out, cache=tmp_path / "cache", index=index)
+    upload = (folder / "copy_of_1.jpg").read_bytes()
+
+    def check(srv, step):
+        def get(path, **params):
+            r = requests.get(srv.url + path, params=params, timeout=PATIENCE)
+            return r
+
+        live = srv.app.state.live.get()
+        fresh = Collection(out, cache=tmp_path / f"fresh-{step}", index=index)
+        assert live.ids == fresh.ids, step
+        dup = wait_until(lambda: (lambda r: r.json() if r.status_code == 200 else None)(
+            get("api/duplicates", threshold=0.99)), f"duplicates after {step}", interval=0.05)
+        want = sorted(sorted(fresh.ids[r] for r in g) for g in fresh.duplicate_groups(0.99))
+        assert sorted(sorted(i["id"] for i in g) for g in dup["groups"]) == want, step
+        for rid in fresh.ids:
+            got = [h["id"] for h in get(f"api/neighbours/{rid}", k=3).json()["results"]]
+            assert got == [fresh.ids[h.row] for h in fresh.search(fresh.vector(fresh.row_of[rid]), 3,
+                                                                  exclude=fresh.row_of[rid])], (step, rid)
+        r = requests.post(srv.url + "api/search/image", params={"k": 2}, data=upload,
+                          headers={"Content-Type": "image/jpeg"}, timeout=PATIENCE)
+        assert r.status_code == 200, (step, r.text)
+        assert {h["id"] for h in r.json()["results"]} == {"copy_of_1.jpg", sorted(fresh.ids)[1]} or \
+            "copy_of_1.jpg" not in fresh.ids, step
+
+    with Background(collection, ServeConfig(port=0)) as srv:
+        check(srv, "start")
+        names = sorted(p.name for p in folder.iterdir() if p.name != "copy_of_1.jpg")
+        steps = [("add", lambda: write_image(folder / "zz_new.png", size=(120, 90), seed=11)),
+                 ("change", lambda: (write_image(folder / names[2], size=(80, 60), seed=5),
+                                     _touch_later(folder / names[2]))),
+                 ("remove", lambda: (folder / names[3]).unlink()),
+                 ("rename", lambda: (folder / names[4]).rename(folder / "renamed.jpg"))]
+        for step, change in steps:
+            change()
+            _ex(folder, out, l2=True)
+            check(srv, step)
+
+
+def test_no_model_is_built_when_there_is_nothing_to_embed(tmp_path, photos):
+    """Issue 29.10: --append with nothing new, --prune with removals only, and a rerun after the input was moved
+    build no model (the vectors' options are the store's); a new model still does."""
+    names = sorted(photos.glob("*.jpg"))
+    out = tmp_path / "store"
+    _ex([(p.name, str(p)) for p in names[:4]], out)
+    res = _ex([(p.name, str(p)) for p in names[:2]], out, append=True)
+    assert res.model is None and res.update["added"] == 0 and res.n_done == 0
+    res = _ex([(p.name, str(p)) for p in names[:3]], out, prune=True)  # one removal, nothing new
+    assert res.model is None and res.update["removed"] == 1 and sorted(_live(out)) == sorted(p.name for p in names[:3])
+    moved = tmp_path / "moved.tsv"  # the same images listed from another input file
+    moved.write_text("".join(f"{p.name}\t{p}\n" for p in names[:3]))
+    assert _ex(moved, out).model is None
+    with pytest.raises(imgfeat.ImgfeatError):  # another model: built, compared, refused
+        _ex(moved, out, model="resnet18")

@@ -521,3 +521,33 @@ def test_pca_index_re_ranks_to_the_exact_graph(tmp_path):
     np.testing.assert_allclose(Dl, Dc, atol=1e-6)
     with pytest.raises(InvalidParameterError, match="ip metric"):
         KNNIndex(metric="ip", index="pca").fit(X)
+
+
+@pytest.mark.parametrize("index", ["exact", "ivf", "pca", "hnsw"])
+def test_knn_index_updates_equal_a_fresh_fit(index):
+    """Issue 29.1: clone / remove_rows / emptied / add / subset give what a new index over the new rows gives."""
+    from imgfeat.tools.knn import KNNIndex
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 32)).astype(np.float32)
+    knn = KNNIndex(metric="cosine", index=index, nlist=4, nprobe=4).fit(X)
+    gone = np.array([3, 10, 400])
+    kept = np.delete(np.arange(600), gone)
+    new = rng.normal(size=(50, 32)).astype(np.float32)
+    after = np.concatenate([X[kept], new])
+    if knn.shifts_on_removal:
+        updated = knn.clone().remove_rows(gone).add(new)
+    else:
+        with pytest.raises(Exception, match="empty it"):
+            knn.clone().remove_rows(gone)
+        updated = knn.emptied().add(after)
+    assert knn.n_ == 600 and updated.n_ == 647 and updated.dim_ == 32  # the original is untouched
+    ref = KNNIndex(metric="cosine", index="exact").fit(after)
+    D, I = updated.search(after[:40], 5)
+    Dr, Ir = ref.search(after[:40], 5)
+    assert (I == Ir).mean() > 0.9
+    np.testing.assert_allclose(D[I == Ir], Dr[I == Ir], atol=1e-4)  # scores are cosines, whatever the index
+    mask = np.zeros(647, bool)
+    mask[::7] = True
+    Ds, Is = updated.search(after[:10], 4, subset=updated.subset(mask))
+    assert mask[Is[Is >= 0]].all() and (Is >= 0).sum() >= 30

@@ -109,8 +109,8 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
     upd = update.prepare(opts, source, store, part=part is not None)
     upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
-    if upd.nothing_to_do and store.manifest.get("options") == cheap:  # the same job, nothing new: no model
-        return update.finish(opts, store, upd, None, None)
+    if update.embeds_nothing(store, upd, cheap):  # no model
+        return update.finish(opts, store, upd, None, None, cheap)
     from ..models.backends import resolve_device
     from .fidelity import announce, build_measured, measurement_images
     from .pipeline import store_identity

@@ -196,8 +196,8 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
     upd = update.prepare(opts, source, store, part=part)
     upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
-    if upd.nothing_to_do and store.manifest.get("options") == cheap:
-        return update.finish(opts, store, upd, None, None)
+    if update.embeds_nothing(store, upd, cheap):  # no model
+        return update.finish(opts, store, upd, None, None, cheap)
     pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
     store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
     if not upd.pending:

@@ -100,6 +100,17 @@ def cheap_identity(opts: ExtractOptions, source: Source) -> dict:
             "weights": _weights_stamp(opts.weights)}
 
 
+VECTOR_OPTIONS = ("model", "layer", "pool", "relu", "l2", "dtype", "precision", "random_weights", "weights")
+
+
+def embeds_nothing(store: FeatureStore, upd: "Update", cheap: dict) -> bool:
+    """Whether a run needs no model: nothing to embed (nothing new, or removals only) and the store's last run
+    embedded its vectors as this one would (the input, its range, ``--append`` and the shard size say which
+    images, not how they are embedded; any other difference builds the model to compare the full identity)."""
+    recorded = store.manifest.get("options")
+    return upd.pending == 0 and recorded is not None and all(recorded.get(k) == cheap.get(k) for k in VECTOR_OPTIONS)
+
+
 def _weights_stamp(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None

@@ -46,7 +46,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     state = ServerState(config=config, live=LiveCollection(collection), pool=pool,
                         thumbs=Thumbnails(collection.cache, pool, config.thumb_size),
                         encoders=Encoders(collection, config), placeholder=placeholder_png(),
-                        review=Review(config.audit, collection.cache) if config.audit else None)
+                        review=Review(config.audit, collection.cache_root) if config.audit else None)
     app.state.server = state
     app.state.live, app.state.pool, app.state.encoders = state.live, pool, state.encoders  # server.py, tests
     _errors(app)

@@ -23,7 +23,7 @@ from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
-from ..tools.knn import KNNIndex, l2_normalise, row_blocks
+from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
 from ..tools.labels import read_labels
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,10 @@ class Collection:
         self.manifest = self.store.manifest if self.store else {}
         self.generation = self.manifest.get("generation")
         self.key = features_key(self.path)
-        self.cache = Path(cache) if cache else cache_dir() / "serve" / self.key
+        # derived data lives under the cache root (``cache``, default $IMGFEAT_CACHE/serve) in a folder of this state's
+        # key: a new generation never reads the index, map or neighbour lists of an older one
+        self.cache_root = Path(cache) if cache else cache_dir() / "serve"
+        self.cache = self.cache_root / self.key
         self._previous = previous
         self.cache.mkdir(parents=True, exist_ok=True)
         self.paths = self._paths()
@@ -127,7 +130,7 @@ class Collection:
         self._neighbours: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._neighbour_job: Optional[threading.Thread] = None
         self._neighbour_done, self._neighbour_error = 0, None
-        self._label_selectors: dict[int, object] = {}
+        self._label_subsets: dict[int, object] = {}
 
     # ------------------------------------------------------------------ loading
     def _paths(self) -> list[Optional[str]]:
@@ -167,8 +170,8 @@ class Collection:
                 return knn
         if index_file and Path(index_file).is_file():
             knn = KNNIndex.load(index_file, "cosine", self.nprobe)
-            if knn.n_ != self.n or knn.index_.d != self.dim:
-                raise ImgfeatError(f"{index_file} indexes {knn.n_} vectors of dimension {knn.index_.d}, "
+            if knn.n_ != self.n or knn.dim_ != self.dim:
+                raise ImgfeatError(f"{index_file} indexes {knn.n_} vectors of dimension {knn.dim_}, "
                                    f"but {self.path} holds {self.n} of dimension {self.dim}: build it again")
             return knn
         cached = Path(index_file) if index_file else self.cache / f"index-{_index_name(self.index_name)}.faiss"
@@ -185,8 +188,6 @@ class Collection:
         rows that left are removed (an exact index shifts the rest down, which is exactly how the live view
         changes) and the new rows, which a store appends at the end, are added. An IVF/PQ index keeps its trained
         cells and is refilled. None when the states do not line up that way (after ``compact``): build anew."""
-        import faiss
-
         if previous.keys is None or self.keys is None or previous.index_name != self.index_name \
                 or previous.dim != self.dim:
             return None
@@ -194,19 +195,10 @@ class Collection:
         n_kept = int(kept.sum())
         if not np.array_equal(previous.keys[kept], self.keys[:n_kept]):
             return None
-        idx = faiss.clone_index(previous.knn.index_)  # requests in flight keep searching the old one
-        if self.index_name == "exact":
-            gone = np.flatnonzero(~kept).astype(np.int64)
-            if len(gone):
-                idx.remove_ids(faiss.IDSelectorBatch(gone))
-            added = range(n_kept, self.n)
+        if previous.knn.shifts_on_removal:  # a copy: requests in flight keep searching the old one
+            knn = previous.knn.clone().remove_rows(np.flatnonzero(~kept)).add(self.X[n_kept:])
         else:
-            idx.reset()
-            added = range(0, self.n)
-        for s in range(added.start, added.stop, 65536):
-            idx.add(l2_normalise(np.ascontiguousarray(self.X[s:min(s + 65536, added.stop)], dtype=np.float32)))
-        knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe)
-        knn.index_, knn.n_, knn.normalise_ = idx, self.n, True
+            knn = previous.knn.emptied().add(self.X)
         log.info("index updated: %d rows removed, %d added (of %d)", len(previous.keys) - n_kept,
                  self.n - n_kept, self.n)
         return knn
@@ -220,32 +212,11 @@ class Collection:
         return Collection(self.path, previous=self, **self._args)
 
     # ------------------------------------------------------------------ search
-    def _selector(self, label: int):
-        import faiss
-
-        if label not in self._label_selectors:
-            bits = np.packbits(self.codes == label, bitorder="little")
-            self._label_selectors[label] = (faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits)), bits)
-        return self._label_selectors[label][0]
-
     def _raw_search(self, q: np.ndarray, k: int, label: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        idx = self.knn.index_
-        if label is None:
-            D, I = idx.search(q, k)
-            return D[0], I[0]
-        ivf = faiss.try_extract_index_ivf(idx)
-        sel = self._selector(label)
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else \
-            faiss.SearchParameters(sel=sel)
-        try:
-            D, I = idx.search(q, k, params=params)
-            return D[0], I[0]
-        except RuntimeError:  # an index type without selectors: over-fetch and filter
-            D, I = idx.search(q, min(self.n, k * 20))
-            keep = (I[0] >= 0) & (self.codes[np.maximum(I[0], 0)] == label)
-            return D[0][keep][:k], I[0][keep][:k]
+        if label is not None and label not in self._label_subsets:
+            self._label_subsets[label] = self.knn.subset(self.codes == label)
+        D, I = self.knn.search(q, k, subset=self._label_subsets.get(label) if label is not None else None)
+        return D[0], I[0]
 
     def label_code(self, label: Optional[str]) -> Optional[int]:
         if label is None or label == "":
@@ -363,15 +334,12 @@ class Collection:
             return {"ready": self._neighbours is not None, "done": self._neighbour_done, "total": self.n}
 
     def _compute_neighbours(self) -> None:
-        import faiss
-
         def done(rows: int) -> None:
             self._neighbour_done = rows
 
-        threads = faiss.omp_get_max_threads()
         try:
-            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))  # a batch job: every core
-            D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done)
+            with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
+                D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done)
             buf = io.BytesIO()
             np.savez(buf, D=D, I=I)
             write_atomic(self._neighbours_file(), buf.getvalue())
@@ -380,8 +348,6 @@ class Collection:
         except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
             log.exception("finding neighbours failed")
             self._neighbour_error = str(exc)
-        finally:
-            faiss.omp_set_num_threads(threads)
 
     def neighbour_lists(self, timeout: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
         """The neighbour lists, waiting for them (bounded) if they are being computed."""

@@ -5,6 +5,7 @@ which ``probe``, ``diffuse`` and ``audit`` take back with ``--corrections``."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Optional
@@ -36,7 +37,10 @@ class Review:
         for name in sorted(self.suspects, key=lambda n: n != "label"):
             for row in self.suspects[name]:
                 self.suggestion.setdefault(row["id"], row.get("suggested", ""))
-        self.file = cache / "audit-decisions.tsv"
+        # kept in the serve cache root by the report's path: they outlive a new generation of the served store
+        report_key = hashlib.sha256(str(self.report.resolve()).encode("utf-8")).hexdigest()[:16]
+        self.file = cache / f"review-{report_key}" / "audit-decisions.tsv"
+        self.file.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.decisions: dict[str, tuple[str, str]] = {}
         if self.file.is_file():

@@ -8,7 +8,6 @@ import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from typing import Optional
 
 from ..errors import ImgfeatError, require
@@ -50,19 +49,12 @@ def warnings_for(config: ServeConfig) -> list[str]:
     return lines
 
 
-@contextmanager
 def one_thread_per_query():
     """While serving: one query per request, many requests at once, so each faiss search runs on one
-    thread (OpenMP teams per query would oversubscribe the cores). OpenMP's thread count is process-wide
-    (torch shares it), so it is put back afterwards."""
-    import faiss
+    thread (OpenMP teams per query would oversubscribe the cores)."""
+    from ..tools.knn import faiss_threads
 
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+    return faiss_threads(1)
 
 
 def _uvicorn_server(app, log_level: str = "warning"):

@@ -4,6 +4,7 @@ the low-shot diffusion code's (int32 I, float32 D)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,19 @@ def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
     for s in range(0, len(X), block):
         b = np.ascontiguousarray(X[s:s + block], dtype=np.float32)
         yield l2_normalise(b) if normalise else b
+
+
+@contextmanager
+def faiss_threads(n: int):
+    """faiss's OpenMP thread count set to ``n`` while inside, then put back (it is process-wide and torch shares
+    it): one thread per query in a server answering many at once, every core for a batch job."""
+    faiss = require("faiss", "science", "kNN graphs")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _faiss_metric(faiss, metric: str):
@@ -138,9 +152,56 @@ class KNNIndex(Params):
             ivf.nprobe = min(self.nprobe, ivf.nlist)
         for b in row_blocks(X, self.block, self.normalise_):
             idx.add(b)
-        self.index_, self.n_ = idx, n
+        return self._fitted(idx)
+
+    def _fitted(self, idx) -> "KNNIndex":
+        """Set every fitted attribute from the faiss index ``idx`` (the one place they are set)."""
+        faiss = require("faiss", "science", "kNN graphs")
+        self.normalise_ = self.metric == "cosine"
+        self.index_, self.n_, self.dim_ = idx, int(idx.ntotal), int(idx.d)
         self._l2_as_cosine = self.normalise_ and idx.metric_type == faiss.METRIC_L2
         return self
+
+    # ------------------------------------------------------------------ updates (what a live collection needs)
+    def clone(self) -> "KNNIndex":
+        """An independent copy (searches of this one go on while the copy is changed)."""
+        faiss = require("faiss", "science", "kNN graphs")
+        return type(self)(**self.get_params())._fitted(faiss.clone_index(self.index_))
+
+    @property
+    def shifts_on_removal(self) -> bool:
+        """Whether ``remove_rows`` renumbers the rows after a removed one (flat indexes: row ids are positions);
+        other indexes are emptied and refilled instead."""
+        faiss = require("faiss", "science", "kNN graphs")
+        return isinstance(self.index_, faiss.IndexFlat)
+
+    def remove_rows(self, rows) -> "KNNIndex":
+        """Remove ``rows`` (positions); the rows after them move down, as in the array they index. Only for an
+        index that ``shifts_on_removal``; empty others with ``emptied`` and ``add`` the rows that stay."""
+        faiss = require("faiss", "science", "kNN graphs")
+        if not self.shifts_on_removal:
+            raise ImgfeatError(f"a {type(self.index_).__name__} keeps row numbers on removal: empty it and add the "
+                               "remaining rows instead")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows):
+            self.index_.remove_ids(faiss.IDSelectorBatch(rows))
+        return self._fitted(self.index_)
+
+    def emptied(self) -> "KNNIndex":
+        """A copy with no vectors that keeps what training learnt (IVF cells, PQ codebooks, PCA)."""
+        copy = self.clone()
+        copy.index_.reset()
+        return copy._fitted(copy.index_)
+
+    def add(self, X) -> "KNNIndex":
+        """Append the rows of ``X`` (normalised as ``fit`` does), block by block, after the indexed ones."""
+        for b in row_blocks(X, self.block, self.normalise_):
+            self.index_.add(b)
+        return self._fitted(self.index_)
+
+    def subset(self, mask: np.ndarray) -> "Subset":
+        """A reusable restriction of searches to the rows where ``mask`` is true (``search(..., subset=)``)."""
+        return Subset(self, mask)
 
     def save(self, path: str) -> None:
         """Write the fitted faiss index to ``path`` (atomically: a half-written index never exists)."""
@@ -163,19 +224,19 @@ class KNNIndex(Params):
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             ivf.nprobe = min(nprobe, ivf.nlist)
-        self.index_, self.n_, self.normalise_ = idx, idx.ntotal, metric == "cosine"
-        self._l2_as_cosine = self.normalise_ and idx.metric_type == faiss.METRIC_L2
-        return self
+        return self._fitted(idx)
 
-    def search(self, Q, k: int, block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(D float32, I int32), each len(Q) x k, computed ``block`` queries at a time."""
+    def search(self, Q, k: int, block: Optional[int] = None,
+               subset: Optional["Subset"] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(D float32, I int32), each len(Q) x k, computed ``block`` queries at a time; with ``subset`` (from
+        ``subset(mask)``) only its rows are candidates (I is -1 where fewer than k exist)."""
         if k > self.n_:
             raise bad_param("k", f"an integer <= the number of indexed vectors ({self.n_})", k)
         Ds, Is = [], []
         for q in row_blocks(Q, block or self.block, self.normalise_):
-            D, I = self.index_.search(q, k)
+            D, I = self.index_.search(q, k) if subset is None else subset.search(q, k)
             if self._l2_as_cosine:  # squared L2 of unit vectors: 2 - 2 cos
-                D = 1.0 - D / 2.0
+                D = np.where(I >= 0, 1.0 - D / 2.0, -np.inf)
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
         if not Ds:
@@ -207,6 +268,46 @@ class KNNIndex(Params):
         rows = np.asarray(rows)
         D, I = self.search(np.asarray(X[rows]), k + 1, block)
         return _drop_self(D, I, rows, k)
+
+
+class Subset:
+    """Searches of a fitted ``KNNIndex`` restricted to the rows of a boolean mask: a faiss ID selector where the index
+    takes one, else an over-fetch filtered by the mask (each query asks for more until k are found or all rows
+    were seen)."""
+
+    def __init__(self, knn: KNNIndex, mask: np.ndarray) -> None:
+        faiss = require("faiss", "science", "kNN graphs")
+        self.knn, self.mask = knn, np.asarray(mask, bool)
+        if len(self.mask) != knn.n_:
+            raise bad_param("mask", f"a boolean array of the {knn.n_} indexed rows", f"{len(self.mask)} values")
+        self._bits = np.packbits(self.mask, bitorder="little")  # kept alive: the selector points into it
+        sel = faiss.IDSelectorBitmap(knn.n_, faiss.swig_ptr(self._bits))
+        ivf = faiss.try_extract_index_ivf(knn.index_)
+        self._params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else \
+            faiss.SearchParameters(sel=sel)
+        self._selector = sel
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw faiss (D, I) of the normalised queries ``q`` among the subset's rows."""
+        idx = self.knn.index_
+        if self._params is not None:
+            try:
+                return idx.search(q, k, params=self._params)
+            except RuntimeError:  # an index type without selectors: over-fetch and filter from now on
+                self._params = None
+        n, fetch = self.knn.n_, min(self.knn.n_, k * 20)
+        while True:
+            D, I = idx.search(q, fetch)
+            keep = (I >= 0) & self.mask[np.maximum(I, 0)]
+            if fetch >= n or (keep.sum(axis=1) >= k).all():
+                break
+            fetch = min(n, fetch * 4)
+        outD = np.full((len(q), k), np.inf if idx.metric_type == 1 else -np.inf, D.dtype)
+        outI = np.full((len(q), k), -1, np.int64)
+        for j in range(len(q)):
+            d, i = D[j][keep[j]][:k], I[j][keep[j]][:k]
+            outD[j, :len(d)], outI[j, :len(i)] = d, i
+        return outD, outI
 
 
 def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
