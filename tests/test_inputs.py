@@ -215,3 +215,35 @@ def test_a_stalled_url_becomes_a_timeout_row_not_a_hang(tmp_path, photos, refere
     assert res.ids == ["chelsea", "coffee"]
     np.testing.assert_allclose(res.features[1], reference["coffee"], atol=1e-5)
     assert [(r[0], r[2]) for r in res.errors] == [("stuck", "timeout: reading and decoding took longer than 5 s")]
+
+
+@pytest.mark.parametrize("ext", [None, ".tsv", ".npy", ".h5", ".pkl", ".parquet"])
+def test_an_id_repeated_across_parquet_files_is_written_once(tmp_path, photos, reference, ext, capsys):
+    """Issue 29.2: every output keeps the first occurrence of an id and the summary counts the repeats."""
+    from imgfeat.cli import main
+
+    for n in NAMES:
+        shutil.copy(photos / n, tmp_path / n)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "path": [str(tmp_path / n) for n in NAMES[:3]]}),
+                   shards / "0.parquet")
+    # b, c again (other images: the first occurrence wins), d new, e an error row, then e again with a good image
+    pq.write_table(pa.table({"id": ["b", "c", "d", "e", "e"],
+                             "path": [str(tmp_path / n) for n in (NAMES[3], NAMES[3], NAMES[3])]
+                             + [str(tmp_path / "bad.jpg"), str(tmp_path / NAMES[0])]}), shards / "1.parquet")
+    if ext is None:
+        res = _extract(str(shards / "*.parquet"))
+        assert res.ids == ["a", "b", "c", "d"] and [e[0] for e in res.errors] == ["e"] and res.n_repeated == 3
+        for rid, name in zip("abcd", (NAMES[0], NAMES[1], NAMES[2], NAMES[3])):
+            np.testing.assert_allclose(res.features[res.ids.index(rid)], reference[name.split(".")[0]], rtol=1e-4,
+                                       atol=1e-4)
+        return
+    out = tmp_path / f"f{ext}"
+    assert main(["extract", "--data", str(shards / "*.parquet"), "--out", str(out), "--model", "squeezenet1_1",
+                 "--backend", "torch", "--workers", "0"]) == 0
+    assert "3 record(s) skipped: their id came earlier in the input" in capsys.readouterr().err
+    ids, X = imgfeat.load(str(out))
+    assert list(ids) == ["a", "b", "c", "d"] and len(X) == 4
+

@@ -99,7 +99,9 @@ def test_bundled_features_equal_a_plain_forward(name, reference, photos):
     for i, photo in enumerate(("chelsea.jpg", "camera.png")):
         with torch.inference_mode():
             ref = reference(net, normalised(pixels(photos / photo, spec), spec))[0].numpy()
-        assert np.abs(result.features[i] - ref).max() <= 1e-5
+        # 1e-5, relative to the largest activation (squeezenet's reach 17: float32 sums over thousands of terms
+        # differ by a few ulps between two kernels of one CPU, 1.5e-5 absolute seen here)
+        assert np.abs(result.features[i] - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
 
 
 def _save_random_state(name: str, path: Path, **kwargs) -> dict:

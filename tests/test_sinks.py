@@ -118,3 +118,18 @@ def test_error_log_commits_and_clears_stale_lists(tmp_path):
     ErrorLog(out).close()  # a later clean run
     assert not (tmp_path / "f.tsv.errors.tsv").exists()
     assert not partial_path(tmp_path / "f.tsv.errors.tsv").exists()
+
+
+def test_seen_ids_keeps_the_first_occurrence_across_merged_runs(monkeypatch):
+    from imgfeat.outputs.targets import SeenIds
+
+    monkeypatch.setattr(SeenIds, "RECENT", 100)  # many runs and merges on a small input
+    seen = SeenIds()
+    rng = np.random.default_rng(0)
+    stream = [f"id{int(x)}" for x in rng.integers(0, 3000, size=10_000)]
+    got = np.concatenate([seen.first(stream[s:s + 37]) for s in range(0, len(stream), 37)])
+    first, want = set(), []
+    for i in stream:
+        want.append(i not in first)
+        first.add(i)
+    assert got.tolist() == want and len(seen._runs) < 12

@@ -44,6 +44,10 @@ def finish_file_run(result, source: Source, target, opts: ExtractOptions):
     output file, the vectors themselves. The same for the full path and the quick path."""
     result.skipped = count_skipped(source, opts)
     result.errors = target.error_log.rows
+    result.n_repeated = target.n_repeated
+    if target.n_repeated:
+        log.warning("%d record(s) repeat an id seen earlier in the input and are skipped (the first is kept)",
+                    target.n_repeated)
     if opts.out is None:
         sink = target.sink
         result.ids, result.paths, result.features = sink.ids, sink.paths, sink.features

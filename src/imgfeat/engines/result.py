@@ -34,6 +34,7 @@ class ExtractResult:
     shards_written: Optional[int] = None
     shards_skipped: Optional[int] = None
     skipped: dict = field(default_factory=dict)  # files of the input that are not images, by extension
+    n_repeated: int = 0  # a file output: records whose id came earlier in the input, skipped (the first is kept)
     update: Optional[dict] = None  # a store's run: added, changed, removed, unchanged (+ duplicates, kept)
     generation: Optional[int] = None  # the store's published generation after the run
     published: bool = True  # False: a --shard part whose update waits for the other parts
@@ -55,6 +56,8 @@ class ExtractResult:
             failed += f" ({self.n_retried} retried alone in a fresh process, {self.n_recovered} recovered)"
         if self.skipped:
             failed += ", " + describe_skipped(Counter(self.skipped))
+        if self.n_repeated:
+            failed += f", {self.n_repeated:,} record(s) skipped: their id came earlier in the input (the first is kept)"
         if self.shards_written is not None:
             failed += f", {self.shards_written} shards written, {self.shards_skipped} already done"
         if self.actors_lost or self.failed_shards:

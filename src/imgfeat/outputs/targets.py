@@ -7,7 +7,8 @@ batch. Both take the same calls, so one batch loop serves files, stores, ``--sha
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -16,25 +17,70 @@ from .sinks import ErrorLog, MemorySink
 from .store import FeatureStore, ShardWriter
 
 
+class SeenIds:
+    """The ids a file output has received, so that a repeated id is skipped (the first occurrence wins, as in a
+    store, whose listing drops repeats). Kept as 64-bit BLAKE2b hashes in a few sorted NumPy runs (merged as they
+    grow, like an LSM tree): 8 bytes an id, 0.8 GB at 100M, never a Python object per id. Two different ids share
+    a hash with probability about n^2 / 2^65 (3e-6 at 10M ids)."""
+
+    RECENT = 1 << 16  # hashes kept in a set before they are sorted into a run
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+        self._recent: set[int] = set()
+
+    def first(self, ids: Sequence[str]) -> np.ndarray:
+        """A boolean per id: True for an id not seen before (in earlier calls or earlier in ``ids``); records them."""
+        hashes = [int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest(), "little")
+                  for i in ids]
+        arr = np.array(hashes, dtype=np.uint64)
+        old = np.zeros(len(arr), bool)
+        for run in self._runs:
+            pos = np.minimum(np.searchsorted(run, arr), len(run) - 1)
+            old |= run[pos] == arr
+        out = np.zeros(len(arr), bool)
+        for j, h in enumerate(hashes):
+            if not old[j] and h not in self._recent:
+                self._recent.add(h)
+                out[j] = True
+        if len(self._recent) >= self.RECENT:
+            self._runs.append(np.sort(np.fromiter(self._recent, np.uint64, len(self._recent))))
+            self._recent = set()
+            while len(self._runs) > 1 and 2 * len(self._runs[-1]) >= len(self._runs[-2]):
+                last = self._runs.pop()
+                self._runs[-1] = np.sort(np.concatenate([self._runs[-1], last]))
+        return out
+
+
 class FileTarget:
-    """A single-file sink plus its ``.errors.tsv`` (or memory, when ``out`` is None)."""
+    """A single-file sink plus its ``.errors.tsv`` (or memory, when ``out`` is None). An id the output already
+    holds (a vector or an error row) is skipped and counted in ``n_repeated``: one id, one row, as in a store."""
 
     total_inputs: Optional[int] = None  # set by the batch loop at the end of the input
 
     def __init__(self, out: Optional[str]) -> None:
         self.sink = open_sink(out) if out is not None else MemorySink()  # a bad extension fails here, early
         self.error_log = ErrorLog(out)
+        self.seen = SeenIds()
+        self.n_repeated = 0
 
     def open(self, dim: int, dtype: np.dtype) -> None:
         self.sink.open(dim, dtype)
 
     def write(self, shard, ids, paths, rows) -> int:
+        first = self.seen.first(ids)
+        if not first.all():
+            self.n_repeated += int((~first).sum())
+            keep = np.flatnonzero(first)
+            ids, paths, rows = [ids[i] for i in keep], [paths[i] for i in keep], rows[keep]
         rejected = self.sink.write(ids, paths, rows) or []
         self.error_log.write([(ids[i], paths[i], reason) for i, reason in rejected])
         return len(ids) - len(rejected)
 
     def errors(self, shard, rows) -> None:
-        self.error_log.write(rows)
+        first = self.seen.first([r[0] for r in rows]) if rows else np.zeros(0, bool)
+        self.n_repeated += int((~first).sum())
+        self.error_log.write([r for r, f in zip(rows, first) if f])
 
     def end_shard(self, shard, n_inputs: int) -> None:
         pass
