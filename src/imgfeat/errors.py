@@ -49,3 +49,31 @@ class WorkerDiedError(ImgfeatError):
             f"a decode worker died ({cause}). The usual causes are the OS killing it for lack of memory "
             f"(fewer --workers, a smaller --batch-size) or a crash inside an image decoder (run with --workers 0 "
             f"to see which file)" + (f"; {advice}" if advice else "") + ".")
+
+
+DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux): the file system or the user's quota is full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_message(exc: OSError, where, done: str) -> str:
+    """One line for a full disk: which file system (by the path being written), how much room is left on it, what
+    was written before it filled up (``done``) and what to do."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(exc.filename or where or ".")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        left = shutil.disk_usage(probe).free
+        free = f"{left / 1e9:,.1f} GB free" if left >= 1e9 else f"{left / 1e6:,.1f} MB free" if left >= 1e6 else \
+            f"{left // 1024} KB free"
+    except OSError:
+        free = "free space unknown"
+    reason = "the disk quota is exceeded" if exc.errno == 122 else "no space left on the device"
+    return f"{reason} holding {os.path.abspath(path)} ({free}): {done}"

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from .. import api
 from .._version import __version__
-from ..errors import ImgfeatError
+from ..errors import ImgfeatError, disk_full_message, is_disk_full
 from ..options import ExtractOptions, option_fields
 from ..outputs.formats import extensions
 from .common import at_least, check_outputs, comma_list, flag_of, positive
@@ -278,6 +278,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImgfeatError as exc:
         print(f"imgfeat: error: {_message(exc, args)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"imgfeat: error: {disk_full_message(exc, _output_of(args), _written_before(exc, args))}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130
@@ -287,6 +293,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def _output_of(args: argparse.Namespace) -> Optional[str]:
+    """The first output the command declared (``output_files``, ``output_dirs``, ``output_prefixes``), or the store
+    it changes: where a full disk most likely is."""
+    names = [*getattr(args, "output_files", ()), *getattr(args, "output_dirs", ()),
+             *getattr(args, "output_prefixes", ()), "out", "store"]
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _written_before(exc: OSError, args: argparse.Namespace) -> str:
+    """What was left on disk when it filled up, and how to go on, by command."""
+    written = getattr(exc, "imgfeat_written", None)  # set by the engines: (store?, shards, images)
+    if written is not None and written[0]:
+        return (f"{written[1]} shard(s) ({written[2]:,} images) of this run were finished and are kept; free some "
+                "space and rerun the same command: it resumes where it stopped")
+    if args.func is _cmd_extract and written is not None:
+        return (f"{written[2]:,} vectors were computed but the output is not written (nothing half-written is left "
+                "under its name); free some space and rerun, or write to a store (--out DIR), which resumes")
+    if args.func is _cmd_compact:
+        return ("the store is unchanged (compaction publishes only when every shard is rewritten); free some space "
+                "and rerun imgfeat compact")
+    if args.func is _cmd_extract:
+        return ("nothing half-written is left under the output's name; free some space and rerun the same command "
+                "(a store, --out DIR, resumes where it stopped)")
+    return "the output is incomplete; free some space and rerun the command"
 
 
 class _Format(logging.Formatter):

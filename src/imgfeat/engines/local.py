@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..data.shards import ShardPlan
 from ..data.sources import PlanSource, Source, open_source
-from ..errors import WorkerDiedError
+from ..errors import WorkerDiedError, is_disk_full
 from ..options import ExtractOptions
 from ..outputs.store import FeatureStore
 from ..outputs.targets import FileTarget, StoreTarget
@@ -80,6 +80,11 @@ def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPl
     retries: dict = {}
     try:
         n_done = process_shards(pipeline, source, plan, target, opts, bar, retries)
+    except OSError as exc:
+        if is_disk_full(exc):  # what is kept, for the one line the command line prints
+            exc.imgfeat_written = (store is not None, getattr(target, "shards_written", 0),
+                                   getattr(target, "inputs_committed", None) if store is not None else target.n_written)
+        raise
     except WorkerDiedError as exc:
         advice = ("the store keeps every finished shard: rerun the same command to resume" if store is not None else
                   "nothing was written; for long runs write to a store directory (--out DIR), which resumes")

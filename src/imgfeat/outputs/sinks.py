@@ -31,6 +31,18 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
+def _close_quietly(owner, *names: str) -> None:
+    """Close the open files ``names`` of ``owner`` on the way out of a failed run: closing flushes, which fails
+    again on a full disk, and the partial files must still be removed after it."""
+    for name in names:
+        fh = getattr(owner, name, None)
+        if fh is not None:
+            try:
+                fh.close()
+            except Exception:  # noqa: BLE001 - the first error is the one reported; the partial files go anyway
+                pass
+
+
 class _FileSink:
     """Shared partial-file handling for single-file sinks."""
 
@@ -67,8 +79,7 @@ class TsvSink(_FileSink):
         commit(self.partial, self.path)
 
     def abort(self) -> None:
-        if hasattr(self, "_fh"):
-            self._fh.close()
+        _close_quietly(self, "_fh")
         super().abort()
 
 
@@ -128,8 +139,7 @@ class H5Sink(_FileSink):
         commit(self.partial, self.path)
 
     def abort(self) -> None:
-        if hasattr(self, "_f"):
-            self._f.close()
+        _close_quietly(self, "_f")
         super().abort()
 
 
@@ -164,9 +174,7 @@ class NpySink(_FileSink):
         commit(self.partial, self.path)
 
     def abort(self) -> None:
-        for fh in ("_fh", "_ids_fh"):
-            if hasattr(self, fh):
-                getattr(self, fh).close()
+        _close_quietly(self, "_fh", "_ids_fh")
         super().abort()
         if hasattr(self, "ids_partial"):
             discard(self.ids_partial)
@@ -209,8 +217,7 @@ class ParquetSink(_FileSink):
         commit(self.partial, self.path)
 
     def abort(self) -> None:
-        if hasattr(self, "_writer"):
-            self._writer.close()
+        _close_quietly(self, "_writer")
         super().abort()
 
 
@@ -277,5 +284,5 @@ class ErrorLog:
 
     def abort(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            _close_quietly(self, "_fh")
             discard(partial_path(self.path))

@@ -63,6 +63,7 @@ class FileTarget:
         self.error_log = ErrorLog(out)
         self.seen = SeenIds()
         self.n_repeated = 0
+        self.n_written = 0  # vectors handed to the sink (what a failure after them loses)
 
     def open(self, dim: int, dtype: np.dtype) -> None:
         self.sink.open(dim, dtype)
@@ -75,6 +76,7 @@ class FileTarget:
             ids, paths, rows = [ids[i] for i in keep], [paths[i] for i in keep], rows[keep]
         rejected = self.sink.write(ids, paths, rows) or []
         self.error_log.write([(ids[i], paths[i], reason) for i, reason in rejected])
+        self.n_written += len(ids) - len(rejected)
         return len(ids) - len(rejected)
 
     def errors(self, shard, rows) -> None:
@@ -116,6 +118,7 @@ class StoreTarget:
         self.n_failed = 0
         self.n_written = 0
         self.shards_written = 0
+        self.inputs_committed = 0  # inputs of the shards committed by this target
 
     def open(self, dim: int, dtype: np.dtype) -> None:
         pass
@@ -147,6 +150,7 @@ class StoreTarget:
         writer.commit()
         del self.writers[shard]
         self.shards_written += 1
+        self.inputs_committed += n_inputs
 
     def close(self) -> None:
         for writer in self.writers.values():  # cannot happen: every shard ends with a last batch

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param
-from ..files import cache_dir, write_atomic
+from ..files import best_effort_cache, cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
@@ -118,7 +118,8 @@ class Collection:
         self.cache_root = Path(cache) if cache else cache_dir() / "serve"
         self.cache = self.cache_root / self.key
         self._previous = previous
-        self.cache.mkdir(parents=True, exist_ok=True)
+        with best_effort_cache("the server's derived data", self.cache):
+            self.cache.mkdir(parents=True, exist_ok=True)
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
         self.index_name = index if index != "auto" else ("exact" if self.n <= EXACT_UP_TO else "ivf")
@@ -180,7 +181,8 @@ class Collection:
         log.info("indexing %d vectors (%s)", self.n, self.index_name)
         knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe).fit(self.X)
         if index_file or self.index_name != "exact":  # asked for, or worth keeping: training IVF/PQ takes a while
-            knn.save(str(cached))
+            with best_effort_cache(f"the {self.index_name} index", cached):
+                knn.save(str(cached))
         return knn
 
     def _updated_index(self, previous: "Collection") -> Optional[KNNIndex]:
@@ -310,7 +312,8 @@ class Collection:
         xy = np.asarray(xy, np.float32)
         buf = io.BytesIO()
         np.save(buf, xy)
-        write_atomic(cached, buf.getvalue())
+        with best_effort_cache("the map", cached):
+            write_atomic(cached, buf.getvalue())
         return np.arange(self.n), xy, method
 
     # ------------------------------------------------------------------ duplicates
@@ -342,7 +345,8 @@ class Collection:
                 D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done)
             buf = io.BytesIO()
             np.savez(buf, D=D, I=I)
-            write_atomic(self._neighbours_file(), buf.getvalue())
+            with best_effort_cache("the neighbour lists", self._neighbours_file()):
+                write_atomic(self._neighbours_file(), buf.getvalue())
             with self._lock:
                 self._neighbours = (D, I)
         except Exception as exc:  # noqa: BLE001 - reported to the client that asks next

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from ..data.decode import thumbnail
 from ..data.pool import DecodePool
-from ..files import write_atomic
+from ..files import best_effort_cache, write_atomic
 
 __all__ = ["DecodePool", "Thumbnails", "placeholder_png"]
 
@@ -48,8 +48,9 @@ class Thumbnails:
             return f.read_bytes()
         result = self.pool.run(thumbnail, path, self.size)
         if isinstance(result, bytes):
-            f.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(f, result)
+            with best_effort_cache(f"the thumbnail of {rid!r}", f):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(f, result)
         return result
 
 

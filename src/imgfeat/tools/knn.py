@@ -4,6 +4,7 @@ the low-shot diffusion code's (int32 I, float32 D)."""
 
 from __future__ import annotations
 
+import errno
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -207,7 +208,13 @@ class KNNIndex(Params):
         """Write the fitted faiss index to ``path`` (atomically: a half-written index never exists)."""
         faiss = require("faiss", "science", "kNN graphs")
         with atomic_paths([path]) as (partial,):
-            faiss.write_index(self.index_, str(partial))
+            try:
+                faiss.write_index(self.index_, str(partial))
+            except RuntimeError as exc:  # faiss's C++ writer: a full disk is a message in the text
+                for code, text in ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded")):
+                    if text in str(exc):
+                        raise OSError(code, text, str(path)) from None
+                raise
 
     @classmethod
     def load(cls, path: str, metric: str = "ip", nprobe: int = 16) -> "KNNIndex":

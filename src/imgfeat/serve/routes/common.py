@@ -65,7 +65,8 @@ class ErrorBody(BaseModel):
 _WHY = {400: "A parameter or the body is not what this route takes", 404: "No such id, row or label here",
         405: "Method not allowed (the Allow header lists those that are)",
         413: "The body (or the image it decodes to) is larger than this server takes",
-        415: "The body's Content-Type is not one this route takes"}
+        415: "The body's Content-Type is not one this route takes",
+        507: "The server's disk is full: what was asked could not be kept (nothing was changed)"}
 
 
 def errors(*statuses: int) -> dict:
