@@ -5,6 +5,8 @@ without a word."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -79,6 +81,52 @@ def test_skipped_files_are_listed_when_asked_and_recorded_by_a_store(phone_folde
     import json
 
     assert json.loads((store / "manifest.json").read_text())["skipped"] == {".mov": 1, ".txt": 1}
+    # issue 29.13: info shows them
+    assert main(["info", str(store)]) == 0
+    assert "skipped   2 skipped (not images: .mov 1, .txt 1)" in capsys.readouterr().out
+    assert main(["info", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == {".mov": 1, ".txt": 1}
+
+
+def test_raw_files_get_their_own_reason_and_the_summary_says_skipped_once(tmp_path, photos, capsys):
+    """Issue 29.14."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    shutil.copy(photos / "chelsea.jpg", folder / "a.jpg")
+    (folder / "IMG_0001.CR2").write_bytes(b"II*\0" + bytes(100))
+    (folder / "notes.txt").write_text("x")
+    log = tmp_path / "skipped.tsv"
+    assert main(["extract", "--data", str(folder), "--out", str(tmp_path / "f.npy"), "--model", "squeezenet1_1",
+                 "--backend", "torch", "--skipped-log", str(log)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("2 skipped (not images:") == 1, err
+    lines = dict(line.split("\t") for line in log.read_text().splitlines())
+    assert lines[str(folder / "IMG_0001.CR2")].startswith("skipped: camera RAW, not read")
+    assert lines[str(folder / "notes.txt")] == "skipped: not an image extension"
+
+
+def test_a_folder_link_is_followed_once(tmp_path, photos, capsys):
+    """Issue 29.4: a link back up (loop -> ..) and a second link to a walked folder are not walked again."""
+    folder = tmp_path / "linked"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(photos / "chelsea.jpg", folder / "chelsea.jpg")
+    shutil.copy(photos / "coffee.jpg", folder / "sub" / "coffee.jpg")
+    os.symlink("..", folder / "sub" / "up")  # back up to the folder: a loop
+    os.symlink(".", folder / "self")  # the folder itself
+    os.symlink("sub", folder / "again")  # a second way to sub/: sorted first, so walked through it once
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(photos / "rocket.jpg", outside / "rocket.jpg")
+    os.symlink(outside, folder / "elsewhere")  # a link to a folder not walked otherwise: followed
+    log = tmp_path / "skipped.tsv"
+    assert main(["extract", "--data", str(folder), "--out", str(tmp_path / "f.tsv"), "--model", "squeezenet1_1",
+                 "--backend", "torch", "--skipped-log", str(log)]) == 0
+    err = capsys.readouterr().err
+    ids, _ = imgfeat.load(str(tmp_path / "f.tsv"))
+    assert sorted(ids) == ["again/coffee.jpg", "chelsea.jpg", "elsewhere/rocket.jpg"]
+    assert "0 failed" in err and "3 folder link(s) not followed" in err and "not images" not in err
+    skipped = sorted(line.split("\t")[0] for line in log.read_text().splitlines())
+    assert skipped == [str(folder / p) + os.sep for p in ("again/up", "self", "sub")]
 
 
 def test_the_walk_takes_what_the_decoders_claim():

@@ -319,6 +319,14 @@ def test_info_and_compact(folder, tmp_path, capsys):
     assert store.manifest["dead_rows"] == 0 and store.verify()["corrupt"] == []
     published = {seg["shard"] for seg in store.segments()}
     assert {int(p.name[:6]) for p in (out / "shards").iterdir()} == published
+    # issue 29.12: the compaction keeps the last extraction's counts and adds its own line
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "last run  0 added, 0 changed, 1 removed, 4 unchanged" in text
+    assert "shard(s) rewritten without 1 dead rows" in text
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["last_run"]["removed"] == 1 and info["last_compaction"]["dropped_rows"] == 1
 
 
 def test_a_running_server_follows_the_store(folder, tmp_path, caplog):

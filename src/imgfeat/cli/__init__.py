@@ -97,7 +97,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"store": args.store, **{k: m.get(k) for k in (
             "model", "layer", "pool", "dim", "dtype", "relu", "l2", "input", "precision", "generation", "updated",
-            "live_rows", "live_errors", "dead_rows", "removed_total", "superseded_total", "last_run")},
+            "live_rows", "live_errors", "dead_rows", "removed_total", "superseded_total", "last_run",
+            "last_compaction")}, "skipped": m.get("skipped") or {},
             "shards": len(m.get("segments") or m.get("shards") or []), "pending": pending,
             "corrupt": report["corrupt"], "missing": report.get("missing", [])}))
         return 1 if report["corrupt"] else 0
@@ -118,10 +119,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if last and not last.get("converted"):
             print("last run  " + ", ".join(f"{last.get(k, 0)} {k}" for k in ("added", "changed", "removed",
                                                                           "unchanged")))
+        compacted = m.get("last_compaction")
+        if compacted:
+            print(f"compacted {compacted.get('at', '')}: {compacted['compacted']} shard(s) rewritten without "
+                  f"{compacted['dropped_rows']} dead rows")
     else:
         print(f"shards    {report['done']} done of {m['total_shards'] if m['total_shards'] is not None else '?'}"
               f" ({m['shard_size']} inputs each)" + (f", pending: {_ranges(pending)}" if pending else ""))
         print(f"rows      {report['rows']} vectors, {report['errors']} error rows")
+    if m.get("skipped"):
+        from collections import Counter
+
+        from ..data.formats import describe_skipped
+
+        print(f"skipped   {describe_skipped(Counter(m['skipped']))}: in the input, not in the store")
     print(f"imgfeat   {m['imgfeat_version']}")
     if m.get("fidelity"):
         from ..engines.fidelity import describe

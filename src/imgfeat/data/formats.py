@@ -79,11 +79,41 @@ def extension_of(name: str) -> str:
     return ext if ext else "(no extension)"
 
 
+# Camera RAW: counted as skipped, never read (demosaicing 20-50 MP of sensor data takes about a second a photo, and
+# its development settings change the vectors: photographers make that choice in their own tools)
+RAW_EXTENSIONS = frozenset((".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2",
+                            ".raf", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq", ".rwl"))
+FOLDER_LINK = "folder links walked already"  # skipped() yields such a link's path with a trailing separator
+
+
+def skip_kind(path: str) -> str:
+    """What a skipped entry is counted as: its extension, or a folder link not followed a second time."""
+    return FOLDER_LINK if path.endswith(os.sep) else extension_of(path)
+
+
+def skip_reason(path: str) -> str:
+    """Why an input's entry was skipped, as ``--skipped-log`` says it."""
+    kind = skip_kind(path)
+    if kind == FOLDER_LINK:
+        return ("a link to a folder that was walked already (a loop, or a second way to the same images): "
+                "followed once")
+    if kind in RAW_EXTENSIONS:
+        return ("camera RAW, not read: it needs demosaicing and development settings that change the vectors; "
+                "export JPEG or HEIC first")
+    return "not an image extension"
+
+
 def describe_skipped(counts: Counter, top: int = 5) -> str:
-    """``312 skipped (not images: .mov 300, .txt 12)``."""
+    """``312 skipped (not images: .mov 300, .txt 12)``, with folder links not followed twice said apart."""
     if not counts:
         return ""
+    counts = Counter(counts)
+    links = counts.pop(FOLDER_LINK, 0)
     total = sum(counts.values())
     parts = ", ".join(f"{ext} {n:,}" for ext, n in counts.most_common(top))
     more = len(counts) - top
-    return f"{total:,} skipped (not images: {parts}{f', {more} more kinds' if more > 0 else ''})"
+    text = f"{total:,} skipped (not images: {parts}{f', {more} more kinds' if more > 0 else ''})" if total else ""
+    if links:
+        text += ("; " if text else "") + (f"{links:,} folder link(s) not followed: they lead to a folder walked "
+                                          "already (a loop, or a second way to the same images)")
+    return text

@@ -164,6 +164,32 @@ class PathListSource(Source):
         return f"path list {os.path.abspath(self.path)}"
 
 
+def walk_once(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` in sorted order, following links to folders, but each real folder once (by device and inode):
+    a link back up (``loop -> ..``) or a second link to the same folder is not walked again. Yields (folder, its
+    file names sorted, the links not followed, each with a trailing separator)."""
+    def key(path: str) -> Optional[tuple[int, int]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    claimed = {key(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep, links = [], []
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            k = key(full)
+            if k is not None and k in claimed:
+                links.append(full + os.sep)
+                continue
+            claimed.add(k)
+            keep.append(name)
+        dirnames[:] = keep
+        yield dirpath, sorted(filenames), links
+
+
 @dataclass(frozen=True)
 class FolderSource(Source):
     """Every image file under a folder, walked recursively in sorted order; id = relative path."""
@@ -172,21 +198,19 @@ class FolderSource(Source):
 
     def records(self) -> Iterator[Record]:
         root = os.path.abspath(self.root)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
+        for dirpath, filenames, _ in walk_once(root):
+            for name in filenames:
                 if _is_image(name):
                     full = os.path.join(dirpath, name)
                     rid = os.path.relpath(full, root).replace(os.sep, "/")
                     yield Record(rid, full, _check_id(rid))
 
     def skipped(self) -> Iterator[str]:
-        root = os.path.abspath(self.root)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
+        for dirpath, filenames, links in walk_once(os.path.abspath(self.root)):
+            for name in filenames:
                 if not _is_image(name):
                     yield os.path.join(dirpath, name)
+            yield from links
 
     def describe(self) -> str:
         return f"folder {os.path.abspath(self.root)}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from ..data.formats import describe_skipped, extension_of
+from ..data.formats import skip_kind, skip_reason
 from ..data.sources import Source
 from ..errors import ImgfeatError
 from ..options import ExtractOptions
@@ -15,20 +15,19 @@ log = logging.getLogger("imgfeat.engines.pipeline")
 
 
 def count_skipped(source: Source, opts: ExtractOptions) -> dict:
-    """The input's files that are not images, counted by extension (and listed in ``--skipped-log``): a
-    collection is never silently smaller than the folder it came from."""
+    """The input's entries that are not taken, counted by kind (extension, or a folder link followed once) and
+    listed with their reason in ``--skipped-log``: a collection is never silently smaller than the folder it came
+    from. The run's summary says it (once)."""
     counts: Counter = Counter()
     log_file = open(opts.skipped_log, "w", encoding="utf-8") if opts.skipped_log else None
     try:
         for path in source.skipped():
-            counts[extension_of(path)] += 1
+            counts[skip_kind(path)] += 1
             if log_file is not None:
-                log_file.write(f"{path}\tskipped: not an image extension\n")
+                log_file.write(f"{path}\tskipped: {skip_reason(path)}\n")
     finally:
         if log_file is not None:
             log_file.close()
-    if counts:
-        log.info("%s", describe_skipped(counts))
     return dict(counts)
 
 

@@ -401,9 +401,13 @@ class FeatureStore:
         dead_rows = sum(seg.get("dead_rows", 0) for seg in segments)
         current.update(format_version=2, generation=(current.get("generation") or 0) + 1, segments=segments,
                        updated=_time.strftime("%Y-%m-%dT%H:%M:%S%z"), live_rows=live, live_errors=errors,
-                       dead_rows=dead_rows, last_run=run,
+                       dead_rows=dead_rows,
                        removed_total=(current.get("removed_total") or 0) + run.get("removed", 0),
                        superseded_total=(current.get("superseded_total") or 0) + run.get("changed", 0))
+        if "compacted" in run:  # a compaction: the last extraction's counts stay what info reports as the last run
+            current["last_compaction"] = {**run, "at": current["updated"]}
+        else:
+            current["last_run"] = run
         current["shards"] = [{k: seg[k] for k in ("shard", "rows", "errors", "inputs", "files") if k in seg}
                              for seg in segments]
         current["total_inputs"] = sum(seg["inputs"] - seg.get("dead_inputs", 0) for seg in segments)
