@@ -179,7 +179,7 @@ def test_the_review_api_records_decisions_that_probe_takes_back(reviewed, capsys
         bad = api("api/audit/decision", method="POST", json={"id": "x", "decision": "maybe"})
         assert bad.status_code == 400 and bad.json()["parameter"] == "decision"
         stranger = api("api/audit/decision", method="POST", json={"id": "not-a-suspect", "decision": "drop"})
-        assert stranger.status_code == 404 and stranger.json()["parameter"] == "id"  # only the report's suspects
+        assert stranger.status_code == 404 and stranger.json()["parameter"] == "id"  # neither in report nor collection
         # relabel without a label: the audit's suggestion (then set back to the label given above)
         rid = reviewed["wrong"][0]
         took = api("api/audit/decision", method="POST", json={"id": rid, "decision": "relabel"}).json()
@@ -236,3 +236,141 @@ def test_auto_index_rule():
 
     assert [auto_index(n, d) for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256), (500_000, 2048),
                                           (500_001, 64)]] == ["exact", "pca", "exact", "pca", "ivf"]
+
+
+# ----------------------------------------------------------------------------- issue 29: labels as users keep them
+def _folder_store(tmp_path, photos, n_per_class: int = 4):
+    """A class-folder collection (cat/ and dog/) extracted into a store, plus one undecodable image in cat/."""
+    import shutil
+
+    import imgfeat
+
+    folder = tmp_path / "photos"
+    names = sorted(photos.glob("*.jpg"))
+    for c, cls in enumerate(("cat", "dog")):
+        (folder / cls).mkdir(parents=True)
+        for j in range(n_per_class):
+            shutil.copy(names[(c * n_per_class + j) % len(names)], folder / cls / f"{j:02d}.jpg")
+    (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    store = tmp_path / "store"
+    imgfeat.extract(str(folder), str(store), model="squeezenet1_1", backend="torch", workers=0, quiet=True,
+                    random_weights=True)
+    return folder, store
+
+
+def test_labels_from_class_folders_and_error_rows_left_out(tmp_path, photos, capsys):
+    """29.5 and 29.6: --labels-from-folder gives audit, probe, map, diffuse and serve the class folder; a labelled
+    image whose file failed (an error row of the store) is left out and counted instead of refusing the run."""
+    from imgfeat.tools.labels import FolderLabels, labels_for
+
+    folder, store = _folder_store(tmp_path, photos)
+    ids = [f"{c}/{j:02d}.jpg" for c in ("cat", "dog") for j in range(4)]
+    assert labels_for(FolderLabels(), ids) == {i: i.split("/")[0] for i in ids}
+    assert main(["audit", "--features", str(store), "--labels-from-folder", "--k", "3", "--out", str(tmp_path / "r"),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["label"]["labelled"] == 8 and summary["labels_without_vector"] == 0
+    given = {line.split("\t")[0]: line.split("\t")[3] for line in
+             (tmp_path / "r" / "label.tsv").read_text().splitlines()[1:]}
+    assert given == {i: i.split("/")[0] for i in ids}
+    # a labels file naming the broken image (an error row): left out, counted, said
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{i}\t{i.split('/')[0]}\n" for i in ids + ["cat/broken.jpg"]))
+    assert main(["audit", "--features", str(store), "--labels", str(labels), "--k", "3", "--out", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr()
+    assert "1 labelled image(s) have no vector: they are error rows" in out.out
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["labels_without_vector"] == 1
+    labels.write_text(labels.read_text() + "nowhere.jpg\tcat\n")  # an id the store never saw: still refused
+    assert main(["audit", "--features", str(store), "--labels", str(labels), "--out", str(tmp_path / "r3")]) == 2
+    assert "have no feature vector" in capsys.readouterr().err
+    assert main(["probe", "--features", str(store), "--labels-from-folder", "-1", "--test-size", "0.5", "--C", "1",
+                 "--out-dir", str(tmp_path / "probe"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"] + 4 == 8
+    assert main(["map", "--features", str(store), "--labels-from-folder", "--out", str(tmp_path / "m.png")]) == 0
+    assert main(["diffuse", "--features", str(store), "--labels-from-folder", "--k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["labelled"] == 8
+    with pytest.raises(SystemExit) as usage:  # one or the other
+        main(["audit", "--features", str(store), "--labels", str(labels), "--labels-from-folder",
+              "--out", str(tmp_path / "r4")])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    pytest.importorskip("fastapi")
+    from imgfeat.serve.collection import Collection
+
+    c = Collection(store, labels=FolderLabels(), cache=tmp_path / "cache")
+    assert c.categories == ["cat", "dog"] and c.label_of(c.row_of["dog/01.jpg"]) == "dog"
+
+
+def test_every_image_is_ranked_and_decidable_and_kept_images_stay_unflagged(reviewed, capsys):
+    """29.7, 29.8, 29.9, 29.17: the review lists flagged images first then every other by score, ties broken by
+    the neighbours' agreement; any image of the collection takes a decision; a new label needs a confirmation;
+    a kept image is not flagged by the next audit --corrections; a drop is said to be the corrections'."""
+    import requests
+    from helpers import PATIENCE
+
+    from imgfeat.serve.app import ServeConfig
+    from imgfeat.serve.collection import Collection
+    from imgfeat.serve.server import Background
+
+    root = reviewed["root"]
+    label_tsv = [line.split("\t") for line in (reviewed["report"] / "label.tsv").read_text().splitlines()]
+    header, rows = label_tsv[0], label_tsv[1:]
+    flag, score = header.index("flag"), header.index("score")
+    flags = [r[flag] == "1" for r in rows]
+    assert flags == sorted(flags, reverse=True) and not all(flags)  # flagged first, then the others
+    n_flagged = sum(flags)
+    for part in (rows[:n_flagged], rows[n_flagged:]):
+        assert [float(r[score]) for r in part] == sorted(float(r[score]) for r in part)
+    # ties (equal scores) are ordered by how strongly the neighbours agree on the suggested label
+    from imgfeat.tools.audit import review_order
+
+    X, y, _, _ = planted()
+    label = DatasetAudit(k=10, issues=("label",)).fit(X, y).issues_["label"]
+    order = review_order(label["score"], label["flag"], label["agreement"])
+    zero = [j for j in order if label["score"][j] == 0 and label["flag"][j]]
+    assert len(zero) >= 2 and [label["agreement"][j] for j in zero] == sorted(
+        (label["agreement"][j] for j in zero), reverse=True)
+    assert review_order(np.array([0.0, 0.0, 0.5, 0.0]), np.array([True, True, True, False]),
+                        np.array([0.5, 1.0, 1.0, 1.0])).tolist() == [1, 0, 2, 3]
+    unflagged = rows[n_flagged][0]
+    collection = Collection(reviewed["store"], cache=root / "serve-cache")
+    with Background(collection, ServeConfig(port=0, audit=str(reviewed["report"]))) as srv:
+        def api(path, **kw):
+            return requests.request(kw.pop("method", "GET"), srv.url + path, timeout=PATIENCE, **kw)
+
+        info = api("api/audit").json()
+        assert info["ranked"]["label"] == len(rows) and info["labels"] == ["c0", "c1", "c2", "c3"]
+        page = api("api/audit/label", params={"offset": n_flagged, "limit": 5}).json()
+        assert page["items"][0]["id"] == unflagged and not page["items"][0]["flag"]
+        assert page["flagged"] == n_flagged and page["total"] == len(rows)
+        found = api("api/audit/outlier", params={"id": unflagged, "limit": 50}).json()
+        assert unflagged in [it["id"] for it in found["items"]]
+        assert api("api/audit/decision", method="POST", json={"id": unflagged, "decision": "keep"}).ok
+        new = api("api/audit/decision", method="POST", json={"id": unflagged, "decision": "relabel",
+                                                             "new_label": "Nonexistent"})
+        assert new.status_code == 400 and new.json()["parameter"] == "new_label" and "confirm" in new.json()["error"]
+        assert api("api/audit/decision", method="POST", json={"id": unflagged, "decision": "relabel",
+                                                              "new_label": "Nonexistent",
+                                                              "confirm_new_label": True}).ok
+        assert "Nonexistent" in api("api/audit").json()["labels"]
+        # outlier suspects have no suggestion: relabel to any known label
+        outlier = api("api/audit/outlier").json()["items"][0]["id"]
+        assert api("api/audit/decision", method="POST", json={"id": outlier, "decision": "relabel",
+                                                              "new_label": "c2"}).json()["new_label"] == "c2"
+        flagged = [r[0] for r in rows[:n_flagged]]
+        for rid in flagged[:3]:
+            assert api("api/audit/decision", method="POST", json={"id": rid, "decision": "keep"}).ok
+        assert api("api/audit/decision", method="POST", json={"id": flagged[3], "decision": "drop"}).ok
+        tsv = api("api/audit/decisions.tsv").text
+    corrections = root / "corrections.tsv"
+    corrections.write_text(tsv)
+    assert main(["audit", "--features", str(reviewed["store"]), "--labels", str(reviewed["noisy"]), "--corrections",
+                 str(corrections), "--out", str(root / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) dropped by your corrections were left out" in out and "without a label" not in out
+    again = {line.split("\t")[0]: line.split("\t") for line in
+             (root / "again" / "label.tsv").read_text().splitlines()[1:]}
+    for rid in flagged[:3]:
+        assert again[rid][2] == "0" and again[rid][-1] == "keep"  # kept: not flagged again, shown as reviewed
+    summary = json.loads((root / "again" / "summary.json").read_text())
+    assert summary["label"]["kept_by_review"] == 3 and summary["dropped_by_corrections"] == 1

@@ -296,8 +296,25 @@ def test_audit_review_page_by_keyboard(tmp_path):
             assert "relabel →" in d.find_elements(By.CSS_SELECTOR, ".suspect .decision")[0].text
             body.send_keys(Keys.ARROW_UP)
             shot(d, "audit")
+            # issue 29: every image is listed (flagged first), each shows its whole id, and more pages load
+            assert d.find_elements(By.CSS_SELECTOR, ".suspect.flagged") and \
+                d.find_elements(By.CSS_SELECTOR, ".suspect.unflagged")
+            assert d.find_elements(By.CSS_SELECTOR, ".suspect .full-id")[0].text == first
+            d.find_element(By.ID, "more").click()
+            wait_for(d, "document.querySelectorAll('.suspect').length === 325")
+            # the outlier tab has no suggestion: 'l' picks any known label
+            d.find_element(By.CSS_SELECTOR, "#tabs button[data-issue='outlier']").click()
+            wait_for(d, "document.querySelector('#tabs button.active').dataset.issue === 'outlier'")
+            outlier = d.find_elements(By.CSS_SELECTOR, ".suspect")[0].get_attribute("data-id")
+            body.send_keys("r")
+            wait_for(d, "document.querySelector('#status').classList.contains('error')")
+            body.send_keys("l")
+            field = d.find_element(By.ID, "label")
+            field.send_keys("c3", Keys.ENTER)
+            wait_for(d, "document.body.dataset.decided === '3'")
             tsv = requests.get(srv.url + "api/audit/decisions.tsv", timeout=PATIENCE).text
         finally:
             d.quit()
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in tsv.splitlines()[1:]}
     assert rows[first][0] == "relabel" and rows[first][1] and rows[second] == ["drop", ""]
+    assert rows[outlier] == ["relabel", "c3"]

@@ -126,3 +126,24 @@ def comma_list(allowed: tuple[str, ...], everything: Optional[str] = None):
                                              + (f" or {everything}" if everything else "") + f", got {text!r}")
         return values
     return parse
+
+
+def labels_args(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """``--labels TSV`` or ``--labels-from-folder [LEVEL]``: the one way every command that reads labels takes them
+    (``label_spec`` turns them into what ``tools.labels.labels_for`` reads)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--labels", help=help)
+    group.add_argument("--labels-from-folder", nargs="?", const=-1, type=int, metavar="LEVEL",
+                       help="take each image's label from its class folder (CLASS/image.jpg, as torchvision's "
+                            "ImageFolder): -1, the default, is the folder holding the image, -2 the one above, 0 the "
+                            "first folder of its id (the path relative to the input folder)")
+
+
+def label_spec(args: argparse.Namespace):
+    """The labels the user gave: a TSV path, a ``FolderLabels``, or None."""
+    level = getattr(args, "labels_from_folder", None)
+    if level is not None:
+        from ..tools.labels import FolderLabels
+
+        return FolderLabels(level)
+    return getattr(args, "labels", None)

@@ -7,7 +7,7 @@ import sys
 
 from ..errors import bad_param
 from ..models.names import BACKENDS
-from .common import at_least, port, positive
+from .common import at_least, label_spec, labels_args, port, positive
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise bad_param(name.replace("_", "-"), "an integer >= 1", getattr(args, name))
     if args.max_upload_mb <= 0:
         raise bad_param("max-upload-mb", "a number > 0", args.max_upload_mb)
-    collection = Collection(args.features, labels=args.labels, map_coords=args.map, index=args.index,
+    collection = Collection(args.features, labels=label_spec(args), map_coords=args.map, index=args.index,
                             index_file=args.index_file, nprobe=args.nprobe, dup_k=args.dup_k)
     config = ServeConfig(host=args.host, port=args.port, token=args.token, allow_hosts=tuple(args.allow_host),
                          cors=tuple(args.cors), max_upload=int(args.max_upload_mb * 1024 * 1024), max_k=args.max_k,
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("features", help="a feature store directory or a features file")
     p.add_argument("--map", help="2-D coordinates id<TAB>x<TAB>y (imgfeat map --coords); default: computed on first "
                                  "use (t-SNE up to 20,000 vectors, PCA above) and cached")
-    p.add_argument("--labels", help="TSV id<TAB>label: map colours, label filter and labels on results")
+    labels_args(p, "TSV id<TAB>label: map colours, label filter and labels on results")
     p.add_argument("--index", default="auto", help="faiss index: auto (exact up to 100,000 vectors, ivf above), exact, "
                                                   "ivf, hnsw or an index_factory string such as IVF4096,PQ32")
     p.add_argument("--index-file", help="a faiss index file of these features to load (memory-mapped where faiss "

@@ -15,10 +15,12 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param
 from ..outputs.formats import extensions, iter_blocks, open_matrix, read_features, read_paths
 from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
-from ..tools.labels import align, apply_corrections, check_dim, read_labels
+from ..tools.labels import (align, apply_corrections, check_dim, labels_for, read_corrections, read_labels,
+                            without_error_rows)
 from ..tools.maps import METHODS
 from ..tools.probe import CLASSIFIERS
-from .common import at_least, emit, ending, features_arg, fraction_open, positive, store_encoder, weights_args
+from .common import (at_least, emit, ending, features_arg, fraction_open, label_spec, labels_args, positive,
+                     store_encoder, weights_args)
 
 
 _INDEX_METAVAR = "|".join(INDEXES) + "|FACTORY"
@@ -58,7 +60,8 @@ def _probe(args) -> int:
     from ..tools.probe import LinearProbe, confusion_png
 
     ids, X = read_features(args.features)
-    Xtr, ytr, _ = align(ids, X, apply_corrections(read_labels(args.labels), args.corrections))
+    given, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
+    Xtr, ytr, _ = align(ids, X, apply_corrections(given, args.corrections))
     if args.test_labels:
         Xte, yte, _ = align(ids, X, read_labels(args.test_labels), "test labels")
     else:
@@ -124,8 +127,8 @@ def _map(args) -> int:
     ids, X = read_features(args.features)
     paths = read_paths(args.features) if args.mosaic else None  # a file without paths: said before t-SNE runs
     labels = None
-    if args.labels:
-        lab = read_labels(args.labels)
+    if label_spec(args) is not None:
+        lab, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
         align(ids, X, lab)  # the same check as every tool: labelled ids must be in the features
         if args.only_labelled:
             keep = np.array([i in lab for i in ids])
@@ -280,7 +283,8 @@ def _diffuse(args) -> int:
         raise ImgfeatError("imgfeat diffuse needs --test-labels (to score it), --out (the predicted labels), or "
                            "--json; otherwise the result is computed and thrown away")
     ids, X = read_features(args.features)
-    given = apply_corrections(read_labels(args.labels), args.corrections)
+    given, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
+    given = apply_corrections(given, args.corrections)
     labels = given
     novel: set[str] = set()
     validation: dict[str, str] = {}
@@ -291,7 +295,7 @@ def _diffuse(args) -> int:
         labels, validation = validation_split(labels, VALIDATION_FRACTION, args.seed)
     Xl, yl, _ = align(ids, X, labels)
     if len(set(yl.tolist())) < 2:
-        raise ImgfeatError(f"{args.labels} holds a single class; diffusion needs at least 2")
+        raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
     all_ids, all_X = ids, X
     if args.background:
         bids, bX = read_features(args.background)
@@ -377,25 +381,32 @@ def _diffuse(args) -> int:
 
 # ----------------------------------------------------------------------------- audit
 def _audit(args) -> int:
-    from ..tools.audit import ISSUES, DatasetAudit
+    from ..tools.audit import ISSUES, DatasetAudit, review_order
 
     ids, X = read_features(args.features)
-    given = apply_corrections(read_labels(args.labels), args.corrections) if args.labels else {}
+    spec = label_spec(args)
+    given = labels_for(spec, ids, args.features) if spec is not None else {}
+    given, no_vector = without_error_rows(given, ids, args.features)
+    decisions = read_corrections(args.corrections)
+    dropped = {i for i, (d, _) in decisions.items() if d == "drop" and i in given}
+    given = apply_corrections(given, args.corrections)
     split_of: dict[str, str] = {}
     if args.test_labels:
-        test = read_labels(args.test_labels)
+        test, test_no_vector = without_error_rows(read_labels(args.test_labels), ids, args.features, "test labels")
+        no_vector += test_no_vector
         split_of = {**{i: "train" for i in given}, **{i: "test" for i in test}}
         given = {**given, **test}
     elif args.splits:
-        split_of = read_labels(args.splits)
+        split_of, _ = without_error_rows(read_labels(args.splits), ids, args.features, "splits")
     for what, table in (("labels", given), ("splits", split_of)):
         if table:
-            align(ids, X, table, what)  # every labelled id must have a vector
+            align(ids, X, table, what)  # every labelled id must have a vector (error rows were left out above)
     issues = [i.strip() for i in args.issues.split(",") if i.strip()]
-    left_out = 0
+    left_out = left_dropped = 0
     if given and len(given) < len(ids):  # audit the labelled part, and say so
         keep = np.array([i in given or i in split_of for i in ids])
-        left_out = int((~keep).sum())
+        left_dropped = sum(1 for i, k in zip(ids, keep) if not k and i in dropped)
+        left_out = int((~keep).sum()) - left_dropped
         ids, X = [i for i, k in zip(ids, keep) if k], X[keep]
     labels = [given.get(i) for i in ids] if given else None
     splits = [split_of.get(i) for i in ids] if split_of else None
@@ -407,20 +418,27 @@ def _audit(args) -> int:
     D, I = audit.knn_
     paths = _paths_or_none(args.features)
     written = {}
+    kept = {i for i, (d, _) in decisions.items() if d == "keep"}
     for name in [i for i in ISSUES if i in audit.issues_]:
         entry = audit.issues_[name]
         rows = entry.get("rows")
         rows = np.arange(len(ids)) if rows is None else rows
-        order = np.argsort(entry["score"], kind="stable")  # worst (lowest score) first
+        reviewed = np.array([ids[int(r)] in kept for r in rows], bool)
+        if reviewed.any():  # a reviewer kept these as they are: not flagged again (the TSV says they were reviewed)
+            audit.summary_[name]["kept_by_review"] = int((entry["flag"] & reviewed).sum())
+            entry["flag"] = entry["flag"] & ~reviewed
+            audit.summary_[name]["flagged"] = int(entry["flag"].sum())
+        order = review_order(entry["score"], entry["flag"], entry.get("agreement"))
         path = out / f"{name}.tsv"
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write("id\tscore\tflag\tgiven\tsuggested\tneighbours\tneighbour_labels\n")
+            fh.write("id\tscore\tflag\tgiven\tsuggested\tneighbours\tneighbour_labels\treviewed\n")
             for j in order:
                 r = int(rows[j])
                 nb = [ids[int(x)] for x in I[r][:5]]
                 fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
                          f"{labels[r] if labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
-                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\n")
+                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\t"
+                         f"{'keep' if reviewed[j] else ''}\n")
         written[name] = str(path)
         worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
         if paths and worst:
@@ -434,7 +452,8 @@ def _audit(args) -> int:
                 fh.write(f"{ids[a]}\t{splits[a] if splits else ''}\t{ids[b]}\t{splits[b] if splits else ''}\t"
                          f"{cos:.6f}\n")
         written["leak"] = str(path)
-    summary = {**audit.summary_, "files": written, "unlabelled_left_out": left_out}
+    summary = {**audit.summary_, "files": written, "unlabelled_left_out": left_out,
+               "dropped_by_corrections": left_dropped, "labels_without_vector": no_vector}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [f"audit of {len(ids)} vectors (k={args.k}, {audit.summary_['index']} graph) -> {out}/"]
     if "graph_recall" in audit.summary_:
@@ -451,8 +470,17 @@ def _audit(args) -> int:
         else:
             lines.append(f"  {name}: {s['flagged']} flagged" + (f", dataset score {s['score']:.4f}"
                                                                  if s.get("score") is not None else ""))
+    for name in ISSUES:
+        if audit.summary_.get(name, {}).get("kept_by_review"):
+            lines.append(f"  ({audit.summary_[name]['kept_by_review']} {name} suspect(s) you kept in review are not "
+                         "flagged again)")
     if left_out:
         lines.append(f"  ({left_out} vectors without a label were left out: the labelled part was audited)")
+    if left_dropped:
+        lines.append(f"  ({left_dropped} image(s) dropped by your corrections were left out)")
+    if no_vector:
+        lines.append(f"  ({no_vector} labelled image(s) have no vector: they are error rows of {args.features}, "
+                     "their files could not be read; left out)")
     return emit(args, summary, lines)
 
 
@@ -518,7 +546,7 @@ def _add_pca(sub) -> None:
 def _add_probe(sub) -> None:
     probe = sub.add_parser("probe", help="linear SVM / logistic regression on features + labels")
     features_arg(probe)
-    probe.add_argument("--labels", required=True, help="TSV id<TAB>label (the training labels)")
+    labels_args(probe, "TSV id<TAB>label (the training labels)", required=True)
     probe.add_argument("--test-labels", help="TSV id<TAB>label of a given test set")
     corrections_arg(probe)
     probe.add_argument("--test-size", type=fraction_open, default=0.2, help="seeded split when no --test-labels")
@@ -538,7 +566,7 @@ def _add_probe(sub) -> None:
 def _add_map(sub) -> None:
     mp = sub.add_parser("map", help="t-SNE / UMAP map as a scatter PNG (+ thumbnail mosaic)")
     features_arg(mp)
-    mp.add_argument("--labels", help="TSV id<TAB>label to colour the points")
+    labels_args(mp, "TSV id<TAB>label to colour the points")
     mp.add_argument("--method", choices=METHODS, default="tsne",
                     help="tsne (scikit-learn, PCA to 50 first) or umap (pip install 'imgfeat[umap]')")
     mp.add_argument("--out", type=_image_file, required=True, help="scatter image (.png, .svg, .pdf, .jpg ...)")
@@ -602,7 +630,7 @@ def _add_dedup(sub) -> None:
 def _add_diffuse(sub) -> None:
     diffuse = sub.add_parser("diffuse", help="label propagation for low-shot learning")
     features_arg(diffuse)
-    diffuse.add_argument("--labels", required=True, help="TSV id<TAB>label of the few labelled images")
+    labels_args(diffuse, "TSV id<TAB>label of the few labelled images", required=True)
     diffuse.add_argument("--test-labels", help="TSV id<TAB>label to score the unlabelled part")
     corrections_arg(diffuse)
     diffuse.add_argument("--background", help="more unlabelled features added to the graph")
@@ -634,8 +662,7 @@ def _add_audit(sub) -> None:
                                        "graph, and near-duplicate pairs across splits (leaks). Writes one TSV per "
                                        "issue, summary.json and a picture of the worst flagged images.")
     features_arg(audit)
-    audit.add_argument("--labels", help="TSV id<TAB>label (the training labels); without it the label issue is "
-                                        "skipped")
+    labels_args(audit, "TSV id<TAB>label (the training labels); without labels the label issue is skipped")
     corrections_arg(audit)
     split = audit.add_mutually_exclusive_group()
     split.add_argument("--test-labels", help="TSV id<TAB>label of the test split (audited too; leaks are pairs across "

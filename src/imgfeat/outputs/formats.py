@@ -289,6 +289,17 @@ def open_matrix(path: str | Path):
     return ids, X
 
 
+def read_error_ids(path: str | Path) -> set[str]:
+    """The ids a features output holds as error rows (a store's live ones, or the ``.errors.tsv`` beside a file)."""
+    p = _existing(path, "features")
+    if p.is_dir():
+        return FeatureStore.existing(p).error_ids()
+    log = Path(f"{p}.errors.tsv")
+    if not log.is_file():
+        return set()
+    return {line.split("\t", 1)[0] for line in log.read_text(encoding="utf-8").splitlines() if line}
+
+
 def read_paths(path: str | Path) -> dict[str, str]:
     """id -> image path, where the output records paths (stores, .h5, .parquet)."""
     p = _existing(path, "features")

@@ -604,6 +604,21 @@ class FeatureStore:
             keeps.append(keep)
         return ids, StoreMatrix(files, self.manifest["dim"], np.dtype(self.manifest["dtype"]), keeps)
 
+    def error_ids(self) -> set[str]:
+        """The ids of the published state's error rows (inputs that have no vector: their files failed)."""
+        out: set[str] = set()
+        for seg in self.segments():
+            path = self._shard_file(seg["shard"], "errors.tsv")
+            if not seg.get("errors") or not path.is_file():
+                continue
+            found = [line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines() if line]
+            dead = self.dead_inputs(seg)
+            if len(dead):  # an error row of a removed or changed input is not live
+                gone = set(self.inputs_table(seg["shard"]).column("id").take(dead).to_pylist())
+                found = [i for i in found if i not in gone]
+            out.update(found)
+        return out
+
     def live_keys(self) -> np.ndarray:
         """A stable key per live row, aligned with ``load()``: shard << 32 | row in the shard (a reader that kept
         an index of an earlier state matches its rows to this one's with them)."""

@@ -24,7 +24,7 @@ from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
 from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
-from ..tools.labels import read_labels
+from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Collection:
     IVF, or any ``index_factory`` string; a saved index file is read memory-mapped where faiss can).
     Scores are cosine similarities, recomputed exactly for the rows an approximate index returns."""
 
-    def __init__(self, features: str | Path, *, labels: Optional[str] = None, map_coords: Optional[str] = None,
+    def __init__(self, features: str | Path, *, labels: Optional[LabelSpec] = None, map_coords: Optional[str] = None,
                  index: str = "auto", index_file: Optional[str] = None, nprobe: int = 16,
                  cache: Optional[str | Path] = None, dup_k: int = 10, previous: Optional["Collection"] = None) -> None:
         self.path = Path(features)
@@ -143,11 +143,11 @@ class Collection:
             return [None] * self.n
         return [found.get(i) for i in self.ids]
 
-    def _labels(self, labels: Optional[str]) -> tuple[list[str], np.ndarray]:
+    def _labels(self, labels: Optional[LabelSpec]) -> tuple[list[str], np.ndarray]:
         codes = np.full(self.n, -1, np.int32)
         if not labels:
             return [], codes
-        lab = read_labels(labels)
+        lab = labels_for(labels, self.ids, self.path) if isinstance(labels, FolderLabels) else read_labels(labels)
         categories = sorted(set(lab.values()))
         code_of = {c: j for j, c in enumerate(categories)}
         unknown = 0

@@ -34,6 +34,14 @@ def auto_index(n: int, d: int) -> str:
     return "pca" if n >= PCA_FROM[0] and d >= PCA_FROM[1] else "exact"
 
 
+def review_order(score: np.ndarray, flag: np.ndarray, agreement: Optional[np.ndarray] = None) -> np.ndarray:
+    """The order a reviewer sees an issue's images in: flagged first, then the rest, each worst (lowest score)
+    first; ties (many label scores are exactly 0) broken by how strongly the neighbours agree on the suggested
+    label (all of them first), then by row."""
+    tie = -agreement if agreement is not None else np.zeros(len(score))
+    return np.lexsort((np.arange(len(score)), tie, score, ~np.asarray(flag, bool)))
+
+
 class DatasetAudit(Params):
     """``fit(X, labels=None, splits=None)``: ``labels`` a class per row (None: unlabelled rows, left out of the
     label issue), ``splits`` a split name per row (for leaks). Fitted: ``knn_`` (D cosine, I rows), ``issues_``
@@ -124,6 +132,10 @@ class DatasetAudit(Params):
         # the labelled part only (cleanlab's label issue reads the probabilities; the graph is only carried)
         sub = graph if len(rows) == len(labels) else csr_matrix(graph[rows][:, rows])
         self._datalab(sub, classes[y[rows]], pred, ["label"], rows)
+        # how strongly the neighbours agree on the suggested label (its share of their votes): the tie-break of
+        # the review's order, where cleanlab's scores tie
+        suggested = np.searchsorted(classes, self.issues_["label"]["suggested"].astype(str))
+        self.issues_["label"]["agreement"] = pred[np.arange(len(rows)), suggested]
         self.issues_["label"]["given"] = classes[y[rows]]
         self.summary_["label"]["labelled"] = int(len(rows))
         if len(rows) < len(labels):

@@ -11,13 +11,15 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from ..collection import Collection
-from ..review import Review, UnknownSuspect
+from ..review import DecisionNotKept, NewLabel, Review, UnknownSuspect
 from .common import MAX_PAGE, ApiError, ServerState, collection, errors, read_body, server, text_response
 
 
 class AuditInfo(BaseModel):
     available: bool = Field(description="whether the server reviews a report (serve --audit)")
-    issues: dict[str, int] = Field(default_factory=dict, description="suspects per issue")
+    issues: dict[str, int] = Field(default_factory=dict, description="flagged images per issue")
+    ranked: dict[str, int] = Field(default_factory=dict, description="images ranked per issue (flagged first)")
+    labels: list[str] = Field(default_factory=list, description="every known label (a relabel may pick any)")
     decided: int = Field(0, description="decisions made so far")
 
 
@@ -29,6 +31,8 @@ class Neighbour(BaseModel):
 class Suspect(BaseModel):
     id: str
     score: float = Field(description="the issue's score (lower: more suspect)")
+    flag: bool = Field(description="whether the audit flags it (flagged images come first)")
+    reviewed: str = Field(description="'keep' if a review kept it and the audit then stopped flagging it")
     given: str = Field(description="the label given")
     suggested: str = Field(description="the label the neighbours suggest")
     neighbours: list[Neighbour]
@@ -39,16 +43,18 @@ class Suspect(BaseModel):
 
 class AuditPage(BaseModel):
     issue: str
-    total: int
+    total: int = Field(description="images ranked by this issue")
+    flagged: int = Field(description="of which flagged (the first ones)")
     offset: int
     items: list[Suspect]
 
 
 class DecisionIn(BaseModel):
-    id: str = Field(description="a suspect's id")
+    id: str = Field(description="any image of the report or of the collection")
     decision: Literal["keep", "relabel", "drop"]
     new_label: Optional[str] = Field(None, pattern=r"^[^\t\n\r]*$",
                                      description="relabel: the new label (default: the audit's suggestion)")
+    confirm_new_label: bool = Field(False, description="relabel to a label no image has yet: say it is meant")
 
 
 class DecisionOut(BaseModel):
@@ -72,7 +78,9 @@ def make_router(review: Optional[Review]) -> APIRouter:
     @router.get("/api/audit", response_model=AuditInfo,
                 summary="The audit under review: suspects per issue, decisions made")
     def audit_info(s: ServerState = Depends(server)) -> JSONResponse:
-        return JSONResponse({"available": s.review is not None, **(s.review.summary() if s.review else {})})
+        c = s.live.get() if s.review is not None else None
+        return JSONResponse({"available": s.review is not None,
+                             **(s.review.summary(c.categories) if s.review else {})})
 
     @router.get("/api/audit/decisions.tsv", response_class=Response, include_in_schema=listed,
                 responses={**text_response("text/tab-separated-values", "id<TAB>decision<TAB>new_label, with a "
@@ -83,14 +91,14 @@ def make_router(review: Optional[Review]) -> APIRouter:
         return Response(r.tsv(), media_type="text/tab-separated-values; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="corrections.tsv"'})
 
-    @router.post("/api/audit/decision", response_model=DecisionOut, responses=errors(400, 404, 413),
+    @router.post("/api/audit/decision", response_model=DecisionOut, responses=errors(400, 404, 413, 507),
                  include_in_schema=listed, openapi_extra={"requestBody": {
                      "required": True, "content": {"application/json": {
                          "schema": DecisionIn.model_json_schema(),
                          "example": {"id": "train/00042.png", "decision": "relabel"}}}}},
-                 summary="Record a decision: keep, relabel (to new_label, default the suggestion) or drop a suspect")
-    async def audit_decide(request: Request, r: Review = Depends(reviewing),
-                           s: ServerState = Depends(server)) -> JSONResponse:
+                 summary="Record a decision on any image: keep, relabel (to new_label, default the suggestion) or drop")
+    async def audit_decide(request: Request, r: Review = Depends(reviewing), s: ServerState = Depends(server),
+                           c: Collection = Depends(collection)) -> JSONResponse:
         body = await read_body(request, s.config.max_json, "the JSON body")
         try:
             parsed = DecisionIn.model_validate(json.loads(body))
@@ -102,17 +110,24 @@ def make_router(review: Optional[Review]) -> APIRouter:
             raise ApiError(400, 'expected a JSON object {"id": ..., "decision": "keep"|"relabel"|"drop", '
                                 '"new_label": ...}', "body") from None
         try:
-            return JSONResponse(r.decide(parsed.id, parsed.decision, parsed.new_label))
+            return JSONResponse(r.decide(parsed.id, parsed.decision, parsed.new_label,
+                                         in_collection=lambda rid: rid in c.row_of, extra_labels=c.categories,
+                                         confirm_new_label=parsed.confirm_new_label))
         except UnknownSuspect as exc:
             raise ApiError(404, str(exc), "id") from None
+        except NewLabel as exc:
+            raise ApiError(400, str(exc), "new_label") from None
+        except DecisionNotKept as exc:
+            raise ApiError(507, str(exc), "id") from None
 
     # after /api/audit/decision: a method /api/audit/decision does not take is answered (405, Allow) by its route
     @router.get("/api/audit/{issue}", response_model=AuditPage, responses=errors(400, 404), include_in_schema=listed,
-                summary="Suspects of one issue, worst first, with the decisions made (paged)")
+                summary="Every image of one issue, flagged first, worst first, with the decisions made (paged)")
     def audit_page(issue: str, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=MAX_PAGE),
+                   id: Optional[str] = Query(None, description="the page holding this image (offset ignored)"),
                    r: Review = Depends(reviewing), c: Collection = Depends(collection)) -> Response:
         try:
-            page_ = r.page(issue, offset, limit)
+            page_ = r.page(issue, offset, limit, around=id)
         except UnknownSuspect as exc:
             raise ApiError(404, str(exc), "issue") from None
         for item_ in page_["items"]:
