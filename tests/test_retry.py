@@ -75,7 +75,7 @@ def test_a_file_broken_by_an_earlier_one_is_recovered_in_a_fresh_process(poison,
     _state["active"] = False
     res = _extract(records, workers=workers, batch_size=8)
     assert res.ids == ["a", "b"]  # in input order, the recovered one included
-    np.testing.assert_allclose(res.features[1], alone.features[0], atol=1e-5)
+    np.testing.assert_allclose(res.features[1], alone.features[0], rtol=1e-5, atol=1e-5)
     assert res.n_retried == 2 and res.n_recovered == 1
     (rid, _, reason), = res.errors
     # the worker (poisoned) and the fresh process (a broken file) failed differently: the row names both
@@ -84,7 +84,7 @@ def test_a_file_broken_by_an_earlier_one_is_recovered_in_a_fresh_process(poison,
     # the order of the input no longer decides: b first (not poisoned yet) gives the same vector
     _state["active"] = False
     res2 = _extract(list(reversed(records)), workers=workers, batch_size=8)
-    np.testing.assert_allclose(res2.features[res2.ids.index("b")], alone.features[0], atol=1e-5)
+    np.testing.assert_allclose(res2.features[res2.ids.index("b")], alone.features[0], rtol=1e-5, atol=1e-5)
 
 
 def test_failures_another_process_cannot_change_are_not_retried(files, tmp_path):
@@ -139,7 +139,7 @@ def test_the_real_pillow_pair(tmp_path):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ids"] == ["tga", "ico"], res["errors"]
     alone = _extract([("ico", str(tmp_path / "b.ico"))], workers=0)
-    np.testing.assert_allclose(res["ico"], alone.features[0], atol=1e-5)
+    np.testing.assert_allclose(res["ico"], alone.features[0], rtol=1e-5, atol=1e-5)
     # imgfeat registers every Pillow plugin up front (data.decode), which avoids this pair; had the icon failed
     # anyway, the retry would have recovered it: whatever was retried was recovered
     assert res["retried"] == res["recovered"]

@@ -289,12 +289,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImgfeatError as exc:
         print(f"imgfeat: error: {_message(exc, args)}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        print(f"imgfeat: error: {disk_full_message(exc, _output_of(args), _written_before(exc, args))}",
-              file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130
@@ -304,6 +298,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as exc:  # after BrokenPipeError, one of its kinds
+        if not is_disk_full(exc):
+            raise
+        print(f"imgfeat: error: {disk_full_message(exc, _output_of(args), _written_before(exc, args))}",
+              file=sys.stderr)
+        return 1
 
 
 def _output_of(args: argparse.Namespace) -> Optional[str]:
