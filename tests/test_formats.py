@@ -187,8 +187,9 @@ def test_hf_parquet_with_image_structs(tmp_path, photos, reference_vectors):
     res = imgfeat.extract(str(tmp_path / "train.parquet"), **MODEL)
     assert res.ids == [n.split(".")[0] for n in names]
     for rid, vec in zip(res.ids, res.features):
-        np.testing.assert_allclose(vec, reference_vectors[rid], atol=1e-5, err_msg=rid)
+        np.testing.assert_allclose(vec, reference_vectors[rid], rtol=1e-5, atol=1e-5, err_msg=rid)
     assert [e[0] for e in res.errors] == ["bad"]  # a corrupt bytes cell is an error row for its id
+    assert "(the cell's image: bad.jpg)" in res.errors[0][2]  # issue 29.15: which image the cell held
 
 
 def test_a_binary_column_a_glob_of_shards_and_ids_by_row(tmp_path, photos, reference_vectors):

@@ -347,6 +347,11 @@ def test_search_by_image_uses_the_stores_model(tmp_path, photos, capsys):
     assert hits[str(photos / "coffee.jpg")][0]["id"] == "coffee.jpg"
     assert hits[str(photos / "coffee.jpg")][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(hits["chelsea.jpg"]) == 2 and "chelsea.jpg" not in [h["id"] for h in hits["chelsea.jpg"]]
+    # issue 29.16: results come in the order the queries were given (an id, a file, an id)
+    assert main(["search", "--features", str(store), "--query", "rocket.jpg", str(photos / "coffee.jpg"),
+                 "chelsea.jpg", "--k", "1"]) == 0
+    printed = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["rocket.jpg", str(photos / "coffee.jpg"), "chelsea.jpg"]
     wrong = tmp_path / "w.pth"
     import torch
     import torchvision

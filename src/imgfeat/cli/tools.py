@@ -197,12 +197,12 @@ def _search(args) -> int:
         raise ImgfeatError("imgfeat search needs --query ID|IMAGE [...] and/or --text TEXT [...]")
     ids, X = open_matrix(args.features)
     index_of = {rid: i for i, rid in enumerate(ids)}
-    by_id = [q for q in args.query or [] if q in index_of]
-    files = [q for q in args.query or [] if q not in index_of]
-    queries, names = [], []
-    if by_id:
-        queries.append(np.asarray(X[np.array([index_of[q] for q in by_id])], dtype=np.float32))
-        names += by_id
+    queries = list(args.query or [])
+    files = [q for q in queries if q not in index_of]
+    vectors: dict = {}  # query -> its vector; results are printed in the order the queries were given
+    for q in queries:
+        if q in index_of:
+            vectors[q] = np.asarray(X[index_of[q]], dtype=np.float32)
     if files or args.text:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
@@ -210,15 +210,14 @@ def _search(args) -> int:
         # one model for image and text queries; image queries alone may take the quick path (no torch)
         encoder = store_encoder(args, "query images and texts are embedded", text=bool(args.text))
         if files:
-            queries.append(encoder.encode_files(files))
-            names += files
+            vectors.update(zip(files, encoder.encode_files(files)))
         if args.text:
-            queries.append(encoder.encode_text(args.text))
-            names += args.text
-    Q = np.concatenate(queries)
+            vectors.update(zip(args.text, encoder.encode_text(args.text)))
+    names = list(dict.fromkeys(queries + list(args.text or [])))
+    Q = np.stack([np.asarray(vectors[q], np.float32) for q in names])
     # one rule with knn and serve's /api/neighbours: a query by id does not find itself
     D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k + 1, len(ids)))
-    own = [index_of[q] for q in by_id] + [-1] * (len(names) - len(by_id))
+    own = [index_of.get(q, -1) if q in queries else -1 for q in names]
     hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js) if j != self_row and j >= 0][:args.k]
             for q, Ds, Js, self_row in zip(names, D, I, own)}
     lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]

@@ -31,7 +31,7 @@ from ..models.preprocess import Preprocess
 # whatever other state a decoder keeps.
 Image.init()
 from . import formats  # noqa: E402,F401 - HEIC/HEIF and JPEG XL plugins, in every decoding process
-from .tables import cell_bytes, is_cell  # noqa: E402
+from .tables import cell_bytes, cell_image_path, is_cell  # noqa: E402
 
 # Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -350,7 +350,12 @@ def decode(path: str, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, draf
             source = path.removeprefix("file://")
         return preprocess(load_image(source, pp, max_pixels, draft), pp)
 
-    return _guarded(work, timeout)
+    result = _guarded(work, timeout)
+    if isinstance(result, str) and is_cell(path):  # name the image a table's cell held, where the table says
+        name = cell_image_path(path)
+        if name:
+            result += f" (the cell's image: {name})"
+    return result
 
 
 def decode_record(path: str, offset: Optional[int], size: Optional[int], pp: Preprocess,

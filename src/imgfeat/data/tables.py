@@ -157,6 +157,18 @@ def cell_bytes(path: str) -> bytes:
     return value or b""
 
 
+def cell_image_path(path: str) -> Optional[str]:
+    """The ``path`` field of the {bytes, path} struct a cell path names (HF datasets keep the image's file name
+    there), or None: what an error row adds so the user knows which image the cell held."""
+    try:
+        table, cell = path.split(CELL, 1)
+        group, row, column = cell.split(":", 2)
+        value = _group_column(table, int(group), column)[int(row)].as_py()
+    except Exception:  # noqa: BLE001 - only a name for a message; the error row stands without it
+        return None
+    return value.get("path") or None if isinstance(value, dict) else None
+
+
 def files_of(path: str) -> list[str]:
     """The table files of ``path``: one file, a glob of them, or a datasets folder's Arrow files."""
     files = _files(path)
@@ -184,4 +196,4 @@ def _iter_arrow(file: str):
     return iter(reader)
 
 
-__all__ = ["cell_bytes", "columns_of", "files_of", "is_arrow_folder", "is_cell", "iter_ids", "path_rows"]
+__all__ = ["cell_bytes", "cell_image_path", "columns_of", "files_of", "is_arrow_folder", "is_cell", "iter_ids", "path_rows"]
