@@ -165,9 +165,21 @@ def test_search_by_uploaded_image(served):
     assert res["results"][0]["id"] == "coffee" and res["results"][0]["score"] > 0.9999
 
 
+def ready_map(served) -> dict:
+    """GET /api/map, asking again (bounded) while the map is being made (202)."""
+    def ready():
+        r = get(served, "/api/map")
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 202 and r.json()["status"] == "computing" and r.json()["step"], r.text
+        return None
+
+    return wait_until(ready, "map ready", interval=0.1)
+
+
 def test_map_is_binary_geometry(served):
     c = served["collection"]
-    meta = get(served, "/api/map").json()
+    meta = ready_map(served)
     assert meta["count"] == 20 and meta["method"] == "tsne" and meta["labels"] == ["noise", "photo"]
     xy = np.frombuffer(get(served, meta["xy"]).content, "<f4").reshape(-1, 2)
     rows = np.frombuffer(get(served, meta["rows"]).content, "<i4")
@@ -220,6 +232,38 @@ def test_duplicates_report_progress_while_neighbours_are_computed(served, tmp_pa
             "neighbour lists ready", interval=0.1)
         assert r.json()["groups_total"] >= 1
     assert (c.cache / "neighbours-exact-k10.npz").is_file()  # the next start reads them
+
+
+@pytest.mark.timing
+def test_the_map_says_what_it_computes_while_it_is_made(served, tmp_path, monkeypatch):
+    """Issue 29.11: the first visit is told the step (reading, PCA, t-SNE) and how far it is, not 'loading...'."""
+    import imgfeat.tools.maps as maps
+
+    c = Collection(served["store"], cache=tmp_path / "cache")
+    release = threading.Event()
+    real = maps.embed_2d
+
+    def slow(X, method="tsne", seed=0, perplexity=30.0, step=None):
+        def held(what):
+            step(what)
+            if what.startswith("t-SNE"):
+                release.wait(PATIENCE)
+        return real(X, method, seed, perplexity, step=held)
+
+    monkeypatch.setattr(maps, "embed_2d", slow)
+    with Background(c, ServeConfig(port=0)) as srv:
+        def progress():
+            r = requests.get(srv.url + "api/map", timeout=PATIENCE)
+            assert r.status_code == 202, r.text
+            return r.json() if r.json()["step"].startswith("t-SNE") else None
+
+        body = wait_until(progress, "the t-SNE step reported", interval=0.05)
+        assert body["step"] == "t-SNE of 20 points (the longest step)" and (body["done"], body["total"]) == (1, 2)  # reading, then t-SNE (20 points: no PCA)
+        assert body["ready"] is False and body["elapsed_s"] >= 0
+        release.set()
+        r = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
+            requests.get(srv.url + "api/map", timeout=PATIENCE)), "map ready", interval=0.1)
+        assert r.json()["count"] == 20 and r.json()["method"] == "tsne"
 
 
 def test_duplicates_match_imgfeat_dedup(served, tmp_path):

@@ -318,3 +318,35 @@ def test_audit_review_page_by_keyboard(tmp_path):
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in tsv.splitlines()[1:]}
     assert rows[first][0] == "relabel" and rows[first][1] and rows[second] == ["drop", ""]
     assert rows[outlier] == ["relabel", "c3"]
+
+
+@pytest.mark.parametrize("shape", ["wide", "tall"])
+def test_every_point_of_the_map_is_inside_the_canvas(site, tmp_path, shape):
+    """Issue 29.11: a map wider (or taller) than the canvas is fitted to it, in a narrow window and a wide one; no
+    point is drawn outside (regl-scatterplot shows y in [-1, 1] and x in [-w/h, w/h])."""
+    c0 = site["collection"]
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(c0.n, 2)) * ([5, 1] if shape == "wide" else [1, 5])
+    coords = tmp_path / "coords.tsv"
+    coords.write_text("".join(f"{i}\t{x}\t{y}\n" for i, (x, y) in zip(c0.ids, pts)))
+    c = Collection(site["store"], cache=tmp_path / "cache", map_coords=str(coords))
+    with Background(c, ServeConfig(port=0)) as srv:
+        for width, height in ((700, 1000), (1400, 700)):
+            d = launch_browser(width, height)
+            try:
+                d.get(srv.url + "map")
+                wait_for(d, "window.imgfeatMap && (window.imgfeatMap.ready || window.imgfeatMap.error)")
+                n = d.execute_script("return window.imgfeatMap.points")
+                pos = np.array(d.execute_script(
+                    f"return [...Array({n}).keys()].map(i => window.imgfeatMap.scatterplot.getScreenPosition(i))"))
+                w, h = d.execute_script("const r = document.querySelector('#map-canvas').getBoundingClientRect();"
+                                        " return [r.width, r.height]")
+                assert pos.shape == (20, 2)
+                assert (pos[:, 0] >= 0).all() and (pos[:, 0] <= w).all(), (shape, width, pos[:, 0].min(), w)
+                assert (pos[:, 1] >= 0).all() and (pos[:, 1] <= h).all(), (shape, width, pos[:, 1].min(), h)
+                # and the map uses the canvas: its long side spans most of the matching side of the canvas
+                span = (np.ptp(pos[:, 0]) / w) if shape == "wide" else (np.ptp(pos[:, 1]) / h)
+                assert span > 0.8 or max(np.ptp(pos[:, 0]) / w, np.ptp(pos[:, 1]) / h) > 0.8
+                shot(d, f"map-{shape}-{width}x{height}")
+            finally:
+                d.quit()

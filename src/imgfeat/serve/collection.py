@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,6 +129,10 @@ class Collection:
         self._map_coords = map_coords
         self._lock = threading.Lock()
         self._map: Optional[dict] = None
+        self._map_job: Optional[threading.Thread] = None
+        self._map_error: Optional[str] = None
+        self._map_step: tuple[str, int, int] = ("starting", 0, 1)
+        self._map_started = time.monotonic()
         self._neighbours: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._neighbour_job: Optional[threading.Thread] = None
         self._neighbour_done, self._neighbour_error = 0, None
@@ -253,12 +258,43 @@ class Collection:
         return self.categories[c] if c >= 0 else None
 
     # ------------------------------------------------------------------ map
-    def map(self) -> dict:
-        """``rows`` (int32), ``xy`` (float32 N x 2, in [-1, 1] with the aspect kept), ``method``."""
+    def start_map(self) -> dict:
+        """The map, computed once in a background thread (t-SNE takes a while); returns its progress:
+        ``{"ready", "step", "done", "total", "elapsed_s"}`` (steps, not points: t-SNE reports none)."""
         with self._lock:
-            if self._map is None:
-                self._map = self._load_map()
-            return self._map
+            if self._map is None and self._map_job is None:
+                self._map_started = time.monotonic()
+                self._map_job = threading.Thread(target=self._compute_map, daemon=True)
+                self._map_job.start()
+            if self._map_error:
+                raise ImgfeatError(f"making the map failed: {self._map_error}")
+            step, done, total = self._map_step
+            return {"ready": self._map is not None, "step": step, "done": done, "total": total,
+                    "elapsed_s": round(time.monotonic() - self._map_started, 1)}
+
+    def _compute_map(self) -> None:
+        try:
+            result = self._load_map()
+            with self._lock:
+                self._map = result
+        except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
+            log.exception("making the map failed")
+            self._map_error = str(exc)
+
+    def _say(self, step: str, done: int, total: int) -> None:
+        self._map_step = (step, done, total)
+
+    def map(self, timeout: float = 3600.0) -> dict:
+        """``rows`` (int32), ``xy`` (float32 N x 2, in [-1, 1] with the aspect kept), ``method``; waits (bounded)
+        for the map if it is being made."""
+        self.start_map()
+        job = self._map_job
+        if self._map is None and job is not None:
+            job.join(timeout)
+        self.start_map()  # raises if the job failed
+        if self._map is None:
+            raise ImgfeatError("making the map is taking longer than expected")
+        return self._map
 
     def _load_map(self) -> dict:
         if self._map_coords:
@@ -300,14 +336,20 @@ class Collection:
         if method == "tsne":
             from ..tools.maps import embed_2d
 
-            xy = embed_2d(np.asarray(self.X, np.float32), "tsne") if self.n >= 3 else \
-                np.random.default_rng(0).normal(size=(self.n, 2)).astype(np.float32)
+            steps = ["reading", *(["pca"] if self.dim > 50 and self.n > 50 else []), "tsne"]
+            self._say(f"reading {self.n:,} vectors", 0, len(steps))
+            X = np.asarray(self.X, np.float32)
+            said = iter(range(1, len(steps)))
+            xy = embed_2d(X, "tsne", step=lambda what: self._say(what, next(said, len(steps) - 1), len(steps))) \
+                if self.n >= 3 else np.random.default_rng(0).normal(size=(self.n, 2)).astype(np.float32)
         else:
             log.warning("%d vectors: the map is a PCA projection; for a t-SNE/UMAP map run "
                         "imgfeat map --method umap --coords FILE and pass --map FILE", self.n)
             from ..tools.pca import StreamingPCA
 
+            self._say(f"fitting a 2-D PCA on {self.n:,} vectors", 0, 2)
             pca = StreamingPCA(n_components=2).fit(row_blocks(self.X, MAP_BLOCK))
+            self._say(f"projecting {self.n:,} vectors", 1, 2)
             xy = np.concatenate([pca.transform(b) for b in row_blocks(self.X, MAP_BLOCK)])
         xy = np.asarray(xy, np.float32)
         buf = io.BytesIO()
@@ -342,7 +384,9 @@ class Collection:
 
         try:
             with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
-                D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done)
+                # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
+                D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done,
+                                       block=int(np.clip(self.n // 100, 256, 65536)))
             buf = io.BytesIO()
             np.savez(buf, D=D, I=I)
             with best_effort_cache("the neighbour lists", self._neighbours_file()):

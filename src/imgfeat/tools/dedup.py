@@ -25,17 +25,19 @@ def check_threshold(threshold: float) -> float:
 
 
 def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex] = None,
-                    progress: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
+                    progress: Optional[Callable[[int], None]] = None,
+                    block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """(D, I): the cosine similarities and rows of each vector's ``k`` nearest others (-1 where fewer
     exist). ``knn``: an already fitted cosine index over X to reuse; ``progress(rows_done)`` is called
-    after each block of queries."""
+    after each block of ``block`` queries (default: the index's block)."""
     knn = knn or KNNIndex(metric="cosine", index=index).fit(X)
     n, kk = len(X), min(k + 1, len(X))
+    block = block or knn.block
     D, I = np.empty((n, kk), np.float32), np.empty((n, kk), np.int32)
-    for s in range(0, n, knn.block):
-        D[s:s + knn.block], I[s:s + knn.block] = knn.search(X[s:s + knn.block], kk)
+    for s in range(0, n, block):
+        D[s:s + block], I[s:s + block] = knn.search(X[s:s + block], kk)
         if progress is not None:
-            progress(min(n, s + knn.block))
+            progress(min(n, s + block))
     return D, I
 
 

@@ -4,7 +4,7 @@ coloured by label and as a mosaic of thumbnails placed at their 2-D positions.""
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -13,10 +13,14 @@ from ..errors import bad_param, require
 METHODS = ("tsne", "umap")
 
 
-def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0,
+             step: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """2-D coordinates of the rows of X. ``step(what)`` is told each stage as it starts (a progress display)."""
+    step = step or (lambda what: None)
     if method not in METHODS:
         raise bad_param("method", f"one of {METHODS}", method)
     if method == "umap":
+        step(f"UMAP of {len(X):,} points")
         umap = require("umap", "umap", "UMAP maps")
         with warnings.catch_warnings():  # a seed makes UMAP single-threaded, and it says so every time
             warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
@@ -26,7 +30,9 @@ def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: flo
 
     X = np.asarray(X, dtype=np.float32)
     if X.shape[1] > 50 and len(X) > 50:  # the usual t-SNE recipe: PCA to 50 first
+        step(f"PCA of {len(X):,} vectors to 50 dimensions")
         X = PCA(50, random_state=seed).fit_transform(X)
+    step(f"t-SNE of {len(X):,} points (the longest step)")
     perplexity = min(perplexity, max(2.0, (len(X) - 1) / 3))
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X).astype(np.float32)
 

@@ -4,6 +4,8 @@ million points from them with WebGL)."""
 from __future__ import annotations
 
 import numpy as np
+from typing import Literal
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -22,12 +24,27 @@ class MapInfo(BaseModel):
     layout: str = Field(description="the binary columns' layout")
 
 
+class MapProgress(BaseModel):
+    status: Literal["computing"]
+    ready: bool
+    step: str = Field(description="what is being computed now, e.g. 't-SNE of 2,000 points (the longest step)'")
+    done: int = Field(description="steps finished")
+    total: int = Field(description="steps in all")
+    elapsed_s: float = Field(description="seconds since the map was started")
+
+
 def make_router() -> APIRouter:
     router = APIRouter(tags=["map"])
 
     @router.get("/api/map", response_model=MapInfo,
-                summary="The map: point count, how it was made, label names, binary column URLs")
+                responses={202: {"model": MapProgress, "description": "the map is being made (once per collection): "
+                                                                        "ask again"}},
+                summary="The map: point count, how it was made, label names, binary column URLs; 202 with the step "
+                        "being computed while the map is first made")
     def map_info(c: Collection = Depends(collection)) -> JSONResponse:
+        progress = c.start_map()
+        if not progress["ready"]:
+            return JSONResponse({"status": "computing", **progress}, status_code=202)
         m = c.map()
         return JSONResponse({"count": int(len(m["rows"])), "method": m["method"], "labels": c.categories,
                              "xy": "/api/map/xy.f32", "rows": "/api/map/rows.i32", "codes": "/api/map/codes.u16",

@@ -21,12 +21,28 @@ async function main() {
   await loadScript("/static/vendor/regl.min.js");
   await loadScript("/static/vendor/regl-scatterplot.min.js");
   await header("map");
-  const meta = await api("/api/map");
+  let meta = await api("/api/map");
+  while (meta.status === "computing") {  // made once per collection: say what is being computed, ask again
+    status($("#status"), `making the map: ${meta.step} (step ${meta.done + 1} of ${meta.total}, ` +
+      `${Math.round(meta.elapsed_s)} s so far)…`);
+    await new Promise((r) => setTimeout(r, 1000));
+    meta = await api("/api/map");
+  }
   const [xy, rows, codes] = await Promise.all([binary(meta.xy, Float32Array), binary(meta.rows, Int32Array),
                                                binary(meta.codes, Uint16Array)]);
   const n = meta.count;
   const x = new Float32Array(n), y = new Float32Array(n), z = new Float32Array(n);
-  for (let i = 0; i < n; i++) { x[i] = xy[2 * i]; y[i] = xy[2 * i + 1]; z[i] = codes[i]; }
+  let xMax = 1e-9, yMax = 1e-9;
+  for (let i = 0; i < n; i++) {
+    z[i] = codes[i];
+    xMax = Math.max(xMax, Math.abs(xy[2 * i])); yMax = Math.max(yMax, Math.abs(xy[2 * i + 1]));
+  }
+  // regl-scatterplot shows y in [-1, 1] over the canvas's height and x in [-w/h, w/h] over its width: scale the map
+  // (centred, aspect kept) so that its widest side fits whatever the canvas's shape, with a margin
+  function fit(w, h) {
+    const s = 0.95 * Math.min((w / h) / xMax, 1 / yMax);
+    for (let i = 0; i < n; i++) { x[i] = xy[2 * i] * s; y[i] = xy[2 * i + 1] * s; }
+  }
   const colours = [UNLABELLED, ...meta.labels.map((_, j) => PALETTE[j % PALETTE.length])];
   $("#legend").replaceChildren(...meta.labels.map((l, j) => el("span", { style: `--c:${colours[j + 1]}` }, l)));
 
@@ -40,6 +56,7 @@ async function main() {
     // the spatial-index worker of the UMD build fails ("l is not defined") on large inputs: build it here
     spatialIndexUseWorker: false,
   });
+  fit(width, height);
   await scatterplot.draw({ x, y, valueA: z }, { zDataType: "categorical" });
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
   window.imgfeatMap = { ready: true, points: n, paintMs: performance.now() - t0, scatterplot };
@@ -86,9 +103,16 @@ async function main() {
       $("#mode-pan").classList.toggle("on", mode === "panZoom"); $("#mode-lasso").classList.toggle("on", mode === "lasso");
     });
   }
-  new ResizeObserver(() => {
+  let shape = width / height;
+  new ResizeObserver(async () => {
     const r = canvas.getBoundingClientRect();
-    if (r.width && r.height) scatterplot.set({ width: r.width, height: r.height });
+    if (!r.width || !r.height) return;
+    scatterplot.set({ width: r.width, height: r.height });
+    if (Math.abs(r.width / r.height - shape) > 0.01) {  // another shape: fit the map to it again
+      shape = r.width / r.height;
+      fit(r.width, r.height);
+      await scatterplot.draw({ x, y, valueA: z }, { zDataType: "categorical", preventFilterReset: true });
+    }
   }).observe($("#map-wrap"));
 }
 
