@@ -7,7 +7,6 @@ batch. Both take the same calls, so one batch loop serves files, stores, ``--sha
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,9 +18,10 @@ from .store import FeatureStore, ShardWriter
 
 class SeenIds:
     """The ids a file output has received, so that a repeated id is skipped (the first occurrence wins, as in a
-    store, whose listing drops repeats). Kept as 64-bit BLAKE2b hashes in a few sorted NumPy runs (merged as they
-    grow, like an LSM tree): 8 bytes an id, 0.8 GB at 100M, never a Python object per id. Two different ids share
-    a hash with probability about n^2 / 2^65 (3e-6 at 10M ids)."""
+    store, whose listing drops repeats). Kept as 64-bit string hashes (Python's own, cached on the string; the
+    set lives in one process for one run) in a few sorted NumPy runs merged as they grow, like an LSM tree: 8 bytes
+    an id, 0.8 GB at 100M, never a Python object per id. Two different ids share a hash with probability about
+    n^2 / 2^65 (3e-6 at 10M ids); benchmarks/seen_ids.py measures the cost."""
 
     RECENT = 1 << 16  # hashes kept in a set before they are sorted into a run
 
@@ -31,20 +31,20 @@ class SeenIds:
 
     def first(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean per id: True for an id not seen before (in earlier calls or earlier in ``ids``); records them."""
-        hashes = [int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest(), "little")
-                  for i in ids]
-        arr = np.array(hashes, dtype=np.uint64)
+        hashes = [hash(str(i)) for i in ids]
+        arr = np.array(hashes, dtype=np.int64)
         old = np.zeros(len(arr), bool)
         for run in self._runs:
             pos = np.minimum(np.searchsorted(run, arr), len(run) - 1)
             old |= run[pos] == arr
         out = np.zeros(len(arr), bool)
+        recent = self._recent
         for j, h in enumerate(hashes):
-            if not old[j] and h not in self._recent:
-                self._recent.add(h)
+            if not old[j] and h not in recent:
+                recent.add(h)
                 out[j] = True
-        if len(self._recent) >= self.RECENT:
-            self._runs.append(np.sort(np.fromiter(self._recent, np.uint64, len(self._recent))))
+        if len(recent) >= self.RECENT:
+            self._runs.append(np.sort(np.fromiter(recent, np.int64, len(recent))))
             self._recent = set()
             while len(self._runs) > 1 and 2 * len(self._runs[-1]) >= len(self._runs[-2]):
                 last = self._runs.pop()
