@@ -131,3 +131,28 @@ def test_the_serve_cache_on_a_full_disk_is_a_warning(small_fs, photos12, tmp_pat
     D, I = c.neighbour_lists()
     assert I.shape == (12, 11) and c.map()["xy"].shape == (12, 2)
     assert "not cached: no space left on the device" in caplog.text
+
+
+def test_a_writer_that_hits_a_full_disk_without_mounting_anything(photos12, tmp_path, monkeypatch, capsys):
+    """The same rule where the tests may not mount: the third shard's commit raises ENOSPC."""
+    from imgfeat.outputs.store import ShardWriter
+
+    real, calls = ShardWriter.commit, []
+
+    def full(self):
+        calls.append(self)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.store.path / "shards"))
+        return real(self)
+
+    monkeypatch.setattr(ShardWriter, "commit", full)
+    store = tmp_path / "store"
+    assert main(["extract", "--data", str(photos12), "--out", str(store), "--shard-size", "2", *MODEL]) == 1
+    line = _one_line_error(capsys)
+    assert f"no space left on the device holding {store / 'shards'}" in line
+    assert "2 shard(s) (4 images) of this run were finished and are kept" in line
+    monkeypatch.setattr(ShardWriter, "commit", real)
+    assert main(["extract", "--data", str(photos12), "--out", str(store), "--shard-size", "2", *MODEL]) == 0
+    assert "2 already done" in capsys.readouterr().err
+    ids, _ = imgfeat.load(str(store))
+    assert sorted(ids) == sorted(p.name for p in photos12.iterdir())
