@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class ImgfeatError(Exception):
     """Base class for errors imgfeat reports to the user (the CLI prints them without a traceback)."""
@@ -77,3 +80,18 @@ def disk_full_message(exc: OSError, where, done: str) -> str:
         free = "free space unknown"
     reason = "the disk quota is exceeded" if exc.errno == 122 else "no space left on the device"
     return f"{reason} holding {os.path.abspath(path)} ({free}): {done}"
+
+
+@contextmanager
+def best_effort_cache(what: str, where) -> Iterator[None]:
+    """Around a write into a cache whose content can be computed again: a full disk (or quota) is a one-line
+    warning and the work goes on uncached, never a failed request. Other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        import logging
+
+        logging.getLogger("imgfeat.cache").warning("%s not cached: %s", what, disk_full_message(
+            exc, where, "it is computed again when needed; free some space to keep it"))

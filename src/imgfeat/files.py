@@ -85,23 +85,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     commit(write_temp(path, data), path)
 
 
-@contextmanager
-def best_effort_cache(what: str, where) -> Iterator[None]:
-    """Around a write into a cache whose content can be computed again: a full disk (or quota) is a one-line
-    warning and the work goes on uncached, never a failed request. Other errors pass."""
-    from .errors import disk_full_message, is_disk_full
-
-    try:
-        yield
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        import logging
-
-        logging.getLogger("imgfeat.cache").warning("%s not cached: %s", what, disk_full_message(
-            exc, where, "it is computed again when needed; free some space to keep it"))
-
-
 def create_atomic(path: Path, data: bytes) -> bool:
     """Create ``path`` holding ``data`` unless it exists; False if another writer was first.
 

@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ImgfeatError, bad_param
-from ..files import best_effort_cache, cache_dir, write_atomic
+from ..errors import ImgfeatError, bad_param, best_effort_cache
+from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists

@@ -14,7 +14,8 @@ from typing import Optional, Union
 
 from ..data.decode import thumbnail
 from ..data.pool import DecodePool
-from ..files import best_effort_cache, write_atomic
+from ..errors import best_effort_cache
+from ..files import write_atomic
 
 __all__ = ["DecodePool", "Thumbnails", "placeholder_png"]
 
