@@ -556,3 +556,29 @@ def test_knn_index_updates_equal_a_fresh_fit(index):
     mask[::7] = True
     Ds, Is = updated.search(after[:10], 4, subset=updated.subset(mask))
     assert mask[Is[Is >= 0]].all() and (Is >= 0).sum() >= 30
+
+
+def test_tuned_diffusion_chooses_the_iterations_a_grid_of_separate_runs_would():
+    """Issue 30: the iteration search is an estimator; its one pass scores each grid point as a separate run of
+    that many iterations does, picks the best (ties: top-1, then more iterations) and keeps its scores."""
+    from imgfeat.tools.diffusion import LabelDiffusion, TunedLabelDiffusion, topk_hits
+
+    X, y = clusters(n_per=40, k=3, d=16, spread=3.0)
+    rng = np.random.default_rng(1)
+    labelled = set(rng.choice(len(y), 12, replace=False).tolist())
+    held = {int(r): str(y[r]) for r in rng.choice(len(y), 30, replace=False) if int(r) not in labelled}
+    start = [str(v) if i in labelled else None for i, v in enumerate(y)]
+    grid = (1, 2, 5, 10)
+    tuned = TunedLabelDiffusion(k=8, grid=grid).fit(X, start, held)
+    rows = sorted(held)
+    separate = {}
+    for t in grid:
+        m = LabelDiffusion(k=8, iterations=t).fit(X, start)
+        separate[t] = float(topk_hits(m.label_distributions_[rows], m.classes_, [held[r] for r in rows], 1).mean())
+    assert tuned.validation_scores_ == pytest.approx(separate)
+    assert tuned.iterations_ == max(grid, key=lambda t: (separate[t], t))
+    again = LabelDiffusion(k=8, iterations=tuned.iterations_).fit(X, start)
+    np.testing.assert_allclose(tuned.label_distributions_, again.label_distributions_, rtol=1e-5, atol=1e-7)
+    refit = TunedLabelDiffusion(k=8, grid=grid).fit(X, start, held, refit_y=[str(v) if i in labelled or i in held
+                                                                               else None for i, v in enumerate(y)])
+    assert refit.iterations_ == tuned.iterations_ and (refit.transduction_ == y).mean() >= (tuned.transduction_ == y).mean()

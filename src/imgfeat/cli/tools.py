@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param
 from ..outputs.formats import extensions, iter_blocks, open_matrix, read_features, read_paths
+from ..tools.diffusion import ITERATION_GRID
 from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
 from ..tools.labels import (align, apply_corrections, check_dim, labels_for, read_corrections, read_labels,
                             without_error_rows)
@@ -243,7 +244,6 @@ def _dedup(args) -> int:
 
 
 # ----------------------------------------------------------------------------- diffuse
-ITERATION_GRID = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
 VALIDATION_FRACTION = 0.2
 
 
@@ -262,11 +262,8 @@ def _scores(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray], ks: tupl
     return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
 
 
-MIN_VALIDATION_PER_CLASS = 5  # fewer held-out images per class: the iterations chosen on them are noise
-
-
 def _diffuse(args) -> int:
-    from ..tools.diffusion import LabelDiffusion, lowshot_split, topk_hits, validation_split
+    from ..tools.diffusion import LabelDiffusion, TunedLabelDiffusion, lowshot_split, topk_hits, validation_split
     from ..tools.probe import LinearProbe
 
     auto = args.iterations == "auto"
@@ -307,55 +304,34 @@ def _diffuse(args) -> int:
     test = read_labels(args.test_labels) if args.test_labels else {}
     if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
-    classes = np.array(sorted(set(yl.tolist())))  # the diffusion's classes_, in its column order
-    ks = (1, 5) if len(classes) > 5 else (1,)
-    pick = ks[-1]  # the paper's criterion: top-5 (top-1 with 5 classes or fewer)
-    val_ids = [i for i in validation if i in row]
-    val_rows, val_truth = [row[i] for i in val_ids], [validation[i] for i in val_ids]
-    # t -> (validation top-pick, validation top-1, test rows' scores, every row's argmax for --out)
-    checkpoints: dict[int, tuple[float, float, Optional[np.ndarray], Optional[np.ndarray]]] = {}
-
-    def monitor(t: int, F: np.ndarray) -> None:
-        if auto and t in ITERATION_GRID:
-            acc = (lambda k: float(topk_hits(F[val_rows], classes, val_truth, k).mean()) if val_ids else float("nan"))
-            checkpoints[t] = (acc(pick), acc(1), F[[row[i] for i in tids]].copy() if test else None,
-                              F.argmax(axis=1) if args.out else None)
-
     y = [labels.get(i) for i in all_ids]
-    model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y, monitor=monitor)
-    F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
-    best_rows = None  # each row's class at the iterations used, for --out
     result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": iterations}
-    note = ""
     if auto:
-        # the best validation score; ties go to top-1, then to more iterations (a tie on a small set says
-        # little, and the fewest iterations spread the labels least)
-        best = max(ITERATION_GRID, key=lambda t: (checkpoints[t][0], checkpoints[t][1], t))
-        iterations, (_, _, F_test, best_rows) = best, checkpoints[best]
-        result.update(iterations=best, validation={str(t): checkpoints[t][0] for t in ITERATION_GRID},
-                      validation_images=len(val_ids))
-        if len(val_ids) < MIN_VALIDATION_PER_CLASS * len(classes):
-            note = (f"only {len(val_ids)} held-out images for {len(classes)} classes (fewer than "
-                    f"{MIN_VALIDATION_PER_CLASS} per class): the choice of iterations is noisy; give more labels or "
-                    "a fixed --iterations")
-            result["validation_note"] = note
-        if not novel:  # the held-out labels chose the iterations; now every given label is used
-            labels = given
-            Xl, yl, _ = align(ids, X, labels)
-            y = [labels.get(i) for i in all_ids]
-            model = LabelDiffusion(k=args.k, iterations=best, index=args.index).fit(all_X, y)
-            F_test = model.label_distributions_[[row[i] for i in tids]] if test else None
-            best_rows = None
+        # the held-out labels choose the iterations; outside the low-shot protocol every given label is then used
+        refit = None if novel else [given.get(i) for i in all_ids]
+        model = TunedLabelDiffusion(k=args.k, index=args.index).fit(
+            all_X, y, {row[i]: c for i, c in validation.items() if i in row}, refit_y=refit)
+        iterations = model.iterations_
+        result.update(iterations=iterations, validation={str(t): v for t, v in model.validation_scores_.items()},
+                      validation_images=model.n_validation_)
+        if model.validation_warning_:
+            result["validation_note"] = model.validation_warning_
+        if refit is not None:
+            Xl, yl, _ = align(ids, X, given)
             result.update(labelled=int(len(yl)), refit_on_all_labels=True)
+    else:
+        model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y)
     if novel:
         result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
+    ks = (1, 5) if len(model.classes_) > 5 else (1,)
     lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors, {iterations} iterations"
-             + (f" (chosen on {len(val_ids)} held-out labelled images: top-{pick} "
-                f"{result['validation'][str(iterations)]:.4f}"
-                + (", then run with all labels" if auto and not novel else "") + ")" if auto else "")]
-    if note:
-        lines.append("note: " + note)
+             + (f" (chosen on {model.n_validation_} held-out labelled images: top-{model.top_k_} "
+                f"{model.validation_scores_[iterations]:.4f}"
+                + (", then run with all labels" if not novel else "") + ")" if auto else "")]
+    if auto and model.validation_warning_:
+        lines.append("note: " + model.validation_warning_)
     if test:
+        F_test = model.label_distributions_[[row[i] for i in tids]]
         groups = {"all": np.ones(len(yt), bool)}
         if novel:
             groups.update(base=np.array([t not in novel for t in yt]), novel=np.array([t in novel for t in yt]))
@@ -369,9 +345,7 @@ def _diffuse(args) -> int:
             lines.append(f"{name:20s} on {len(yt)} test images: " + ", ".join(
                 f"{key.replace('_', ' ')} {value:.4f}" for key, value in sc.items()))
     if args.out:
-        if best_rows is None:
-            best_rows = model.label_distributions_.argmax(axis=1)
-        pred = dict(zip(all_ids, model.classes_[best_rows]))
+        pred = dict(zip(all_ids, model.transduction_))
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)
         result["out"] = args.out
