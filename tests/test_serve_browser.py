@@ -297,15 +297,15 @@ def test_audit_review_page_by_keyboard(tmp_path):
             body.send_keys(Keys.ARROW_UP)
             shot(d, "audit")
             # issue 29: every image is listed (flagged first), each shows its whole id, and more pages load
-            assert d.find_elements(By.CSS_SELECTOR, ".suspect.flagged") and \
-                d.find_elements(By.CSS_SELECTOR, ".suspect.unflagged")
-            assert d.find_elements(By.CSS_SELECTOR, ".suspect .full-id")[0].text == first
+            assert d.execute_script("return document.querySelectorAll('.suspect.flagged').length > 0 && "
+                                    "document.querySelectorAll('.suspect.unflagged').length > 0")
+            assert d.execute_script("return document.querySelector('.suspect .full-id').textContent") == first
             d.find_element(By.ID, "more").click()
             wait_for(d, "document.querySelectorAll('.suspect').length === 325")
             # the outlier tab has no suggestion: 'l' picks any known label
             d.find_element(By.CSS_SELECTOR, "#tabs button[data-issue='outlier']").click()
-            wait_for(d, "document.querySelector('#tabs button.active').dataset.issue === 'outlier'")
-            outlier = d.find_elements(By.CSS_SELECTOR, ".suspect")[0].get_attribute("data-id")
+            wait_for(d, "document.body.dataset.issue === 'outlier'")
+            outlier = d.execute_script("return document.querySelector('.suspect').dataset.id")
             body.send_keys("r")
             wait_for(d, "document.querySelector('#status').classList.contains('error')")
             body.send_keys("l")

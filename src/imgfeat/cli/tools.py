@@ -354,7 +354,7 @@ def _diffuse(args) -> int:
 
 # ----------------------------------------------------------------------------- audit
 def _audit(args) -> int:
-    from ..tools.audit import ISSUES, DatasetAudit, review_order
+    from ..tools.audit import ISSUES, DatasetAudit, write_report
 
     ids, X = read_features(args.features)
     spec = label_spec(args)
@@ -386,48 +386,12 @@ def _audit(args) -> int:
     audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold,
                          nprobe=args.nprobe)
     audit.fit(X, labels, splits)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    D, I = audit.knn_
-    paths = _paths_or_none(args.features)
-    written = {}
     kept = {i for i, (d, _) in decisions.items() if d == "keep"}
-    for name in [i for i in ISSUES if i in audit.issues_]:
-        entry = audit.issues_[name]
-        rows = entry.get("rows")
-        rows = np.arange(len(ids)) if rows is None else rows
-        reviewed = np.array([ids[int(r)] in kept for r in rows], bool)
-        if reviewed.any():  # a reviewer kept these as they are: not flagged again (the TSV says they were reviewed)
-            audit.summary_[name]["kept_by_review"] = int((entry["flag"] & reviewed).sum())
-            entry["flag"] = entry["flag"] & ~reviewed
-            audit.summary_[name]["flagged"] = int(entry["flag"].sum())
-        order = review_order(entry["score"], entry["flag"], entry.get("agreement"))
-        path = out / f"{name}.tsv"
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write("id\tscore\tflag\tgiven\tsuggested\tneighbours\tneighbour_labels\treviewed\n")
-            for j in order:
-                r = int(rows[j])
-                nb = [ids[int(x)] for x in I[r][:5]]
-                fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
-                         f"{labels[r] if labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
-                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\t"
-                         f"{'keep' if reviewed[j] else ''}\n")
-        written[name] = str(path)
-        worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
-        if paths and worst:
-            written[f"{name}_png"] = _worst_png(out / f"{name}.png", worst, ids, labels, paths,
-                                                entry.get("suggested"), rows, name)
-    if "leak" in audit.issues:
-        path = out / "leak.tsv"
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write("id\tsplit\tother_id\tother_split\tcosine\n")
-            for a, b, cos in audit.leaks_:
-                fh.write(f"{ids[a]}\t{splits[a] if splits else ''}\t{ids[b]}\t{splits[b] if splits else ''}\t"
-                         f"{cos:.6f}\n")
-        written["leak"] = str(path)
-    summary = {**audit.summary_, "files": written, "unlabelled_left_out": left_out,
-               "dropped_by_corrections": left_dropped, "labels_without_vector": no_vector}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    audit.keep(np.array([i in kept for i in ids], bool))  # what a reviewer kept is not flagged again
+    out = Path(args.out)
+    summary = write_report(audit, out, ids, labels, splits, _paths_or_none(args.features),
+                           {"unlabelled_left_out": left_out, "dropped_by_corrections": left_dropped,
+                            "labels_without_vector": no_vector})
     lines = [f"audit of {len(ids)} vectors (k={args.k}, {audit.summary_['index']} graph) -> {out}/"]
     if "graph_recall" in audit.summary_:
         lines.append(f"  graph recall@{args.k} against exact neighbours: {audit.summary_['graph_recall']['recall_at_k']}"
@@ -462,37 +426,6 @@ def _paths_or_none(features: str) -> Optional[dict]:
         return read_paths(features)
     except ImgfeatError:
         return None
-
-
-def _worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, rows, name: str) -> str:
-    """The worst flagged images as thumbnails, with their given and suggested labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    pos = {int(r): j for j, r in enumerate(rows)}
-    cols = min(4, len(worst))
-    fig, axes = plt.subplots(-(-len(worst) // cols), cols, figsize=(3 * cols, 3 * -(-len(worst) // cols)),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, r in zip(axes.ravel(), worst):
-        try:
-            with Image.open(paths.get(ids[r], "")) as im:
-                ax.imshow(im.convert("RGB"))
-        except Exception:  # noqa: BLE001 - a missing image still gets its caption
-            pass
-        caption = ids[r] + (f"\ngiven {labels[r]}" if labels else "")
-        if suggested is not None:
-            caption += f", suggested {suggested[pos[r]]}"
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(f"{name}: worst flagged")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return str(path)
 
 
 def corrections_arg(p) -> None:

@@ -11,6 +11,7 @@ taken out). The leak issue is imgfeat's: pairs of near-duplicates whose images a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -88,6 +89,20 @@ class DatasetAudit(Params):
             self._leaks(D, I, splits, dist)
         return self
 
+    def keep(self, reviewed: np.ndarray) -> "DatasetAudit":
+        """Stop flagging the rows a reviewer kept as they are (``reviewed``: a boolean per fitted row); each issue
+        records them (``reviewed``) and counts them in its summary (``kept_by_review``)."""
+        reviewed = np.asarray(reviewed, bool)
+        for name, entry in self.issues_.items():
+            rows = entry.get("rows")
+            mine = reviewed if rows is None else reviewed[rows]
+            entry["reviewed"] = mine
+            if mine.any():
+                self.summary_[name]["kept_by_review"] = int((entry["flag"] & mine).sum())
+                entry["flag"] = entry["flag"] & ~mine
+                self.summary_[name]["flagged"] = int(entry["flag"].sum())
+        return self
+
     def _datalab(self, graph, labels, pred_probs, names: list[str], rows: Optional[np.ndarray] = None) -> None:
         Datalab = require("cleanlab", "audit", "imgfeat audit").Datalab
         data = {"label": list(labels)} if labels is not None else {"x": list(range(graph.shape[0]))}
@@ -160,3 +175,85 @@ class DatasetAudit(Params):
         self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()), key=lambda t: -t[2])
         self.summary_["leak"] = {"pairs": len(self.leaks_), "threshold": threshold,
                                  "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}
+
+
+# ----------------------------------------------------------------------------- the report
+REPORT_COLUMNS = ("id", "score", "flag", "given", "suggested", "neighbours", "neighbour_labels", "reviewed")
+
+
+def write_report(audit: DatasetAudit, out, ids: Sequence[str], labels: Optional[Sequence[Optional[str]]],
+                 splits: Optional[Sequence[Optional[str]]], paths: Optional[dict], extra: Optional[dict] = None) -> dict:
+    """The report folder ``imgfeat serve --audit`` reviews: per issue a TSV ranking every image (``review_order``:
+    flagged first, then by score, ties by the neighbours' agreement) with its given and suggested label, its 5
+    nearest neighbours and their labels and whether a review kept it; ``leak.tsv`` (pairs across splits); a
+    picture of the worst flagged images where ``paths`` (id -> image file) are known; ``summary.json`` (the
+    audit's summary, the files written and ``extra``). Returns the summary."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, I = audit.knn_
+    written = {}
+    for name in [i for i in ISSUES if i in audit.issues_]:
+        entry = audit.issues_[name]
+        rows = entry.get("rows")
+        rows = np.arange(len(ids)) if rows is None else rows
+        reviewed = entry.get("reviewed", np.zeros(len(rows), bool))
+        order = review_order(entry["score"], entry["flag"], entry.get("agreement"))
+        path = out / f"{name}.tsv"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("\t".join(REPORT_COLUMNS) + "\n")
+            for j in order:
+                r = int(rows[j])
+                nb = [ids[int(x)] for x in I[r][:5]]
+                fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
+                         f"{labels[r] if labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
+                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\t"
+                         f"{'keep' if reviewed[j] else ''}\n")
+        written[name] = str(path)
+        worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
+        if paths and worst:
+            written[f"{name}_png"] = worst_png(out / f"{name}.png", worst, ids, labels, paths,
+                                               entry.get("suggested"), rows, name)
+    if "leak" in audit.issues:
+        path = out / "leak.tsv"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("id\tsplit\tother_id\tother_split\tcosine\n")
+            for a, b, cos in audit.leaks_:
+                fh.write(f"{ids[a]}\t{splits[a] if splits else ''}\t{ids[b]}\t{splits[b] if splits else ''}\t"
+                         f"{cos:.6f}\n")
+        written["leak"] = str(path)
+    summary = {**audit.summary_, "files": written, **(extra or {})}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, rows, name: str) -> str:
+    """The worst flagged images as thumbnails, with their given and suggested labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    pos = {int(r): j for j, r in enumerate(rows)}
+    cols = min(4, len(worst))
+    fig, axes = plt.subplots(-(-len(worst) // cols), cols, figsize=(3 * cols, 3 * -(-len(worst) // cols)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), worst):
+        try:
+            with Image.open(paths.get(ids[r], "")) as im:
+                ax.imshow(im.convert("RGB"))
+        except Exception:  # noqa: BLE001 - a missing image still gets its caption
+            pass
+        caption = ids[r] + (f"\ngiven {labels[r]}" if labels else "")
+        if suggested is not None:
+            caption += f", suggested {suggested[pos[r]]}"
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(f"{name}: worst flagged")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
