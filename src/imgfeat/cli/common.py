@@ -147,3 +147,15 @@ def label_spec(args: argparse.Namespace):
 
         return FolderLabels(level)
     return getattr(args, "labels", None)
+
+
+def index_metavar() -> str:
+    """The metavar of the tools' ``--index``/``--approx``: the named faiss indexes, or a factory string."""
+    from ..tools.knn import INDEXES
+
+    return "|".join(INDEXES) + "|FACTORY"
+
+
+def corrections_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corrections", help="a review's decisions on --labels (id<TAB>keep|relabel|drop<TAB>new_label: "
+                                         "the TSV imgfeat serve --audit's review page downloads)")

@@ -1,0 +1,143 @@
+"""``imgfeat knn``, ``search`` and ``dedup``: kNN graphs, nearest neighbours of queries, near-duplicate groups. Parsing
+and printing only: the work is in ``imgfeat.tools``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ImgfeatError
+from ..outputs.formats import open_matrix
+from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
+from .common import at_least, emit, ending, features_arg, index_metavar, store_encoder, weights_args
+
+
+def _knn(args) -> int:
+    from ..tools.knn import KNNIndex, sampled_recall, save_graph
+
+    if not args.out and not args.raw:
+        raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
+    if args.nlist is not None and args.approx != "ivf":
+        raise ImgfeatError("--nlist sets the cells of --approx ivf (a factory string names its own: IVF4096,...); "
+                           f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
+
+    ids, X = open_matrix(args.features)
+    index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
+    index.fit(X)
+    approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
+    result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
+    if args.raw:
+        result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
+    where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
+    lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
+    if args.approx:
+        result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
+        lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
+    return emit(args, result, lines)
+
+
+def _search(args) -> int:
+    from ..tools.knn import KNNIndex
+
+    if not args.query and not args.text:
+        raise ImgfeatError("imgfeat search needs --query ID|IMAGE [...] and/or --text TEXT [...]")
+    ids, X = open_matrix(args.features)
+    index_of = {rid: i for i, rid in enumerate(ids)}
+    queries = list(args.query or [])
+    files = [q for q in queries if q not in index_of]
+    vectors: dict = {}  # query -> its vector; results are printed in the order the queries were given
+    for q in queries:
+        if q in index_of:
+            vectors[q] = np.asarray(X[index_of[q]], dtype=np.float32)
+    if files or args.text:
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise ImgfeatError(f"queries are neither ids of {args.features} nor image files: {missing[:5]}")
+        # one model for image and text queries; image queries alone may take the quick path (no torch)
+        encoder = store_encoder(args, "query images and texts are embedded", text=bool(args.text))
+        if files:
+            vectors.update(zip(files, encoder.encode_files(files)))
+        if args.text:
+            vectors.update(zip(args.text, encoder.encode_text(args.text)))
+    names = list(dict.fromkeys(queries + list(args.text or [])))
+    Q = np.stack([np.asarray(vectors[q], np.float32) for q in names])
+    # one rule with knn and serve's /api/neighbours: a query by id does not find itself
+    D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k + 1, len(ids)))
+    own = [index_of.get(q, -1) if q in queries else -1 for q in names]
+    hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js) if j != self_row and j >= 0][:args.k]
+            for q, Ds, Js, self_row in zip(names, D, I, own)}
+    lines = [f"{q}\t{r + 1}\t{h['id']}\t{h['score']:.4f}" for q, hs in hits.items() for r, h in enumerate(hs)]
+    return emit(args, {"queries": hits}, lines)
+
+
+def _dedup(args) -> int:
+    from ..tools.dedup import duplicate_groups
+
+    ids, X = open_matrix(args.features)
+    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=args.index)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
+    result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
+              "threshold": args.threshold, "out": args.out, "largest": groups[:5]}
+    lines = [f"{len(groups)} groups of near-duplicates among {len(ids)} vectors (each image's cosine to its group's "
+             f"first image >= {args.threshold}); {result['duplicates']} could be dropped"
+             + (f" -> {args.out}" if args.out else "")]
+    lines += ["  " + ", ".join(g) for g in groups[:10]]
+    return emit(args, result, lines)
+
+
+def _add_knn(sub) -> None:
+    knn = sub.add_parser("knn", help="exact or approximate kNN graph (faiss)")
+    features_arg(knn)
+    knn.add_argument("--k", type=at_least(1), required=True, help="neighbours per vector (the vector itself excluded)")
+    knn.add_argument("--out", type=ending(".npz"),
+                     help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
+                          "write it; for 100M rows use --raw alone)")
+    knn.add_argument("--metric", choices=METRICS, default="cosine",
+                     help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
+                          "product (the same on --l2 features); l2 the Euclidean distance")
+    knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",
+                     help="approximate index: ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
+                          "near-exact and faster for high-dimensional features; cosine and l2 only), or a faiss "
+                          "index_factory string such as 'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
+    knn.add_argument("--nlist", type=at_least(1), default=None,
+                     help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39)")
+    knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
+    knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
+                                   "block) and PREFIX.ids.txt")
+    knn.add_argument("--recall-sample", type=at_least(1), default=1000,
+                     help="queries scored against the exact graph to report an --approx graph's recall")
+    knn.set_defaults(func=_knn, output_files=("out",), output_prefixes=("raw",),
+                     param_flags={"path": "--features", "index": "--approx"})
+
+
+def _add_search(sub) -> None:
+    search = sub.add_parser("search", help="nearest neighbours of query ids or images")
+    features_arg(search)
+    search.add_argument("--query", nargs="+", help="ids in the features, or image files")
+    search.add_argument("--text", nargs="+", help="texts (stores of CLIP-family models)")
+    search.add_argument("--k", type=at_least(1), default=10, help="results per query (a query by id is not its own)")
+    search.add_argument("--metric", choices=METRICS, default="cosine", help="similarity, as imgfeat knn --metric")
+    weights_args(search)
+    search.set_defaults(func=_search, param_flags={"path": "--features"})
+
+
+def _add_dedup(sub) -> None:
+    dedup = sub.add_parser("dedup", help="groups of near-duplicate images")
+    features_arg(dedup)
+    dedup.add_argument("--threshold", type=float, default=0.95,
+                       help="cosine similarity each member of a group has at least with the group's first image "
+                            "(its representative)")
+    dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
+    dedup.add_argument("--index", default="exact", metavar=index_metavar(),
+                       help="faiss index (as imgfeat knn --approx)")
+    dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
+    dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
+
+
+def add_parsers(sub) -> None:
+    _add_knn(sub)
+    _add_search(sub)
+    _add_dedup(sub)
