@@ -226,3 +226,26 @@ def test_engines_table_matches_the_option():
     from imgfeat.options import ENGINES as NAMES
 
     assert tuple(ENGINES) == NAMES
+
+
+def test_store_matrix_slices_and_arrays_equal_the_live_rows(tmp_path):
+    """Issue 30: a StoreMatrix read whole or by slices (step 1 part by part, other steps by index) equals the
+    concatenated live rows, across empty parts, parts with dead rows and negative bounds."""
+    from imgfeat.outputs.store import StoreMatrix
+
+    rng = np.random.default_rng(0)
+    files, keeps, live = [], [], []
+    for i, n in enumerate([5, 0, 7, 3, 9, 1]):
+        a = rng.normal(size=(n, 4)).astype(np.float32)
+        np.save(tmp_path / f"{i}.npy", a)
+        files.append(tmp_path / f"{i}.npy")
+        keep = None if i % 2 == 0 else np.sort(rng.choice(n, n // 2, replace=False)).astype(np.int64)
+        keeps.append(keep)
+        live.append(a if keep is None else a[keep])
+    ref = np.concatenate(live)
+    m = StoreMatrix(files, 4, np.float32, keeps)
+    assert np.array_equal(np.asarray(m), ref) and np.asarray(m, dtype=np.float64).dtype == np.float64
+    for sl in (slice(None), slice(2, 9), slice(3, 3), slice(-4, None), slice(0, 100), slice(None, None, 2),
+               slice(8, 1, -1), slice(5, 6), slice(len(ref) - 1, None)):
+        assert np.array_equal(m[sl], ref[sl]), sl
+    assert np.array_equal(m[[0, -1, 3]], ref[[0, -1, 3]]) and np.array_equal(m[4], ref[4])

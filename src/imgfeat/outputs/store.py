@@ -662,6 +662,24 @@ class StoreMatrix:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` copied once, part by part (no index array of the whole matrix is made)."""
+        out = np.empty((max(0, stop - start), self.shape[1]), self.dtype)
+        first = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        for p in range(max(first, 0), len(self._parts)):
+            lo, hi = int(self._offsets[p]), int(self._offsets[p + 1])
+            if lo >= stop:
+                break
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if a >= b:
+                continue
+            keep, dest = self._keeps[p], out[max(start, lo) - start:min(stop, hi) - start]
+            if keep is None:
+                dest[...] = self._parts[p][a:b]
+            else:
+                np.take(self._parts[p], keep[a:b], axis=0, out=dest)
+        return out
+
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), self.shape[1]), self.dtype)
         part = np.searchsorted(self._offsets, idx, side="right") - 1
@@ -682,7 +700,10 @@ class StoreMatrix:
                 raise IndexError(f"row {key} out of range for {len(self)} rows")
             return self._rows(np.array([i]))[0]
         if isinstance(key, slice):
-            return self._rows(np.arange(len(self))[key])
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self._range(start, stop)
+            return self._rows(np.arange(start, stop, step))
         idx = np.asarray(key)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -693,6 +714,5 @@ class StoreMatrix:
             yield self[start:start + rows]
 
     def __array__(self, dtype=None, copy=None):
-        parts = [p if k is None else p[k] for p, k in zip(self._parts, self._keeps)]
-        full = np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
-        return full.astype(dtype) if dtype is not None else full
+        full = self._range(0, len(self))  # each live row copied once, straight into the result
+        return full.astype(dtype, copy=False) if dtype is not None else full
