@@ -590,3 +590,17 @@ def test_decode_pool_replaces_a_hung_or_dead_worker():
         assert isinstance(third, int) and third not in (first, second)
     finally:
         pool.close()
+
+
+def test_an_unknown_label_is_a_404_on_every_route_and_in_search(served):
+    """Issue 30: one rule for an unknown label filter, whichever place finds it."""
+    from imgfeat.serve.collection import UnknownLabel
+
+    r = get(served, "/api/neighbours/chelsea", params={"label": "no-such-label"})
+    assert r.status_code == 404 and r.json()["parameter"] == "label"
+    data = (served["images"] / "coffee.jpg").read_bytes()
+    r = post(served, "/api/search/image", params={"label": "no-such-label"}, data=data,
+             headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 404 and r.json()["parameter"] == "label"
+    with pytest.raises(UnknownLabel):
+        served["collection"].search(served["collection"].vector(0), 3, label="no-such-label")

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from ..errors import ImgfeatError, InvalidParameterError
-from .collection import Collection, LiveCollection
+from .collection import Collection, LiveCollection, UnknownLabel
 from .media import DecodePool, Thumbnails, placeholder_png
 from .review import Review
 from .routes import audit, duplicates, maps, media, search
@@ -110,6 +110,10 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.parameter)
+
+    @app.exception_handler(UnknownLabel)
+    async def unknown_label(request: Request, exc: UnknownLabel):
+        return error_response(404, str(exc), "label")
 
     @app.exception_handler(InvalidParameterError)
     async def bad_parameter(request: Request, exc: InvalidParameterError):

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ImgfeatError, bad_param, best_effort_cache
+from ..errors import ImgfeatError, best_effort_cache
 from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.store import MANIFEST, FeatureStore
@@ -33,6 +33,12 @@ EXACT_UP_TO = 100_000  # auto index: brute force up to this many vectors, IVF ab
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
 MAP_BLOCK = 65536  # rows per block when projecting a large collection for its map
+
+
+class UnknownLabel(ImgfeatError):
+    """A label filter the collection does not have (the API answers 404, as for an unknown id)."""
+
+    param = "label"
 
 
 @dataclass
@@ -226,10 +232,12 @@ class Collection:
         return D[0], I[0]
 
     def label_code(self, label: Optional[str]) -> Optional[int]:
+        """The code of ``label`` (None and "" filter nothing); ``UnknownLabel`` (a 404 in every route) for a label
+        this collection does not have."""
         if label is None or label == "":
             return None
         if label not in self.categories:
-            raise bad_param("label", f"one of the labels of this collection ({len(self.categories)} known)", label)
+            raise UnknownLabel(f"no such label in this collection ({len(self.categories)} known)")
         return self.categories.index(label)
 
     def search(self, vector: np.ndarray, k: int, offset: int = 0, label: Optional[str] = None,

@@ -194,9 +194,9 @@ def row_of(collection: Collection, rid: str) -> int:
 
 
 def known_label(collection: Collection, label: Optional[str]) -> Optional[str]:
-    """``label`` if the collection has it (None and "" filter nothing); a label it has not: 404."""
-    if label and label not in collection.categories:
-        raise ApiError(404, f"no such label in this collection ({len(collection.categories)} known)", "label")
+    """``label`` if the collection has it (None and "" filter nothing); a label it has not: ``UnknownLabel``, which
+    the app answers with a 404 wherever it is raised (here, before any work, or in ``Collection.search``)."""
+    collection.label_code(label)
     return label or None
 
 
