@@ -205,9 +205,19 @@ buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     assert main(["search", "--features", {str(store)!r}, "--query", {photo!r}, "--k", "2", "--json"]) == 0
 out = {{"search": json.loads(buf.getvalue()), "vector": extract_like({str(store)!r}, [{photo!r}])[0].tolist()}}
+# serve's uploads go through the same chooser (issue 30): the recorded export, no torch
+import urllib.request
+from imgfeat.serve.app import ServeConfig
+from imgfeat.serve.collection import Collection
+from imgfeat.serve.server import Background
+with Background(Collection({str(store)!r}, cache={str(tmp_path / "serve-cache")!r}), ServeConfig(port=0)) as srv:
+    req = urllib.request.Request(srv.url + "api/search/image?k=1", data=open({photo!r}, "rb").read(),
+                                 headers={{"Content-Type": "image/jpeg"}})
+    out["serve"] = json.loads(urllib.request.urlopen(req, timeout=600).read())
 """
     out = _fresh(code)
     assert out["heavy"] == []
+    assert out["serve"]["results"][0]["id"] == ids[own] and out["serve"]["results"][0]["score"] > 0.9999
     np.testing.assert_allclose(np.array(out["vector"], np.float32), X[own], atol=1e-6, rtol=0)
     top = out["search"]["queries"][photo][0]
     assert top["id"] == ids[own] and top["score"] > 0.9999

@@ -10,7 +10,6 @@ import numpy as np
 
 from .engines import run
 from .engines.result import ExtractResult
-from .errors import ImgfeatError
 from .options import ExtractOptions
 from .outputs.formats import load, reading, write_blocks
 from .outputs.store import FeatureStore
@@ -80,9 +79,6 @@ def extract_like(store_path: str | Path, files: list[str], weights: Optional[str
     queries repeatedly, keep an :class:`imgfeat.engines.encode.StoreEncoder`."""
     from .engines import quick
 
-    if not Path(store_path).is_dir():
-        raise ImgfeatError("image queries need a feature store (its manifest names the model); "
-                           "with other outputs, query by id")
     return quick.query_encoder(store_path, weights).encode_files(files)
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Optional
 
-from ..errors import ImgfeatError
 
 # Arguments that name something a command reads: an output may be none of them.
 INPUT_ARGS = ("data", "calibrate", "features", "labels", "test_labels", "background", "pca", "probe",
@@ -51,16 +49,12 @@ def features_arg(p: argparse.ArgumentParser) -> None:
 
 
 def store_encoder(args: argparse.Namespace, purpose: str = "image and text queries are embedded", text: bool = True):
-    """The store's model, weights as the store records them (or ``--weights``/``--random-weights``), checked
-    against its manifest's hash (for image and text queries). Image queries only (``text`` False): the quick path's
-    encoder when a full run recorded this model's export (no torch), else the store's model in torch."""
-    if not Path(args.features).is_dir():
-        raise ImgfeatError(f"{purpose} with the store's own model: --features must be a feature store (its "
-                           f"manifest names the model and weights), not the file {args.features}")
+    """The store's query encoder for ``--features`` as ``engines.quick.query_encoder`` chooses it (the one chooser of
+    every query path), weights as the store records them or as ``--weights`` / ``--random-weights`` say."""
     from ..engines.quick import query_encoder
 
-    return query_encoder(args.features, args.weights,
-                         random_weights=True if getattr(args, "random_weights", False) else None, text=text)
+    return query_encoder(args.features, args.weights, random_weights=True if getattr(args, "random_weights", False)
+                         else None, text=text, purpose=purpose)
 
 
 def weights_args(p: argparse.ArgumentParser) -> None:

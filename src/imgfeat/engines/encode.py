@@ -15,15 +15,10 @@ from ..data.batches import decode_queries
 from ..data.loader import stack_pixels
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
+from ..models.names import no_text_tower
 from ..options import ExtractOptions, available_cores
 from ..outputs.store import FeatureStore, query_weights
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
-
-
-def no_text_tower(model: Optional[str]) -> str:
-    return (f"the store's model ({model or 'unknown'}) has no text tower: text queries need a store extracted with a "
-            "CLIP-family model, --model clip:<arch>/<pretrained> (pip install 'imgfeat[clip]'; `imgfeat models --clip` "
-            "lists them), at its default layer")
 
 
 class StoreEncoder:

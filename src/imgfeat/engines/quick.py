@@ -37,6 +37,7 @@ from ..data.sources import Source, open_source
 from ..files import cache_dir, write_atomic
 from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
+from ..errors import ImgfeatError
 from ..options import ExtractOptions, available_cores
 from ..outputs.targets import FileTarget
 from .inputs import finish_file_run, require_input
@@ -249,10 +250,16 @@ class QuickEncoder:
 
 
 def query_encoder(store_path, weights: Optional[str] = None, random_weights: Optional[bool] = None,
-                  text: bool = False):
-    """The encoder of a store's queries, weights as the store records them (or as given): a :class:`QuickEncoder`
-    for image queries when a full run recorded this model's export, else ``StoreEncoder`` (the store's model in
-    torch, its weights hash checked; text queries always)."""
+                  text: bool = False, purpose: str = "image queries are embedded", backend: str = "torch"):
+    """The one chooser of the encoder of a store's queries (the command line, the Python API and serve), weights as
+    the store records them (or as given): a :class:`QuickEncoder` (no torch) for image queries when a full run
+    recorded this model's export, else ``StoreEncoder`` (the store's model on ``backend``, its weights hash checked;
+    text queries always). Features that are not a store are refused in one message naming ``purpose``."""
+    from pathlib import Path as _Path
+
+    if not _Path(store_path).is_dir():
+        raise ImgfeatError(f"{purpose} with the store's own model: the features must be a feature store (its "
+                           f"manifest names the model and weights), not the file {store_path}; query by id instead")
     if not text:
         from ..outputs.store import FeatureStore, query_weights
 
@@ -262,7 +269,7 @@ def query_encoder(store_path, weights: Optional[str] = None, random_weights: Opt
             return quick
     from .encode import StoreEncoder
 
-    return StoreEncoder.for_store(store_path, weights, random_weights=random_weights)
+    return StoreEncoder.for_store(store_path, weights, random_weights=random_weights, backend=backend)
 
 
 def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool) -> Optional[QuickEncoder]:

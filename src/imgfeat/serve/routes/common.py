@@ -83,14 +83,15 @@ def error_response(status: int, message: str, parameter: Optional[str] = None,
 
 
 class Encoders:
-    """The store's model, built once on the first image or text query; its failure is remembered and
-    reported to every later one."""
+    """The store's query encoders, chosen by ``engines.quick.query_encoder`` (the chooser of every query path) and
+    made once, on the first image or text query: images through a recorded export where one exists (no torch),
+    text through the store's model. A failure is remembered and reported to every later query."""
 
     def __init__(self, collection: Collection, config: ServeConfig) -> None:
         self.collection, self.config = collection, config
         self._lock = threading.Lock()
-        self._encoder = None
-        self._error: Optional[str] = None
+        self._encoders: dict[bool, object] = {}
+        self._errors: dict[bool, str] = {}
         # every forward on one thread: the model's per-thread caches (oneDNN primitives, allocator) then
         # exist once, instead of once per thread of the request pool (memory that grew with concurrency)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="imgfeat-model")
@@ -101,23 +102,24 @@ class Encoders:
     async def encode_text(self, encoder, text: str) -> np.ndarray:
         return (await asyncio.wrap_future(self.thread.submit(encoder.encode_text, [text])))[0]
 
-    def get(self):
-        from ...engines.encode import StoreEncoder
+    def get(self, text: bool = False):
+        from ...engines.quick import query_encoder
 
         with self._lock:
-            if self._encoder is None and self._error is None:
-                if self.collection.store is None:
-                    self._error = ("image queries need a feature store (its manifest names the model); "
-                                   "this collection is a file: query by id")
+            if text not in self._encoders and text not in self._errors:
+                if not text and True in self._encoders:  # the text encoder is the store's model: it embeds images
+                    self._encoders[False] = self._encoders[True]
                 else:
                     try:
-                        self._encoder = StoreEncoder(self.collection.store, self.config.weights,
-                                                     backend=self.config.backend)
+                        self._encoders[text] = query_encoder(
+                            self.collection.path, self.config.weights, text=text, backend=self.config.backend,
+                            purpose="text queries are embedded" if text else "image queries are embedded")
                     except ImgfeatError as exc:
-                        self._error = f"the store's model cannot be loaded here: {exc}"
-            if self._error:
-                raise ApiError(400, self._error)
-            return self._encoder
+                        self._errors[text] = (str(exc) if self.collection.store is None else
+                                              f"the store's model cannot be loaded here: {exc}")
+            if text in self._errors:
+                raise ApiError(400, self._errors[text])
+            return self._encoders[text]
 
 
 @dataclass

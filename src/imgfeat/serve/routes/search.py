@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ...data.decode import decode_bytes
-from ...engines.encode import no_text_tower
+from ...models.names import no_text_tower
 from ..collection import Collection
 from .common import (MAX_PAGE, ApiError, Item, SearchPage, ServerState, collection, content_type, errors, item,
                      known_label, page, read_body, row_of, server, window)
@@ -103,7 +103,7 @@ def make_router(state: ServerState, text: bool, images: bool) -> APIRouter:
         if not c.manifest.get("text_tower"):
             raise ApiError(400, no_text_tower(c.manifest.get("model")), "q")
         label = known_label(c, label)
-        encoder = await run_in_threadpool(s.encoders.get)
+        encoder = await run_in_threadpool(s.encoders.get, True)
         vector = await s.encoders.encode_text(encoder, q)
         k = window(k, offset, max_k)
         hits = await run_in_threadpool(c.search, vector, k, offset, label) if k else []
