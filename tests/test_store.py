@@ -249,3 +249,26 @@ def test_store_matrix_slices_and_arrays_equal_the_live_rows(tmp_path):
                slice(8, 1, -1), slice(5, 6), slice(len(ref) - 1, None)):
         assert np.array_equal(m[sl], ref[sl]), sl
     assert np.array_equal(m[[0, -1, 3]], ref[[0, -1, 3]]) and np.array_equal(m[4], ref[4])
+
+
+def test_one_vector_identity_from_a_run_and_from_its_manifest(image_tsv, tmp_path):
+    """Issue 30: the identity a run computes is the one its store records and reads back; a manifest written before
+    a field existed reads its default; the store compares exactly these fields and the job's scope."""
+    from imgfeat.engines.pipeline import build_pipeline, vector_identity
+    from imgfeat.options import ExtractOptions
+    from imgfeat.outputs.identity import SCOPE, VectorIdentity
+    from imgfeat.outputs.store import IDENTITY, FeatureStore
+
+    out = tmp_path / "store"
+    imgfeat.extract(str(image_tsv), str(out), model="squeezenet1_1", backend="torch", workers=0, l2=True)
+    manifest = FeatureStore.existing(out).manifest
+    read = VectorIdentity.from_manifest(manifest)
+    opts = ExtractOptions(model="squeezenet1_1", backend="torch", workers=0, l2=True)
+    import torch
+
+    made = vector_identity(opts, build_pipeline(opts, torch.device("cpu")))
+    assert read == VectorIdentity(**made.as_dict()) and read.l2 and read.dim == 512
+    old = {k: v for k, v in manifest.items() if k != "precision"}
+    assert VectorIdentity.from_manifest(old).precision == "fp32"
+    assert IDENTITY == VectorIdentity.keys() + SCOPE
+    assert read.model_key("v") == VectorIdentity(**{**read.as_dict(), "l2": False}).model_key("v")  # model part only

@@ -17,6 +17,7 @@ from ..errors import ImgfeatError
 from ..models.backends import resolve_device
 from ..models.names import no_text_tower
 from ..options import ExtractOptions, available_cores
+from ..outputs.identity import VectorIdentity
 from ..outputs.store import FeatureStore, query_weights
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
 
@@ -29,15 +30,17 @@ class StoreEncoder:
                  device: str = "auto", random_weights: Optional[bool] = None) -> None:
         m = store.manifest
         self.store, self.weights = store, weights
+        self.identity = ident = VectorIdentity.from_manifest(m)
         random_weights = self.weights_as_recorded(m, weights, random_weights)
-        self.opts = ExtractOptions(model=m["model"], layer=m["layer"], pool=m["pool"], relu=m["relu"], l2=m["l2"],
-                                   weights=weights, random_weights=random_weights, backend=backend, device=device,
-                                   workers=0, quiet=True)
+        self.opts = ExtractOptions(model=ident.model, layer=ident.layer, pool=ident.pool, relu=ident.relu,
+                                   l2=ident.l2, weights=weights, random_weights=random_weights, backend=backend,
+                                   device=device, workers=0, quiet=True)
 
         def check(pipeline: Pipeline) -> None:
-            store.check_weights(pipeline.model.fingerprint(), m["model"], weights)
-            if pipeline.dim != m["dim"]:
-                raise ImgfeatError(f"{m['model']} now gives {pipeline.dim}-d features but the store's are {m['dim']}-d")
+            store.check_weights(pipeline.model.fingerprint(), ident.model, weights)
+            if pipeline.dim != ident.dim:
+                raise ImgfeatError(f"{ident.model} now gives {pipeline.dim}-d features but the store's are "
+                                   f"{ident.dim}-d")
 
         self.pipeline = build_pipeline(self.opts, resolve_device(device), before_executor=check)
         self.preprocess = self.pipeline.spec.preprocess

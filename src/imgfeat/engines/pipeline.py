@@ -23,6 +23,7 @@ from ..data.sources import Source
 from ..models.backbone import FeatureModel, build_feature_model
 from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
+from ..outputs.identity import VectorIdentity
 from ..options import ExtractOptions, available_cores
 from .inputs import count_skipped, require_input  # noqa: F401 - re-exported
 from .result import ExtractResult  # noqa: F401 - re-exported: engines share it
@@ -74,18 +75,23 @@ def build_pipeline(opts: ExtractOptions, device: torch.device,
     return pipeline
 
 
-def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:
-    """What a store must agree on to be resumed (JSON-normalised so it compares with the file)."""
+def vector_identity(opts: ExtractOptions, pipeline: Pipeline) -> VectorIdentity:
+    """What this run's vectors are (the store's, the quick path's and the queries' one identity)."""
     model = pipeline.model
-    identity = {"model": pipeline.spec.name, "layer": model.layer, "pool": model.pool,
-                "weights": model.fingerprint(), "preprocess": pipeline.spec.preprocess.identity(),
-                "dim": pipeline.dim, "dtype": opts.dtype, "relu": opts.relu, "l2": opts.l2,
+    return VectorIdentity(model=pipeline.spec.name, layer=model.layer, pool=model.pool, weights=model.fingerprint(),
+                          preprocess=pipeline.spec.preprocess.identity(), dim=pipeline.dim, dtype=opts.dtype,
+                          relu=opts.relu, l2=opts.l2, precision=opts.precision)
+
+
+def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:
+    """What a store records of a run: the vectors' identity and the job's scope, which a rerun must agree on to
+    resume it, and what queries need (JSON-normalised so it compares with the file)."""
+    identity = {**vector_identity(opts, pipeline).as_dict(),
                 "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size,
-                "precision": opts.precision,  # vectors of two precisions never share a store
-                # not part of IDENTITY: what the vectors can be compared with (a CLIP embedding: text)
-                "text_tower": bool(pipeline.spec.text_tower and model.layer is None),
-                # not part of IDENTITY: how the weights were chosen, so queries build the same model (the hash
-                # above checks it): pretrained, random (--random-weights) or file (--weights, its name)
+                # not compared: what the vectors can be compared with (a CLIP embedding: text)
+                "text_tower": bool(pipeline.spec.text_tower and pipeline.model.layer is None),
+                # not compared: how the weights were chosen, so queries build the same model (the hash above
+                # checks it): pretrained, random (--random-weights) or file (--weights, its name)
                 "weights_source": ("random" if opts.random_weights else "file" if opts.weights else "pretrained"),
                 "weights_file": os.path.basename(opts.weights) if opts.weights else None}
     return json.loads(json.dumps(identity))

@@ -39,6 +39,7 @@ from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
 from ..errors import ImgfeatError
 from ..options import ExtractOptions, available_cores
+from ..outputs.identity import VectorIdentity
 from ..outputs.targets import FileTarget
 from .inputs import finish_file_run, require_input
 from .result import ExtractResult
@@ -67,11 +68,10 @@ def _record_path(opts: ExtractOptions) -> Path:
     return cache_dir() / "quick" / f"{_key(opts)}.json"
 
 
-def _identity_path(model: str, layer: Optional[str], pool: Optional[str], fingerprint: str) -> Path:
-    """The same record found by what a store's manifest says its vectors are (model, layer, pool, weights hash):
-    how query images are embedded without torch (:func:`store_encoder`)."""
-    ident = [model, layer, pool, fingerprint, __version__, _version("torch")]
-    return cache_dir() / "quick" / f"id-{hashlib.blake2b(json.dumps(ident).encode(), digest_size=12).hexdigest()}.json"
+def _identity_path(identity: VectorIdentity) -> Path:
+    """The same record found by what a store's manifest says its vectors are (``VectorIdentity.model_key``): how
+    query images are embedded without torch (:func:`store_encoder`)."""
+    return cache_dir() / "quick" / f"id-{identity.model_key(__version__, _version('torch'))}.json"
 
 
 def _stat(path: str) -> list:
@@ -208,16 +208,17 @@ def remember(opts: ExtractOptions, pipeline) -> None:
     weights_file = resolve_weights(pipeline.spec.weights, opts.weights, opts.random_weights).local_file()
     if weights_file is None:
         return
+    from .pipeline import vector_identity
+
     runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[report["backend"]]
-    fingerprint = pipeline.model.fingerprint()
-    record = {"model": pipeline.spec.name, "layer": pipeline.model.layer, "pool": pipeline.model.pool,
-              "fingerprint": fingerprint, "dim": pipeline.dim,
-              "preprocess": pipeline.spec.preprocess.identity(),
+    identity = vector_identity(opts, pipeline)
+    record = {"model": identity.model, "layer": identity.layer, "pool": identity.pool,
+              "fingerprint": identity.weights, "dim": identity.dim, "preprocess": identity.preprocess,
               "backend": report["backend"], "export": str(Path(report["export"]) / "model.onnx"),
               "files": [_stat(weights_file)], "runtime": runtime,
               "versions": [__version__, _version("torch"), _version(runtime)]}
     data = json.dumps(record, indent=1).encode()
-    paths = [_identity_path(record["model"], record["layer"], record["pool"], fingerprint)]
+    paths = [_identity_path(identity)]
     if _why_not(opts) is None:
         paths.append(_record_path(opts))
     for path in paths:
@@ -285,8 +286,7 @@ def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool) 
     record = None
     if why is None:
         try:
-            record = json.loads(_identity_path(manifest["model"], manifest.get("layer"), manifest.get("pool"),
-                                               manifest.get("weights")).read_text())
+            record = json.loads(_identity_path(VectorIdentity.from_manifest(manifest)).read_text())
         except (OSError, ValueError, KeyError):
             why = "no record of this store's model exported (an extract of these options to a file writes one)"
     if why is None:

@@ -30,13 +30,12 @@ from .._version import __version__
 from ..errors import ImgfeatError
 from ..files import commit, create_atomic, error_row, fsync_path, npy_header, partial_path, sha256, \
     stale_partials, write_atomic, writer_tag
+from .identity import VectorIdentity, identity_keys
 
 FORMAT = "imgfeat-store"
 MANIFEST = "manifest.json"
-# Fields that must match for a rerun to resume into an existing store.
-IDENTITY = ("model", "layer", "pool", "weights", "preprocess", "dim", "dtype", "relu", "l2", "input", "start",
-            "stop", "shard_size", "precision")
-IDENTITY_DEFAULTS = {"precision": "fp32"}  # what a store written before the key existed holds
+# Fields that must match for a rerun to resume into an existing store: the vectors' identity and the job's scope.
+IDENTITY = identity_keys()
 DEFAULT_SHARD_SIZE = 10_000
 
 
@@ -224,7 +223,7 @@ class FeatureStore:
         """Create the store, or check that ``identity`` matches the one it was created with (but for ``ignore``:
         ``--append`` adds images from any input)."""
         if self.manifest:
-            held = {k: self.manifest.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
+            held = {k: self.manifest.get(k, VectorIdentity.DEFAULTS.get(k)) for k in IDENTITY}
             if isinstance(held["input"], str) and re.fullmatch(r"list of \d+ items", held["input"]):
                 held["input"] = "a Python list"  # how stores written before 0.2 named a list
             diffs = [f"{k}: store has {held[k]!r}, this run {identity.get(k)!r}"
