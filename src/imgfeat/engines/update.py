@@ -443,22 +443,9 @@ def plan_done(store: FeatureStore, upd: Update) -> bool:
 
 
 def publish(store: FeatureStore, upd: Update) -> dict:
-    """Record the plan's shards and the dead inputs as the next generation (one atomic manifest replace), then
-    drop the plan. Run once every shard of the plan is done."""
-    generation = (store.generation or 0) + 1
-    segments = store.segments()
-    by_shard = {seg["shard"]: seg for seg in segments}
-    for shard, positions in upd.dead.items():
-        seg = by_shard[shard]
-        dead = np.union1d(store.dead_inputs(seg), positions)
-        seg["dead"] = store.write_dead(shard, dead, generation)
-        rows = store.inputs_table(shard).column("row").to_numpy()[dead]
-        seg.update(dead_inputs=int(len(dead)), dead_rows=int((rows >= 0).sum()), dead_errors=int((rows < 0).sum()))
-    for k in range(upd.base, upd.base + upd.shards):
-        m = json.loads(store.marker(k).read_text())
-        segments.append({"shard": k, "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"], "dead": None,
-                         "files": m["files"]})
-    manifest = store.publish(segments, upd.counts())
+    """Record the plan's shards and the dead inputs as the next generation (one store call, one atomic manifest
+    replace), then drop the plan. Run once every shard of the plan is done."""
+    manifest = store.publish_update(upd.dead, range(upd.base, upd.base + upd.shards), upd.counts())
     for name in ("plan.json", "plan.parquet"):
         (store.update_dir / name).unlink(missing_ok=True)
     return manifest

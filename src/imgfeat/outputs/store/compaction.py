@@ -8,6 +8,8 @@ import numpy as np
 
 from ...errors import ImgfeatError
 
+from .layout import segment_of
+
 
 class Compaction:
     """``compact`` and ``remove_unreferenced`` of a ``FeatureStore`` (mixed into it)."""
@@ -47,8 +49,7 @@ class Compaction:
             writer.errors([tuple(e) for e in errors if e[0] in live_ids])
             writer.n_inputs = len(live)
             marker = writer.commit()
-            segments.append({"shard": marker["shard"], "rows": marker["rows"], "errors": marker["errors"],
-                             "inputs": marker["inputs"], "dead": None, "files": marker["files"]})
+            segments.append(segment_of(marker))
             rewritten += 1
             dropped += seg.get("dead_rows", 0)
         if rewritten:

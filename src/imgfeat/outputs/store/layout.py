@@ -31,3 +31,10 @@ def is_store_path(path: str | os.PathLike) -> bool:
     """An output with no file extension (or an existing store directory) is a feature store."""
     p = Path(path)
     return str(path).endswith(("/", os.sep)) or (p / MANIFEST).is_file() or p.suffix == ""
+
+
+def segment_of(marker: dict) -> dict:
+    """A published segment of the manifest, from a shard's done-marker: its counts and files, no dead inputs yet
+    (an update adds ``dead`` and the ``dead_*`` counts when it supersedes or removes some of its inputs)."""
+    return {"shard": marker["shard"], "rows": marker["rows"], "errors": marker["errors"], "inputs": marker["inputs"],
+            "dead": None, "files": marker["files"]}

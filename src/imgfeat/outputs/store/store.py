@@ -19,7 +19,7 @@ from ..identity import VectorIdentity
 
 from .compaction import Compaction
 from .inventory import empty_inventory, inputs_schema, write_inputs
-from .layout import FORMAT, IDENTITY, MANIFEST, StoreMismatchError
+from .layout import FORMAT, IDENTITY, MANIFEST, StoreMismatchError, segment_of
 from .lock import Locking
 from .matrix import StoreMatrix
 from .writer import ShardWriter
@@ -121,8 +121,7 @@ class FeatureStore(Locking, Compaction):
         if self.generation is not None:
             segments = self.segments()
             published = {seg["shard"] for seg in segments}
-            segments += [{"shard": m["shard"], "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"],
-                          "dead": None, "files": m["files"]} for m in self.markers() if m["shard"] not in published]
+            segments += [segment_of(m) for m in self.markers() if m["shard"] not in published]
             self.publish(segments, {})
             return
         current = self._read_manifest()
@@ -153,8 +152,7 @@ class FeatureStore(Locking, Compaction):
         """The shards readers see, in order: the manifest's list, or every done shard of an old store."""
         if self.generation is not None:
             return [dict(seg) for seg in self.manifest.get("segments", [])]
-        return [{"shard": m["shard"], "rows": m["rows"], "errors": m["errors"], "inputs": m["inputs"], "dead": None,
-                 "files": m["files"]} for m in self.markers()]
+        return [segment_of(m) for m in self.markers()]
 
     def _shard_file(self, shard: int, suffix: str) -> Path:
         return self.shard_dir / f"{shard:06d}.{suffix}"
@@ -229,6 +227,22 @@ class FeatureStore(Locking, Compaction):
             os.fsync(fh.fileno())
         commit(tmp, path)
         return path.name
+
+    def publish_update(self, dead: dict, new_shards: Sequence[int], run: dict) -> dict:
+        """The next generation of an update: the published segments with ``dead`` input positions added ({shard:
+        positions}, written as each shard's immutable ``NNNNNN.dead.gG.npy``), then the ``new_shards`` (done), as
+        one atomic replace of the manifest."""
+        generation = (self.generation or 0) + 1
+        segments = self.segments()
+        by_shard = {seg["shard"]: seg for seg in segments}
+        for shard, positions in dead.items():
+            seg = by_shard[shard]
+            gone = np.union1d(self.dead_inputs(seg), positions)
+            seg["dead"] = self.write_dead(shard, gone, generation)
+            rows = self.inputs_table(shard).column("row").to_numpy()[gone]
+            seg.update(dead_inputs=int(len(gone)), dead_rows=int((rows >= 0).sum()), dead_errors=int((rows < 0).sum()))
+        segments += [segment_of(json.loads(self.marker(k).read_text())) for k in new_shards]
+        return self.publish(segments, run)
 
     def publish(self, segments: list[dict], run: dict) -> dict:
         """Make ``segments`` the store's state, as the next generation (one atomic replace of the manifest)."""
