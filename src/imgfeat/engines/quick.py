@@ -37,7 +37,7 @@ from ..data.sources import Source, open_source
 from ..files import cache_dir, write_atomic
 from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
-from ..errors import ImgfeatError
+from ..errors import InvalidParameterError
 from ..options import ExtractOptions, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.targets import FileTarget
@@ -259,8 +259,10 @@ def query_encoder(store_path, weights: Optional[str] = None, random_weights: Opt
     from pathlib import Path as _Path
 
     if not _Path(store_path).is_dir():
-        raise ImgfeatError(f"{purpose} with the store's own model: the features must be a feature store (its "
-                           f"manifest names the model and weights), not the file {store_path}; query by id instead")
+        # the command line names the flag the user typed for 'features' (--features, or serve's FEATURES)
+        raise InvalidParameterError(f"{purpose} with the store's own model: The 'features' parameter must be a "
+                                    "feature store (its manifest names the model and weights), not the file "
+                                    f"{store_path}; query by id instead", "features")
     if not text:
         from ..outputs.store import FeatureStore, query_weights
 
