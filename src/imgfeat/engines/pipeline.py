@@ -25,6 +25,7 @@ from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
 from ..outputs.identity import VectorIdentity
 from ..options import ExtractOptions, available_cores
+from . import loop
 from .inputs import count_skipped, require_input  # noqa: F401 - re-exported
 from .result import ExtractResult  # noqa: F401 - re-exported: engines share it
 
@@ -112,31 +113,12 @@ def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def drive(batches, executor: Executor, target, opts: ExtractOptions, retries: dict, bar=None) -> int:
-    """The loop: decoded batches -> executor -> postprocess -> target; returns vectors written and adds the
-    decode workers' second attempts to ``retries`` (``retried``, ``recovered``)."""
-    n_done, shard_inputs = 0, 0
+    """``engines.loop.drive`` with the model's executor as the runner (ReLU/L2 on the device, in inference mode)."""
+    def run(pixels) -> np.ndarray:
+        return to_numpy(postprocess(executor(pixels), opts.relu, opts.l2), opts.dtype)
+
     with torch.inference_mode():
-        for batch in batches:
-            if "total" in batch:  # end of input: how many records the source held
-                target.total_inputs = batch["total"]
-                if bar is not None:
-                    bar.total = batch["total"]  # exact now, whatever the background count reached
-                continue
-            for key in ("retried", "recovered"):
-                retries[key] = retries.get(key, 0) + batch.get(key, 0)
-            shard, ids, paths = batch["shard"], batch["ids"], batch["paths"]
-            target.errors(shard, batch["errors"])
-            if ids:
-                rows = to_numpy(postprocess(executor(batch["pixels"]), opts.relu, opts.l2), opts.dtype)
-                n_done += target.write(shard, ids, paths, rows)
-            shard_inputs += batch["n"]
-            if batch["last"]:
-                target.end_shard(shard, shard_inputs)
-                shard_inputs = 0
-            if bar is not None:
-                bar.update(batch["n"])
-                bar.set_postfix(failed=target.n_failed, refresh=False)
-    return n_done
+        return loop.drive(batches, run, target, retries, bar)
 
 
 def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, opts: ExtractOptions,

@@ -42,6 +42,7 @@ from ..options import ExtractOptions, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.targets import FileTarget
 from .inputs import finish_file_run, require_input
+from .loop import drive, postprocess
 from .result import ExtractResult
 
 log = logging.getLogger(__name__)
@@ -156,16 +157,6 @@ def _runner(record: dict, threads: int):
     return openvino_runner(Path(record["export"]), threads, "fp32")
 
 
-def postprocess(rows: np.ndarray, relu: bool, l2: bool) -> np.ndarray:
-    """ReLU then L2, in float32: ``engines.pipeline.postprocess`` in numpy."""
-    x = rows.astype(np.float32, copy=False)
-    if relu:
-        x = np.maximum(x, 0.0)
-    if l2:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
-    return x
-
-
 def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> ExtractResult:
     require_input(source, opts)
     start = time.perf_counter()
@@ -173,16 +164,12 @@ def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> E
     run = _runner(record, opts.threads or available_cores())
     target = FileTarget(opts.out)
     target.open(record["dim"], np.dtype(opts.dtype))
-    n_done, retries = 0, {"retried": 0, "recovered": 0}
+    retries = {"retried": 0, "recovered": 0}
+    batches = ({**decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None), "shard": shard, "last": last}
+               for shard, chunk, last in planned_batches(iter(records), opts.batch_size, ShardPlan()))
     try:
-        for shard, chunk, _ in planned_batches(iter(records), opts.batch_size, ShardPlan()):
-            batch = decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None)
-            for key in retries:
-                retries[key] += batch[key]
-            target.errors(shard, batch["errors"])
-            if batch["ids"]:
-                rows = postprocess(run(batch["pixels"]), opts.relu, opts.l2).astype(np.dtype(opts.dtype), copy=False)
-                n_done += target.write(shard, batch["ids"], batch["paths"], rows)
+        n_done = drive(batches, lambda pixels: postprocess(run(pixels), opts.relu, opts.l2).astype(
+            np.dtype(opts.dtype), copy=False), target, retries)
         target.close()
     except BaseException:
         target.abort()
