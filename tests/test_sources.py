@@ -102,3 +102,13 @@ def test_bad_arguments_name_the_parameter(kwargs, needle, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
     with pytest.raises(InvalidParameterError, match=needle):
         open_source(**kwargs)
+
+
+def test_brace_patterns_as_webdataset_writes_them():
+    """Issue 30: braceexpand, as webdataset and clip-retrieval use: zero padding, lists, nesting and steps."""
+    from imgfeat.data.sources import expand_braces
+
+    assert expand_braces("s/{000008..000011}.tar") == [f"s/0000{i:02d}.tar" for i in range(8, 12)]
+    assert expand_braces("{a,b{1..2}}/x.zip") == ["a/x.zip", "b1/x.zip", "b2/x.zip"]
+    assert expand_braces("{0..6..3}.tar") == ["0.tar", "3.tar", "6.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]

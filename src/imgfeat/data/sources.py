@@ -340,23 +340,12 @@ class CsvSource(Source):
         return f"CSV {os.path.abspath(self.path)}"
 
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
-
-
 def expand_braces(pattern: str) -> list[str]:
-    """WebDataset / bash brace patterns: ``{000000..000099}`` (zero padding kept) and ``{a,b}``."""
-    m = _BRACE.search(pattern)
-    if not m:
-        return [pattern]
-    body = m.group(1)
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") else 0
-        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [out for opt in options for out in expand_braces(pattern[:m.start()] + opt + pattern[m.end():])]
+    """WebDataset / bash brace patterns: ``{000000..000099}`` (zero padding kept), ``{a,b}``, nested, with steps
+    (``{0..10..2}``): the ``braceexpand`` package, as WebDataset and clip-retrieval use."""
+    from braceexpand import braceexpand
+
+    return list(braceexpand(pattern))
 
 
 _GLOB = re.compile(r"[*?\[]")  # glob's wildcards
