@@ -27,7 +27,10 @@ from .collection import Collection, LiveCollection, UnknownLabel
 from .media import DecodePool, Thumbnails, placeholder_png
 from .review import Review
 from .routes import audit, duplicates, maps, media, search
-from .routes.common import MAX_PAGE, ApiError, Encoders, ServeConfig, ServerState, error_response
+from .config import ServeConfig
+from .encoders import Encoders
+from .routes.common import MAX_PAGE, ServerState
+from .routes.errors import ApiError, error_response
 from .security import Guard, allowed_hosts
 
 __all__ = ["ServeConfig", "create_app", "ApiError", "MAX_PAGE", "PAGES"]

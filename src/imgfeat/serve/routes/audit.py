@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..collection import Collection
 from ..review import DecisionNotKept, NewLabel, Review, UnknownSuspect
-from .common import MAX_PAGE, ApiError, ServerState, collection, errors, read_body, server, text_response
+from .common import MAX_PAGE, ServerState, collection, read_body, server, text_response
+from .errors import ApiError, errors
 
 
 class AuditInfo(BaseModel):

@@ -1,125 +1,31 @@
-"""What every router shares: the server's state reached through dependencies, the JSON error body and the
-statuses each route declares, the result item and page models, and the request-body helpers.
+"""What every router shares: the server's state reached through dependencies, the result item and page models, and
+the request-body helpers (the error body and statuses are ``routes.errors``; the config ``serve.config``; the
+query encoders ``serve.encoders``).
 
-Every error is ``{"error": ..., "parameter": ...}`` (``ErrorBody``) with a 4xx status; each route declares the
-statuses it can answer (``errors(...)``), so a client generated from ``/openapi.json`` knows them. Bounds the
+Every error is ``{"error": ..., "parameter": ...}`` with a 4xx status; each route declares the statuses it can
+answer, so a client generated from ``/openapi.json`` knows them. Bounds the
 server enforces are in the parameters' schemas, so what the schema allows is what the server accepts; what
 depends on the data (an id, a label, a row that does not exist) is a 404.
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import asyncio
 import numpy as np
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from ...data.decode import DEFAULT_MAX_PIXELS
-from ...errors import ImgfeatError
 from ..collection import Collection, Hit, LiveCollection
+from ..config import ServeConfig
+from ..encoders import Encoders
 from ..media import DecodePool, Thumbnails
 from ..review import Review
+from .errors import ApiError
 
 MAX_PAGE = 200  # results per page
-
-
-@dataclass
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: Optional[str] = None
-    allow_hosts: tuple[str, ...] = ()
-    cors: tuple[str, ...] = ()
-    max_upload: int = 20 * 1024 * 1024
-    max_json: int = 1024 * 1024
-    max_k: int = 1000
-    decode_timeout: float = 10.0
-    decode_workers: int = 2
-    max_pixels: int = DEFAULT_MAX_PIXELS  # extract's limit, for uploads and thumbnails
-    thumb_size: int = 256
-    weights: Optional[str] = None
-    backend: str = "torch"
-    audit: Optional[str] = None  # an imgfeat audit report folder: the review page
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, parameter: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.parameter = status, message, parameter
-
-
-class ErrorBody(BaseModel):
-    """Every error the API answers (4xx; a 500 says only that the server's log has the details)."""
-
-    error: str = Field(description="what was wrong, in one sentence", examples=["no such id in this collection"])
-    parameter: Optional[str] = Field(None, description="the parameter (or body, content-type) at fault",
-                                     examples=["id"])
-
-
-_WHY = {400: "A parameter or the body is not what this route takes", 404: "No such id, row or label here",
-        405: "Method not allowed (the Allow header lists those that are)",
-        413: "The body (or the image it decodes to) is larger than this server takes",
-        415: "The body's Content-Type is not one this route takes",
-        507: "The server's disk is full: what was asked could not be kept (nothing was changed)"}
-
-
-def errors(*statuses: int) -> dict:
-    """The ``responses`` entries of ``statuses``, each with the shared error body."""
-    return {s: {"model": ErrorBody, "description": _WHY[s]} for s in statuses}
-
-
-def error_response(status: int, message: str, parameter: Optional[str] = None,
-                   headers: Optional[dict] = None) -> JSONResponse:
-    body = {"error": message}
-    if parameter:
-        body["parameter"] = parameter
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class Encoders:
-    """The store's query encoders, chosen by ``engines.quick.query_encoder`` (the chooser of every query path) and
-    made once, on the first image or text query: images through a recorded export where one exists (no torch),
-    text through the store's model. A failure is remembered and reported to every later query."""
-
-    def __init__(self, collection: Collection, config: ServeConfig) -> None:
-        self.collection, self.config = collection, config
-        self._lock = threading.Lock()
-        self._encoders: dict[bool, object] = {}
-        self._errors: dict[bool, str] = {}
-        # every forward on one thread: the model's per-thread caches (oneDNN primitives, allocator) then
-        # exist once, instead of once per thread of the request pool (memory that grew with concurrency)
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="imgfeat-model")
-
-    async def encode(self, encoder, pixels) -> np.ndarray:
-        return (await asyncio.wrap_future(self.thread.submit(encoder.encode, [pixels])))[0]
-
-    async def encode_text(self, encoder, text: str) -> np.ndarray:
-        return (await asyncio.wrap_future(self.thread.submit(encoder.encode_text, [text])))[0]
-
-    def get(self, text: bool = False):
-        from ...engines.quick import query_encoder
-
-        with self._lock:
-            if text not in self._encoders and text not in self._errors:
-                if not text and True in self._encoders:  # the text encoder is the store's model: it embeds images
-                    self._encoders[False] = self._encoders[True]
-                else:
-                    try:
-                        self._encoders[text] = query_encoder(
-                            self.collection.path, self.config.weights, text=text, backend=self.config.backend,
-                            purpose="text queries are embedded" if text else "image queries are embedded")
-                    except ImgfeatError as exc:
-                        self._errors[text] = (str(exc) if self.collection.store is None else
-                                              f"the store's model cannot be loaded here: {exc}")
-            if text in self._errors:
-                raise ApiError(400, self._errors[text])
-            return self._encoders[text]
 
 
 @dataclass

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from ...tools.dedup import THRESHOLD_RANGE
 from ..collection import Collection
-from .common import MAX_PAGE, Item, collection, errors, item, text_response
+from .common import MAX_PAGE, Item, collection, item, text_response
+from .errors import errors
 
 THRESHOLD = Query(0.95, ge=THRESHOLD_RANGE[0], le=THRESHOLD_RANGE[1],
                   description="cosine similarity at or above which two images are duplicates")

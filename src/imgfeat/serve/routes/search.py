@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from ...data.decode import decode_bytes
 from ...models.names import no_text_tower
 from ..collection import Collection
-from .common import (MAX_PAGE, ApiError, Item, SearchPage, ServerState, collection, content_type, errors, item,
-                     known_label, page, read_body, row_of, server, window)
+from .common import (MAX_PAGE, Item, SearchPage, ServerState, collection, content_type, item, known_label, page,
+                     read_body, row_of, server, window)
+from .errors import ApiError, errors
 
 INT32_MAX = 2 ** 31 - 1
 
