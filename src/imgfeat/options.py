@@ -8,6 +8,7 @@ drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from numbers import Real
@@ -70,6 +71,42 @@ def _opt(default: Any, help: str, constraint: Optional[Constraint] = None, **met
     return field(default=default, metadata={"help": help, "constraint": constraint, **meta})
 
 
+@dataclass(frozen=True)
+class ModelPart:
+    """Which network makes the vectors: what ``engines.pipeline.prepare_model`` needs, and all it gets."""
+
+    model: str
+    layer: Optional[str]
+    pool: Optional[str]
+    weights: Optional[str]
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class ExecPart:
+    """How the network runs: backend, device, precision, batch size and threads (``engines.pipeline.exec_config``)."""
+
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    threads: Optional[int]
+
+    @classmethod
+    def default(cls, **changes) -> "ExecPart":
+        """``ExtractOptions``'s defaults (declared once, there) with ``changes``."""
+        return dataclasses.replace(ExtractOptions(model="").exec_part, **changes)
+
+
+@dataclass(frozen=True)
+class PostPart:
+    """What happens to each vector after the network: ReLU, L2, the output dtype (the loop's runner)."""
+
+    relu: bool
+    l2: bool
+    dtype: str
+
+
 @dataclass
 class ExtractOptions:
     """Options of one extraction run (see ``imgfeat extract --help``)."""
@@ -128,6 +165,19 @@ class ExtractOptions:
                               "partly there (an unmounted drive)")
     append: bool = _opt(False, "a store: add new and changed images but never remove any (an input that lists "
                                "only the new images)")
+
+    # the typed parts the engines resolve this declaration into: each function receives the one it uses
+    @property
+    def model_part(self) -> ModelPart:
+        return ModelPart(self.model, self.layer, self.pool, self.weights, self.random_weights)
+
+    @property
+    def exec_part(self) -> ExecPart:
+        return ExecPart(self.backend, self.device, self.precision, self.batch_size, self.threads)
+
+    @property
+    def post_part(self) -> PostPart:
+        return PostPart(self.relu, self.l2, self.dtype)
 
     def wants_store(self) -> bool:
         """Whether ``out`` is a feature store (a folder), not one file."""

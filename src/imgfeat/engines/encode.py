@@ -16,7 +16,8 @@ from ..data.loader import stack_pixels
 from ..errors import ImgfeatError
 from ..models.backends import resolve_device
 from ..models.names import no_text_tower
-from ..options import ExtractOptions, available_cores
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..options import ExecPart, ModelPart, PostPart, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.store import FeatureStore, query_weights
 from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
@@ -32,9 +33,10 @@ class StoreEncoder:
         self.store, self.weights = store, weights
         self.identity = ident = VectorIdentity.from_manifest(m)
         random_weights = self.weights_as_recorded(m, weights, random_weights)
-        self.opts = ExtractOptions(model=ident.model, layer=ident.layer, pool=ident.pool, relu=ident.relu,
-                                   l2=ident.l2, weights=weights, random_weights=random_weights, backend=backend,
-                                   device=device, workers=0, quiet=True)
+        # the store's own model, run as asked, its vectors post-processed as the store's (no options object)
+        self.model = ModelPart(ident.model, ident.layer, ident.pool, weights, bool(random_weights))
+        self.execution = ExecPart.default(backend=backend, device=device)
+        self.post = PostPart(ident.relu, ident.l2, "float32")
 
         def check(pipeline: Pipeline) -> None:
             store.check_weights(pipeline.model.fingerprint(), ident.model, weights)
@@ -42,7 +44,7 @@ class StoreEncoder:
                 raise ImgfeatError(f"{ident.model} now gives {pipeline.dim}-d features but the store's are "
                                    f"{ident.dim}-d")
 
-        self.pipeline = build_pipeline(self.opts, resolve_device(device), before_executor=check)
+        self.pipeline = build_pipeline(self.model, self.execution, resolve_device(device), before_executor=check)
         self.preprocess = self.pipeline.spec.preprocess
         self._lock = threading.Lock()
         self._text_run = None
@@ -58,7 +60,7 @@ class StoreEncoder:
             return np.zeros((0, self.pipeline.dim), np.float32)
         pixels = stack_pixels(list(arrays), self.preprocess).to(self.pipeline.device)
         with self._lock, torch.inference_mode():
-            out = postprocess(self.pipeline.executor(pixels), self.opts.relu, self.opts.l2)
+            out = postprocess(self.pipeline.executor(pixels), self.post.relu, self.post.l2)
         return to_numpy(out, "float32")
 
     @property
@@ -76,9 +78,9 @@ class StoreEncoder:
             if self._text_run is None:
                 from ..models.backends import text_executor
 
-                self._text_run = text_executor(body, body.tokenize(list(texts) + ["a photo"]), self.opts.backend,
+                self._text_run = text_executor(body, body.tokenize(list(texts) + ["a photo"]), self.execution.backend,
                                                available_cores())
             return text_embeddings(body, list(texts), run=self._text_run)
 
     def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
-        return self.encode(decode_queries(files, self.preprocess, max_pixels or self.opts.max_pixels))
+        return self.encode(decode_queries(files, self.preprocess, max_pixels or DEFAULT_MAX_PIXELS))

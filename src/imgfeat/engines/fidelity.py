@@ -162,15 +162,15 @@ def build_measured(opts: ExtractOptions, device: torch.device, sample: Optional[
     Returns the pipeline and the figures (None at fp32, or with no readable sample), which are also in
     ``pipeline.report["fidelity"]``."""
     if opts.precision == "fp32" or sample is None:  # nothing readable to compare on: the run reports error rows
-        return build_pipeline(opts, device, before_executor), None
-    pipeline = prepare_model(opts, device)
+        return build_pipeline(opts.model_part, opts.exec_part, device, before_executor), None
+    pipeline = prepare_model(opts.model_part, opts.exec_part, device)
     if before_executor is not None:
         before_executor(pipeline)
     reference = Reference(pipeline, sample, opts)
     heads = FP32_HEADS if device.type == "cpu" and opts.backend != "torch" else (0.0,)
     attempts = []
     for head in heads:
-        executor, report = make_executor(pipeline.model, exec_config(opts, device, head, calibration))
+        executor, report = make_executor(pipeline.model, exec_config(opts.exec_part, device, head, calibration))
         figures = {**reference.compare(executor, report.get("backend")), "fp32_head": head}
         if calibration is not None:
             figures["calibration_images"] = int(len(calibration))

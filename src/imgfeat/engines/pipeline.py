@@ -24,7 +24,7 @@ from ..models.backbone import FeatureModel, build_feature_model
 from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
 from ..outputs.identity import VectorIdentity
-from ..options import ExtractOptions, available_cores
+from ..options import ExecPart, ExtractOptions, ModelPart, PostPart, available_cores
 from . import loop
 from .inputs import count_skipped, require_input  # noqa: F401 - re-exported
 from .result import ExtractResult  # noqa: F401 - re-exported: engines share it
@@ -44,35 +44,36 @@ class Pipeline:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def exec_config(opts: ExtractOptions, device: torch.device, fp32_head: float = 0.0,
+def exec_config(execution: ExecPart, device: torch.device, fp32_head: float = 0.0,
                 calibration: Optional[torch.Tensor] = None) -> ExecConfig:
-    """How ``opts`` runs on ``device``; ``fp32_head`` and ``calibration`` come from the fidelity check
+    """How the model runs on ``device``; ``fp32_head`` and ``calibration`` come from the fidelity check
     (``engines.fidelity``) for bf16/int8."""
-    return ExecConfig(backend=opts.backend, device=device, precision=opts.precision, batch_size=opts.batch_size,
-                      threads=opts.threads or available_cores(), fp32_head=fp32_head, calibration=calibration)
+    return ExecConfig(backend=execution.backend, device=device, precision=execution.precision,
+                      batch_size=execution.batch_size, threads=execution.threads or available_cores(),
+                      fp32_head=fp32_head, calibration=calibration)
 
 
-def prepare_model(opts: ExtractOptions, device: torch.device) -> Pipeline:
+def prepare_model(model: ModelPart, execution: ExecPart, device: torch.device) -> Pipeline:
     """The feature model on ``device`` and its output dimension (one dry forward); no executor yet."""
-    spec = get_model_spec(opts.model)
-    model = build_feature_model(spec, opts.layer, opts.pool, opts.weights, opts.random_weights).to(device)
+    spec = get_model_spec(model.model)
+    net = build_feature_model(spec, model.layer, model.pool, model.weights, model.random_weights).to(device)
     h, w = spec.preprocess.crop_size
-    with torch.inference_mode(), exec_config(opts, device).autocast():
-        dim = model(torch.zeros((1, 3, h, w), dtype=torch.uint8, device=device)).shape[1]
-    if opts.random_weights:
+    with torch.inference_mode(), exec_config(execution, device).autocast():
+        dim = net(torch.zeros((1, 3, h, w), dtype=torch.uint8, device=device)).shape[1]
+    if model.random_weights:
         log.warning("running %s with RANDOM weights (--random-weights): the features are not pretrained", spec.name)
-    return Pipeline(spec, model, int(dim), device=device)
+    return Pipeline(spec, net, int(dim), device=device)
 
 
-def build_pipeline(opts: ExtractOptions, device: torch.device,
+def build_pipeline(model: ModelPart, execution: ExecPart, device: torch.device,
                    before_executor: Optional[Callable[[Pipeline], None]] = None) -> Pipeline:
-    """Model, dimension and executor for ``opts`` on ``device``. ``before_executor(pipeline)`` runs
-    before the (possibly slow) export and timing, so a store that refuses this job does so at once.
-    A lower precision is chosen and measured by ``engines.fidelity.build_measured`` instead."""
-    pipeline = prepare_model(opts, device)
+    """Model, dimension and executor on ``device``. ``before_executor(pipeline)`` runs before the (possibly slow)
+    export and timing, so a store that refuses this job does so at once. A lower precision is chosen and measured
+    by ``engines.fidelity.build_measured`` instead."""
+    pipeline = prepare_model(model, execution, device)
     if before_executor is not None:
         before_executor(pipeline)
-    pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(opts, device))
+    pipeline.executor, pipeline.report = make_executor(pipeline.model, exec_config(execution, device))
     return pipeline
 
 
@@ -112,10 +113,10 @@ def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
     return features.detach().to("cpu", torch.float32).numpy().astype(np.dtype(dtype), copy=False)
 
 
-def drive(batches, executor: Executor, target, opts: ExtractOptions, retries: dict, bar=None) -> int:
+def drive(batches, executor: Executor, target, post: PostPart, retries: dict, bar=None) -> int:
     """``engines.loop.drive`` with the model's executor as the runner (ReLU/L2 on the device, in inference mode)."""
     def run(pixels) -> np.ndarray:
-        return to_numpy(postprocess(executor(pixels), opts.relu, opts.l2), opts.dtype)
+        return to_numpy(postprocess(executor(pixels), post.relu, post.l2), post.dtype)
 
     with torch.inference_mode():
         return loop.drive(batches, run, target, retries, bar)
@@ -133,7 +134,7 @@ def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, 
     try:
         batches = iter(loader)
         with worker_deaths(batches):
-            n_done = drive(batches, pipeline.executor, target, opts, retries, bar)
+            n_done = drive(batches, pipeline.executor, target, opts.post_part, retries, bar)
         target.close()
     except BaseException:
         target.abort()

@@ -198,7 +198,7 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
     cheap = update.cheap_identity(opts, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
         return update.finish(opts, store, upd, None, None, cheap)
-    pipeline = prepare_model(opts, torch.device("cpu"))  # the driver only fixes the identity
+    pipeline = prepare_model(opts.model_part, opts.exec_part, torch.device("cpu"))  # the driver only fixes the identity
     store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
     if not upd.pending:
         return update.finish(opts, store, upd, pipeline, None, cheap)
