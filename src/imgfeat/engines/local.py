@@ -92,11 +92,8 @@ def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPl
     finally:
         if bar is not None:
             bar.close()
-    return ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
-                         dim=pipeline.dim, model=pipeline.spec.name, backend=pipeline.report["backend"],
-                         backend_report=pipeline.report, out=str(opts.out) if opts.out is not None else None,
-                         errors_path=target.errors_path, n_retried=retries.get("retried", 0),
-                         n_recovered=retries.get("recovered", 0))
+    return ExtractResult.of_loop(n_done, target, time.perf_counter() - start, pipeline.dim, pipeline.spec.name,
+                                 pipeline.report, opts.out, retries)
 
 
 def _run_store(opts: ExtractOptions, source: Source, store: FeatureStore,

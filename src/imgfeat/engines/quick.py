@@ -174,12 +174,9 @@ def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> E
     except BaseException:
         target.abort()
         raise
-    result = ExtractResult(n_done=n_done, n_failed=target.n_failed, seconds=time.perf_counter() - start,
-                           dim=record["dim"], model=record["model"], backend=record["backend"],
-                           backend_report={"backend": record["backend"], "export": str(Path(record["export"]).parent),
-                                           "quick": True},
-                           out=str(opts.out) if opts.out is not None else None, errors_path=target.errors_path,
-                           n_retried=retries["retried"], n_recovered=retries["recovered"])
+    report = {"backend": record["backend"], "export": str(Path(record["export"]).parent), "quick": True}
+    result = ExtractResult.of_loop(n_done, target, time.perf_counter() - start, record["dim"], record["model"],
+                                   report, opts.out, retries)
     return finish_file_run(result, source, target, opts)
 
 

@@ -43,6 +43,15 @@ class ExtractResult:
     failed_shards: list = field(default_factory=list)  # Ray: (shard, reason) not done: the rerun retries them
     by_worker: dict = field(default_factory=dict)  # Ray: shards done per actor process
 
+    @classmethod
+    def of_loop(cls, n_done: int, target, seconds: float, dim: int, model: str, report: dict, out,
+                retries: dict) -> "ExtractResult":
+        """What one pass of ``engines.loop.drive`` into ``target`` did (the full and the quick path alike)."""
+        return cls(n_done=n_done, n_failed=target.n_failed, seconds=seconds, dim=dim, model=model,
+                   backend=report["backend"], backend_report=report, out=str(out) if out is not None else None,
+                   errors_path=target.errors_path, n_retried=retries.get("retried", 0),
+                   n_recovered=retries.get("recovered", 0))
+
     @property
     def images_per_s(self) -> float:
         return self.n_done / self.seconds if self.seconds > 0 else 0.0
