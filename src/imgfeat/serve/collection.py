@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -92,6 +92,53 @@ class LiveCollection:
         return self.current
 
 
+class Job:
+    """Something a collection computes once, in a background thread, while requests go on (the map, the neighbour
+    lists): ``start()`` starts it (or takes ``cached()``) and returns its progress, ``wait()`` waits for it
+    (bounded); a failure is remembered and reported to whoever asks next."""
+
+    def __init__(self, what: str, work: Callable[[], Any], cached: Callable[[], Any] = lambda: None,
+                 progress: Optional[dict] = None) -> None:
+        self.what, self.work, self.cached = what, work, cached
+        self.result: Any = None
+        self.error: Optional[str] = None
+        self.progress = dict(progress or {})
+        self.started = time.monotonic()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def start(self) -> dict:
+        with self._lock:
+            if self.result is None and self._thread is None:
+                self.result = self.cached()
+                if self.result is None:
+                    self.started = time.monotonic()
+                    self._thread = threading.Thread(target=self._run, daemon=True)
+                    self._thread.start()
+            if self.error:
+                raise ImgfeatError(f"{self.what} failed: {self.error}")
+            return {"ready": self.result is not None, **self.progress}
+
+    def _run(self) -> None:
+        try:
+            done = self.work()
+            if self.result is None:
+                self.result = done
+        except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
+            log.exception("%s failed", self.what)
+            self.error = str(exc)
+
+    def wait(self, timeout: float = 3600.0) -> Any:
+        self.start()
+        thread = self._thread
+        if self.result is None and thread is not None:
+            thread.join(timeout)
+        self.start()  # raises if the job failed
+        if self.result is None:
+            raise ImgfeatError(f"{self.what} is taking longer than expected")
+        return self.result
+
+
 def _index_name(index: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in index)
 
@@ -134,14 +181,10 @@ class Collection:
         self.knn = self._index(index_file)
         self._map_coords = map_coords
         self._lock = threading.Lock()
-        self._map: Optional[dict] = None
-        self._map_job: Optional[threading.Thread] = None
-        self._map_error: Optional[str] = None
-        self._map_step: tuple[str, int, int] = ("starting", 0, 1)
-        self._map_started = time.monotonic()
-        self._neighbours: Optional[tuple[np.ndarray, np.ndarray]] = None
-        self._neighbour_job: Optional[threading.Thread] = None
-        self._neighbour_done, self._neighbour_error = 0, None
+        self._map_job = Job("making the map", lambda: self._load_map(),
+                            progress={"step": "starting", "done": 0, "total": 1})
+        self._neighbour_job = Job("finding neighbours", lambda: self._compute_neighbours(), self._cached_neighbours,
+                                  progress={"done": 0, "total": self.n})
         self._label_subsets: dict[int, object] = {}
 
     # ------------------------------------------------------------------ loading
@@ -269,40 +312,16 @@ class Collection:
     def start_map(self) -> dict:
         """The map, computed once in a background thread (t-SNE takes a while); returns its progress:
         ``{"ready", "step", "done", "total", "elapsed_s"}`` (steps, not points: t-SNE reports none)."""
-        with self._lock:
-            if self._map is None and self._map_job is None:
-                self._map_started = time.monotonic()
-                self._map_job = threading.Thread(target=self._compute_map, daemon=True)
-                self._map_job.start()
-            if self._map_error:
-                raise ImgfeatError(f"making the map failed: {self._map_error}")
-            step, done, total = self._map_step
-            return {"ready": self._map is not None, "step": step, "done": done, "total": total,
-                    "elapsed_s": round(time.monotonic() - self._map_started, 1)}
-
-    def _compute_map(self) -> None:
-        try:
-            result = self._load_map()
-            with self._lock:
-                self._map = result
-        except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
-            log.exception("making the map failed")
-            self._map_error = str(exc)
+        progress = self._map_job.start()
+        return {**progress, "elapsed_s": round(time.monotonic() - self._map_job.started, 1)}
 
     def _say(self, step: str, done: int, total: int) -> None:
-        self._map_step = (step, done, total)
+        self._map_job.progress.update(step=step, done=done, total=total)
 
     def map(self, timeout: float = 3600.0) -> dict:
         """``rows`` (int32), ``xy`` (float32 N x 2, in [-1, 1] with the aspect kept), ``method``; waits (bounded)
         for the map if it is being made."""
-        self.start_map()
-        job = self._map_job
-        if self._map is None and job is not None:
-            job.join(timeout)
-        self.start_map()  # raises if the job failed
-        if self._map is None:
-            raise ImgfeatError("making the map is taking longer than expected")
-        return self._map
+        return self._map_job.wait(timeout)
 
     def _load_map(self) -> dict:
         if self._map_coords:
@@ -373,48 +392,35 @@ class Collection:
     def start_neighbours(self) -> dict:
         """Each vector's ``dup_k`` nearest others through the served index, computed once in a background
         thread (cached on disk); returns the progress: ``{"ready", "done", "total"}``."""
-        with self._lock:
-            if self._neighbours is None and self._neighbour_job is None:
-                cached = self._neighbours_file()
-                if cached.is_file():
-                    with np.load(cached) as z:
-                        self._neighbours = (z["D"], z["I"])
-                else:
-                    self._neighbour_job = threading.Thread(target=self._compute_neighbours, daemon=True)
-                    self._neighbour_job.start()
-            if self._neighbour_error:
-                raise ImgfeatError(f"finding neighbours failed: {self._neighbour_error}")
-            return {"ready": self._neighbours is not None, "done": self._neighbour_done, "total": self.n}
+        return self._neighbour_job.start()
 
-    def _compute_neighbours(self) -> None:
+    def _cached_neighbours(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        cached = self._neighbours_file()
+        if not cached.is_file():
+            return None
+        with np.load(cached) as z:
+            return z["D"], z["I"]
+
+    def _compute_neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        job = self._neighbour_job
+
         def done(rows: int) -> None:
-            self._neighbour_done = rows
+            job.progress["done"] = rows
 
-        try:
-            with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
-                # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
-                D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done,
-                                       block=int(np.clip(self.n // 100, 256, 65536)))
-            buf = io.BytesIO()
-            np.savez(buf, D=D, I=I)
-            with best_effort_cache("the neighbour lists", self._neighbours_file()):
-                write_atomic(self._neighbours_file(), buf.getvalue())
-            with self._lock:
-                self._neighbours = (D, I)
-        except Exception as exc:  # noqa: BLE001 - reported to the client that asks next
-            log.exception("finding neighbours failed")
-            self._neighbour_error = str(exc)
+        with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
+            # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
+            D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done,
+                                   block=int(np.clip(self.n // 100, 256, 65536)))
+        buf = io.BytesIO()
+        np.savez(buf, D=D, I=I)
+        with best_effort_cache("the neighbour lists", self._neighbours_file()):
+            write_atomic(self._neighbours_file(), buf.getvalue())
+        job.result = (D, I)
+        return D, I
 
     def neighbour_lists(self, timeout: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
         """The neighbour lists, waiting for them (bounded) if they are being computed."""
-        self.start_neighbours()
-        job = self._neighbour_job
-        if self._neighbours is None and job is not None:
-            job.join(timeout)
-        self.start_neighbours()  # raises if the job failed
-        if self._neighbours is None:
-            raise ImgfeatError("finding neighbours is taking longer than expected")
-        return self._neighbours
+        return self._neighbour_job.wait(timeout)
 
     @lru_cache(maxsize=16)
     def duplicate_groups(self, threshold: float) -> list[np.ndarray]:
