@@ -51,9 +51,10 @@ def test_torchvision_layer_export(backend):
     assert float((ex(x) - ref).abs().max() / ref.abs().max()) <= 1e-4
 
 
-def test_export_is_cached_and_keyed_by_weights(monkeypatch):
+def test_export_is_cached_and_keyed_by_weights(monkeypatch, tmp_path):
     if "onnx" not in RUNTIMES:
         pytest.skip("onnxruntime not installed")
+    monkeypatch.setenv("IMGFEAT_CACHE", str(tmp_path / "cache"))  # its own cache: no export of an earlier test
     spec = get_model_spec("squeezenet1_1")
     model = build_feature_model(spec)
     calls = []
