@@ -87,7 +87,7 @@ DRIVER = textwrap.dedent("""
     source = open_source(opts.data)
     store = FeatureStore(opts.out)
     t0 = time.perf_counter()
-    upd = update.prepare(opts, source, store)
+    upd = update.prepare(opts.update_part, source, store)
     plan = ShardPlan(size=opts.shard_size, offset=upd.base)
     jobs = sum(1 for _ in _pending(PlanSource(upd.plan).records(), plan, upd.plan, upd.base))
     on[0] = False

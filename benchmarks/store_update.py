@@ -62,7 +62,7 @@ def fake_store(folder: Path, store_path: Path, opts) -> None:
 
     source = open_source(str(folder))
     store = FeatureStore(store_path)
-    upd = update.prepare(opts, source, store)
+    upd = update.prepare(opts.update_part, source, store)
     pipeline = prepare_model(opts.model_part, opts.exec_part, torch.device("cpu"))  # the real identity; vectors are zeros of its dimension
     store.open(store_identity(opts, pipeline, source))
     dim = pipeline.dim

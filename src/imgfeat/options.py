@@ -107,6 +107,15 @@ class PostPart:
     dtype: str
 
 
+@dataclass(frozen=True)
+class UpdatePart:
+    """How a store's run follows its input: the shard size of the plan, ``--append`` and ``--prune``."""
+
+    shard_size: int
+    append: bool
+    prune: bool
+
+
 @dataclass
 class ExtractOptions:
     """Options of one extraction run (see ``imgfeat extract --help``)."""
@@ -178,6 +187,10 @@ class ExtractOptions:
     @property
     def post_part(self) -> PostPart:
         return PostPart(self.relu, self.l2, self.dtype)
+
+    @property
+    def update_part(self) -> UpdatePart:
+        return UpdatePart(self.shard_size, self.append, self.prune)
 
     def wants_store(self) -> bool:
         """Whether ``out`` is a feature store (a folder), not one file."""

@@ -108,11 +108,11 @@ def _run_store(opts: ExtractOptions, source: Source, store: FeatureStore,
 def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
                   progress: Optional[bool]) -> ExtractResult:
     part = opts.part()
-    upd = update.prepare(opts, source, store, part=part is not None)
+    upd = update.prepare(opts.update_part, source, store, part=part is not None)
     upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(opts, store, upd, None, None, cheap)
+        return update.finish(opts.out, store, upd, None, None, cheap)
     from ..models.backends import resolve_device
     from .fidelity import announce, build_measured, measurement_images
     from .pipeline import store_identity
@@ -138,4 +138,4 @@ def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
         result = _run(opts, pipeline, plan_source, plan, target, bar, store)
         result.shards_written = target.shards_written
         result.shards_skipped = len(upd.done_of(done))
-    return update.finish(opts, store, upd, pipeline, result, cheap)
+    return update.finish(opts.out, store, upd, pipeline, result, cheap)

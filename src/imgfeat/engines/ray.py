@@ -193,15 +193,15 @@ def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractRes
 
 
 def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> ExtractResult:
-    upd = update.prepare(opts, source, store, part=part)
+    upd = update.prepare(opts.update_part, source, store, part=part)
     upd.skipped = count_skipped(source, opts)
     cheap = update.cheap_identity(opts, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(opts, store, upd, None, None, cheap)
+        return update.finish(opts.out, store, upd, None, None, cheap)
     pipeline = prepare_model(opts.model_part, opts.exec_part, torch.device("cpu"))  # the driver only fixes the identity
     store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
     if not upd.pending:
-        return update.finish(opts, store, upd, pipeline, None, cheap)
+        return update.finish(opts.out, store, upd, pipeline, None, cheap)
     done = store.done_shards()
     fleet = Fleet(ray, opts, *measurement_images(opts, source))
     figures, refused = ray.get(fleet.actors[0].fidelity.remote())
@@ -220,4 +220,4 @@ def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> 
                            n_retried=totals["retried"], n_recovered=totals["recovered"],
                            actors_lost=totals["actors_lost"], shards_retried=totals["shards_retried"],
                            failed_shards=totals["failed"], by_worker=dict(totals["by_pid"]))
-    return update.finish(opts, store, upd, pipeline, result, cheap)
+    return update.finish(opts.out, store, upd, pipeline, result, cheap)

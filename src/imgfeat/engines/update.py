@@ -35,7 +35,7 @@ import numpy as np
 from ..data.sources import Source, fingerprint
 from ..errors import ImgfeatError
 from ..files import commit, create_atomic, partial_path, write_atomic, writer_tag
-from ..options import ExtractOptions
+from ..options import ExtractOptions, UpdatePart
 from ..outputs.store import FeatureStore, empty_inventory
 from .result import ExtractResult
 
@@ -372,7 +372,7 @@ def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int
     return digest
 
 
-def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: bool = False) -> Update:
+def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool = False) -> Update:
     """List the input, diff it against the store, and freeze (or resume) the plan. The caller holds the writer
     lock, except ``--shard I/N`` parts, which share one plan and never drop another's work."""
     folder = store.update_dir
@@ -386,21 +386,21 @@ def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: 
                  "taken as unchanged while their ids stay in the input", store.path, len(segs))
     listing = folder / f"input.{writer_tag()}.parquet"
     try:
-        write_listing(source, listing, opts.shard_size)
-        found, positions = diff(store, listing, append=opts.append)
+        write_listing(source, listing, plan.shard_size)
+        found, positions = diff(store, listing, append=plan.append)
         found.converted = upd.converted
         upd = found
-        check_removals(upd, store.live_inputs(), opts.prune)
+        check_removals(upd, store.live_inputs(), plan.prune)
         generation = store.generation or 0
         plan_path = folder / "plan.parquet"
         meta_path = folder / "plan.json"
         if upd.pending:
             fresh = folder / f"plan.{writer_tag()}.parquet"
-            plan_hash = write_plan(listing, positions, fresh, opts.shard_size)
+            plan_hash = write_plan(listing, positions, fresh, plan.shard_size)
         else:
             fresh, plan_hash = None, None
         upd.digest = _digest(plan_hash, upd.dead, generation)
-        upd.shards = -(-upd.pending // opts.shard_size)
+        upd.shards = -(-upd.pending // plan.shard_size)
         held = _read_json(meta_path)
         if held is not None and held.get("digest") == upd.digest and plan_path.is_file() == bool(upd.pending):
             upd.base = held["base"]  # the same work as an interrupted run: resume it
@@ -422,7 +422,7 @@ def prepare(opts: ExtractOptions, source: Source, store: FeatureStore, *, part: 
                     "generation": generation, "counts": upd.counts()}
             if part:
                 if not create_atomic(meta_path, json.dumps(meta).encode()):
-                    return prepare(opts, source, store, part=part)  # another part froze it first: compare again
+                    return prepare(plan, source, store, part=part)  # another part froze it first: compare again
             else:
                 write_atomic(meta_path, json.dumps(meta).encode())
         upd.plan = str(plan_path) if upd.pending else None
@@ -451,7 +451,7 @@ def publish(store: FeatureStore, upd: Update) -> dict:
     return manifest
 
 
-def finish(opts: ExtractOptions, store: FeatureStore, upd: Update, pipeline: Optional[Pipeline],
+def finish(out, store: FeatureStore, upd: Update, pipeline: Optional[Pipeline],
            result: Optional[ExtractResult], cheap: Optional[dict] = None) -> ExtractResult:
     """Publish the update once every shard of its plan is done (the last ``--shard`` part does it)."""
     published = plan_done(store, upd)
@@ -463,7 +463,7 @@ def finish(opts: ExtractOptions, store: FeatureStore, upd: Update, pipeline: Opt
         result = ExtractResult(n_done=0, n_failed=0, seconds=0.0, dim=store.manifest.get("dim") or 0,
                                model=pipeline.spec.name if pipeline is not None else None,
                                backend=pipeline.report.get("backend", "") if pipeline is not None else "",
-                               out=str(opts.out), shards_written=0, shards_skipped=0)
+                               out=str(out), shards_written=0, shards_skipped=0)
     result.update, result.generation, result.published = upd.counts(), store.generation, published
     result.skipped = upd.skipped
     if published and store.manifest.get("skipped") != upd.skipped:
