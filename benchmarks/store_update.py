@@ -64,7 +64,7 @@ def fake_store(folder: Path, store_path: Path, opts) -> None:
     store = FeatureStore(store_path)
     upd = update.prepare(opts.update_part, source, store)
     pipeline = prepare_model(opts.model_part, opts.exec_part, torch.device("cpu"))  # the real identity; vectors are zeros of its dimension
-    store.open(store_identity(opts, pipeline, source))
+    store.open(store_identity(opts.resolve(), pipeline, source))
     dim = pipeline.dim
     target = StoreTarget(store, upd.plan, upd.base)
     pf = pq.ParquetFile(upd.plan)
@@ -74,7 +74,7 @@ def fake_store(folder: Path, store_path: Path, opts) -> None:
         target.write(upd.base + g, ids, paths, np.zeros((len(ids), dim), np.float32))
         target.end_shard(upd.base + g, len(ids))
     update.publish(store, upd)
-    store.annotate("options", update.cheap_identity(opts, source))
+    store.annotate("options", update.cheap_identity(opts.resolve(), source))
 
 
 def cli(*args: str) -> tuple[float, str]:

@@ -266,7 +266,7 @@ def test_one_vector_identity_from_a_run_and_from_its_manifest(image_tsv, tmp_pat
     opts = ExtractOptions(model="squeezenet1_1", backend="torch", workers=0, l2=True)
     import torch
 
-    made = vector_identity(opts, build_pipeline(opts.model_part, opts.exec_part, torch.device("cpu")))
+    made = vector_identity(build_pipeline(opts.model_part, opts.exec_part, torch.device("cpu")), opts.post_part, "fp32")
     assert read == VectorIdentity(**made.as_dict()) and read.l2 and read.dim == 512
     old = {k: v for k, v in manifest.items() if k != "precision"}
     assert VectorIdentity.from_manifest(old).precision == "fp32"

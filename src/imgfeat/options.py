@@ -116,6 +116,72 @@ class UpdatePart:
     prune: bool
 
 
+@dataclass(frozen=True)
+class InputPart:
+    """What is read: the input, its block (``--start``/``--stop``), a table's columns, where skipped files are
+    listed. :meth:`open` is the one place an engine opens its input."""
+
+    data: Any
+    start: int
+    stop: Optional[int]
+    image_column: Optional[str]
+    id_column: Optional[str]
+    skipped_log: Optional[str]
+
+    def open(self):
+        return open_source(self.data, self.start, self.stop, image_column=self.image_column,
+                           id_column=self.id_column)
+
+
+@dataclass(frozen=True)
+class DecodePart:
+    """How images become batches: batch size, decode processes and the limits of one image (``data.loader``)."""
+
+    batch_size: int
+    workers: int
+    max_pixels: int
+    decode_timeout: Optional[float]  # None: no limit
+
+
+@dataclass(frozen=True)
+class CheckPart:
+    """A precision below fp32 is measured before it is used (``engines.fidelity``): on what, and to which bar."""
+
+    min_fidelity: float
+    calibrate: Optional[str]
+
+
+@dataclass(frozen=True)
+class OutputPart:
+    """Where the vectors go: ``out`` (None: kept in memory), whether it is a store, this run's ``--shard`` part."""
+
+    out: Optional[str]
+    store: bool
+    part: Optional[tuple[int, int]]
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    """``ExtractOptions`` resolved once (``ExtractOptions.resolve``, by ``engines.run``) into the parts the engines
+    pass on: each function receives the part it uses, never the whole declaration."""
+
+    input: InputPart
+    decode: DecodePart
+    model: ModelPart
+    execution: ExecPart
+    post: PostPart
+    check: CheckPart
+    output: OutputPart
+    update: UpdatePart
+    engine: str
+    ray_address: Optional[str]
+
+    def replace(self, **parts) -> "Job":
+        """This job with some parts changed, each given as a dict of its fields (``execution={"threads": 1}``)."""
+        return dataclasses.replace(self, **{k: dataclasses.replace(getattr(self, k), **v) for k, v in parts.items()})
+
+
 @dataclass
 class ExtractOptions:
     """Options of one extraction run (see ``imgfeat extract --help``)."""
@@ -191,6 +257,17 @@ class ExtractOptions:
     @property
     def update_part(self) -> UpdatePart:
         return UpdatePart(self.shard_size, self.append, self.prune)
+
+    def resolve(self) -> Job:
+        """Validate, then the :class:`Job` the engines run: every part made here, once."""
+        self.validate()
+        return Job(input=InputPart(self.data, self.start, self.stop, self.image_column, self.id_column,
+                                   self.skipped_log),
+                   decode=DecodePart(self.batch_size, self.workers, self.max_pixels, self.decode_timeout or None),
+                   model=self.model_part, execution=self.exec_part, post=self.post_part,
+                   check=CheckPart(self.min_fidelity, self.calibrate),
+                   output=OutputPart(self.out, self.wants_store(), self.part(), self.quiet),
+                   update=self.update_part, engine=self.engine, ray_address=self.ray_address)
 
     def wants_store(self) -> bool:
         """Whether ``out`` is a feature store (a folder), not one file."""

@@ -1,5 +1,5 @@
 """Engine layer: how a job's shards are spread. Engines are chosen from a table and share one
-signature, ``run(opts, progress) -> ExtractResult`` (img2dataset ``distributor.py`` habit):
+signature, ``run(job, progress) -> ExtractResult``, on the options resolved once into a ``Job`` of parts (img2dataset ``distributor.py`` habit):
 
 ``local`` (this process; ``--shard I/N`` parts are several local runs) and ``ray`` (a Ray cluster); before
 either, ``quick`` serves a small job whose model is already exported without importing torch.
@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ..options import ExtractOptions
+from ..options import ExtractOptions, Job
 from .result import ExtractResult
 
 
-def _local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
+def _local(job: Job, progress: Optional[bool] = None) -> ExtractResult:
     from .local import run_local
 
-    return run_local(opts, progress)
+    return run_local(job, progress)
 
 
-def _ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
+def _ray(job: Job, progress: Optional[bool] = None) -> ExtractResult:
     from .ray import run_ray  # Ray is an optional extra: imported only when asked for
 
-    return run_ray(opts, progress)
+    return run_ray(job, progress)
 
 
 ENGINES: dict[str, Callable[..., ExtractResult]] = {"local": _local, "ray": _ray}
@@ -35,9 +35,9 @@ def run(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
     without torch)."""
     from .quick import try_run
 
-    opts.validate()
-    result = try_run(opts, progress)
-    return result if result is not None else ENGINES[opts.engine](opts, progress)
+    job = opts.resolve()
+    result = try_run(job, progress)
+    return result if result is not None else ENGINES[job.engine](job, progress)
 
 
 __all__ = ["ENGINES", "ExtractResult", "run"]

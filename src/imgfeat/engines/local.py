@@ -10,9 +10,9 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from ..data.shards import ShardPlan
-from ..data.sources import PlanSource, Source, open_source
+from ..data.sources import PlanSource, Source
 from ..errors import WorkerDiedError, is_disk_full
-from ..options import ExtractOptions
+from ..options import Job
 from ..outputs.store import FeatureStore
 from ..outputs.targets import FileTarget, StoreTarget
 from . import quick, update
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 # run with nothing new, and the quick path, never import them
 
 
-def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
+def _progress(quiet: bool, source: Source, enabled: Optional[bool]):
     if enabled is None:
-        enabled = not opts.quiet and sys.stderr.isatty()
+        enabled = not quiet and sys.stderr.isatty()
     if not enabled:
         return None
     from tqdm import tqdm
@@ -45,41 +45,47 @@ def _progress(opts: ExtractOptions, source: Source, enabled: Optional[bool]):
     return bar
 
 
-def run_local(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
-    """Run ``opts`` (already validated) in this process."""
-    source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
-                         id_column=opts.id_column)
-    if opts.wants_store():
-        return _run_store(opts, source, FeatureStore(opts.out), progress)
+def run_local(job: Job, progress: Optional[bool] = None) -> ExtractResult:
+    """Run ``job`` (options resolved by ``ExtractOptions.resolve``) in this process."""
+    source = job.input.open()
+    require_input(source, job.input.start)  # before any output or store is made
+    if job.output.store:
+        return _run_store(job, source, FeatureStore(job.output.out), progress)
+    target = FileTarget(job.output.out)  # a bad extension fails early
+    pipeline = _build(job, source)
+    plan = ShardPlan(size=job.update.shard_size if job.output.part else None, part=job.output.part)
+    result = _run(job, pipeline, source, plan, target, progress, None)
+    return finish_file_run(result, source, target, job.input, job.output.out)
+
+
+def _build(job: Job, source: Source, store: Optional[FeatureStore] = None, before_executor=None) -> Pipeline:
+    """The model, measured first at a precision below fp32 (on this input, or refused before anything is written),
+    announced, and recorded for the quick path (the next small run, or a store's query images, need no torch)."""
+    import torch
+
     from ..models.backends import resolve_device
     from .fidelity import announce, build_measured, measurement_images
 
-    target = FileTarget(opts.out)  # a bad extension fails early
-    require_input(source, opts)
-    _threads(opts)
-    plan = ShardPlan(size=opts.shard_size if opts.part() else None, part=opts.part())
-    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source))
-    announce(fidelity, None)
-    quick.remember(opts, pipeline)  # the next small run of these options needs no torch
-    result = _run(opts, pipeline, source, plan, target, _progress(opts, source, progress), None)
-    return finish_file_run(result, source, target, opts)
+    if job.execution.threads is not None:
+        torch.set_num_threads(job.execution.threads)
+    pipeline, fidelity = build_measured(job, resolve_device(job.execution.device),
+                                        *measurement_images(job, source), before_executor=before_executor)
+    announce(fidelity, store)
+    quick.remember(job, pipeline)
+    return pipeline
 
 
-def _threads(opts: ExtractOptions) -> None:
-    import torch
-
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
-
-
-def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPlan, target, bar,
-         store: Optional[FeatureStore]) -> ExtractResult:
+def _run(job: Job, pipeline: Pipeline, source: Source, plan: ShardPlan, target, progress: Optional[bool],
+         store: Optional[FeatureStore], done_before: int = 0) -> ExtractResult:
     from .pipeline import process_shards
 
+    bar = _progress(job.output.quiet, source, progress)
+    if bar is not None and done_before:
+        bar.update(done_before)
     start = time.perf_counter()
     retries: dict = {}
     try:
-        n_done = process_shards(pipeline, source, plan, target, opts, bar, retries)
+        n_done = process_shards(pipeline, source, plan, target, job.decode, job.post, bar, retries)
     except OSError as exc:
         if is_disk_full(exc):  # what is kept, for the one line the command line prints
             exc.imgfeat_written = (store is not None, getattr(target, "shards_written", 0),
@@ -93,49 +99,37 @@ def _run(opts: ExtractOptions, pipeline: Pipeline, source: Source, plan: ShardPl
         if bar is not None:
             bar.close()
     return ExtractResult.of_loop(n_done, target, time.perf_counter() - start, pipeline.dim, pipeline.spec.name,
-                                 pipeline.report, opts.out, retries)
+                                 pipeline.report, job.output.out, retries)
 
 
-def _run_store(opts: ExtractOptions, source: Source, store: FeatureStore,
-               progress: Optional[bool]) -> ExtractResult:
+def _run_store(job: Job, source: Source, store: FeatureStore, progress: Optional[bool]) -> ExtractResult:
     """A store converges on its input: the difference is extracted into new shards and published (see
     ``engines.update``). One writer at a time; ``--shard I/N`` parts share one plan and take no lock."""
-    require_input(source, opts)
-    with store.writing(part=opts.part() is not None):
-        return _update_store(opts, source, store, progress)
+    with store.writing(part=job.output.part is not None):
+        return _update_store(job, source, store, progress)
 
 
-def _update_store(opts: ExtractOptions, source: Source, store: FeatureStore,
-                  progress: Optional[bool]) -> ExtractResult:
-    part = opts.part()
-    upd = update.prepare(opts.update_part, source, store, part=part is not None)
-    upd.skipped = count_skipped(source, opts)
-    cheap = update.cheap_identity(opts, source)
+def _update_store(job: Job, source: Source, store: FeatureStore, progress: Optional[bool]) -> ExtractResult:
+    part = job.output.part
+    upd = update.prepare(job.update, source, store, part=part is not None)
+    upd.skipped = count_skipped(source, job.input.skipped_log)
+    cheap = update.cheap_identity(job, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(opts.out, store, upd, None, None, cheap)
-    from ..models.backends import resolve_device
-    from .fidelity import announce, build_measured, measurement_images
+        return update.finish(job.output.out, store, upd, None, None, cheap)
     from .pipeline import store_identity
 
-    def open_store(pipeline: Pipeline) -> None:
-        store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
+    def open_store(pipeline: Pipeline) -> None:  # a store that refuses this job does so before the export
+        store.open(store_identity(job, pipeline, source), ignore=("input",) if job.update.append else ())
 
-    _threads(opts)
-    # a lower precision: measured on this input (or refused) before anything is written
-    pipeline, fidelity = build_measured(opts, resolve_device(opts.device), *measurement_images(opts, source),
-                                        before_executor=open_store)
-    announce(fidelity, store)
-    quick.remember(opts, pipeline)  # query images of this store need no torch
+    pipeline = _build(job, source, store, open_store)
     result = None
     if upd.pending:
         done = frozenset(store.done_shards())
-        plan = ShardPlan(size=opts.shard_size, skip=done, part=part, offset=upd.base)
-        plan_source = PlanSource(upd.plan, source.describe())
-        bar = _progress(opts, plan_source, progress)
-        if bar is not None:
-            bar.update(sum(json.loads(store.marker(k).read_text())["inputs"] for k in upd.done_of(done)))
+        plan = ShardPlan(size=job.update.shard_size, skip=done, part=part, offset=upd.base)
+        finished = sum(json.loads(store.marker(k).read_text())["inputs"] for k in upd.done_of(done))
         target = StoreTarget(store, upd.plan, upd.base)
-        result = _run(opts, pipeline, plan_source, plan, target, bar, store)
+        result = _run(job, pipeline, PlanSource(upd.plan, source.describe()), plan, target, progress, store,
+                      finished)
         result.shards_written = target.shards_written
         result.shards_skipped = len(upd.done_of(done))
-    return update.finish(opts.out, store, upd, pipeline, result, cheap)
+    return update.finish(job.output.out, store, upd, pipeline, result, cheap)

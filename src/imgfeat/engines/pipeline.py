@@ -24,7 +24,7 @@ from ..models.backbone import FeatureModel, build_feature_model
 from ..models.backends import ExecConfig, Executor, make_executor
 from ..models.registry import ModelSpec, get_model_spec
 from ..outputs.identity import VectorIdentity
-from ..options import ExecPart, ExtractOptions, ModelPart, PostPart, available_cores
+from ..options import DecodePart, ExecPart, Job, ModelPart, PostPart, available_cores
 from . import loop
 from .inputs import count_skipped, require_input  # noqa: F401 - re-exported
 from .result import ExtractResult  # noqa: F401 - re-exported: engines share it
@@ -77,25 +77,27 @@ def build_pipeline(model: ModelPart, execution: ExecPart, device: torch.device,
     return pipeline
 
 
-def vector_identity(opts: ExtractOptions, pipeline: Pipeline) -> VectorIdentity:
+def vector_identity(pipeline: Pipeline, post: PostPart, precision: str) -> VectorIdentity:
     """What this run's vectors are (the store's, the quick path's and the queries' one identity)."""
     model = pipeline.model
     return VectorIdentity(model=pipeline.spec.name, layer=model.layer, pool=model.pool, weights=model.fingerprint(),
-                          preprocess=pipeline.spec.preprocess.identity(), dim=pipeline.dim, dtype=opts.dtype,
-                          relu=opts.relu, l2=opts.l2, precision=opts.precision)
+                          preprocess=pipeline.spec.preprocess.identity(), dim=pipeline.dim, dtype=post.dtype,
+                          relu=post.relu, l2=post.l2, precision=precision)
 
 
-def store_identity(opts: ExtractOptions, pipeline: Pipeline, source: Source) -> dict:
+def store_identity(job: Job, pipeline: Pipeline, source: Source) -> dict:
     """What a store records of a run: the vectors' identity and the job's scope, which a rerun must agree on to
     resume it, and what queries need (JSON-normalised so it compares with the file)."""
-    identity = {**vector_identity(opts, pipeline).as_dict(),
-                "input": source.describe(), "start": opts.start, "stop": opts.stop, "shard_size": opts.shard_size,
+    weights = job.model.weights
+    identity = {**vector_identity(pipeline, job.post, job.execution.precision).as_dict(),
+                "input": source.describe(), "start": job.input.start, "stop": job.input.stop,
+                "shard_size": job.update.shard_size,
                 # not compared: what the vectors can be compared with (a CLIP embedding: text)
                 "text_tower": bool(pipeline.spec.text_tower and pipeline.model.layer is None),
                 # not compared: how the weights were chosen, so queries build the same model (the hash above
                 # checks it): pretrained, random (--random-weights) or file (--weights, its name)
-                "weights_source": ("random" if opts.random_weights else "file" if opts.weights else "pretrained"),
-                "weights_file": os.path.basename(opts.weights) if opts.weights else None}
+                "weights_source": ("random" if job.model.random_weights else "file" if weights else "pretrained"),
+                "weights_file": os.path.basename(weights) if weights else None}
     return json.loads(json.dumps(identity))
 
 
@@ -122,19 +124,18 @@ def drive(batches, executor: Executor, target, post: PostPart, retries: dict, ba
         return loop.drive(batches, run, target, retries, bar)
 
 
-def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, opts: ExtractOptions,
+def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, decode: DecodePart, post: PostPart,
                    bar=None, retries: Optional[dict] = None) -> int:
     """Decode the shards of ``source`` that ``plan`` wants and write their vectors to ``target``; on any
     exception the target's unfinished files are removed. Returns the vectors written."""
-    loader = make_loader(source, pipeline.spec.preprocess, opts.batch_size, opts.workers, opts.max_pixels,
-                         pin_memory=pipeline.device.type == "cuda", plan=plan,
-                         decode_timeout=opts.decode_timeout or None)
-    target.open(pipeline.dim, np.dtype(opts.dtype))
+    loader = make_loader(source, pipeline.spec.preprocess, decode.batch_size, decode.workers, decode.max_pixels,
+                         pin_memory=pipeline.device.type == "cuda", plan=plan, decode_timeout=decode.decode_timeout)
+    target.open(pipeline.dim, np.dtype(post.dtype))
     retries = {} if retries is None else retries
     try:
         batches = iter(loader)
         with worker_deaths(batches):
-            n_done = drive(batches, pipeline.executor, target, opts.post_part, retries, bar)
+            n_done = drive(batches, pipeline.executor, target, post, retries, bar)
         target.close()
     except BaseException:
         target.abort()

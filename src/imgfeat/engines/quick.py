@@ -33,12 +33,12 @@ import numpy as np
 from .._version import __version__
 from ..data.batches import decode_batch, planned_batches
 from ..data.shards import ShardPlan
-from ..data.sources import Source, open_source
+from ..data.sources import Source
 from ..files import cache_dir, write_atomic
 from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
 from ..errors import InvalidParameterError
-from ..options import ExtractOptions, available_cores
+from ..options import ExecPart, Job, ModelPart, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.targets import FileTarget
 from .inputs import finish_file_run, require_input
@@ -57,16 +57,17 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-def _key(opts: ExtractOptions) -> str:
+def _key(model: ModelPart, execution: ExecPart) -> str:
     """What the record is looked up by: every option that decides the model, how it runs and the versions that
     made the export (torch's read from its metadata, not imported)."""
-    ident = [opts.model, opts.layer, opts.pool, os.path.abspath(opts.weights) if opts.weights else None,
-             opts.backend, opts.batch_size, opts.threads or available_cores(), __version__, _version("torch")]
+    ident = [model.model, model.layer, model.pool, os.path.abspath(model.weights) if model.weights else None,
+             execution.backend, execution.batch_size, execution.threads or available_cores(), __version__,
+             _version("torch")]
     return hashlib.blake2b(json.dumps(ident).encode(), digest_size=12).hexdigest()
 
 
-def _record_path(opts: ExtractOptions) -> Path:
-    return cache_dir() / "quick" / f"{_key(opts)}.json"
+def _record_path(job: Job) -> Path:
+    return cache_dir() / "quick" / f"{_key(job.model, job.execution)}.json"
 
 
 def _identity_path(identity: VectorIdentity) -> Path:
@@ -85,22 +86,23 @@ def _gpu_visible() -> bool:
     return sys.platform == "darwin" or os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")
 
 
-def _why_not(opts: ExtractOptions) -> Optional[str]:
-    """Why ``opts`` cannot take the quick path (None: it can, if a record exists)."""
+def _why_not(job: Job) -> Optional[str]:
+    """Why ``job`` cannot take the quick path (None: it can, if a record exists)."""
+    execution = job.execution
     if os.environ.get("IMGFEAT_QUICK", "1") == "0":
         return "IMGFEAT_QUICK=0"
-    if opts.engine != "local" or opts.part() is not None:
-        return f"--engine {opts.engine}" if opts.engine != "local" else "--shard"
-    if opts.wants_store():
+    if job.engine != "local" or job.output.part is not None:
+        return f"--engine {job.engine}" if job.engine != "local" else "--shard"
+    if job.output.store:
         return "the output is a feature store"
-    if opts.precision != "fp32":
-        return f"--precision {opts.precision}"
-    if opts.backend not in ("auto",) + CPU_BACKENDS:
-        return f"--backend {opts.backend}"
-    if opts.random_weights:
+    if execution.precision != "fp32":
+        return f"--precision {execution.precision}"
+    if execution.backend not in ("auto",) + CPU_BACKENDS:
+        return f"--backend {execution.backend}"
+    if job.model.random_weights:
         return "--random-weights"
-    if opts.device not in ("auto", "cpu") or (opts.device == "auto" and _gpu_visible()):
-        return "a GPU (--device)" if opts.device != "auto" else "a GPU may be used (--device auto)"
+    if execution.device not in ("auto", "cpu") or (execution.device == "auto" and _gpu_visible()):
+        return "a GPU (--device)" if execution.device != "auto" else "a GPU may be used (--device auto)"
     return None
 
 
@@ -124,21 +126,20 @@ def _usable(record: dict) -> Optional[str]:
     return None
 
 
-def try_run(opts: ExtractOptions, progress: Optional[bool] = None) -> Optional[ExtractResult]:
-    """Run ``opts`` (validated) on the quick path, or return None (and log why at debug level) for the full one."""
-    why = _why_not(opts)
+def try_run(job: Job, progress: Optional[bool] = None) -> Optional[ExtractResult]:
+    """Run ``job`` on the quick path, or return None (and log why at debug level) for the full one."""
+    why = _why_not(job)
     record = None
     if why is None:
         try:
-            record = json.loads(_record_path(opts).read_text())
+            record = json.loads(_record_path(job).read_text())
         except (OSError, ValueError):
             why = "no record of an exported model for these options yet (the full path writes one)"
     if why is None:
         why = _usable(record)
     source = records = None
     if why is None:
-        source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
-                             id_column=opts.id_column)
+        source = job.input.open()
         records = _small(source)
         if records is None:
             why = f"more than {QUICK_MAX} images"
@@ -146,7 +147,7 @@ def try_run(opts: ExtractOptions, progress: Optional[bool] = None) -> Optional[E
         log.debug("full path (torch): %s", why)
         return None
     log.debug("quick path: %s, %s export %s", record["model"], record["backend"], record["export"])
-    return _run(opts, record, source, records)
+    return _run(job, record, source, records)
 
 
 def _runner(record: dict, threads: int):
@@ -157,45 +158,46 @@ def _runner(record: dict, threads: int):
     return openvino_runner(Path(record["export"]), threads, "fp32")
 
 
-def _run(opts: ExtractOptions, record: dict, source: Source, records: list) -> ExtractResult:
-    require_input(source, opts)
+def _run(job: Job, record: dict, source: Source, records: list) -> ExtractResult:
+    require_input(source, job.input.start)
     start = time.perf_counter()
     pp = Preprocess.from_identity(record["preprocess"])
-    run = _runner(record, opts.threads or available_cores())
-    target = FileTarget(opts.out)
-    target.open(record["dim"], np.dtype(opts.dtype))
+    run = _runner(record, job.execution.threads or available_cores())
+    post, decode, out = job.post, job.decode, job.output.out
+    target = FileTarget(out)
+    target.open(record["dim"], np.dtype(post.dtype))
     retries = {"retried": 0, "recovered": 0}
-    batches = ({**decode_batch(chunk, pp, opts.max_pixels, opts.decode_timeout or None), "shard": shard, "last": last}
-               for shard, chunk, last in planned_batches(iter(records), opts.batch_size, ShardPlan()))
+    batches = ({**decode_batch(chunk, pp, decode.max_pixels, decode.decode_timeout), "shard": shard, "last": last}
+               for shard, chunk, last in planned_batches(iter(records), decode.batch_size, ShardPlan()))
     try:
-        n_done = drive(batches, lambda pixels: postprocess(run(pixels), opts.relu, opts.l2).astype(
-            np.dtype(opts.dtype), copy=False), target, retries)
+        n_done = drive(batches, lambda pixels: postprocess(run(pixels), post.relu, post.l2).astype(
+            np.dtype(post.dtype), copy=False), target, retries)
         target.close()
     except BaseException:
         target.abort()
         raise
     report = {"backend": record["backend"], "export": str(Path(record["export"]).parent), "quick": True}
     result = ExtractResult.of_loop(n_done, target, time.perf_counter() - start, record["dim"], record["model"],
-                                   report, opts.out, retries)
-    return finish_file_run(result, source, target, opts)
+                                   report, out, retries)
+    return finish_file_run(result, source, target, job.input, out)
 
 
-def remember(opts: ExtractOptions, pipeline) -> None:
+def remember(job: Job, pipeline) -> None:
     """After a full run's model is built on the CPU with an fp32 export: record what the quick path needs, found by
     these options (when the quick path could serve them) and by the vectors' identity (for query images)."""
     report = pipeline.report
     if report.get("backend") not in CPU_BACKENDS or "export" not in report or pipeline.device.type != "cpu" \
-            or opts.precision != "fp32" or opts.random_weights:
+            or job.execution.precision != "fp32" or job.model.random_weights:
         return
     from ..models.weights import resolve_weights
 
-    weights_file = resolve_weights(pipeline.spec.weights, opts.weights, opts.random_weights).local_file()
+    weights_file = resolve_weights(pipeline.spec.weights, job.model.weights, False).local_file()
     if weights_file is None:
         return
     from .pipeline import vector_identity
 
     runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[report["backend"]]
-    identity = vector_identity(opts, pipeline)
+    identity = vector_identity(pipeline, job.post, job.execution.precision)
     record = {"model": identity.model, "layer": identity.layer, "pool": identity.pool,
               "fingerprint": identity.weights, "dim": identity.dim, "preprocess": identity.preprocess,
               "backend": report["backend"], "export": str(Path(report["export"]) / "model.onnx"),
@@ -203,8 +205,8 @@ def remember(opts: ExtractOptions, pipeline) -> None:
               "versions": [__version__, _version("torch"), _version(runtime)]}
     data = json.dumps(record, indent=1).encode()
     paths = [_identity_path(identity)]
-    if _why_not(opts) is None:
-        paths.append(_record_path(opts))
+    if _why_not(job) is None:
+        paths.append(_record_path(job))
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)

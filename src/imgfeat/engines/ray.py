@@ -11,7 +11,6 @@ flight, so the driver's memory does not grow with the input.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Callable, Iterator, Optional
@@ -19,10 +18,10 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..data.shards import ShardPlan, cut_shards
-from ..data.sources import ListSource, PlanSource, Record, open_source
+from ..data.sources import ListSource, PlanSource, Record
 from ..errors import bad_param, require
 from ..models.backends import resolve_device
-from ..options import ExtractOptions
+from ..options import Job
 from ..outputs.store import FeatureStore
 from ..outputs.targets import StoreTarget
 from .fidelity import FidelityError, announce, build_measured, measurement_images
@@ -34,21 +33,22 @@ from .pipeline import ExtractResult, Pipeline, count_skipped, prepare_model, pro
 class ShardWorker:
     """Ray actor body: one model per actor, one shard per call."""
 
-    def __init__(self, opts: ExtractOptions, sample=None, calibration=None) -> None:
-        self.opts = opts
-        self.device = resolve_device("cuda" if torch.cuda.is_available() and opts.device == "auto" else opts.device)
-        if opts.threads:
-            torch.set_num_threads(opts.threads)
-        self.store = FeatureStore(opts.out)
+    def __init__(self, job: Job, sample=None, calibration=None) -> None:
+        self.job = job
+        device, threads = job.execution.device, job.execution.threads
+        self.device = resolve_device("cuda" if torch.cuda.is_available() and device == "auto" else device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.store = FeatureStore(job.output.out)
 
         def same_weights(pipeline: Pipeline) -> None:
-            self.store.check_weights(pipeline.model.fingerprint(), pipeline.spec.name, opts.weights)
+            self.store.check_weights(pipeline.model.fingerprint(), pipeline.spec.name, job.model.weights)
 
         # a lower precision is measured by each actor on the driver's sample: the same images (and int8
         # calibration), so every actor picks the same configuration on the same hardware
         self.refused: Optional[str] = None
         try:
-            self.pipeline, self.figures = build_measured(opts, self.device, sample, calibration, same_weights)
+            self.pipeline, self.figures = build_measured(job, self.device, sample, calibration, same_weights)
         except FidelityError as exc:  # said by the driver, as the local engine says it
             self.pipeline, self.figures, self.refused = None, None, str(exc)
 
@@ -59,7 +59,7 @@ class ShardWorker:
         target = StoreTarget(self.store, plan, base)
         retries: dict = {}
         process_shards(self.pipeline, ListSource(tuple(records)), ShardPlan(size=len(records), offset=shard),
-                       target, self.opts, retries=retries)
+                       target, self.job.decode, self.job.post, retries=retries)
         return {"shard": shard, "rows": target.n_written, "errors": target.n_failed, "pid": os.getpid(), **retries}
 
 
@@ -78,17 +78,17 @@ class Fleet:
     CPU, as many as the cluster has room for *now*: a node that joins gets actors, a dead actor is replaced while
     there is room for it (a node that left has none)."""
 
-    def __init__(self, ray, opts: ExtractOptions, sample, calibration) -> None:
+    def __init__(self, ray, job: Job, sample, calibration) -> None:
         self.ray = ray
         resources = ray.cluster_resources()
         self.gpu = int(resources.get("GPU", 0)) > 0
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         if self.gpu:
             per_actor = {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
-            self.actor_opts = dataclasses.replace(opts, engine="local", workers=max(0, cpus // gpus - 1))
+            self.actor_job = job.replace(decode={"workers": max(0, cpus // gpus - 1)})
         else:
             per_actor = {"num_cpus": 1}
-            self.actor_opts = dataclasses.replace(opts, engine="local", threads=1, workers=0, device="cpu")
+            self.actor_job = job.replace(decode={"workers": 0}, execution={"threads": 1, "device": "cpu"})
         self.per_actor = per_actor
         self.cls = ray.remote(**per_actor)(ShardWorker)
         self.sample, self.calibration = ray.put(sample), ray.put(calibration)
@@ -103,10 +103,10 @@ class Fleet:
 
     def grow(self) -> list:
         """Start actors up to the cluster's capacity; returns the new ones."""
-        new = [self.cls.remote(self.actor_opts, self.sample, self.calibration)
+        new = [self.cls.remote(self.actor_job, self.sample, self.calibration)
                for _ in range(max(0, self.capacity() - len(self.actors)))]
         if not self.actors and not new:
-            new = [self.cls.remote(self.actor_opts, self.sample, self.calibration)]
+            new = [self.cls.remote(self.actor_job, self.sample, self.calibration)]
         self.actors += new
         return new
 
@@ -177,47 +177,49 @@ def _dispatch(ray, fleet: Fleet, jobs: Iterator[tuple]) -> dict:
             _ON_REPORT(report)
 
 
-def run_ray(opts: ExtractOptions, progress: Optional[bool] = None) -> ExtractResult:
+def run_ray(job: Job, progress: Optional[bool] = None) -> ExtractResult:
     ray = require("ray", "ray", "--engine ray")
-    if not opts.wants_store():
-        raise bad_param("out", "a feature store directory (no file extension) with --engine ray", opts.out)
+    out = job.output.out
+    if not job.output.store:
+        raise bad_param("out", "a feature store directory (no file extension) with --engine ray", out)
     if not ray.is_initialized():
-        ray.init(address=opts.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        ray.init(address=job.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
-    source = open_source(opts.data, opts.start, opts.stop, image_column=opts.image_column,
-                         id_column=opts.id_column)
-    store = FeatureStore(opts.out)
-    require_input(source, opts)
-    with store.writing(part=opts.part() is not None):  # the driver is the writer; actors write its plan's shards
-        return _run(ray, opts, source, store, part=opts.part() is not None)
+    source = job.input.open()
+    store = FeatureStore(out)
+    require_input(source, job.input.start)
+    part = job.output.part is not None
+    with store.writing(part=part):  # the driver is the writer; actors write its plan's shards
+        return _run(ray, job, source, store, part=part)
 
 
-def _run(ray, opts: ExtractOptions, source, store: FeatureStore, part: bool) -> ExtractResult:
-    upd = update.prepare(opts.update_part, source, store, part=part)
-    upd.skipped = count_skipped(source, opts)
-    cheap = update.cheap_identity(opts, source)
+def _run(ray, job: Job, source, store: FeatureStore, part: bool) -> ExtractResult:
+    out = job.output.out
+    upd = update.prepare(job.update, source, store, part=part)
+    upd.skipped = count_skipped(source, job.input.skipped_log)
+    cheap = update.cheap_identity(job, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(opts.out, store, upd, None, None, cheap)
-    pipeline = prepare_model(opts.model_part, opts.exec_part, torch.device("cpu"))  # the driver only fixes the identity
-    store.open(store_identity(opts, pipeline, source), ignore=("input",) if opts.append else ())
+        return update.finish(out, store, upd, None, None, cheap)
+    pipeline = prepare_model(job.model, job.execution, torch.device("cpu"))  # the driver only fixes the identity
+    store.open(store_identity(job, pipeline, source), ignore=("input",) if job.update.append else ())
     if not upd.pending:
-        return update.finish(opts.out, store, upd, pipeline, None, cheap)
+        return update.finish(out, store, upd, pipeline, None, cheap)
     done = store.done_shards()
-    fleet = Fleet(ray, opts, *measurement_images(opts, source))
+    fleet = Fleet(ray, job, *measurement_images(job, source))
     figures, refused = ray.get(fleet.actors[0].fidelity.remote())
     if refused is not None:
         raise FidelityError(refused)
     announce(figures, store)
     start = time.perf_counter()
-    plan = ShardPlan(size=opts.shard_size, skip=frozenset(done), part=opts.part(), offset=upd.base)
+    plan = ShardPlan(size=job.update.shard_size, skip=frozenset(done), part=job.output.part, offset=upd.base)
     records = PlanSource(upd.plan, source.describe()).records()
     totals = _dispatch(ray, fleet, _pending(records, plan, upd.plan, upd.base))
     seconds = time.perf_counter() - start
     skipped = len(upd.done_of(done))
     result = ExtractResult(n_done=totals["rows"], n_failed=totals["errors"], seconds=seconds, dim=pipeline.dim,
-                           model=pipeline.spec.name, backend=f"ray x{len(fleet.actors)}", out=str(opts.out),
+                           model=pipeline.spec.name, backend=f"ray x{len(fleet.actors)}", out=str(out),
                            shards_written=totals["shards"], shards_skipped=skipped,
                            n_retried=totals["retried"], n_recovered=totals["recovered"],
                            actors_lost=totals["actors_lost"], shards_retried=totals["shards_retried"],
                            failed_shards=totals["failed"], by_worker=dict(totals["by_pid"]))
-    return update.finish(opts.out, store, upd, pipeline, result, cheap)
+    return update.finish(out, store, upd, pipeline, result, cheap)

@@ -35,7 +35,7 @@ import numpy as np
 from ..data.sources import Source, fingerprint
 from ..errors import ImgfeatError
 from ..files import commit, create_atomic, partial_path, write_atomic, writer_tag
-from ..options import ExtractOptions, UpdatePart
+from ..options import Job, UpdatePart
 from ..outputs.store import FeatureStore, empty_inventory
 from .result import ExtractResult
 
@@ -89,15 +89,16 @@ class Update:
         return self.pending == 0 and not self.dead
 
 
-def cheap_identity(opts: ExtractOptions, source: Source) -> dict:
+def cheap_identity(job: Job, source: Source) -> dict:
     """The options behind a store's identity, as given (no model is built to know them): a rerun that gives the
     same and finds nothing to extract never builds the model. Any difference builds it and compares the full
     identity (weights hash included)."""
-    return {"model": opts.model, "layer": opts.layer, "pool": opts.pool, "relu": opts.relu, "l2": opts.l2,
-            "dtype": opts.dtype, "precision": opts.precision, "start": opts.start,
-            "input": None if opts.append else source.describe(),  # --append: images from any input
-            "stop": opts.stop, "shard_size": opts.shard_size, "random_weights": opts.random_weights,
-            "weights": _weights_stamp(opts.weights)}
+    model, post = job.model, job.post
+    return {"model": model.model, "layer": model.layer, "pool": model.pool, "relu": post.relu, "l2": post.l2,
+            "dtype": post.dtype, "precision": job.execution.precision, "start": job.input.start,
+            "input": None if job.update.append else source.describe(),  # --append: images from any input
+            "stop": job.input.stop, "shard_size": job.update.shard_size, "random_weights": model.random_weights,
+            "weights": _weights_stamp(model.weights)}
 
 
 VECTOR_OPTIONS = ("model", "layer", "pool", "relu", "l2", "dtype", "precision", "random_weights", "weights")
