@@ -206,3 +206,84 @@ def test_layer_of_the_image_tower_has_no_text_tower(tiny, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layer"] == node and manifest["text_tower"] is False and manifest["dim"] == 64
     assert main(["search", "--features", str(out), "--text", "a cat", "--weights", tiny["weights"]]) == 2
+
+
+def test_the_torch_free_tokenizer_gives_open_clips_tokens():
+    """Issue 30: the tokenizer that feeds a recorded text export equals open_clip's SimpleTokenizer on its probes and
+    on 300 seeded random texts (scripts, punctuation, digits, emoji, entities, long texts); a tokenizer it does not
+    reproduce (a reduction mask) is refused."""
+    from open_clip.tokenizer import SimpleTokenizer, default_bpe
+
+    from imgfeat.models.tokenizer import PROBES, ClipTokenizer, matching
+
+    ref = SimpleTokenizer(context_length=77)
+    fast = matching(lambda t: ref(t).numpy(), default_bpe(), 77)
+    assert fast is not None
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ019 .,!?'-_&;#@") + ["'s", "'LL", "&amp;", "é", "ß", "Ω", "ж", "東", "🐱", "\t", "\n", "  "]
+    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 120))) for _ in range(300)] + list(PROBES)
+    assert np.array_equal(fast.encode(texts), ref(texts).numpy())
+    again = ClipTokenizer.__new__(ClipTokenizer)
+    from tokenizers import Tokenizer
+
+    again.__init__(Tokenizer.from_str(fast.to_json()), 77)
+    assert np.array_equal(again.encode(texts[:20]), ref(texts[:20]).numpy())
+    assert matching(lambda t: ref(t).numpy(), default_bpe(), 77, reduction=True) is None
+    lower = SimpleTokenizer(context_length=77, clean="whitespace")  # keeps capitals: the probes show it
+    assert matching(lambda t: lower(t).numpy(), default_bpe(), 77) is None
+
+
+def test_text_queries_run_without_torch_once_the_text_export_is_recorded(tiny, store, tmp_path, monkeypatch):
+    """Issue 30: the first text query of a CLIP store (torch) records its text tower's checked ONNX export and the
+    tokenizer; then search --text, classify and serve's text search run in a fresh interpreter without importing
+    torch, with the same hits and scores as open_clip's encode_text."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("IMGFEAT_QUICK", "1")
+    monkeypatch.setenv("IMGFEAT_CACHE", str(tmp_path / "cache"))
+    assert main(["search", "--features", str(store), "--text", TEXTS[1], "--k", "3", "--weights",
+                 tiny["weights"]]) == 0
+    assert len(list((tmp_path / "cache" / "quick").glob("text-*.json"))) == 1
+    code = f"""
+import contextlib, io, json, sys, urllib.parse, urllib.request
+from imgfeat.cli import main
+out = {{}}
+for name, argv in [("search", ["search", "--features", {str(store)!r}, "--text", {TEXTS[1]!r}, "--k", "12",
+                               "--weights", {tiny["weights"]!r}, "--json"]),
+                   ("classify", ["classify", "--features", {str(store)!r}, "--classes", "cat,rocket,coffee",
+                                 "--weights", {tiny["weights"]!r}, "--json", "--out", {str(tmp_path / "p.tsv")!r}])]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0, name
+    out[name] = json.loads(buf.getvalue())
+from imgfeat.serve.app import ServeConfig
+from imgfeat.serve.collection import Collection
+from imgfeat.serve.server import Background
+with Background(Collection({str(store)!r}, cache={str(tmp_path / "serve-cache")!r}),
+                ServeConfig(port=0, weights={tiny["weights"]!r})) as srv:
+    url = srv.url + "api/search/text?" + urllib.parse.urlencode({{"q": {TEXTS[2]!r}, "k": 5}})
+    out["serve"] = json.loads(urllib.request.urlopen(url, timeout=600).read())
+out["heavy"] = [m for m in ("torch", "torchvision", "open_clip") if m in sys.modules]
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE,
+                         env={**os.environ})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == []
+    ids, X = imgfeat.load(store)
+    s = np.asarray(X) @ reference_texts(tiny, TEXTS[1:2])[0]
+    hits = out["search"]["queries"][TEXTS[1]]
+    assert [h["id"] for h in hits] == [ids[i] for i in np.argsort(-s, kind="stable")]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(s)[::-1], atol=1e-5)
+    s2 = np.asarray(X) @ reference_texts(tiny, TEXTS[2:3])[0]
+    assert [h["id"] for h in out["serve"]["results"]] == [ids[i] for i in np.argsort(-s2, kind="stable")[:5]]
+    T = reference_texts(tiny, [p.format(c) for c in ("cat", "rocket", "coffee")
+                               for p in __import__("imgfeat.tools.zeroshot", fromlist=["x"]).DEFAULT_PROMPTS])
+    T = T.reshape(3, -1, T.shape[1]).mean(1)
+    T /= np.linalg.norm(T, axis=1, keepdims=True)
+    top = np.array(["cat", "rocket", "coffee"])[np.argmax(np.asarray(X) @ T.T, axis=1)]
+    rows = [line.split("\t") for line in (tmp_path / "p.tsv").read_text().splitlines()]
+    assert [r[1] for r in rows] == top.tolist()

@@ -274,10 +274,9 @@ def test_parts_share_one_plan_and_the_last_publishes(folder, tmp_path):
     _same(out, folder)
 
 
-def test_an_old_store_opens_and_updates_once_converted(folder, tmp_path, capsys):
-    out = tmp_path / "store"
-    _ex(folder, out)
-    manifest = json.loads((out / "manifest.json").read_text())  # make it a store written before generations
+def _as_format_1(out: Path) -> None:
+    """Make ``out`` a store as written before generations (format_version 1): no segments, no inventories."""
+    manifest = json.loads((out / "manifest.json").read_text())
     for key in ("generation", "segments", "updated", "live_rows", "live_errors", "dead_rows", "last_run",
                 "removed_total", "superseded_total", "options"):
         manifest.pop(key, None)
@@ -285,6 +284,12 @@ def test_an_old_store_opens_and_updates_once_converted(folder, tmp_path, capsys)
     (out / "manifest.json").write_text(json.dumps(manifest))
     for p in (out / "shards").glob("*.inputs.parquet"):
         p.unlink()
+
+
+def test_an_old_store_opens_and_updates_once_converted(folder, tmp_path, capsys):
+    out = tmp_path / "store"
+    _ex(folder, out)
+    _as_format_1(out)
     shutil.rmtree(out / "update", ignore_errors=True)
     assert sorted(_live(out)) == sorted(p.name for p in folder.iterdir())  # old stores read as before
     write_image(folder / "zz.png", seed=3)
@@ -294,6 +299,23 @@ def test_an_old_store_opens_and_updates_once_converted(folder, tmp_path, capsys)
     assert "1 added, 0 changed, 0 removed, 5 unchanged" in err and "converted 3 shard(s)" in err
     _same(out, folder)
     assert FeatureStore(out).generation == 2
+
+
+def test_an_old_store_is_converted_by_its_writer_not_by_readers(folder, tmp_path, capsys):
+    """Issue 30: format 1 is converted once, when a writer opens the store (the writer lock: extract, compact);
+    readers read it as it is and write nothing."""
+    out = tmp_path / "store"
+    _ex(folder, out)
+    _as_format_1(out)
+    before = sorted(p.name for p in out.rglob("*"))
+    assert sorted(_live(out)) == sorted(p.name for p in folder.iterdir())
+    imgfeat.load(out)
+    assert sorted(p.name for p in out.rglob("*")) == before and FeatureStore(out).generation is None
+    assert main(["compact", str(out)]) == 0  # the writer lock converts first, then compacts
+    store = FeatureStore(out)
+    assert store.generation is not None and store.converted == 0 and sorted(_live(out)) == sorted(
+        p.name for p in folder.iterdir())
+    assert len(list((out / "shards").glob("*.inputs.parquet"))) == len(store.segments())
 
 
 def test_info_and_compact(folder, tmp_path, capsys):
@@ -369,14 +391,17 @@ def test_a_running_server_follows_the_store(folder, tmp_path, caplog):
         assert [live.ids[h.row] for h in live.search(q, 5)] == [fresh.ids[h.row] for h in fresh.search(q, 5)]
 
 
-def test_the_partitioned_diff_equals_the_one_in_memory(folder, tmp_path):
-    """Above PARTITION_RECORDS the diff is a grace hash join on disk: the same answer, bounded memory."""
+def test_the_diff_of_a_changed_folder(folder, tmp_path):
+    """The diff (one DuckDB join): added, changed, removed, unchanged and repeated ids; what to extract, in input
+    order; the dead (shard, position) of the removed and the superseded inputs."""
     from imgfeat.data.sources import ListSource
     from imgfeat.engines.update import diff, write_listing
 
     out = tmp_path / "store"
     _ex(folder, out)
     names = sorted(p.name for p in folder.iterdir())
+    store = FeatureStore(out)
+    where = {r["id"]: (r["shard"], r["spos"]) for r in store.inventory().to_pylist()}
     (folder / names[0]).unlink()
     write_image(folder / names[1], seed=5, fmt="JPEG")
     _touch_later(folder / names[1])
@@ -384,26 +409,60 @@ def test_the_partitioned_diff_equals_the_one_in_memory(folder, tmp_path):
     records += [("new1", str(folder / names[2])), (names[2], str(folder / names[3])), ("new2", str(folder / names[4]))]
     listing = tmp_path / "listing.parquet"
     write_listing(ListSource(tuple(records)), listing, 2)
-    store = FeatureStore(out)
-    whole, pending = diff(store, listing)
-    for size in (1, 2, 3):
-        split, pending_split = diff(store, listing, partition_records=size)
-        assert split.counts() == whole.counts() and np.array_equal(pending_split, pending)
-        assert {k: v.tolist() for k, v in split.dead.items()} == {k: v.tolist() for k, v in whole.dead.items()}
-    assert (whole.added, whole.changed, whole.removed, whole.unchanged, whole.duplicates) == (2, 1, 1, 3, 1)
-    assert pending.tolist() == [0, 4, 6]  # the changed file and the two new ids, in input order
+    upd, pending = diff(store, listing)
+    assert (upd.added, upd.changed, upd.removed, upd.unchanged, upd.duplicates) == (2, 1, 1, 3, 1)
+    assert upd.inputs == len(records) and pending.tolist() == [0, 4, 6]  # the changed file, the two new ids
+    assert sorted((s, p) for s, ps in upd.dead.items() for p in ps.tolist()) == sorted([where[names[0]],
+                                                                                         where[names[1]]])
+    kept, _ = diff(store, listing, append=True)
+    assert (kept.kept, kept.removed) == (1, 0) and sorted(kept.dead) == [where[names[1]][0]]
 
 
-def test_the_id_partition_spreads_ids():
+class _Inventory:
+    """What the diff reads of a store: its inventory, shard by shard."""
+
+    def __init__(self, tables) -> None:
+        self.tables = tables
+
+    def iter_inventory(self):
+        return iter(self.tables)
+
+
+def test_the_diff_runs_out_of_core_with_the_same_answer(tmp_path, monkeypatch):
+    """Issue 30: the diff stays within its memory limit by spilling (64 MB, 2 threads, on 400k records a side):
+    the same counts, positions and dead pairs as a plain dictionary computation."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from imgfeat.engines.update import _id_partition
+    from imgfeat.engines import update
+    from imgfeat.engines.update import diff
 
-    ids = pa.array([f"photos/{i:07d}.jpg" for i in range(20000)] + ["", "é"], pa.string())
-    parts = _id_partition(ids, 8)
-    counts = np.bincount(parts, minlength=8)
-    assert counts.min() > 2000 and counts.max() < 3000
-    assert np.array_equal(_id_partition(ids.slice(5, 100), 8), parts[5:105])  # sliced arrays hash the same
+    monkeypatch.setattr(update, "available_cores", lambda: 2)  # DuckDB's memory per thread: the same on any machine
+
+    rng = np.random.default_rng(0)
+    n = 400_000
+    stored = np.arange(n)
+    listed = np.concatenate([np.delete(stored, rng.choice(n, 3000, replace=False)), np.arange(n, n + 2000)])
+    listed = np.insert(listed, rng.choice(len(listed), 500), listed[rng.choice(len(listed), 500)])
+    changed = set(rng.choice(n, 4000, replace=False).tolist())
+    ids = [f"d/{i:08d}.jpg" for i in listed.tolist()]
+    fps = [f"{i}-{'b' if i in changed else 'a'}" for i in listed.tolist()]
+    pq.write_table(pa.table({"id": ids, "fp": fps}), tmp_path / "listing.parquet", row_group_size=50_000)
+    tables = [pa.table({"id": [f"d/{i:08d}.jpg" for i in range(s, min(n, s + 50_000))],
+                        "sfp": [f"{i}-a" for i in range(s, min(n, s + 50_000))],
+                        "shard": np.full(min(n, s + 50_000) - s, s // 50_000), "spos": np.arange(min(n, s + 50_000) - s)})
+              for s in range(0, n, 50_000)]
+    upd, pending = diff(_Inventory(tables), tmp_path / "listing.parquet", memory_limit="64MB")
+    first: dict = {}
+    for pos, (rid, fp) in enumerate(zip(ids, fps)):
+        first.setdefault(rid, (pos, fp))
+    store = {f"d/{i:08d}.jpg": (i // 50_000, i % 50_000, f"{i}-a") for i in range(n)}
+    want_pending = sorted(p for rid, (p, fp) in first.items() if rid not in store or store[rid][2] != fp)
+    want_dead = sorted((s, q) for rid, (s, q, sfp) in store.items() if rid not in first or first[rid][1] != sfp)
+    assert pending.tolist() == want_pending
+    assert sorted((s, q) for s, qs in upd.dead.items() for q in qs.tolist()) == want_dead
+    assert upd.duplicates == len(ids) - len(first) and upd.removed == sum(rid not in first for rid in store)
+    assert not list(tmp_path.glob("spill.*"))  # what spilled is gone
 
 
 @pytest.mark.parametrize("index", ["exact", "ivf"])

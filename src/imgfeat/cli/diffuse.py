@@ -26,21 +26,32 @@ def _read_classes(path: str) -> set[str]:
     return classes
 
 
-def _scores(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict:
-    return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
-
-
-def _diffuse(args) -> int:
-    from ..tools.diffusion import LabelDiffusion, TunedLabelDiffusion, lowshot_split, topk_hits, validation_split
-    from ..tools.probe import LinearProbe
-
-    auto = args.iterations == "auto"
+def _iterations(args) -> int:
     try:
-        iterations = max(ITERATION_GRID) if auto else int(args.iterations)
+        iterations = max(ITERATION_GRID) if args.iterations == "auto" else int(args.iterations)
     except ValueError:
         raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations) from None
     if iterations < 1:
         raise bad_param("iterations", "an integer >= 1 or 'auto'", args.iterations)
+    return iterations
+
+
+def _with_background(args, ids: list, X: np.ndarray) -> tuple[list, np.ndarray]:
+    """The graph's vectors: the features, then ``--background``'s (ids no label can name)."""
+    if not args.background:
+        return ids, X
+    bids, bX = read_features(args.background)
+    if bX.shape[1] != X.shape[1]:
+        raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
+    return ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
+
+
+def _diffuse(args) -> int:
+    from ..tools.diffusion import LabelDiffusion, TunedLabelDiffusion, lowshot_split, scored_against_logreg, \
+        validation_split
+
+    auto = args.iterations == "auto"
+    iterations = _iterations(args)
     if args.shots is not None and not args.novel_classes:
         raise ImgfeatError("--shots is the number of labels per novel class: give --novel-classes FILE with it")
     if not args.test_labels and not args.out and not args.json:
@@ -60,12 +71,7 @@ def _diffuse(args) -> int:
     Xl, yl, _ = align(ids, X, labels)
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
-    all_ids, all_X = ids, X
-    if args.background:
-        bids, bX = read_features(args.background)
-        if bX.shape[1] != X.shape[1]:
-            raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
-        all_ids, all_X = ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
+    all_ids, all_X = _with_background(args, ids, X)
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
     row = {i: r for r, i in enumerate(ids)}
@@ -91,7 +97,6 @@ def _diffuse(args) -> int:
         model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y)
     if novel:
         result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
-    ks = (1, 5) if len(model.classes_) > 5 else (1,)
     lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors, {iterations} iterations"
              + (f" (chosen on {model.n_validation_} held-out labelled images: top-{model.top_k_} "
                 f"{model.validation_scores_[iterations]:.4f}"
@@ -99,14 +104,8 @@ def _diffuse(args) -> int:
     if auto and model.validation_warning_:
         lines.append("note: " + model.validation_warning_)
     if test:
-        F_test = model.label_distributions_[[row[i] for i in tids]]
-        groups = {"all": np.ones(len(yt), bool)}
-        if novel:
-            groups.update(base=np.array([t not in novel for t in yt]), novel=np.array([t in novel for t in yt]))
-        diff_hits = {k: topk_hits(F_test, model.classes_, yt, k) for k in ks}
-        base = LinearProbe(classifier="logreg", C=args.C).fit(Xl, yl)
-        lr_hits = {k: topk_hits(base.decision_function(Xt), base.classes_, yt, k) for k in ks}
-        diff, lr = _scores(diff_hits, groups, ks), _scores(lr_hits, groups, ks)
+        diff, lr = scored_against_logreg(model.label_distributions_[[row[i] for i in tids]], model.classes_, yt, Xl,
+                                         yl, Xt, frozenset(novel), args.C)
         result.update(test=int(len(yt)), accuracy=diff["top1_all"], logreg_accuracy=lr["top1_all"],
                       diffusion=diff, logreg=lr)
         for name, sc in (("diffusion", diff), ("logistic regression", lr)):

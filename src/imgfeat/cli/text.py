@@ -34,12 +34,11 @@ def _classify(args) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     templates = args.prompts or list(DEFAULT_PROMPTS)
-    enc = store_encoder(args, "classify embeds the class prompts")
-    clip = enc.pipeline.model.body
+    enc = store_encoder(args, "classify embeds the class prompts", text=True)
     T = enc.encode_text(prompts_for(classes, templates))
-    scale, bias = clip.logit_scale_bias()
+    scale, bias, sigmoid = enc.text_scoring()
     clf = ZeroShotClassifier(classes=classes, n_templates=len(templates), logit_scale=scale, logit_bias=bias,
-                             sigmoid=clip.sigmoid).fit(T)
+                             sigmoid=sigmoid).fit(T)
     ids, X = open_matrix(args.features)
     k = min(args.top_k, len(classes))
     result: dict = {"n": len(ids), "classes": classes, "templates": len(templates), "out": args.out}

@@ -5,8 +5,9 @@ a server or a search of many files pays for it once.
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ from ..data.decode import DEFAULT_MAX_PIXELS
 from ..options import ExecPart, ModelPart, PostPart, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.store import FeatureStore, query_weights
-from .pipeline import Pipeline, build_pipeline, postprocess, to_numpy
+from .pipeline import Pipeline, build_pipeline, postprocess_tensor, to_numpy
+
+log = logging.getLogger(__name__)
 
 
 class StoreEncoder:
@@ -28,9 +31,12 @@ class StoreEncoder:
     decodes files first. Thread-safe: one forward at a time (the executor owns its threads)."""
 
     def __init__(self, store: FeatureStore, weights: Optional[str] = None, backend: str = "torch",
-                 device: str = "auto", random_weights: Optional[bool] = None) -> None:
+                 device: str = "auto", random_weights: Optional[bool] = None,
+                 remember_text: Optional[Callable] = None) -> None:
+        """``remember_text(identity, clip, executor, weights)`` records the text tower's export once it is made
+        (``engines.quick.remember_text``, passed by ``query_encoder``)."""
         m = store.manifest
-        self.store, self.weights = store, weights
+        self.store, self.weights, self.remember_text = store, weights, remember_text
         self.identity = ident = VectorIdentity.from_manifest(m)
         random_weights = self.weights_as_recorded(m, weights, random_weights)
         # the store's own model, run as asked, its vectors post-processed as the store's (no options object)
@@ -60,7 +66,7 @@ class StoreEncoder:
             return np.zeros((0, self.pipeline.dim), np.float32)
         pixels = stack_pixels(list(arrays), self.preprocess).to(self.pipeline.device)
         with self._lock, torch.inference_mode():
-            out = postprocess(self.pipeline.executor(pixels), self.post.relu, self.post.l2)
+            out = postprocess_tensor(self.pipeline.executor(pixels), self.post.relu, self.post.l2)
         return to_numpy(out, "float32")
 
     @property
@@ -78,9 +84,28 @@ class StoreEncoder:
             if self._text_run is None:
                 from ..models.backends import text_executor
 
-                self._text_run = text_executor(body, body.tokenize(list(texts) + ["a photo"]), self.execution.backend,
+                # the text tower's checked ONNX export (unless --backend torch) is recorded: the next text query
+                # of this store runs without torch (engines.quick)
+                backend = "auto" if self.execution.backend == "torch" else self.execution.backend
+                self._text_run = text_executor(body, body.tokenize(list(texts) + ["a photo"]), backend,
                                                available_cores())
+                if self.remember_text is not None and not self.model.random_weights:
+                    try:
+                        self.remember_text(self.identity, body, self._text_run, self.model.weights)
+                    except OSError as exc:  # a cache that cannot be written costs the next query torch, nothing more
+                        log.warning("the text tower's export was not recorded (%s): text queries keep torch", exc)
             return text_embeddings(body, list(texts), run=self._text_run)
+
+    @property
+    def images(self) -> bool:
+        return True
+
+    def text_scoring(self) -> tuple[float, float, bool]:
+        """The model's logit scale and bias and whether it scores with a sigmoid (SigLIP): zero-shot's softmax."""
+        if not self.has_text:
+            raise ImgfeatError(no_text_tower(self.store.manifest.get("model")))
+        body = self.pipeline.model.body
+        return (*body.logit_scale_bias(), bool(body.sigmoid))
 
     def encode_files(self, files: Sequence[str], max_pixels: Optional[int] = None) -> np.ndarray:
         return self.encode(decode_queries(files, self.preprocess, max_pixels or DEFAULT_MAX_PIXELS))

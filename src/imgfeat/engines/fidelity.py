@@ -23,7 +23,7 @@ from ..models.backends import make_executor
 from ..models.lowp import FP32_HEADS
 from ..models.registry import get_model_spec
 from ..options import CheckPart, DecodePart, ExecPart, Job, PostPart
-from .pipeline import Pipeline, build_pipeline, exec_config, postprocess, prepare_model
+from .pipeline import Pipeline, build_pipeline, exec_config, postprocess_tensor, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class Reference:
         with torch.inference_mode():
             for batch in self.batches():
                 raw = pipeline.model(batch).float()  # fp32: no autocast
-                raw_norms.append(postprocess(raw, post.relu, False).norm(dim=1).cpu().numpy())  # before any L2
-                ref.append(postprocess(raw, post.relu, post.l2).cpu().numpy())
+                raw_norms.append(postprocess_tensor(raw, post.relu, False).norm(dim=1).cpu().numpy())  # before any L2
+                ref.append(postprocess_tensor(raw, post.relu, post.l2).cpu().numpy())
         self.vectors = np.concatenate(ref).astype(np.float64)
         raw = np.concatenate(raw_norms)
         # vectors that (nearly) cancel in fp32 carry no direction at any precision: counted and shown apart
@@ -95,7 +95,7 @@ class Reference:
         """Figures of ``executor`` against the fp32 vectors."""
         post = self.post
         with torch.inference_mode():
-            low = [postprocess(executor(batch), post.relu, post.l2).cpu().numpy() for batch in self.batches()]
+            low = [postprocess_tensor(executor(batch), post.relu, post.l2).cpu().numpy() for batch in self.batches()]
         R, L = self.vectors, np.concatenate(low).astype(np.float64)
         nr, nl = np.linalg.norm(R, axis=1), np.linalg.norm(L, axis=1)
         cos = (R * L).sum(axis=1) / np.maximum(nr * nl, 1e-30)

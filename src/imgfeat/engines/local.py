@@ -48,10 +48,11 @@ def _progress(quiet: bool, source: Source, enabled: Optional[bool]):
 def run_local(job: Job, progress: Optional[bool] = None) -> ExtractResult:
     """Run ``job`` (options resolved by ``ExtractOptions.resolve``) in this process."""
     source = job.input.open()
-    require_input(source, job.input.start)  # before any output or store is made
     if job.output.store:
+        require_input(source, job.input.start)  # before the store is made
         return _run_store(job, source, FeatureStore(job.output.out), progress)
-    target = FileTarget(job.output.out)  # a bad extension fails early
+    target = FileTarget(job.output.out)  # a bad extension fails first
+    require_input(source, job.input.start)
     pipeline = _build(job, source)
     plan = ShardPlan(size=job.update.shard_size if job.output.part else None, part=job.output.part)
     result = _run(job, pipeline, source, plan, target, progress, None)

@@ -43,7 +43,7 @@ def drive(batches: Iterable[dict], run: Runner, target, retries: dict, bar=None)
 
 
 def postprocess(rows: np.ndarray, relu: bool, l2: bool) -> np.ndarray:
-    """ReLU then L2, in float32, in NumPy (``engines.pipeline.postprocess`` is the same in torch, on the device)."""
+    """ReLU then L2, in float32, in NumPy (``engines.pipeline.postprocess_tensor`` is the same in torch, on the device)."""
     x = rows.astype(np.float32, copy=False)
     if relu:
         x = np.maximum(x, 0.0)

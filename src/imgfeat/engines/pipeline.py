@@ -101,7 +101,7 @@ def store_identity(job: Job, pipeline: Pipeline, source: Source) -> dict:
     return json.loads(json.dumps(identity))
 
 
-def postprocess(features: torch.Tensor, relu: bool = False, l2: bool = False) -> torch.Tensor:
+def postprocess_tensor(features: torch.Tensor, relu: bool = False, l2: bool = False) -> torch.Tensor:
     """ReLU then L2, in float32 (the classic VGG-19 fc7 extractor's order)."""
     x = features.float()
     if relu:
@@ -115,10 +115,10 @@ def to_numpy(features: torch.Tensor, dtype: str) -> np.ndarray:
     return features.detach().to("cpu", torch.float32).numpy().astype(np.dtype(dtype), copy=False)
 
 
-def drive(batches, executor: Executor, target, post: PostPart, retries: dict, bar=None) -> int:
+def drive_executor(batches, executor: Executor, target, post: PostPart, retries: dict, bar=None) -> int:
     """``engines.loop.drive`` with the model's executor as the runner (ReLU/L2 on the device, in inference mode)."""
     def run(pixels) -> np.ndarray:
-        return to_numpy(postprocess(executor(pixels), post.relu, post.l2), post.dtype)
+        return to_numpy(postprocess_tensor(executor(pixels), post.relu, post.l2), post.dtype)
 
     with torch.inference_mode():
         return loop.drive(batches, run, target, retries, bar)
@@ -135,7 +135,7 @@ def process_shards(pipeline: Pipeline, source: Source, plan: ShardPlan, target, 
     try:
         batches = iter(loader)
         with worker_deaths(batches):
-            n_done = drive(batches, pipeline.executor, target, post, retries, bar)
+            n_done = drive_executor(batches, pipeline.executor, target, post, retries, bar)
         target.close()
     except BaseException:
         target.abort()

@@ -37,7 +37,7 @@ from ..data.sources import Source
 from ..files import cache_dir, write_atomic
 from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
-from ..errors import InvalidParameterError
+from ..errors import ImgfeatError, InvalidParameterError
 from ..options import ExecPart, Job, ModelPart, available_cores
 from ..outputs.identity import VectorIdentity
 from ..outputs.targets import FileTarget
@@ -212,20 +212,62 @@ def remember(job: Job, pipeline) -> None:
         write_atomic(path, data)
 
 
+def _text_path(identity: VectorIdentity) -> Path:
+    """The record of a store model's text tower export (CLIP), found by the same model key as its image export."""
+    return cache_dir() / "quick" / f"text-{identity.model_key(__version__, _version('torch'))}.json"
+
+
+def remember_text(identity: VectorIdentity, body, executor, weights: Optional[str]) -> None:
+    """After a text tower's ONNX export was made and checked against torch (``backends.text_executor``): record it
+    with the model's tokenizer rebuilt without torch (only where it gives open_clip's tokens) and its logit scale,
+    so the next text query of this store (``search --text``, ``classify``, serve) runs without torch."""
+    if executor.export is None or os.environ.get("IMGFEAT_QUICK", "1") == "0":
+        return
+    tokenizer = body.fast_tokenizer()
+    if tokenizer is None:
+        log.debug("text queries keep torch: this model's tokenizer is not reproduced without it")
+        return
+    path = _text_path(identity)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer_file = path.with_suffix(".tokenizer")  # tokenizers' JSON
+    write_atomic(tokenizer_file, tokenizer.to_json().encode())
+    scale, bias = body.logit_scale_bias()
+    record = {"model": identity.model, "fingerprint": identity.weights, "backend": "onnx",
+              "export": str(executor.export), "tokenizer": str(tokenizer_file),
+              "context_length": tokenizer.context_length, "logit_scale": scale, "logit_bias": bias,
+              "sigmoid": bool(body.sigmoid), "files": [_stat(os.path.abspath(weights))] if weights else [],
+              "runtime": "onnxruntime", "tokenizers": _version("tokenizers"),
+              "versions": [__version__, _version("torch"), _version("onnxruntime")]}
+    write_atomic(path, json.dumps(record, indent=1).encode())
+
+
 class QuickEncoder:
-    """Query images embedded as a store's vectors were, without torch: the export a full run recorded for the
-    store's model, layer, pool and weights hash (``StoreEncoder``'s ``encode`` / ``encode_files``, images only)."""
+    """Queries embedded as a store's vectors were, without torch: the exports full runs recorded for the store's
+    model, layer, pool and weights hash: its image tower (``encode`` / ``encode_files``) and, for a CLIP store, its
+    text tower (``encode_text``, ``text_scoring``), each where recorded (``StoreEncoder``'s interface)."""
 
-    has_text = False
+    def __init__(self, record: Optional[dict], relu: bool, l2: bool, threads: Optional[int] = None,
+                 text: Optional[dict] = None) -> None:
+        self.record, self.relu, self.l2, self.text = record, relu, l2, text
+        self.threads = threads or available_cores()
+        self.preprocess = Preprocess.from_identity(record["preprocess"]) if record is not None else None
+        self._run = self._text = None  # each runtime made on its first query (a text search never loads images')
 
-    def __init__(self, record: dict, relu: bool, l2: bool, threads: Optional[int] = None) -> None:
-        self.record, self.relu, self.l2 = record, relu, l2
-        self.preprocess = Preprocess.from_identity(record["preprocess"])
-        self._run = _runner(record, threads or available_cores())
+    @property
+    def images(self) -> bool:
+        return self.record is not None
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
 
     def encode(self, arrays) -> np.ndarray:
         from ..data.batches import nchw
 
+        if self.record is None:
+            raise ImgfeatError("no recorded image export: this encoder embeds texts only")
+        if self._run is None:
+            self._run = _runner(self.record, self.threads)
         if not len(arrays):
             return np.zeros((0, self.record["dim"]), np.float32)
         return postprocess(self._run(nchw(list(arrays), self.preprocess)), self.relu, self.l2)
@@ -235,13 +277,30 @@ class QuickEncoder:
 
         return self.encode(decode_queries(files, self.preprocess, max_pixels))
 
+    def encode_text(self, texts, batch: int = 256) -> np.ndarray:
+        """L2-normalised text embeddings in the store's space: the recorded tokenizer and text tower export."""
+        if self._text is None:
+            from ..models.tokenizer import ClipTokenizer
+
+            self._text = (ClipTokenizer.load(Path(self.text["tokenizer"]), self.text["context_length"]),
+                          _runner(self.text, self.threads))
+        tokenizer, run = self._text
+        texts = list(texts)
+        out = [postprocess(run(tokenizer.encode(texts[s:s + batch])), False, True)
+               for s in range(0, len(texts), batch)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def text_scoring(self) -> tuple[float, float, bool]:
+        """The model's logit scale and bias and whether it scores with a sigmoid (SigLIP): zero-shot's softmax."""
+        return self.text["logit_scale"], self.text["logit_bias"], self.text["sigmoid"]
+
 
 def query_encoder(store_path, weights: Optional[str] = None, random_weights: Optional[bool] = None,
                   text: bool = False, purpose: str = "image queries are embedded", backend: str = "torch"):
     """The one chooser of the encoder of a store's queries (the command line, the Python API and serve), weights as
-    the store records them (or as given): a :class:`QuickEncoder` (no torch) for image queries when a full run
-    recorded this model's export, else ``StoreEncoder`` (the store's model on ``backend``, its weights hash checked;
-    text queries always). Features that are not a store are refused in one message naming ``purpose``."""
+    the store records them (or as given): a :class:`QuickEncoder` (no torch) when a full run recorded this model's
+    export (``text``: its text tower's, recorded by the first text query), else ``StoreEncoder`` (the store's model
+    on ``backend``, its weights hash checked). Features that are not a store are refused in one message naming ``purpose``."""
     from pathlib import Path as _Path
 
     if not _Path(store_path).is_dir():
@@ -249,21 +308,40 @@ def query_encoder(store_path, weights: Optional[str] = None, random_weights: Opt
         raise InvalidParameterError(f"{purpose} with the store's own model: The 'features' parameter must be a "
                                     "feature store (its manifest names the model and weights), not the file "
                                     f"{store_path}; query by id instead", "features")
-    if not text:
-        from ..outputs.store import FeatureStore, query_weights
+    from ..outputs.store import FeatureStore, query_weights
 
-        manifest = FeatureStore.existing(store_path).manifest
-        quick = store_encoder(manifest, weights, query_weights(manifest, weights, random_weights))
-        if quick is not None:
-            return quick
+    manifest = FeatureStore.existing(store_path).manifest
+    quick = store_encoder(manifest, weights, query_weights(manifest, weights, random_weights), text)
+    if quick is not None:
+        return quick
     from .encode import StoreEncoder
 
-    return StoreEncoder.for_store(store_path, weights, random_weights=random_weights, backend=backend)
+    return StoreEncoder.for_store(store_path, weights, random_weights=random_weights, backend=backend,
+                                  remember_text=remember_text)
 
 
-def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool) -> Optional[QuickEncoder]:
-    """A :class:`QuickEncoder` for a store's query images, or None (said at debug level) for ``StoreEncoder``:
-    random weights, a GPU, no record of this model's export, or its weights file changed."""
+def _record(path: Path, weights: Optional[str]) -> tuple[Optional[dict], Optional[str]]:
+    """A usable record at ``path`` for queries given ``weights`` (None: as the store records them), or why not."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, ("no record of this store's model exported (an extract to a file writes one for images, the "
+                      "first text query in torch for texts)")
+    why = _usable(record)
+    if why is None and weights is not None and [f[0] for f in record["files"]] != [os.path.abspath(weights)]:
+        why = "other --weights than the recorded export's"
+    if why is None and "tokenizer" in record and (record.get("tokenizers") != _version("tokenizers")
+                                                  or not os.path.isfile(record["tokenizer"])):
+        why = "the recorded tokenizer is gone or was made by another version of tokenizers"
+    return (record, None) if why is None else (None, why)
+
+
+def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool,
+                  text: bool = False) -> Optional[QuickEncoder]:
+    """A :class:`QuickEncoder` for a store's query images (``text``: its texts), or None (said at debug level) for
+    ``StoreEncoder``: random weights, a GPU, no record of this model's export (a text tower's is recorded by the
+    first text query that runs in torch), or its weights file changed."""
+    what = "text queries" if text else "query images"
     why = None
     if os.environ.get("IMGFEAT_QUICK", "1") == "0":
         why = "IMGFEAT_QUICK=0"
@@ -271,18 +349,21 @@ def store_encoder(manifest: dict, weights: Optional[str], random_weights: bool) 
         why = "random weights"
     elif _gpu_visible():
         why = "a GPU may be used"
-    record = None
+    elif text and not manifest.get("text_tower"):
+        why = "the store's vectors have no text tower"
+    image = text_record = None
     if why is None:
         try:
-            record = json.loads(_identity_path(VectorIdentity.from_manifest(manifest)).read_text())
-        except (OSError, ValueError, KeyError):
-            why = "no record of this store's model exported (an extract of these options to a file writes one)"
-    if why is None:
-        why = _usable(record)
-    if why is None and weights is not None and record["files"][0][0] != os.path.abspath(weights):
-        why = "other --weights than the recorded export's"
+            identity = VectorIdentity.from_manifest(manifest)
+        except KeyError:
+            why = "the manifest names no model"
+    if why is None and text:  # the image export too where recorded (serve embeds images with it), else texts only
+        text_record, why = _record(_text_path(identity), weights)
+        image = _record(_identity_path(identity), weights)[0] if why is None else None
+    elif why is None:
+        image, why = _record(_identity_path(identity), weights)
     if why is not None:
-        log.debug("query images: full path (torch): %s", why)
+        log.debug("%s: full path (torch): %s", what, why)
         return None
-    log.debug("query images: quick path, %s export %s", record["backend"], record["export"])
-    return QuickEncoder(record, bool(manifest.get("relu")), bool(manifest.get("l2")))
+    log.debug("%s: quick path, %s export %s", what, (text_record or image)["backend"], (text_record or image)["export"])
+    return QuickEncoder(image, bool(manifest.get("relu")), bool(manifest.get("l2")), text=text_record)

@@ -111,6 +111,7 @@ class Executor:
     name: str
     run: Callable[[torch.Tensor], torch.Tensor]
     threads: int
+    export: Optional[Path] = None  # the ONNX file it runs, if any
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.run(pixels)
@@ -172,7 +173,9 @@ class _TextTower(torch.nn.Module):
 def text_executor(model: torch.nn.Module, tokens: torch.Tensor, backend: str, threads: int) -> Executor:
     """An executor of ``model.encode_text`` (a CLIP-family text tower) on the CPU: torch, or its ONNX export
     (cached beside the image exports, keyed by the weights) run by ONNX Runtime or OpenVINO and checked
-    against torch on ``tokens`` like an image export. ``auto`` is torch: text queries are few and short."""
+    against torch on ``tokens`` like an image export. ``auto`` is that ONNX Runtime export where it exports and
+    agrees (its ``export`` is then recorded, so the next text query runs without torch: ``engines.quick``), else
+    torch."""
     tower = _TextTower(model).cpu().eval()
 
     def torch_run(t: torch.Tensor) -> torch.Tensor:
@@ -180,13 +183,25 @@ def text_executor(model: torch.nn.Module, tokens: torch.Tensor, backend: str, th
             return tower(t).float()
 
     reference = Executor("torch", torch_run, threads)
-    if backend in ("torch", "auto"):
+    if backend == "torch":
         return reference
+    if backend == "auto":
+        try:
+            return _text_export(tower, tokens, "onnx", threads, reference)
+        except Exception as exc:  # noqa: BLE001 - no exporter, an op ONNX lacks, a disagreement: torch serves it
+            log.info("text tower on torch (its ONNX export failed: %s: %s)", type(exc).__name__,
+                     str(exc).splitlines()[0][:200] if str(exc) else "")
+            return reference
     if backend not in BACKENDS:
         raise bad_param("backend", f"one of {BACKENDS}", backend)
+    return _text_export(tower, tokens, backend, threads, reference)
+
+
+def _text_export(tower: _TextTower, tokens: torch.Tensor, backend: str, threads: int,
+                 reference: Executor) -> Executor:
     from .backbone import weights_fingerprint
 
-    key = hashlib.blake2b(json.dumps(["text", weights_fingerprint(model), torch.__version__, __version__]).encode(),
+    key = hashlib.blake2b(json.dumps(["text", weights_fingerprint(tower.model), torch.__version__, __version__]).encode(),
                           digest_size=12).hexdigest()
     folder = cache_dir() / "export" / f"text-{key}"
     path = folder / "model.onnx"
@@ -199,6 +214,7 @@ def text_executor(model: torch.nn.Module, tokens: torch.Tensor, backend: str, th
     if out.shape != ref.shape or rel > MAX_REL_DIFF:
         raise BackendCheckError(f"the {backend} export of this text tower disagrees with torch (relative {rel:.2g}); "
                                 "use --backend torch")
+    ex.export = path
     return ex
 
 

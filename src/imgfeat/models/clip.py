@@ -43,6 +43,19 @@ class ClipModel(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return _open_clip().get_tokenizer(self.arch)(list(texts))
 
+    def fast_tokenizer(self):
+        """This model's tokenizer without torch (``models.tokenizer.ClipTokenizer``), or None where it would not
+        give the same tokens (it is compared with open_clip's own on ``tokenizer.PROBES`` first)."""
+        from .tokenizer import matching
+
+        tok = _open_clip().get_tokenizer(self.arch)
+        if type(tok).__name__ != "SimpleTokenizer":  # a Hugging Face tokenizer (SigLIP, multilingual ...)
+            return None
+        from open_clip.tokenizer import default_bpe
+
+        return matching(lambda texts: tok(texts).numpy(), default_bpe(), tok.context_length,
+                        reduction=tok.reduction_fn is not None)
+
     @property
     def sigmoid(self) -> bool:
         """SigLIP models score pairs with a sigmoid and a learnt bias, not a softmax."""

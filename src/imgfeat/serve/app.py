@@ -26,7 +26,7 @@ from ..errors import ImgfeatError, InvalidParameterError
 from .collection import Collection, LiveCollection, UnknownLabel
 from .media import DecodePool, Thumbnails, placeholder_png
 from .review import Review
-from .routes import audit, duplicates, maps, media, search
+from .routes import audit, duplicates, maps, media, rows, search
 from .config import ServeConfig
 from .encoders import Encoders
 from .routes.common import MAX_PAGE, ServerState
@@ -61,6 +61,7 @@ def create_app(collection: Collection, config: Optional[ServeConfig] = None) -> 
     # routes this collection cannot serve still answer (a 400 saying why) but stay out of the schema
     app.include_router(search.make_router(state, text=bool(collection.manifest.get("text_tower")),
                                           images=collection.store is not None))
+    app.include_router(rows.make_router(state))
     app.include_router(maps.make_router())
     app.include_router(duplicates.make_router())
     app.include_router(media.make_router())

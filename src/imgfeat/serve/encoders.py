@@ -43,8 +43,8 @@ class Encoders:
 
         with self._lock:
             if text not in self._encoders and text not in self._errors:
-                if not text and True in self._encoders:  # the text encoder is the store's model: it embeds images
-                    self._encoders[False] = self._encoders[True]
+                if not text and True in self._encoders and self._encoders[True].images:
+                    self._encoders[False] = self._encoders[True]  # the text encoder embeds images too
                 else:
                     try:
                         self._encoders[text] = query_encoder(

@@ -141,6 +141,28 @@ def topk_hits(scores: np.ndarray, classes: np.ndarray, truth: Sequence[str], k: 
     return (classes[best] == np.asarray(truth, dtype=object)[:, None]).any(axis=1)
 
 
+def scored_against_logreg(scores: np.ndarray, classes: np.ndarray, truth: Sequence[str], X_train: np.ndarray,
+                          y_train: np.ndarray, X_test: np.ndarray, novel: frozenset = frozenset(),
+                          C: float = 1.0) -> tuple[dict, dict]:
+    """The paper's comparison: top-1 (and top-5 with more than 5 classes) of the diffusion's ``scores`` on the test
+    images, and of a logistic-regression probe trained on the same labelled vectors, on all of them and, in the
+    low-shot protocol (``novel`` classes), on base and novel classes apart. Returns (diffusion, logreg), each
+    ``{"top1_all": ..., "top1_base": ..., ...}`` (a group without test images is left out)."""
+    from .probe import LinearProbe
+
+    ks = (1, 5) if len(classes) > 5 else (1,)
+    groups = {"all": np.ones(len(truth), bool)}
+    if novel:
+        groups.update(base=np.array([t not in novel for t in truth]), novel=np.array([t in novel for t in truth]))
+    base = LinearProbe(classifier="logreg", C=C).fit(X_train, y_train)
+
+    def table(s: np.ndarray, cls: np.ndarray) -> dict:
+        hits = {k: topk_hits(s, cls, truth, k) for k in ks}
+        return {f"top{k}_{g}": float(hits[k][mask].mean()) for k in ks for g, mask in groups.items() if mask.any()}
+
+    return table(scores, classes), table(base.decision_function(X_test), base.classes_)
+
+
 def _draws(labels: dict[str, str], classes, count: Callable[[str, int], int],
            rng: np.random.Generator) -> Iterator[tuple[str, str, bool]]:
     """(id, class, drawn) for every labelled id of ``classes`` (class by class, ids sorted): ``count(class, n)``

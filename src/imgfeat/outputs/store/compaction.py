@@ -20,8 +20,6 @@ class Compaction:
         holds the writer lock."""
         import pyarrow.parquet as pq
 
-        if self.generation is None:
-            raise ImgfeatError(f"{self.path} was written before stores could change; it has no dead rows to drop")
         if (self.update_dir / "plan.json").is_file():
             raise ImgfeatError(f"{self.path} has an update in progress (update/plan.json): finish it (rerun the same "
                                "extract) before compacting")

@@ -59,6 +59,7 @@ class Locking:
                 + ("" if held.get("host") == mine["host"] else
                    f". If that process is gone, delete {path} (a lock from another machine cannot be checked)"))
         try:
+            self.upgrade()  # a store written before generations: converted once, by its first writer
             yield
         finally:
             try:
@@ -79,6 +80,7 @@ class Locking:
         if held:
             raise StoreLockedError(f"{self.path} is being written by another imgfeat extract (pid {held.get('pid')} "
                                    f"on {held.get('host')}, since {held.get('since')}); run the parts after it")
+        self.upgrade()
         yield
 
     def _held_lock(self) -> Optional[dict]:

@@ -4,6 +4,7 @@ lock and compaction are mixed in from ``lock`` and ``compaction``."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,8 @@ from .layout import FORMAT, IDENTITY, MANIFEST, StoreMismatchError, segment_of
 from .lock import Locking
 from .matrix import StoreMatrix
 from .writer import ShardWriter
+
+log = logging.getLogger("imgfeat.outputs.store")
 
 
 class FeatureStore(Locking, Compaction):
@@ -198,7 +201,22 @@ class FeatureStore(Locking, Compaction):
             yield pa.table({"id": t.column("id"), "sfp": t.column("fp"),
                             "shard": pa.array(np.full(len(keep), seg["shard"], np.int64)), "spos": pa.array(keep)})
 
-    def convert_inputs(self) -> int:
+    converted = 0  # shards :meth:`upgrade` converted when this writer opened the store
+
+    def upgrade(self) -> int:
+        """A store written before generations (format_version 1) converted once, by the writer that opens it (the
+        writer lock, or a ``--shard`` part): every done shard gets its inventory and they are published as
+        generation 1. Readers read an old store as it is (:meth:`segments`). Returns the shards converted."""
+        if not self.manifest or self.generation is not None:
+            return 0
+        self.converted = self._convert_inputs()
+        segments = self.segments()
+        self.publish(segments, {"converted": True})
+        log.info("converted %s to the updatable store format: its %d shard(s) are generation 1; their images are "
+                 "taken as unchanged while their ids stay in the input", self.path, len(segments))
+        return self.converted
+
+    def _convert_inputs(self) -> int:
         """Give every done shard of an old store its inventory (ids from its .ids.parquet and .errors.tsv, with
         no fingerprint: taken as unchanged while the id stays in the input). Returns the shards converted."""
         import pyarrow.parquet as pq
