@@ -3,11 +3,14 @@ and printing only: the work is in ``imgfeat.tools``."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param
-from ..outputs.formats import read_features
-from ..tools.diffusion import ITERATION_GRID
+from ..outputs.formats import open_matrix, read_features
+from ..tools.diffusion import ITERATION_GRID, MIN_VALIDATION_PER_CLASS
 from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
 from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args, positive
 
@@ -36,19 +39,42 @@ def _iterations(args) -> int:
     return iterations
 
 
-def _with_background(args, ids: list, X: np.ndarray) -> tuple[list, np.ndarray]:
-    """The graph's vectors: the features, then ``--background``'s (ids no label can name)."""
+def _with_background(args, ids: list, X) -> tuple[list, object]:
+    """The graph's vectors: the features, then ``--background``'s (ids no label can name), read into memory."""
     if not args.background:
         return ids, X
     bids, bX = read_features(args.background)
     if bX.shape[1] != X.shape[1]:
         raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
-    return ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([X, bX])
+    return ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([np.asarray(X, np.float32), bX])
+
+
+def _graph(args, all_ids: list, all_X, work: str):
+    """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
+    here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
+    from ..tools.audit import auto_index
+    from ..tools.graph import RawGraph
+    from ..tools.knn import KNNIndex, save_graph
+
+    if args.graph:
+        graph = RawGraph.open(args.graph)
+        if graph.ids != all_ids:
+            raise ImgfeatError(f"--graph {args.graph} holds the graph of {graph.n:,} rows that are not the rows of "
+                               f"--features{' and --background' if args.background else ''} ({len(all_ids):,}, in "
+                               "order): make it with imgfeat knn --raw on the same features")
+        return graph, "given"
+    if args.k >= len(all_ids):
+        raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
+    index = auto_index(len(all_ids), all_X.shape[1]) if args.index == "auto" else args.index
+    knn = KNNIndex(metric="cosine", index=index).fit(all_X)
+    save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
+    return RawGraph.open(os.path.join(work, "graph")), index
 
 
 def _diffuse(args) -> int:
-    from ..tools.diffusion import LabelDiffusion, TunedLabelDiffusion, lowshot_split, scored_against_logreg, \
+    from ..tools.diffusion import GraphDiffusion, best_iterations, lowshot_split, scored_against_logreg, \
         validation_split
+    from ..tools.memory import budget, human
 
     auto = args.iterations == "auto"
     iterations = _iterations(args)
@@ -57,7 +83,8 @@ def _diffuse(args) -> int:
     if not args.test_labels and not args.out and not args.json:
         raise ImgfeatError("imgfeat diffuse needs --test-labels (to score it), --out (the predicted labels), or "
                            "--json; otherwise the result is computed and thrown away")
-    ids, X = read_features(args.features)
+    memory = budget(args.max_memory)
+    ids, X = open_matrix(args.features)  # memory-mapped: the graph is built and read block by block
     given, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
     given = apply_corrections(given, args.corrections)
     labels = given
@@ -72,49 +99,69 @@ def _diffuse(args) -> int:
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
     all_ids, all_X = _with_background(args, ids, X)
-    if args.k >= len(all_ids):
-        raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
     row = {i: r for r, i in enumerate(ids)}
     test = read_labels(args.test_labels) if args.test_labels else {}
+    tids: list = []
     if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
+    test_rows = [row[i] for i in tids]
+    val_rows = [row[i] for i in validation if i in row]
     y = [labels.get(i) for i in all_ids]
-    result = {"n": len(all_ids), "labelled": int(len(yl)), "k": args.k, "iterations": iterations}
-    if auto:
-        # the held-out labels choose the iterations; outside the low-shot protocol every given label is then used
-        refit = None if novel else [given.get(i) for i in all_ids]
-        model = TunedLabelDiffusion(k=args.k, index=args.index).fit(
-            all_X, y, {row[i]: c for i, c in validation.items() if i in row}, refit_y=refit)
-        iterations = model.iterations_
-        result.update(iterations=iterations, validation={str(t): v for t, v in model.validation_scores_.items()},
-                      validation_images=model.n_validation_)
-        if model.validation_warning_:
-            result["validation_note"] = model.validation_warning_
-        if refit is not None:
-            Xl, yl, _ = align(ids, X, given)
-            result.update(labelled=int(len(yl)), refit_on_all_labels=True)
-    else:
-        model = LabelDiffusion(k=args.k, iterations=iterations, index=args.index).fit(all_X, y)
+    GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
+    with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
+        graph, index = _graph(args, all_ids, all_X, work)
+
+        def run(labels_of_rows, t: int, track=()):
+            return GraphDiffusion(iterations=t, memory=memory, folder=work).fit(
+                graph, labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track)
+
+        result = {"n": len(all_ids), "labelled": int(len(yl)), "k": graph.k, "iterations": iterations,
+                  "index": index}
+        if auto:
+            # the held-out labels choose the iterations; then the diffusion runs at that count, outside the low-shot
+            # protocol with every given label (the held-out ones back in)
+            tuned = run(y, iterations, ITERATION_GRID)
+            iterations, scores, _ = best_iterations(tuned.tracked_, tuned.classes_, [validation[ids[r]]
+                                                                                     for r in val_rows],
+                                                    5 if len(tuned.classes_) > 5 else 1)
+            final_y = y if novel else [given.get(i) for i in all_ids]
+            model = run(final_y, iterations)
+            result.update(iterations=iterations, validation={str(t): v for t, v in scores.items()},
+                          validation_images=len(val_rows))
+            if len(val_rows) < MIN_VALIDATION_PER_CLASS * len(tuned.classes_):
+                result["validation_note"] = (
+                    f"only {len(val_rows)} held-out images for {len(tuned.classes_)} classes (fewer than "
+                    f"{MIN_VALIDATION_PER_CLASS} per class): the choice of iterations is noisy; give more labels or a "
+                    "fixed --iterations")
+            if not novel:
+                Xl, yl, _ = align(ids, X, given)
+                result.update(labelled=int(len(yl)), refit_on_all_labels=True)
+        else:
+            model = run(y, iterations)
+    result["memory"] = model.memory_
     if novel:
         result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
-    lines = [f"diffused {len(yl)} labels over a {args.k}-NN graph of {len(all_ids)} vectors, {iterations} iterations"
-             + (f" (chosen on {model.n_validation_} held-out labelled images: top-{model.top_k_} "
-                f"{model.validation_scores_[iterations]:.4f}"
+    plan = model.memory_
+    lines = [f"diffused {len(yl)} labels over a {graph.k}-NN graph of {len(all_ids)} vectors ({index}), "
+             f"{iterations} iterations, in {human(plan['bytes'])} ({plan['blocks']} block(s) of {plan['columns']} "
+             f"classes; the graph {'in memory' if plan['csr_in_memory'] else 'on disk'})"
+             + (f" (chosen on {len(val_rows)} held-out labelled images: top-{5 if len(model.classes_) > 5 else 1} "
+                f"{result['validation'][str(iterations)]:.4f}"
                 + (", then run with all labels" if not novel else "") + ")" if auto else "")]
-    if auto and model.validation_warning_:
-        lines.append("note: " + model.validation_warning_)
+    if result.get("validation_note"):
+        lines.append("note: " + result["validation_note"])
     if test:
-        diff, lr = scored_against_logreg(model.label_distributions_[[row[i] for i in tids]], model.classes_, yt, Xl,
-                                         yl, Xt, frozenset(novel), args.C)
+        diff, lr = scored_against_logreg(model.scores_, model.classes_, yt, Xl, yl, Xt, frozenset(novel), args.C)
         result.update(test=int(len(yt)), accuracy=diff["top1_all"], logreg_accuracy=lr["top1_all"],
                       diffusion=diff, logreg=lr)
         for name, sc in (("diffusion", diff), ("logistic regression", lr)):
             lines.append(f"{name:20s} on {len(yt)} test images: " + ", ".join(
                 f"{key.replace('_', ' ')} {value:.4f}" for key, value in sc.items()))
     if args.out:
-        pred = dict(zip(all_ids, model.transduction_))
         with open(args.out, "w", encoding="utf-8") as fh:
-            fh.writelines(f"{i}\t{pred[i]}\n" for i in ids)
+            for s in range(0, len(ids), 65536):
+                fh.writelines(f"{i}\t{model.classes_[c]}\n" for i, c in zip(ids[s:s + 65536],
+                                                                          model.labels_[s:s + 65536].tolist()))
         result["out"] = args.out
     return emit(args, result, lines)
 
@@ -137,9 +184,18 @@ def add_parser(sub) -> None:
                          help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
                               "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
                               f"undrawn novel images, or {VALIDATION_FRACTION * 100:.0f}%% of each class)")
-    diffuse.add_argument("--index", default="exact", metavar=index_metavar(),
-                         help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32 "
-                              "for a large --background set")
+    diffuse.add_argument("--index", default="auto", metavar=index_metavar(),
+                         help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32; auto: "
+                              "chosen by size as imgfeat audit does (exact, pca, then ivf)")
+    diffuse.add_argument("--graph", metavar="PREFIX",
+                         help="diffuse over this graph (imgfeat knn --raw PREFIX on the same features), memory-mapped, "
+                              "instead of building one")
+    diffuse.add_argument("--max-memory", metavar="SIZE",
+                         help="memory the diffusion may hold (e.g. 1.5GB; default: what the machine has available); "
+                              "the class scores go through in blocks that fit, and a budget too small is refused "
+                              "before any work")
+    diffuse.add_argument("--workdir", help="folder for the graph and its normalised form while it runs (default: the "
+                                           "system's temporary folder)")
     diffuse.add_argument("--C", type=positive, default=1.0, help="C of the logistic-regression baseline")
     diffuse.add_argument("--out", help="TSV id<TAB>predicted label")
     diffuse.set_defaults(func=_diffuse, output_files=("out",), param_flags={"path": "--features"})

@@ -9,7 +9,23 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param
 from ._base import Params
+from .graph import RawGraph, normalized_graph, propagate
 from .knn import KNNIndex
+
+
+def label_sources(y: Sequence[Optional[str]]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The classes (sorted) and the diffusion's sources: (rows, class columns, values), each class starting with
+    the same total mass (1 / its number of sources per source): with all labels of the base classes and a few of
+    the novel ones, unnormalised sources let the base classes flood the graph."""
+    y = np.asarray(y, dtype=object)
+    classes = np.array(sorted({v for v in y if v is not None}))
+    if len(classes) < 2:
+        raise ImgfeatError(f"diffusion needs labels of at least 2 classes, got {classes.tolist()}")
+    rows = np.flatnonzero(np.array([v is not None for v in y], bool))
+    index = {c: j for j, c in enumerate(classes)}
+    cols = np.array([index[v] for v in y[rows]], np.int64)
+    vals = (1.0 / np.bincount(cols, minlength=len(classes))[cols]).astype(np.float32)
+    return classes, (rows, cols, vals)
 
 
 class LabelDiffusion(Params):
@@ -29,33 +45,12 @@ class LabelDiffusion(Params):
         """``y[i]`` is the label of row i, or None for unlabelled (and background) rows. ``monitor(t, F)`` is
         called after each iteration t (1-based) with the scores so far (to choose ``iterations`` on held-out
         rows in one pass)."""
-        from scipy import sparse
-
-        y = np.asarray(y, dtype=object)
-        labelled = np.array([v is not None for v in y])
-        self.classes_ = np.array(sorted({v for v in y if v is not None}))
-        if len(self.classes_) < 2:
-            raise ImgfeatError(f"diffusion needs labels of at least 2 classes, got {self.classes_.tolist()}")
+        self.classes_, sources = label_sources(y)
         n = len(X)
         D, I = KNNIndex(metric="cosine", index=self.index).fit(X).graph(X, min(self.k, n - 1))
-        W = sparse.csr_matrix((np.maximum(D, 0).ravel() ** self.gamma, (np.repeat(np.arange(n), I.shape[1]),
-                                                                         I.ravel())), shape=(n, n))
-        W = W + W.T
-        deg = np.asarray(W.sum(axis=1)).ravel()
-        inv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
-        S = sparse.diags(inv) @ W @ sparse.diags(inv)
-        index = {c: j for j, c in enumerate(self.classes_)}
-        Y = np.zeros((n, len(self.classes_)), np.float32)
-        rows = np.flatnonzero(labelled)
-        cols = np.array([index[v] for v in y[rows]])
-        # each class starts with the same total mass (1 / its number of sources per source): with all labels of
-        # the base classes and a few of the novel ones, unnormalised sources let the base classes flood the graph
-        Y[rows, cols] = 1.0 / np.bincount(cols, minlength=len(self.classes_))[cols]
-        F = Y.copy()
-        for t in range(1, self.iterations + 1):
-            F = self.alpha * (S @ F) + (1 - self.alpha) * Y
-            if monitor is not None:
-                monitor(t, F)
+        S = normalized_graph(RawGraph(I, D), self.gamma, memory=2**62)  # in memory
+        each = None if monitor is None else (lambda t, c0, F: monitor(t, F))
+        _, F = next(propagate(S, sources, len(self.classes_), self.iterations, self.alpha, len(self.classes_), each))
         self.label_distributions_ = F
         self.transduction_ = self.classes_[F.argmax(axis=1)]
         return self
@@ -63,6 +58,87 @@ class LabelDiffusion(Params):
     def predict(self) -> np.ndarray:
         """The label of every row (the argmax of its diffused scores)."""
         return self.transduction_
+
+
+class GraphDiffusion(Params):
+    """``LabelDiffusion`` over a kNN graph given as arrays or on disk (``tools.graph.RawGraph``: ``knn --raw``'s
+    files, memory-mapped), in bounded memory: the normalised graph is built as a CSR matrix (on disk when its edges do
+    not fit half of ``memory`` bytes) and the class scores are propagated a block of classes at a time, as many as
+    fit (two N x classes float32 buffers). Nothing of size N x classes is kept: fitted are ``classes_``,
+    ``labels_`` (each row's best class, int32), ``transduction_`` (``classes_[labels_]``), ``scores_`` (the scores
+    of ``keep_rows``, in that order) and ``tracked_`` ({iteration: the scores of ``track_rows``} for each of
+    ``track_iterations``); ``memory_`` says what it planned. ``memory=None``: what the machine has available.
+    The same arithmetic as ``LabelDiffusion`` (``tools.graph.propagate``): the same labels, scores to float32
+    rounding."""
+
+    def __init__(self, *, iterations: int = 20, alpha: float = 0.99, gamma: float = 3.0,
+                 memory: Optional[int] = None, folder: Optional[str] = None) -> None:
+        self.iterations, self.alpha, self.gamma, self.memory, self.folder = iterations, alpha, gamma, memory, folder
+
+    @staticmethod
+    def plan(n: int, k: int, n_classes: int, memory: int) -> dict:
+        """How a graph of n rows, k neighbours each, is diffused within ``memory`` bytes: whether the CSR is in memory,
+        the classes per block, the bytes it will hold; refused (before any work) when one class does not fit."""
+        from .memory import refuse_unless
+
+        fixed = 8 * n + 8 * (n + 1)  # best score and class per row; the CSR's row pointers
+        csr = 2 * n * k * 8
+        in_memory = 3 * csr <= memory // 2
+        held = fixed + (csr if in_memory else 0)
+        per_class = 8 * n  # F and its next step, float32
+        refuse_unless(held + per_class, memory, f"diffusing labels over {n:,} rows",
+                      "Give --max-memory more, or diffuse fewer rows (a --background set is optional).")
+        columns = int(max(1, min(n_classes, (memory - held) // per_class)))
+        return {"csr_in_memory": in_memory, "columns": columns, "blocks": -(-n_classes // columns),
+                "bytes": held + columns * per_class}
+
+    def fit(self, graph: RawGraph, y: Sequence[Optional[str]], keep_rows: Sequence[int] = (),
+            track_rows: Sequence[int] = (), track_iterations: Sequence[int] = ()) -> "GraphDiffusion":
+        from .memory import available_bytes
+
+        if len(y) != graph.n:
+            raise bad_param("y", f"one label (or None) per row of the graph ({graph.n})", f"{len(y)} labels")
+        self.classes_, sources = label_sources(y)
+        C, n = len(self.classes_), graph.n
+        memory = int(self.memory or available_bytes())
+        self.memory_ = self.plan(n, graph.k, C, memory)
+        S = normalized_graph(graph, self.gamma, memory // 2 if self.memory_["csr_in_memory"] else memory // 4,
+                             self.folder)
+        keep, track = np.asarray(keep_rows, np.int64), np.asarray(track_rows, np.int64)
+        wanted = set(int(t) for t in track_iterations)
+        self.scores_ = np.zeros((len(keep), C), np.float32)
+        self.tracked_ = {t: np.zeros((len(track), C), np.float32) for t in sorted(wanted)}
+        best = np.full(n, -np.inf, np.float32)
+        self.labels_ = np.zeros(n, np.int32)
+
+        def each(t: int, c0: int, F: np.ndarray) -> None:
+            if t in wanted:
+                self.tracked_[t][:, c0:c0 + F.shape[1]] = F[track]
+
+        try:
+            for c0, F in propagate(S, sources, C, self.iterations, self.alpha, self.memory_["columns"], each):
+                self.scores_[:, c0:c0 + F.shape[1]] = F[keep]
+                top = F.argmax(axis=1)
+                val = F[np.arange(n), top]
+                better = val > best  # strictly: the first class wins a tie, as argmax over all classes does
+                best[better] = val[better]
+                self.labels_[better] = (top[better] + c0).astype(np.int32)
+        finally:
+            S.close()
+        return self
+
+    @property
+    def transduction_(self) -> np.ndarray:
+        return self.classes_[self.labels_]
+
+
+def best_iterations(tracked: dict[int, np.ndarray], classes: np.ndarray, truth: Sequence[str],
+                    top_k: int) -> tuple[int, dict, dict]:
+    """The iterations whose scores of the held-out rows are best by top-``top_k``, ties to top-1, then to more
+    iterations; with every iteration's top-k and top-1."""
+    scores = {t: float(topk_hits(F, classes, truth, top_k).mean()) for t, F in tracked.items()}
+    top1 = {t: float(topk_hits(F, classes, truth, 1).mean()) for t, F in tracked.items()}
+    return max(tracked, key=lambda t: (scores[t], top1[t], t)), scores, top1
 
 
 ITERATION_GRID = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)

@@ -1,0 +1,219 @@
+"""A kNN graph as the label diffusion uses it, in bounded memory: the symmetric, degree-normalised weight matrix
+``S = D^-1/2 (W + W^T) D^-1/2`` (``W_ij = max(sim_ij, 0) ** gamma`` for each of row i's k neighbours j) written
+once as a CSR matrix on disk (``indptr`` int64, ``indices`` int32, ``data`` float32) and multiplied with dense
+column blocks of class scores, the CSR memory-mapped and read a block of rows at a time.
+
+The input is the graph ``knn --raw`` writes (``PREFIX.int32`` and ``PREFIX.float32``, row-major N x k, and
+``PREFIX.ids.txt``), or the same arrays in memory. The transpose is built out of core: every edge and its reverse
+go to the bucket of its row (a contiguous range of rows, sized to the memory budget) on disk, then each bucket is
+summed (an edge found from both ends counts twice, as ``W + W^T`` does) and appended to the CSR. Memory: the
+degree vector (8 bytes a row) and one bucket; never N x k edges at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import ImgfeatError
+from .knn import RAW_SUFFIXES
+
+EDGE_BYTES = 12  # a bucket's edge on disk: int32 row, int32 column, float32 weight
+BLOCK_ROWS = 65_536  # rows of the raw graph read at a time
+
+
+@dataclass
+class RawGraph:
+    """A kNN graph: I (N x k int32 neighbour rows, -1 where none) and D (N x k float32 similarities), in memory or
+    memory-mapped from ``knn --raw`` files, with the ids of its rows (None: not known)."""
+
+    I: np.ndarray
+    D: np.ndarray
+    ids: Optional[list] = None
+
+    @property
+    def n(self) -> int:
+        return int(self.I.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.I.shape[1])
+
+    @classmethod
+    def open(cls, prefix: str) -> "RawGraph":
+        """The files of ``knn --raw PREFIX``, memory-mapped (nothing is read until used)."""
+        paths = [Path(f"{prefix}{ext}") for ext in RAW_SUFFIXES]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ImgfeatError(f"--graph {prefix}: {', '.join(missing)} not found (write them with imgfeat knn "
+                               f"--raw {prefix})")
+        ids = paths[2].read_text(encoding="utf-8").splitlines()
+        n = len(ids)
+        size = paths[0].stat().st_size
+        if n == 0 or size % (4 * n) or paths[1].stat().st_size != size:
+            raise ImgfeatError(f"--graph {prefix}: the .int32 and .float32 files do not hold {n} rows of the same k "
+                               f"(the .ids.txt's rows): a graph written by another run, or cut short")
+        k = size // (4 * n)
+        return cls(np.memmap(paths[0], np.int32, "r", shape=(n, k)), np.memmap(paths[1], np.float32, "r", shape=(n, k)),
+                   ids)
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for s in range(0, self.n, rows):
+            yield s, np.asarray(self.I[s:s + rows]), np.asarray(self.D[s:s + rows])
+
+
+def _weights(D: np.ndarray, gamma: float) -> np.ndarray:
+    return np.maximum(D, 0).astype(np.float32) ** np.float32(gamma)
+
+
+@dataclass
+class DiskCSR:
+    """A square CSR matrix whose arrays may be memory-mapped; ``matmul`` multiplies it with a dense block."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    folder: Optional[Path] = None  # its files, removed by ``close`` (None: arrays in memory)
+
+    @property
+    def n(self) -> int:
+        return len(self.indptr) - 1
+
+    def matmul(self, F: np.ndarray, out: np.ndarray, rows: int = BLOCK_ROWS) -> np.ndarray:
+        """``out = self @ F`` (F: N x c), a block of rows at a time (scipy's CSR product on each)."""
+        from scipy import sparse
+
+        for s in range(0, self.n, rows):
+            e = min(self.n, s + rows)
+            a, b = int(self.indptr[s]), int(self.indptr[e])
+            block = sparse.csr_matrix((self.data[a:b], self.indices[a:b], self.indptr[s:e + 1] - a),
+                                      shape=(e - s, self.n))
+            out[s:e] = block @ F
+        return out
+
+    def close(self) -> None:
+        self.indptr = self.indices = self.data = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def normalized_graph(graph: RawGraph, gamma: float, memory: int, folder: Optional[str] = None) -> DiskCSR:
+    """``S = D^-1/2 (W + W^T) D^-1/2`` of ``graph`` as a :class:`DiskCSR`. With all of its 2Nk edges fitting in
+    ``memory`` bytes (about 3 x 12 bytes an edge while it is summed) it is built in memory; else on disk in
+    ``folder`` (a temporary folder by default), one bucket of rows at a time, and memory-mapped."""
+    n = graph.n
+    deg = np.zeros(n, np.float64)
+    for s, I, D in graph.blocks():
+        w = _weights(D, gamma)
+        ok = I >= 0
+        deg[s:s + len(I)] += np.where(ok, w, 0).sum(axis=1)
+        deg += np.bincount(I[ok], weights=w[ok], minlength=n)
+    inv = (1.0 / np.sqrt(np.maximum(deg, 1e-12))).astype(np.float32)
+    del deg
+    edges = 2 * n * graph.k
+    per_bucket = max(1, memory // (3 * EDGE_BYTES))
+    buckets = max(1, -(-edges // per_bucket))
+    if buckets == 1:
+        rows, cols, vals = _edges(graph, gamma, 0, n)
+        return DiskCSR(*_summed(rows, cols, vals, inv, 0, n))
+    return _on_disk(graph, gamma, inv, buckets, folder)
+
+
+def _edges(graph: RawGraph, gamma: float, lo: int, hi: int):
+    """Every edge and its reverse whose row falls in [lo, hi): (rows, cols, weights)."""
+    rows, cols, vals = [], [], []
+    for s, I, D in graph.blocks():
+        w = _weights(D, gamma)
+        src = np.broadcast_to(np.arange(s, s + len(I), dtype=np.int32)[:, None], I.shape)
+        ok = I >= 0
+        for r, c in ((src, I), (I, src)):
+            keep = ok & (r >= lo) & (r < hi)
+            rows.append(r[keep])
+            cols.append(c[keep])
+            vals.append(w[keep])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def _summed(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, inv: np.ndarray, lo: int, hi: int):
+    """The CSR arrays of rows [lo, hi) (indptr from 0), duplicate edges summed, scaled by inv[row] * inv[col]."""
+    from scipy import sparse
+
+    m = sparse.coo_matrix((vals, (rows - lo, cols)), shape=(hi - lo, len(inv))).tocsr()
+    m.sum_duplicates()
+    data = m.data.astype(np.float32) * inv[lo:hi][np.repeat(np.arange(hi - lo), np.diff(m.indptr))] * \
+        inv[m.indices]
+    return m.indptr.astype(np.int64), m.indices.astype(np.int32), data.astype(np.float32)
+
+
+def _on_disk(graph: RawGraph, gamma: float, inv: np.ndarray, buckets: int, folder: Optional[str]) -> DiskCSR:
+    n = graph.n
+    work = Path(tempfile.mkdtemp(prefix="imgfeat-graph-", dir=folder))
+    bounds = np.linspace(0, n, buckets + 1).astype(np.int64)
+    files = [open(work / f"bucket.{b:05d}", "wb") for b in range(buckets)]
+    try:
+        for s, I, D in graph.blocks():
+            w = _weights(D, gamma)
+            src = np.broadcast_to(np.arange(s, s + len(I), dtype=np.int32)[:, None], I.shape)
+            ok = I >= 0
+            for r, c in ((src, I), (I, src)):
+                r, c, v = r[ok], c[ok], w[ok]
+                which = np.searchsorted(bounds, r, side="right") - 1
+                order = np.argsort(which, kind="stable")
+                r, c, v, which = r[order], c[order], v[order], which[order]
+                cuts = np.searchsorted(which, np.arange(buckets + 1))
+                for b in np.flatnonzero(np.diff(cuts)):
+                    sl = slice(cuts[b], cuts[b + 1])
+                    rec = np.empty(sl.stop - sl.start, [("r", "<i4"), ("c", "<i4"), ("v", "<f4")])
+                    rec["r"], rec["c"], rec["v"] = r[sl], c[sl], v[sl]
+                    files[b].write(rec.tobytes())
+    finally:
+        for fh in files:
+            fh.close()
+    nnz = 0
+    with open(work / "indices", "wb") as fi, open(work / "data", "wb") as fd:
+        indptr = np.zeros(n + 1, np.int64)
+        for b in range(buckets):
+            lo, hi = int(bounds[b]), int(bounds[b + 1])
+            rec = np.fromfile(work / f"bucket.{b:05d}", [("r", "<i4"), ("c", "<i4"), ("v", "<f4")])
+            os.unlink(work / f"bucket.{b:05d}")
+            ptr, idx, data = _summed(rec["r"], rec["c"], rec["v"], inv, lo, hi)
+            del rec
+            indptr[lo + 1:hi + 1] = ptr[1:] + nnz
+            nnz += len(idx)
+            fi.write(idx.tobytes())
+            fd.write(data.tobytes())
+    np.save(work / "indptr.npy", indptr)
+    del indptr
+    return DiskCSR(np.load(work / "indptr.npy", mmap_mode="r"),
+                   np.memmap(work / "indices", np.int32, "r", shape=(nnz,)) if nnz else np.zeros(0, np.int32),
+                   np.memmap(work / "data", np.float32, "r", shape=(nnz,)) if nnz else np.zeros(0, np.float32), work)
+
+
+def propagate(S: DiskCSR, sources: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int, iterations: int,
+              alpha: float, columns: int, each=None) -> Iterator[tuple[int, np.ndarray]]:
+    """``F <- alpha S F + (1 - alpha) Y`` for ``iterations`` steps from ``F = Y``, where Y is zero but at the
+    ``sources`` (rows, class columns, values), on ``columns`` classes at a time: yields (first class, F block N x
+    columns) after the last step. ``each(t, first class, F block)`` is called after every step t (1-based)."""
+    rows, cols, vals = sources
+    n = S.n
+    for c0 in range(0, n_classes, columns):
+        c1 = min(n_classes, c0 + columns)
+        sel = (cols >= c0) & (cols < c1)
+        r, c, v = rows[sel], cols[sel] - c0, vals[sel].astype(np.float32)
+        F = np.zeros((n, c1 - c0), np.float32)
+        F[r, c] = v
+        out = np.empty_like(F)
+        for t in range(1, iterations + 1):
+            S.matmul(F, out)
+            out *= np.float32(alpha)
+            out[r, c] += np.float32(1 - alpha) * v
+            F, out = out, F
+            if each is not None:
+                each(t, c0, F)
+        yield c0, F

@@ -1,0 +1,58 @@
+"""Memory budgets: what the machine has, a ``--max-memory`` size as users write it, and a refusal before the work
+(with the figure it would need) instead of a MemoryError half-way."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+from ..errors import ImgfeatError, bad_param
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def available_bytes() -> int:
+    """Memory a new allocation can have now: MemAvailable (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def parse_size(text: Optional[str], name: str = "max_memory") -> Optional[int]:
+    """``"1.5GB"``, ``"800M"``, ``"2GiB"`` or a number of bytes; None stays None (the machine's)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", str(text).upper())
+    if not m or float(m.group(1)) <= 0:
+        raise bad_param(name, "a size such as 800MB, 1.5GB or 2GiB", text)
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def budget(max_memory: Optional[str]) -> int:
+    """The bytes a command may hold: ``--max-memory``, else what the machine has available now."""
+    return parse_size(max_memory) or available_bytes()
+
+
+def refuse_unless(need: int, have: int, what: str, hint: str) -> None:
+    """Refuse, before any work, a job whose smallest form needs more than ``have`` bytes."""
+    if need > have:
+        raise ImgfeatError(f"{what} needs at least {human(need)} of memory; the budget is {human(have)} "
+                           f"(--max-memory, else what this machine has available). {hint}")

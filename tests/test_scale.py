@@ -1,0 +1,146 @@
+"""Issue 31: the science after extraction in bounded memory. The streamed paths (a graph on disk, a CSR built in
+buckets, class scores in column blocks) equal the in-memory ones on small data with every block forced small; a
+budget too small is refused before any work, with the figure it would need."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("scipy")
+
+from imgfeat.cli import main  # noqa: E402
+from imgfeat.errors import ImgfeatError  # noqa: E402
+from imgfeat.tools import graph as graph_mod  # noqa: E402
+from imgfeat.tools.diffusion import GraphDiffusion, LabelDiffusion  # noqa: E402
+from imgfeat.tools.graph import RawGraph, normalized_graph  # noqa: E402
+from imgfeat.tools.knn import KNNIndex  # noqa: E402
+
+from test_tools import clusters, write_features  # noqa: E402
+
+
+def _given(y, per_class: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    given = [None] * len(y)
+    for c in sorted(set(y.tolist())):
+        for i in rng.choice(np.flatnonzero(y == c), per_class, replace=False):
+            given[i] = y[i]
+    return given
+
+
+def _dense_reference(I, D, gamma, alpha, iterations, given, classes):
+    """The diffusion written plainly with dense matrices: W, W + W^T, D^-1/2 (.) D^-1/2, F <- a S F + (1-a) Y."""
+    n = len(I)
+    W = np.zeros((n, n), np.float64)
+    for i in range(n):
+        for j, d in zip(I[i], D[i]):
+            W[i, j] += max(d, 0) ** gamma
+    W = W + W.T
+    inv = 1 / np.sqrt(np.maximum(W.sum(1), 1e-12))
+    S = inv[:, None] * W * inv[None, :]
+    Y = np.zeros((n, len(classes)))
+    counts = {c: sum(g == c for g in given) for c in classes}
+    for i, g in enumerate(given):
+        if g is not None:
+            Y[i, list(classes).index(g)] = 1 / counts[g]
+    F = Y.copy()
+    for _ in range(iterations):
+        F = alpha * S @ F + (1 - alpha) * Y
+    return F
+
+
+def test_the_normalised_graph_on_disk_equals_the_one_in_memory(tmp_path):
+    X, _ = clusters(n_per=40, k=5, d=16, spread=0.5, seed=4)
+    D, I = KNNIndex(metric="cosine").fit(X).graph(X, 6)
+    I[3, 2] = -1  # a row with fewer neighbours (an approximate index): the edge is left out
+    whole = normalized_graph(RawGraph(I, D), 3.0, memory=2**40)
+    monkey = graph_mod.BLOCK_ROWS
+    try:
+        graph_mod.BLOCK_ROWS = 7  # many blocks of the raw graph, and 17 buckets of rows on disk
+        split = normalized_graph(RawGraph(I, D), 3.0, memory=3 * graph_mod.EDGE_BYTES * 30, folder=str(tmp_path))
+    finally:
+        graph_mod.BLOCK_ROWS = monkey
+    assert split.folder is not None and split.folder.parent == tmp_path
+    from scipy import sparse
+
+    a = sparse.csr_matrix((whole.data, whole.indices, whole.indptr), shape=(len(X), len(X))).toarray()
+    b = sparse.csr_matrix((np.asarray(split.data), np.asarray(split.indices), np.asarray(split.indptr)),
+                          shape=(len(X), len(X))).toarray()
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert np.allclose(a, a.T) and a[3].nonzero()[0].size >= 5
+    split.close()
+    assert not any(tmp_path.iterdir())  # its files go with it
+
+
+def test_streamed_diffusion_equals_the_dense_computation_and_the_in_memory_one(tmp_path):
+    X, y = clusters(n_per=50, k=5, d=16, spread=0.9, seed=1)
+    given = _given(y, 3)
+    D, I = KNNIndex(metric="cosine").fit(X).graph(X, 8)
+    mem = LabelDiffusion(k=8, iterations=12).fit(X, given)
+    classes = mem.classes_
+    ref = _dense_reference(I, D, 3.0, 0.99, 12, given, classes)
+    np.testing.assert_allclose(mem.label_distributions_, ref, rtol=2e-4, atol=1e-6)
+    keep = np.array([5, 0, 249, 77])
+    old = graph_mod.BLOCK_ROWS
+    try:
+        graph_mod.BLOCK_ROWS = 16
+        # a budget that fits one class column at a time and puts the CSR on disk, in 1 + many buckets
+        per_class = 8 * len(X)
+        small = GraphDiffusion(iterations=12, memory=16 * len(X) + 8 + per_class + 100, folder=str(tmp_path))
+        streamed = small.fit(RawGraph(I, D), given, keep_rows=keep, track_rows=keep, track_iterations=(3, 12))
+    finally:
+        graph_mod.BLOCK_ROWS = old
+    assert streamed.memory_["columns"] == 1 and not streamed.memory_["csr_in_memory"]
+    assert streamed.transduction_.tolist() == mem.transduction_.tolist()
+    np.testing.assert_allclose(streamed.scores_, mem.label_distributions_[keep], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(streamed.tracked_[12], streamed.scores_)
+    np.testing.assert_allclose(streamed.tracked_[3], _dense_reference(I, D, 3.0, 0.99, 3, given, classes)[keep],
+                               rtol=2e-4, atol=1e-6)
+    assert (streamed.transduction_ == y).mean() > 0.9
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_budget_too_small_is_refused_before_any_work_with_the_figure(tmp_path, monkeypatch):
+    X, y = clusters(n_per=30, k=3, d=8, seed=2)
+    D, I = KNNIndex(metric="cosine").fit(X).graph(X, 5)
+
+    def never(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr("imgfeat.tools.diffusion.normalized_graph", never)
+    with pytest.raises(ImgfeatError, match=r"diffusing labels over 90 rows needs at least 2.1 KB of memory; the "
+                                           r"budget is 1000 B"):
+        GraphDiffusion(memory=1000).fit(RawGraph(I, D), _given(y, 2))
+
+
+def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, capsys):
+    """``knn --raw`` then ``diffuse --graph``: the same predictions and scores as ``diffuse`` building its own graph;
+    a graph of other rows is refused."""
+    X, y = clusters(n_per=40, k=4, d=16, spread=0.8, seed=3)
+    ids = [f"img{i:03d}" for i in range(len(X))]
+    feats = tmp_path / "f.npy"
+    write_features(feats, X, ids)
+    given = _given(y, 2)
+    (tmp_path / "train.tsv").write_text("".join(f"{i}\t{g}\n" for i, g in zip(ids, given) if g is not None))
+    (tmp_path / "test.tsv").write_text("".join(f"{i}\t{c}\n" for i, c, g in zip(ids, y, given) if g is None))
+    assert main(["knn", "--features", str(feats), "--k", "10", "--raw", str(tmp_path / "g")]) == 0
+    capsys.readouterr()
+    runs = {}
+    for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", "5KB"])):
+        assert main(["diffuse", "--features", str(feats), "--labels", str(tmp_path / "train.tsv"), "--test-labels",
+                     str(tmp_path / "test.tsv"), "--k", "10", "--out", str(tmp_path / f"{name}.tsv"), "--json",
+                     *extra]) == 0
+        runs[name] = json.loads(capsys.readouterr().out)
+        assert runs[name]["memory"]["bytes"] > 0
+    assert (tmp_path / "own.tsv").read_text() == (tmp_path / "graph.tsv").read_text()
+    assert runs["own"]["accuracy"] == runs["graph"]["accuracy"] > 0.9
+    assert runs["graph"]["memory"]["columns"] == 1 and not runs["graph"]["memory"]["csr_in_memory"]
+    other = tmp_path / "h.npy"
+    write_features(other, X[:100], ids[:100])
+    (tmp_path / "few.tsv").write_text("".join(f"{i}\t{g}\n" for i, g in zip(ids[:100], given) if g is not None))
+    assert main(["diffuse", "--features", str(other), "--labels", str(tmp_path / "few.tsv"), "--graph",
+                 str(tmp_path / "g"), "--json"]) == 2
+    assert "not the rows of" in capsys.readouterr().err
