@@ -144,3 +144,50 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     assert main(["diffuse", "--features", str(other), "--labels", str(tmp_path / "few.tsv"), "--graph",
                  str(tmp_path / "g"), "--json"]) == 2
     assert "not the rows of" in capsys.readouterr().err
+
+
+def test_dedup_chooses_its_index_by_size_and_finds_the_planted_duplicates(tmp_path, capsys, monkeypatch):
+    """``dedup`` (default --index auto): exact for a small set, ivf above ``EXACT_UP_TO`` (lowered here), and every
+    planted near-duplicate is grouped with its original."""
+    from imgfeat.tools import dedup
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((6000, 48)).astype(np.float32)
+    planted = rng.choice(5000, 120, replace=False)
+    X[5000:5120] = X[planted] + 0.08 * rng.standard_normal((120, 48)).astype(np.float32)  # cosine ~0.997
+    ids = [f"i{i}" for i in range(len(X))]
+    write_features(tmp_path / "f.npy", X, ids)
+    for limit, want in ((10_000, "exact"), (2_000, "ivf")):
+        monkeypatch.setattr(dedup, "EXACT_UP_TO", limit)
+        out = tmp_path / f"{want}.tsv"
+        assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--out", str(out), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["index"] == want
+        group = {}
+        for line in out.read_text().splitlines():
+            g, i = line.split("\t")
+            group[i] = g
+        assert all(group.get(f"i{p}") is not None and group.get(f"i{p}") == group.get(f"i{5000 + j}")
+                   for j, p in enumerate(planted.tolist())), want
+
+
+def test_the_id_index_answers_as_a_dict_without_one():
+    """serve's id lookup (``IdIndex``): the same rows as a dict for present, absent and repeated ids, and a forced
+    hash collision never answers the wrong row."""
+    from imgfeat.outputs.idindex import IdIndex
+
+    ids = [f"photos/{i:06d}.jpg" for i in range(5000)] + ["dup", "é", "", "dup"]
+    index = IdIndex(ids)
+    ref = {rid: i for i, rid in enumerate(ids)}
+    assert all(index.get(rid) == row for rid, row in ref.items()) and index.get("dup") == len(ids) - 1
+    assert index.get("nope") is None and "nope" not in index and "é" in index and 3 not in index
+    assert index.nbytes == 12 * len(ids)
+
+    class Colliding(str):
+        def __hash__(self):
+            return 7
+
+    same = [Colliding(f"c{i}") for i in range(20)]
+    assert hash(same[0]) == hash(same[5]) == 7
+    crowded = IdIndex(same)
+    assert [crowded.get(Colliding(f"c{i}")) for i in range(20)] == list(range(20))
+    assert crowded.get(Colliding("c20")) is None

@@ -16,6 +16,9 @@ from .common import at_least, corrections_arg, emit, features_arg, index_metavar
 
 
 VALIDATION_FRACTION = 0.2
+# the diffusion's default budget: 1M rows x 100 classes propagate in one block within it (more memory does not make
+# the same work faster: 176 s either way at 1M x 30 neighbours x 100 classes, BENCHMARKS.md)
+DEFAULT_MEMORY = 2**30
 
 
 def _read_classes(path: str) -> set[str]:
@@ -83,7 +86,7 @@ def _diffuse(args) -> int:
     if not args.test_labels and not args.out and not args.json:
         raise ImgfeatError("imgfeat diffuse needs --test-labels (to score it), --out (the predicted labels), or "
                            "--json; otherwise the result is computed and thrown away")
-    memory = budget(args.max_memory)
+    memory = budget(args.max_memory, DEFAULT_MEMORY)
     ids, X = open_matrix(args.features)  # memory-mapped: the graph is built and read block by block
     given, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
     given = apply_corrections(given, args.corrections)
@@ -191,9 +194,9 @@ def add_parser(sub) -> None:
                          help="diffuse over this graph (imgfeat knn --raw PREFIX on the same features), memory-mapped, "
                               "instead of building one")
     diffuse.add_argument("--max-memory", metavar="SIZE",
-                         help="memory the diffusion may hold (e.g. 1.5GB; default: what the machine has available); "
-                              "the class scores go through in blocks that fit, and a budget too small is refused "
-                              "before any work")
+                         help="memory the diffusion may hold (e.g. 4GB; default: 1 GiB, or what the machine has "
+                              "available if less); the class scores go through in blocks that fit, and a budget too "
+                              "small is refused before any work")
     diffuse.add_argument("--workdir", help="folder for the graph and its normalised form while it runs (default: the "
                                            "system's temporary folder)")
     diffuse.add_argument("--C", type=positive, default=1.0, help="C of the logistic-regression baseline")

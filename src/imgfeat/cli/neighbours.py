@@ -72,17 +72,18 @@ def _search(args) -> int:
 
 
 def _dedup(args) -> int:
-    from ..tools.dedup import duplicate_groups
+    from ..tools.dedup import auto_index, duplicate_groups
 
     ids, X = open_matrix(args.features)
-    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=args.index)
+    index = auto_index(len(ids)) if args.index == "auto" else args.index
+    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=index)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
     result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
-              "threshold": args.threshold, "out": args.out, "largest": groups[:5]}
+              "threshold": args.threshold, "out": args.out, "largest": groups[:5], "index": index}
     lines = [f"{len(groups)} groups of near-duplicates among {len(ids)} vectors (each image's cosine to its group's "
-             f"first image >= {args.threshold}); {result['duplicates']} could be dropped"
+             f"first image >= {args.threshold}; {index} index); {result['duplicates']} could be dropped"
              + (f" -> {args.out}" if args.out else "")]
     lines += ["  " + ", ".join(g) for g in groups[:10]]
     return emit(args, result, lines)
@@ -131,8 +132,8 @@ def _add_dedup(sub) -> None:
                        help="cosine similarity each member of a group has at least with the group's first image "
                             "(its representative)")
     dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
-    dedup.add_argument("--index", default="exact", metavar=index_metavar(),
-                       help="faiss index (as imgfeat knn --approx)")
+    dedup.add_argument("--index", default="auto", metavar=index_metavar(),
+                       help="faiss index (as imgfeat knn --approx); auto: exact up to 50,000 vectors, ivf above")
     dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
     dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ImgfeatError, best_effort_cache
 from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
+from ..outputs.idindex import IdIndex
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
 from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
@@ -163,7 +164,7 @@ class Collection:
             self.ids, self.X = open_matrix(self.path)
             self.keys = None
         self.n, self.dim = len(self.ids), int(self.X.shape[1])
-        self.row_of = {rid: i for i, rid in enumerate(self.ids)}
+        self.row_of = IdIndex(self.ids)  # 12 bytes an id, no Python object per row
         self.manifest = self.store.manifest if self.store else {}
         self.generation = self.manifest.get("generation")
         self.key = features_key(self.path)

@@ -46,9 +46,13 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def budget(max_memory: Optional[str]) -> int:
-    """The bytes a command may hold: ``--max-memory``, else what the machine has available now."""
-    return parse_size(max_memory) or available_bytes()
+def budget(max_memory: Optional[str], cap: Optional[int] = None) -> int:
+    """The bytes a command may hold: ``--max-memory``, else what the machine has available now (at most ``cap``:
+    what the command's work gains nothing beyond)."""
+    given = parse_size(max_memory)
+    if given is not None:
+        return given
+    return min(available_bytes(), cap) if cap else available_bytes()
 
 
 def refuse_unless(need: int, have: int, what: str, hint: str) -> None:

@@ -1,0 +1,108 @@
+"""The science after extraction at scale (issue 31): each command with its default flags on synthetic clustered
+collections, in a fresh process: wall time, peak anonymous memory (RssAnon summed over the process tree, sampled
+every 50 ms: the pages of memory-mapped files are left out, as they are reclaimable) and quality.
+
+    python benchmarks/scale.py --rows 100000 1000000
+
+The collection: unit vectors (256-d) around 1,000 cluster centres (noise 0.35 per dimension relative to the centre's
+norm), the class of a vector its cluster modulo 100 (100 classes); features written as .npy + ids by the project's
+own writer (``outputs.formats.write_blocks``), read memory-mapped. ``diffuse``: 5 labels per class (the low-shot
+setting), scored on 10,000 other vectors; quality is the diffusion's top-1 and that of the logistic regression on
+the same labels. Prints a Markdown table and each command's slope against the smaller size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM, CLUSTERS, CLASSES = 256, 1000, 100
+
+
+def make(rows: int, folder: Path) -> None:
+    from imgfeat.outputs.formats import write_blocks
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+    cluster = rng.integers(0, CLUSTERS, rows)
+
+    def blocks():
+        for s in range(0, rows, 100_000):
+            c = cluster[s:s + 100_000]
+            X = centres[c] + 0.35 * rng.standard_normal((len(c), DIM)).astype(np.float32)
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+            ids = [f"img{i:09d}" for i in range(s, s + len(c))]
+            yield ids, ids, X
+
+    write_blocks(str(folder / "f.npy"), DIM, "float32", blocks())
+    label = cluster % CLASSES
+    train = np.concatenate([rng.choice(np.flatnonzero(label == c), 5, replace=False) for c in range(CLASSES)])
+    rest = np.setdiff1d(np.arange(rows), train)
+    test = rng.choice(rest, min(10_000, len(rest)), replace=False)
+    for name, rows_ in (("train", train), ("test", test)):
+        (folder / f"{name}.tsv").write_text("".join(f"img{i:09d}\tc{label[i]:03d}\n" for i in sorted(rows_)))
+
+
+def tree_anon_mb(pid: int) -> float:
+    """RssAnon of ``pid`` and its descendants, in MB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) / 1024
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+        except OSError:
+            pass
+    return total
+
+
+def measured(argv: list[str]) -> tuple[float, float, str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0, peak = time.perf_counter(), 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_anon_mb(proc.pid))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-2000:]}")
+    return time.perf_counter() - t0, peak, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = ap.parse_args()
+    print("| command (default flags) | rows | wall | peak RssAnon | quality |\n|---|---|---|---|---|")
+    prev = None
+    for rows in args.rows:
+        with tempfile.TemporaryDirectory(prefix="imgfeat-scale-") as tmp:
+            folder = Path(tmp)
+            make(rows, folder)
+            wall, peak, out = measured([sys.executable, "-m", "imgfeat", "diffuse", "--features",
+                                        str(folder / "f.npy"), "--labels", str(folder / "train.tsv"),
+                                        "--test-labels", str(folder / "test.tsv"), "--out",
+                                        str(folder / "pred.tsv"), "--json"])
+            r = json.loads(out)
+            quality = (f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f}); index "
+                       f"{r['index']}; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
+            print(f"| `diffuse` | {rows:,} | {wall:.0f} s | {peak:,.0f} MB | {quality} |", flush=True)
+            if prev is not None:
+                slope = np.log(wall / prev[1]) / np.log(rows / prev[0])
+                print(f"| `diffuse` slope {prev[0]:,} -> {rows:,} | | n^{slope:.2f} | x{peak / prev[2]:.2f} | "
+                      f"100M projected: {wall * (1e8 / rows) ** slope / 3600:.1f} h |", flush=True)
+            prev = (rows, wall, peak)
+
+
+if __name__ == "__main__":
+    main()
