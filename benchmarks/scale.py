@@ -3,6 +3,7 @@ collections, in a fresh process: wall time, peak anonymous memory (RssAnon summe
 every 50 ms: the pages of memory-mapped files are left out, as they are reclaimable) and quality.
 
     python benchmarks/scale.py --rows 100000 1000000
+    python benchmarks/scale.py --rows --ids 10000000     # serve's id lookup alone: a dict against IdIndex
 
 The collection: unit vectors (256-d) around 1,000 cluster centres (noise 0.35 per dimension relative to the centre's
 norm), the class of a vector its cluster modulo 100 (100 classes); features written as .npy + ids by the project's
@@ -79,10 +80,40 @@ def measured(argv: list[str]) -> tuple[float, float, str]:
     return time.perf_counter() - t0, peak, out
 
 
+def self_anon_mb() -> float:
+    return tree_anon_mb(os.getpid())
+
+
+def id_lookup(n: int) -> None:
+    """serve's id -> row: the dict it held before issue 31 against ``IdIndex``, built over the same n ids (the ids
+    themselves are held either way): memory each adds, build time, and 100,000 lookups."""
+    import gc
+
+    from imgfeat.outputs.idindex import IdIndex
+
+    ids = [f"photos/{i // 1000:05d}/{i:09d}.jpg" for i in range(n)]
+    probe = [ids[i] for i in np.random.default_rng(0).integers(0, n, 100_000)]
+    print(f"| id lookup over {n:,} ids | build | memory added | 100,000 lookups |\n|---|---|---|---|")
+    for name, make_index in (("dict (before)", lambda ids: {rid: i for i, rid in enumerate(ids)}), ("IdIndex", IdIndex)):
+        gc.collect()
+        before, t0 = self_anon_mb(), time.perf_counter()
+        index = make_index(ids)
+        build, added = time.perf_counter() - t0, self_anon_mb() - before
+        t0 = time.perf_counter()
+        assert all(index.get(rid) is not None for rid in probe)
+        print(f"| {name} | {build:.1f} s | {added:,.0f} MB | {time.perf_counter() - t0:.2f} s |", flush=True)
+        del index
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--ids", type=int, default=0, help="measure serve's id lookup over this many ids")
     args = ap.parse_args()
+    if args.ids:
+        id_lookup(args.ids)
+    if not args.rows:
+        return
     print("| command (default flags) | rows | wall | peak RssAnon | quality |\n|---|---|---|---|---|")
     prev = None
     for rows in args.rows:

@@ -191,3 +191,21 @@ def test_the_id_index_answers_as_a_dict_without_one():
     crowded = IdIndex(same)
     assert [crowded.get(Colliding(f"c{i}")) for i in range(20)] == list(range(20))
     assert crowded.get(Colliding("c20")) is None
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A MemoryError anywhere (numpy's names what it asked for) is one line with the machine's available memory and
+    what to change, exit status 1."""
+    from imgfeat.tools import knn
+
+    X, _ = clusters(n_per=20, k=2, d=8)
+    write_features(tmp_path / "f.npy", X)
+
+    def too_big(self, X):
+        raise MemoryError("Unable to allocate 9.50 GiB for an array with shape (10000000, 256) and data type float32")
+
+    monkeypatch.setattr(knn.KNNIndex, "fit", too_big)
+    assert main(["dedup", "--features", str(tmp_path / "f.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imgfeat: error: out of memory (Unable to allocate 9.50 GiB") and "Traceback" not in err
+    assert "available" in err and "IVF4096,PQ32" in err and err.count("\n") == 1

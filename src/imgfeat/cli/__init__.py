@@ -292,6 +292,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # numpy says how much it asked for; the machine had less
+        asked = f" ({exc})" if str(exc) else ""
+        print(f"imgfeat: error: out of memory{asked}; this machine has {_available()} available. "
+              + _memory_advice(args), file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader of stdout went away (`imgfeat ... --json | head`): stop quietly, as Unix tools do; stdout
         # is pointed at /dev/null so the interpreter's final flush does not raise again
@@ -304,6 +309,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"imgfeat: error: {disk_full_message(exc, _output_of(args), _written_before(exc, args))}",
               file=sys.stderr)
         return 1
+
+
+def _available() -> str:
+    from ..tools.memory import available_bytes, human
+
+    return human(available_bytes())
+
+
+def _memory_advice(args: argparse.Namespace) -> str:
+    """How to make the command fit, by what it was doing."""
+    hints = []
+    if hasattr(args, "max_memory"):
+        hints.append("--max-memory sets what it may hold (it works in blocks that fit, or says what it needs)")
+    if hasattr(args, "index") or hasattr(args, "approx"):
+        hints.append("a compressed index (e.g. IVF4096,PQ32 for --index/--approx) holds 32 bytes a vector instead of "
+                     "all of them")
+    hints.append("nothing half-written was left under the output's name")
+    return "; ".join(hints)
 
 
 def _output_of(args: argparse.Namespace) -> Optional[str]:
