@@ -232,10 +232,15 @@ def test_auto_takes_the_pca_graph_on_large_high_dimensional_sets_and_says_its_re
 
 
 def test_auto_index_rule():
-    from imgfeat.tools.audit import auto_index
+    from imgfeat.tools.knn import choose_index
 
-    assert [auto_index(n, d) for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256), (500_000, 2048),
-                                          (500_001, 64)]] == ["exact", "pca", "exact", "pca", "ivf"]
+    assert [choose_index(n, d, 2**34)[0] for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256),
+                                                      (500_000, 2048), (500_001, 64)]] == \
+        ["exact", "pca", "exact", "pca", "ivf"]
+    # beyond the budget: PQ codes, the most bytes a vector that fit, their candidates re-ranked
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 40) == ("IVF4096,PQ32", 4.0)  # its training sample fits
+    assert choose_index(100_000_000, 256, 2**33) == ("IVF32768,PQ32", 4.0)
+    assert choose_index(100_000_000, 256, 2**35) == ("IVF32768,PQ64", 4.0)
 
 
 # ----------------------------------------------------------------------------- issue 29: labels as users keep them

@@ -52,12 +52,11 @@ def _with_background(args, ids: list, X) -> tuple[list, object]:
     return ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([np.asarray(X, np.float32), bX])
 
 
-def _graph(args, all_ids: list, all_X, work: str):
+def _graph(args, all_ids: list, all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
-    from ..tools.audit import auto_index
     from ..tools.graph import RawGraph
-    from ..tools.knn import KNNIndex, save_graph
+    from ..tools.knn import RECALL_SAMPLE, KNNIndex, choose_index, sampled_recall, save_graph
 
     if args.graph:
         graph = RawGraph.open(args.graph)
@@ -65,13 +64,20 @@ def _graph(args, all_ids: list, all_X, work: str):
             raise ImgfeatError(f"--graph {args.graph} holds the graph of {graph.n:,} rows that are not the rows of "
                                f"--features{' and --background' if args.background else ''} ({len(all_ids):,}, in "
                                "order): make it with imgfeat knn --raw on the same features")
-        return graph, "given"
+        return graph, "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
-    index = auto_index(len(all_ids), all_X.shape[1]) if args.index == "auto" else args.index
-    knn = KNNIndex(metric="cosine", index=index).fit(all_X)
+    index, rerank = (choose_index(len(all_ids), all_X.shape[1], memory) if args.index == "auto"
+                     else (args.index, 0.0))
+    knn = KNNIndex(metric="cosine", index=index, rerank=rerank).fit(all_X)
     save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
-    return RawGraph.open(os.path.join(work, "graph")), index
+    graph = RawGraph.open(os.path.join(work, "graph"))
+    if index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
+        recall, sampled = sampled_recall(all_X, lambda rows: np.asarray(graph.I[rows]), args.k, "cosine",
+                                         RECALL_SAMPLE)
+        return graph, index + (f" re-ranked x{rerank:g}" if rerank else ""), {"recall_at_k": round(recall, 4),
+                                                                                "sampled_rows": sampled}
+    return graph, index, None
 
 
 def _diffuse(args) -> int:
@@ -112,7 +118,7 @@ def _diffuse(args) -> int:
     y = [labels.get(i) for i in all_ids]
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
-        graph, index = _graph(args, all_ids, all_X, work)
+        graph, index, recall = _graph(args, all_ids, all_X, work, memory)
 
         def run(labels_of_rows, t: int, track=()):
             return GraphDiffusion(iterations=t, memory=memory, folder=work).fit(
@@ -142,6 +148,8 @@ def _diffuse(args) -> int:
         else:
             model = run(y, iterations)
     result["memory"] = model.memory_
+    if recall is not None:
+        result["graph_recall"] = recall
     if novel:
         result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
     plan = model.memory_
@@ -151,6 +159,9 @@ def _diffuse(args) -> int:
              + (f" (chosen on {len(val_rows)} held-out labelled images: top-{5 if len(model.classes_) > 5 else 1} "
                 f"{result['validation'][str(iterations)]:.4f}"
                 + (", then run with all labels" if not novel else "") + ")" if auto else "")]
+    if recall is not None:
+        lines.append(f"the graph's recall@{graph.k} against exact neighbours of {recall['sampled_rows']} sampled rows: "
+                     f"{recall['recall_at_k']:.4f}")
     if result.get("validation_note"):
         lines.append("note: " + result["validation_note"])
     if test:

@@ -72,11 +72,15 @@ def _search(args) -> int:
 
 
 def _dedup(args) -> int:
-    from ..tools.dedup import auto_index, duplicate_groups
+    from ..tools.dedup import duplicate_groups
+    from ..tools.knn import KNNIndex, choose_index
+    from ..tools.memory import budget
 
     ids, X = open_matrix(args.features)
-    index = auto_index(len(ids)) if args.index == "auto" else args.index
-    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, index=index)
+    index, rerank = (choose_index(len(ids), X.shape[1], budget(args.max_memory)) if args.index == "auto"
+                     else (args.index, 0.0))
+    knn = KNNIndex(metric="cosine", index=index, rerank=rerank).fit(X)
+    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, knn=knn)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
@@ -133,7 +137,10 @@ def _add_dedup(sub) -> None:
                             "(its representative)")
     dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
     dedup.add_argument("--index", default="auto", metavar=index_metavar(),
-                       help="faiss index (as imgfeat knn --approx); auto: exact up to 50,000 vectors, ivf above")
+                       help="faiss index (as imgfeat knn --approx); auto: chosen by size within --max-memory (exact, "
+                            "pca for high dimensions, ivf, then PQ codes whose candidates are re-ranked exactly)")
+    dedup.add_argument("--max-memory", metavar="SIZE",
+                       help="memory the index may hold (e.g. 4GB; default: what the machine has available)")
     dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
     dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
 

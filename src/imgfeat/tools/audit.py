@@ -18,21 +18,10 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
-from .knn import KNNIndex, sampled_recall
+from .knn import RECALL_SAMPLE, KNNIndex, choose_index, sampled_recall
 
 ISSUES = ("label", "outlier", "near_duplicate", "leak")
-PCA_FROM = (20_000, 512)  # auto: the pca graph from this many vectors of at least this dimension, else exact
-PCA_UP_TO = 500_000  # auto: above, ivf (the pca graph's candidate search is still quadratic)
-RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (summary["graph_recall"])
 
-
-def auto_index(n: int, d: int) -> str:
-    """exact for small or low-dimensional sets; above, "pca" (3k candidates from an exact search in 128 PCA
-    dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph and the same label-issue precision
-    on Fashion-MNIST's 60k x 1280, in a third of the time; BENCHMARKS.md); above ``PCA_UP_TO`` vectors, ivf."""
-    if n > PCA_UP_TO:
-        return "ivf"
-    return "pca" if n >= PCA_FROM[0] and d >= PCA_FROM[1] else "exact"
 
 
 def review_order(score: np.ndarray, flag: np.ndarray, agreement: Optional[np.ndarray] = None) -> np.ndarray:
@@ -64,8 +53,8 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        index = auto_index(n, X.shape[1]) if self.index == "auto" else self.index
-        knn = KNNIndex(metric="cosine", index=index, nprobe=self.nprobe).fit(X)
+        index, rerank = choose_index(n, X.shape[1]) if self.index == "auto" else (self.index, 0.0)
+        knn = KNNIndex(metric="cosine", index=index, nprobe=self.nprobe, rerank=rerank).fit(X)
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
         D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)

@@ -15,14 +15,6 @@ from ..errors import bad_param
 from .knn import KNNIndex
 
 THRESHOLD_RANGE = (-1.0, 1.0)  # cosine similarity
-EXACT_UP_TO = 50_000  # dedup's "auto": an exact search up to this many vectors (n^2: 29 s at 100k), ivf above
-
-
-def auto_index(n: int) -> str:
-    """What ``--index auto`` searches with: exact for small sets; above ``EXACT_UP_TO``, an IVF index (inverted
-    lists over every vector, 16 cells probed): a near-duplicate (cosine >= 0.9) lies in its image's own cell or a
-    neighbouring one, so the planted duplicates are found while the search stops being quadratic."""
-    return "exact" if n <= EXACT_UP_TO else "ivf"
 
 
 def check_threshold(threshold: float) -> float:
@@ -85,10 +77,10 @@ def groups_at(D: np.ndarray, I: np.ndarray, threshold: float) -> list[np.ndarray
 
 
 def duplicate_groups(X, ids: list[str], *, threshold: float = 0.95, k: int = 10,
-                     index: str = "exact") -> list[list[str]]:
+                     index: str = "exact", knn: Optional[KNNIndex] = None) -> list[list[str]]:
     """Groups (size >= 2) of ids, representative first, each member's cosine to it >= ``threshold``.
 
-    ``X`` may be a memory map or a store's matrix: it is read in blocks."""
+    ``X`` may be a memory map or a store's matrix: it is read in blocks. ``knn``: a fitted cosine index over X."""
     check_threshold(threshold)
-    D, I = neighbour_lists(X, k, index)
+    D, I = neighbour_lists(X, k, index, knn=knn)
     return [[ids[i] for i in g] for g in groups_at(D, I, threshold)]

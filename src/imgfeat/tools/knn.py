@@ -17,6 +17,45 @@ from ._base import Params
 METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
 INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
+RERANK_BYTES = 256 * 2**20  # the candidate vectors of one block of re-ranked queries
+EXACT_UP_TO = 100_000  # choose_index: an exact search up to this many vectors (n^2: 29 s at 100k x 256)
+PCA_FROM = (20_000, 512)  # choose_index: the pca graph from this many vectors of at least this dimension
+PCA_UP_TO = 500_000  # choose_index: above, no exact search at all (pca's candidate search is still quadratic)
+RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
+RERANK = 4.0  # choose_index: a compressed index's candidates, k times this, re-ranked exactly
+
+
+def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
+    """The index of a kNN search over n vectors of d dimensions within ``memory`` bytes (None: what the machine has
+    available), the one choice of every ``--index auto`` (``knn``, ``dedup``, ``diffuse``, ``audit``), as autofaiss
+    chooses: exact for small sets; "pca" for high-dimensional ones up to ``PCA_UP_TO`` (3k candidates from an exact
+    search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
+    60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
+    they fit half the budget, else IVF with PQ codes (the most bytes a vector that fit; an HNSW quantizer from 65,536
+    cells on) whose ``RERANK`` x k candidates are re-ranked against the vectors on disk. Returns (index, rerank
+    factor); refuses a budget that not even 8-byte codes fit, with the figure."""
+    from .memory import available_bytes, refuse_unless
+
+    memory = available_bytes() if memory is None else memory
+    if n < PCA_FROM[0]:
+        return "exact", 0.0
+    if d >= PCA_FROM[1] and n <= PCA_UP_TO:
+        return "pca", 0.0
+    if n <= EXACT_UP_TO:
+        return "exact", 0.0
+    if n * d * 4 * 1.1 <= memory / 2:
+        return "ivf", 0.0
+    # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than a quarter
+    # of the budget holds as a training sample
+    cap = min(n // TRAIN_PER_CELL, memory / 4 / (TRAIN_PER_CELL * d * 4))
+    nlist = int(2 ** min(np.round(np.log2(4 * np.sqrt(n))), np.floor(np.log2(max(cap, 16)))))
+    nlist = max(16, nlist)
+    fits = [m for m in (64, 32, 16, 8) if d % m == 0 and n * (m + 8) <= memory / 2]
+    refuse_unless(n * 16 * 2, memory, f"a kNN index of {n:,} vectors",
+                  "Even 8-byte codes a vector do not fit: give --max-memory more, or index a sample.")
+    m = fits[0] if fits else next((m for m in (8, 4, 2, 1) if d % m == 0), 1)
+    quantizer = f"IVF{nlist}_HNSW32" if nlist >= 65536 else f"IVF{nlist}"
+    return f"{quantizer},PQ{m}", RERANK
 
 
 def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
@@ -83,16 +122,20 @@ class KNNIndex(Params):
     faiss ``index_factory`` string such as ``"IVF65536,PQ32"`` (compressed codes: what makes a
     100M-vector graph fit in memory; ``nprobe`` applies to it too).
 
+    ``rerank`` (r > 1, for compressed codes): each search asks the index for ``r * k`` candidates and ranks them
+    again by their exact similarity to the query, read from the fitted ``X`` itself (a memory map or a store's
+    matrix: its pages, not the program's memory), so PQ's coarse distances only choose candidates.
+
     ``fit`` reads ``X`` (an array, a ``np.load(mmap_mode="r")`` map or a store's matrix) in
     blocks of ``block`` rows and trains on a seeded sample, so beyond the index itself it
     needs memory for one block and the sample only."""
 
     def __init__(self, *, metric: str = "cosine", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
                  M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536, pca_dim: int = 128,
-                 k_factor: float = 3.0) -> None:
+                 k_factor: float = 3.0, rerank: float = 0.0) -> None:
         self.metric, self.index, self.nlist, self.nprobe, self.M, self.ef_search, self.seed = \
             metric, index, nlist, nprobe, M, ef_search, seed
-        self.block, self.pca_dim, self.k_factor = block, pca_dim, k_factor
+        self.block, self.pca_dim, self.k_factor, self.rerank = block, pca_dim, k_factor, rerank
 
     def _new_index(self, faiss, d: int, n: int):
         mt = _faiss_metric(faiss, self.metric)
@@ -153,6 +196,7 @@ class KNNIndex(Params):
             ivf.nprobe = min(self.nprobe, ivf.nlist)
         for b in row_blocks(X, self.block, self.normalise_):
             idx.add(b)
+        self.source_ = X if self.rerank and self.rerank > 1 else None
         return self._fitted(idx)
 
     def _fitted(self, idx) -> "KNNIndex":
@@ -240,15 +284,41 @@ class KNNIndex(Params):
         if k > self.n_:
             raise bad_param("k", f"an integer <= the number of indexed vectors ({self.n_})", k)
         Ds, Is = [], []
+        source = getattr(self, "source_", None) if subset is None else None
+        fetch = min(self.n_, int(np.ceil(k * self.rerank))) if source is not None else k
+        if source is not None:  # candidates x dim floats a query: a smaller block keeps that bounded
+            block = min(block or self.block, max(64, RERANK_BYTES // max(1, fetch * self.dim_ * 4)))
         for q in row_blocks(Q, block or self.block, self.normalise_):
-            D, I = self.index_.search(q, k) if subset is None else subset.search(q, k)
+            D, I = self.index_.search(q, fetch) if subset is None else subset.search(q, k)
             if self._l2_as_cosine:  # squared L2 of unit vectors: 2 - 2 cos
                 D = np.where(I >= 0, 1.0 - D / 2.0, -np.inf)
+            if source is not None:
+                D, I = self._reranked(source, q, I, k)
             Ds.append(D.astype(np.float32))
             Is.append(I.astype(np.int32))
         if not Ds:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         return np.concatenate(Ds), np.concatenate(Is)
+
+    def _reranked(self, source, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of the candidate rows ``I`` of each query ``q`` by exact similarity (the metric's: cosine
+        on normalised rows, inner product, or negated squared L2 for l2's order)."""
+        rows = np.unique(I[I >= 0])
+        V = np.ascontiguousarray(source[rows], dtype=np.float32) if len(rows) else np.zeros((0, q.shape[1]), np.float32)
+        if self.normalise_:
+            V = l2_normalise(V)
+        pos = np.searchsorted(rows, np.maximum(I, 0))
+        C = V[pos]  # queries x candidates x dim
+        if self.metric == "l2":
+            exact = -((C - q[:, None, :]) ** 2).sum(axis=2)
+        else:
+            exact = np.einsum("qcd,qd->qc", C, q)
+        exact = np.where(I >= 0, exact, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)
+        if self.metric == "l2":
+            D = -D
+        return D, np.where(np.isfinite(D), I, -1)
 
     def _check_graph_k(self, k: int) -> None:
         if k >= self.n_:  # a point's own entry is dropped, so k + 1 neighbours must exist
