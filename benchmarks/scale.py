@@ -125,8 +125,10 @@ def main() -> None:
                                         "--test-labels", str(folder / "test.tsv"), "--out",
                                         str(folder / "pred.tsv"), "--json"])
             r = json.loads(out)
+            recall = r.get("graph_recall")
             quality = (f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f}); index "
-                       f"{r['index']}; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
+                       f"{r['index']}" + (f", graph recall@{r['k']} {recall['recall_at_k']:.3f}" if recall else "")
+                       + f"; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
             print(f"| `diffuse` | {rows:,} | {wall:.0f} s | {peak:,.0f} MB | {quality} |", flush=True)
             if prev is not None:
                 slope = np.log(wall / prev[1]) / np.log(rows / prev[0])

@@ -213,14 +213,14 @@ def test_a_review_without_a_report_says_how_to_get_one(tmp_path):
 def test_auto_takes_the_pca_graph_on_large_high_dimensional_sets_and_says_its_recall(monkeypatch):
     """auto: exact below PCA_FROM (the planted set), the pca graph above it; the summary gives the pca graph's
     sampled recall, and on features with low intrinsic dimension the flags are the exact graph's."""
-    import imgfeat.tools.audit as audit_mod
+    import imgfeat.tools.knn as knn_mod
 
     X, y, splits, _ = planted(2)
     rng = np.random.default_rng(2)
     Xh = (X @ rng.standard_normal((16, 256))).astype(np.float32)  # 256-d, 16 directions of variance
     exact = DatasetAudit(k=10).fit(Xh, y, splits)
     assert exact.summary_["index"] == "exact" and "graph_recall" not in exact.summary_
-    monkeypatch.setattr(audit_mod, "PCA_FROM", (100, 200))
+    monkeypatch.setattr(knn_mod, "PCA_FROM", (100, 200))
     fast = DatasetAudit(k=10).fit(Xh, y, splits)
     assert fast.summary_["index"] == "pca"
     recall = fast.summary_["graph_recall"]  # every row sampled; below 1 only among the planted near-copies' ties
