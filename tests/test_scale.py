@@ -228,3 +228,22 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.startswith("imgfeat: error: out of memory (Unable to allocate 9.50 GiB") and "Traceback" not in err
     assert "available" in err and "IVF4096,PQ32" in err and err.count("\n") == 1
+
+
+def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
+    """``knn --approx auto`` takes ``choose_index``'s index (exact on a small set; PQ re-ranked under a tiny budget,
+    its sampled recall reported)."""
+    from imgfeat.tools import knn
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 8)).astype(np.float32) @ rng.standard_normal((8, 32)).astype(np.float32)
+    write_features(tmp_path / "f.npy", X)
+    assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--raw",
+                 str(tmp_path / "a"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index"] == "exact"
+    monkeypatch.setattr(knn, "PCA_FROM", (1_000, 512))
+    monkeypatch.setattr(knn, "EXACT_UP_TO", 2_000)
+    assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
+                 "1MB", "--raw", str(tmp_path / "b"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["index"].endswith("re-ranked x4") and ",PQ" in out["index"] and out["recall_at_k"] >= 0.9

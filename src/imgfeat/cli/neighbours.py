@@ -14,7 +14,8 @@ from .common import at_least, emit, ending, features_arg, index_metavar, store_e
 
 
 def _knn(args) -> int:
-    from ..tools.knn import KNNIndex, sampled_recall, save_graph
+    from ..tools.knn import KNNIndex, choose_index, sampled_recall, save_graph
+    from ..tools.memory import budget
 
     if not args.out and not args.raw:
         raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
@@ -23,15 +24,18 @@ def _knn(args) -> int:
                            f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
 
     ids, X = open_matrix(args.features)
-    index = KNNIndex(metric=args.metric, index=args.approx or "exact", nlist=args.nlist, nprobe=args.nprobe)
+    name, rerank = ((choose_index(len(ids), X.shape[1], budget(args.max_memory)) if args.approx == "auto"
+                     else (args.approx or "exact", 0.0)))
+    index = KNNIndex(metric=args.metric, index=name, nlist=args.nlist, nprobe=args.nprobe, rerank=rerank)
     index.fit(X)
     approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
-    result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric, "index": args.approx or "exact"}
+    result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,
+              "index": name + (f" re-ranked x{rerank:g}" if rerank else "")}
     if args.raw:
         result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
     where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
     lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
-    if args.approx:
+    if name != "exact":
         result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
         lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
     return emit(args, result, lines)
@@ -103,10 +107,13 @@ def _add_knn(sub) -> None:
     knn.add_argument("--metric", choices=METRICS, default="cosine",
                      help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
                           "product (the same on --l2 features); l2 the Euclidean distance")
-    knn.add_argument("--approx", default=None, metavar="|".join(INDEXES[1:]) + "|FACTORY",
+    knn.add_argument("--approx", default=None, metavar="auto|" + "|".join(INDEXES[1:]) + "|FACTORY",
                      help="approximate index: ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
-                          "near-exact and faster for high-dimensional features; cosine and l2 only), or a faiss "
-                          "index_factory string such as 'IVF65536,PQ32' (compressed codes, for 100M-vector graphs)")
+                          "near-exact and faster for high-dimensional features; cosine and l2 only), a faiss "
+                          "index_factory string such as 'IVF65536,PQ32' (compressed codes, for 100M-vector graphs), "
+                          "or auto: chosen by size within --max-memory, as dedup, diffuse and audit choose")
+    knn.add_argument("--max-memory", metavar="SIZE",
+                     help="with --approx auto: memory the index may hold (default: what the machine has available)")
     knn.add_argument("--nlist", type=at_least(1), default=None,
                      help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39)")
     knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
