@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param
 from ..outputs.formats import open_matrix, read_features
-from ..tools.diffusion import ITERATION_GRID, MIN_VALIDATION_PER_CLASS
+from ..tools.diffusion import ITERATION_GRID
 from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
 from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args, positive
 
@@ -82,7 +82,7 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
 
 def _diffuse(args) -> int:
     from ..tools.diffusion import GraphDiffusion, best_iterations, lowshot_split, scored_against_logreg, \
-        validation_split
+        validation_split, validation_warning
     from ..tools.memory import budget, human
 
     auto = args.iterations == "auto"
@@ -137,11 +137,9 @@ def _diffuse(args) -> int:
             model = run(final_y, iterations)
             result.update(iterations=iterations, validation={str(t): v for t, v in scores.items()},
                           validation_images=len(val_rows))
-            if len(val_rows) < MIN_VALIDATION_PER_CLASS * len(tuned.classes_):
-                result["validation_note"] = (
-                    f"only {len(val_rows)} held-out images for {len(tuned.classes_)} classes (fewer than "
-                    f"{MIN_VALIDATION_PER_CLASS} per class): the choice of iterations is noisy; give more labels or a "
-                    "fixed --iterations")
+            note = validation_warning(len(val_rows), len(tuned.classes_))
+            if note:
+                result["validation_note"] = note
             if not novel:
                 Xl, yl, _ = align(ids, X, given)
                 result.update(labelled=int(len(yl)), refit_on_all_labels=True)
@@ -200,7 +198,8 @@ def add_parser(sub) -> None:
                               f"undrawn novel images, or {VALIDATION_FRACTION * 100:.0f}%% of each class)")
     diffuse.add_argument("--index", default="auto", metavar=index_metavar(),
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32; auto: "
-                              "chosen by size as imgfeat audit does (exact, pca, then ivf)")
+                              "chosen by size within --max-memory as dedup, knn and audit choose (exact, pca, ivf, "
+                              "then PQ codes whose candidates are re-ranked exactly)")
     diffuse.add_argument("--graph", metavar="PREFIX",
                          help="diffuse over this graph (imgfeat knn --raw PREFIX on the same features), memory-mapped, "
                               "instead of building one")

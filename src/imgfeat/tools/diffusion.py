@@ -132,6 +132,14 @@ class GraphDiffusion(Params):
         return self.classes_[self.labels_]
 
 
+def validation_warning(n_rows: int, n_classes: int) -> Optional[str]:
+    """Why a choice of iterations on ``n_rows`` held-out images of ``n_classes`` classes is noise (None: it is not)."""
+    if n_rows >= MIN_VALIDATION_PER_CLASS * n_classes:
+        return None
+    return (f"only {n_rows} held-out images for {n_classes} classes (fewer than {MIN_VALIDATION_PER_CLASS} per "
+            "class): the choice of iterations is noisy; give more labels or a fixed --iterations")
+
+
 def best_iterations(tracked: dict[int, np.ndarray], classes: np.ndarray, truth: Sequence[str],
                     top_k: int) -> tuple[int, dict, dict]:
     """The iterations whose scores of the held-out rows are best by top-``top_k``, ties to top-1, then to more
@@ -191,12 +199,7 @@ class TunedLabelDiffusion(Params):
         model.fit(X, y, monitor=monitor)
         self.iterations_ = best["key"][2]
         self.validation_scores_, self.validation_top1_, self.n_validation_ = scores, top1, len(rows)
-        self.validation_warning_ = None
-        if len(rows) < MIN_VALIDATION_PER_CLASS * len(model.classes_):
-            self.validation_warning_ = (
-                f"only {len(rows)} held-out images for {len(model.classes_)} classes (fewer than "
-                f"{MIN_VALIDATION_PER_CLASS} per class): the choice of iterations is noisy; give more labels or a "
-                "fixed --iterations")
+        self.validation_warning_ = validation_warning(len(rows), len(model.classes_))
         if refit_y is not None:
             model = self._diffusion(self.iterations_).fit(X, refit_y)
             self.label_distributions_ = model.label_distributions_

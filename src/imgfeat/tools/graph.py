@@ -109,35 +109,28 @@ def normalized_graph(graph: RawGraph, gamma: float, memory: int, folder: Optiona
     ``folder`` (a temporary folder by default), one bucket of rows at a time, and memory-mapped."""
     n = graph.n
     deg = np.zeros(n, np.float64)
-    for s, I, D in graph.blocks():
-        w = _weights(D, gamma)
-        ok = I >= 0
-        deg[s:s + len(I)] += np.where(ok, w, 0).sum(axis=1)
-        deg += np.bincount(I[ok], weights=w[ok], minlength=n)
+    for r, _, v in _directed_edges(graph, gamma):  # row sums of W + W^T
+        deg += np.bincount(r, weights=v, minlength=n)
     inv = (1.0 / np.sqrt(np.maximum(deg, 1e-12))).astype(np.float32)
     del deg
     edges = 2 * n * graph.k
     per_bucket = max(1, memory // (3 * EDGE_BYTES))
     buckets = max(1, -(-edges // per_bucket))
     if buckets == 1:
-        rows, cols, vals = _edges(graph, gamma, 0, n)
+        rows, cols, vals = (np.concatenate(a) for a in zip(*_directed_edges(graph, gamma)))
         return DiskCSR(*_summed(rows, cols, vals, inv, 0, n))
     return _on_disk(graph, gamma, inv, buckets, folder)
 
 
-def _edges(graph: RawGraph, gamma: float, lo: int, hi: int):
-    """Every edge and its reverse whose row falls in [lo, hi): (rows, cols, weights)."""
-    rows, cols, vals = [], [], []
+def _directed_edges(graph: RawGraph, gamma: float) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The edges of ``W + W^T``, a block of the raw graph at a time: (rows, cols, weights) of each neighbour edge,
+    then of its reverse (a missing neighbour, -1, left out)."""
     for s, I, D in graph.blocks():
         w = _weights(D, gamma)
         src = np.broadcast_to(np.arange(s, s + len(I), dtype=np.int32)[:, None], I.shape)
         ok = I >= 0
         for r, c in ((src, I), (I, src)):
-            keep = ok & (r >= lo) & (r < hi)
-            rows.append(r[keep])
-            cols.append(c[keep])
-            vals.append(w[keep])
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+            yield r[ok], c[ok], w[ok]
 
 
 def _summed(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, inv: np.ndarray, lo: int, hi: int):
@@ -157,21 +150,16 @@ def _on_disk(graph: RawGraph, gamma: float, inv: np.ndarray, buckets: int, folde
     bounds = np.linspace(0, n, buckets + 1).astype(np.int64)
     files = [open(work / f"bucket.{b:05d}", "wb") for b in range(buckets)]
     try:
-        for s, I, D in graph.blocks():
-            w = _weights(D, gamma)
-            src = np.broadcast_to(np.arange(s, s + len(I), dtype=np.int32)[:, None], I.shape)
-            ok = I >= 0
-            for r, c in ((src, I), (I, src)):
-                r, c, v = r[ok], c[ok], w[ok]
-                which = np.searchsorted(bounds, r, side="right") - 1
-                order = np.argsort(which, kind="stable")
-                r, c, v, which = r[order], c[order], v[order], which[order]
-                cuts = np.searchsorted(which, np.arange(buckets + 1))
-                for b in np.flatnonzero(np.diff(cuts)):
-                    sl = slice(cuts[b], cuts[b + 1])
-                    rec = np.empty(sl.stop - sl.start, [("r", "<i4"), ("c", "<i4"), ("v", "<f4")])
-                    rec["r"], rec["c"], rec["v"] = r[sl], c[sl], v[sl]
-                    files[b].write(rec.tobytes())
+        for r, c, v in _directed_edges(graph, gamma):
+            which = np.searchsorted(bounds, r, side="right") - 1
+            order = np.argsort(which, kind="stable")
+            r, c, v, which = r[order], c[order], v[order], which[order]
+            cuts = np.searchsorted(which, np.arange(buckets + 1))
+            for b in np.flatnonzero(np.diff(cuts)):
+                sl = slice(cuts[b], cuts[b + 1])
+                rec = np.empty(sl.stop - sl.start, [("r", "<i4"), ("c", "<i4"), ("v", "<f4")])
+                rec["r"], rec["c"], rec["v"] = r[sl], c[sl], v[sl]
+                files[b].write(rec.tobytes())
     finally:
         for fh in files:
             fh.close()
