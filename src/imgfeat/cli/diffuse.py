@@ -80,9 +80,19 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
     return graph, index, None
 
 
+def _tuned(run, y: list, final_y: list, truth: list, grid_max: int):
+    """``--iterations auto``: one diffusion to the grid's largest count scores the held-out rows at each count of the
+    grid; the best count is run again from ``final_y`` (every given label outside the low-shot protocol). Returns
+    (model, iterations, validation scores, a note when the held-out set is too small to choose well)."""
+    from ..tools.diffusion import best_iterations, top_k, validation_warning
+
+    tuned = run(y, grid_max, ITERATION_GRID)
+    iterations, scores, _ = best_iterations(tuned.tracked_, tuned.classes_, truth, top_k(len(tuned.classes_)))
+    return run(final_y, iterations), iterations, scores, validation_warning(len(truth), len(tuned.classes_))
+
+
 def _diffuse(args) -> int:
-    from ..tools.diffusion import GraphDiffusion, best_iterations, lowshot_split, scored_against_logreg, \
-        validation_split, validation_warning
+    from ..tools.diffusion import GraphDiffusion, lowshot_split, scored_against_logreg, top_k, validation_split
     from ..tools.memory import budget, human
 
     auto = args.iterations == "auto"
@@ -129,15 +139,10 @@ def _diffuse(args) -> int:
         if auto:
             # the held-out labels choose the iterations; then the diffusion runs at that count, outside the low-shot
             # protocol with every given label (the held-out ones back in)
-            tuned = run(y, iterations, ITERATION_GRID)
-            iterations, scores, _ = best_iterations(tuned.tracked_, tuned.classes_, [validation[ids[r]]
-                                                                                     for r in val_rows],
-                                                    5 if len(tuned.classes_) > 5 else 1)
-            final_y = y if novel else [given.get(i) for i in all_ids]
-            model = run(final_y, iterations)
+            model, iterations, scores, note = _tuned(run, y, y if novel else [given.get(i) for i in all_ids],
+                                                     [validation[ids[r]] for r in val_rows], iterations)
             result.update(iterations=iterations, validation={str(t): v for t, v in scores.items()},
                           validation_images=len(val_rows))
-            note = validation_warning(len(val_rows), len(tuned.classes_))
             if note:
                 result["validation_note"] = note
             if not novel:
@@ -154,7 +159,7 @@ def _diffuse(args) -> int:
     lines = [f"diffused {len(yl)} labels over a {graph.k}-NN graph of {len(all_ids)} vectors ({index}), "
              f"{iterations} iterations, in {human(plan['bytes'])} ({plan['blocks']} block(s) of {plan['columns']} "
              f"classes; the graph {'in memory' if plan['csr_in_memory'] else 'on disk'})"
-             + (f" (chosen on {len(val_rows)} held-out labelled images: top-{5 if len(model.classes_) > 5 else 1} "
+             + (f" (chosen on {len(val_rows)} held-out labelled images: top-{top_k(len(model.classes_))} "
                 f"{result['validation'][str(iterations)]:.4f}"
                 + (", then run with all labels" if not novel else "") + ")" if auto else "")]
     if recall is not None:

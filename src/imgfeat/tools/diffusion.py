@@ -132,6 +132,11 @@ class GraphDiffusion(Params):
         return self.classes_[self.labels_]
 
 
+def top_k(n_classes: int) -> int:
+    """The k a choice of iterations is scored by: top-5 with more than 5 classes, else top-1 (the low-shot paper's)."""
+    return 5 if n_classes > 5 else 1
+
+
 def validation_warning(n_rows: int, n_classes: int) -> Optional[str]:
     """Why a choice of iterations on ``n_rows`` held-out images of ``n_classes`` classes is noise (None: it is not)."""
     if n_rows >= MIN_VALIDATION_PER_CLASS * n_classes:
@@ -180,7 +185,7 @@ class TunedLabelDiffusion(Params):
         rows = np.array(sorted(validation), dtype=np.int64)
         truth = [validation[r] for r in rows.tolist()]
         n_classes = len({v for v in y if v is not None})
-        self.top_k_ = 5 if n_classes > 5 else 1
+        self.top_k_ = top_k(n_classes)
         scores, top1 = {}, {}
         best: dict = {"key": None, "F": None}
 
