@@ -3,13 +3,16 @@ collections, in a fresh process: wall time, peak anonymous memory (RssAnon summe
 every 50 ms: the pages of memory-mapped files are left out, as they are reclaimable) and quality.
 
     python benchmarks/scale.py --rows 100000 1000000
+    python benchmarks/scale.py --rows 1000000 --commands knn dedup     # the other commands, same collection
     python benchmarks/scale.py --rows --ids 10000000     # serve's id lookup alone: a dict against IdIndex
 
 The collection: unit vectors (256-d) around 1,000 cluster centres (noise 0.35 per dimension relative to the centre's
 norm), the class of a vector its cluster modulo 100 (100 classes); features written as .npy + ids by the project's
 own writer (``outputs.formats.write_blocks``), read memory-mapped. ``diffuse``: 5 labels per class (the low-shot
 setting), scored on 10,000 other vectors; quality is the diffusion's top-1 and that of the logistic regression on
-the same labels. Prints a Markdown table and each command's slope against the smaller size.
+the same labels. ``knn --approx auto``: its reported recall@30 (sampled rows against exact neighbours). ``dedup``:
+the last ``PLANTED`` vectors are near-copies (cosine ~0.99) of random others, and quality is how many of those pairs
+land in one group. Prints a Markdown table and each command's slope against the smaller size.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 DIM, CLUSTERS, CLASSES = 256, 1000, 100
+PLANTED = 1000  # dedup: near-copies of random earlier vectors, the collection's last rows
 
 
 def make(rows: int, folder: Path) -> None:
@@ -34,12 +38,20 @@ def make(rows: int, folder: Path) -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
     cluster = rng.integers(0, CLUSTERS, rows)
+    first = np.zeros((min(rows - PLANTED, 50_000), DIM), np.float32)  # the planted copies' originals: among the first rows
 
     def blocks():
         for s in range(0, rows, 100_000):
             c = cluster[s:s + 100_000]
             X = centres[c] + 0.35 * rng.standard_normal((len(c), DIM)).astype(np.float32)
             X /= np.linalg.norm(X, axis=1, keepdims=True)
+            if s == 0:
+                first[:] = X[:len(first)]
+            copies = np.arange(s, s + len(c)) >= rows - PLANTED  # near-copies of the first rows
+            if copies.any():
+                src = planted_sources(rows)[np.arange(s, s + len(c))[copies] - (rows - PLANTED)]
+                X[copies] = first[src] + 0.006 * rng.standard_normal((int(copies.sum()), DIM)).astype(np.float32)
+                X[copies] /= np.linalg.norm(X[copies], axis=1, keepdims=True)
             ids = [f"img{i:09d}" for i in range(s, s + len(c))]
             yield ids, ids, X
 
@@ -50,6 +62,11 @@ def make(rows: int, folder: Path) -> None:
     test = rng.choice(rest, min(10_000, len(rest)), replace=False)
     for name, rows_ in (("train", train), ("test", test)):
         (folder / f"{name}.tsv").write_text("".join(f"img{i:09d}\tc{label[i]:03d}\n" for i in sorted(rows_)))
+
+
+def planted_sources(rows: int) -> np.ndarray:
+    """The rows the last ``PLANTED`` rows copy, among the first 50,000."""
+    return np.random.default_rng(1).choice(min(rows - PLANTED, 50_000), PLANTED, replace=False)
 
 
 def tree_anon_mb(pid: int) -> float:
@@ -108,6 +125,7 @@ def id_lookup(n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=["diffuse"])
     ap.add_argument("--ids", type=int, default=0, help="measure serve's id lookup over this many ids")
     args = ap.parse_args()
     if args.ids:
@@ -115,26 +133,55 @@ def main() -> None:
     if not args.rows:
         return
     print("| command (default flags) | rows | wall | peak RssAnon | quality |\n|---|---|---|---|---|")
-    prev = None
+    prev: dict = {}
     for rows in args.rows:
         with tempfile.TemporaryDirectory(prefix="imgfeat-scale-") as tmp:
             folder = Path(tmp)
             make(rows, folder)
-            wall, peak, out = measured([sys.executable, "-m", "imgfeat", "diffuse", "--features",
-                                        str(folder / "f.npy"), "--labels", str(folder / "train.tsv"),
-                                        "--test-labels", str(folder / "test.tsv"), "--out",
-                                        str(folder / "pred.tsv"), "--json"])
-            r = json.loads(out)
-            recall = r.get("graph_recall")
-            quality = (f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f}); index "
-                       f"{r['index']}" + (f", graph recall@{r['k']} {recall['recall_at_k']:.3f}" if recall else "")
-                       + f"; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
-            print(f"| `diffuse` | {rows:,} | {wall:.0f} s | {peak:,.0f} MB | {quality} |", flush=True)
-            if prev is not None:
-                slope = np.log(wall / prev[1]) / np.log(rows / prev[0])
-                print(f"| `diffuse` slope {prev[0]:,} -> {rows:,} | | n^{slope:.2f} | x{peak / prev[2]:.2f} | "
-                      f"100M projected: {wall * (1e8 / rows) ** slope / 3600:.1f} h |", flush=True)
-            prev = (rows, wall, peak)
+            for command in args.commands:
+                wall, peak, quality = COMMANDS[command](folder, rows)
+                print(f"| `{command}` | {rows:,} | {wall:.0f} s | {peak:,.0f} MB | {quality} |", flush=True)
+                if command in prev:
+                    rows0, wall0, peak0 = prev[command]
+                    slope = np.log(wall / wall0) / np.log(rows / rows0)
+                    print(f"| `{command}` slope {rows0:,} -> {rows:,} | | n^{slope:.2f} | x{peak / peak0:.2f} | "
+                          f"100M projected: {wall * (1e8 / rows) ** slope / 3600:.1f} h |", flush=True)
+                prev[command] = (rows, wall, peak)
+
+
+def run_diffuse(folder: Path, rows: int) -> tuple[float, float, str]:
+    wall, peak, out = measured([sys.executable, "-m", "imgfeat", "diffuse", "--features", str(folder / "f.npy"),
+                                "--labels", str(folder / "train.tsv"), "--test-labels", str(folder / "test.tsv"),
+                                "--out", str(folder / "pred.tsv"), "--json"])
+    r = json.loads(out)
+    recall = r.get("graph_recall")
+    return wall, peak, (f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f}); index "
+                        f"{r['index']}" + (f", graph recall@{r['k']} {recall['recall_at_k']:.3f}" if recall else "")
+                        + f"; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
+
+
+def run_knn(folder: Path, rows: int) -> tuple[float, float, str]:
+    wall, peak, out = measured([sys.executable, "-m", "imgfeat", "knn", "--features", str(folder / "f.npy"), "--k",
+                                "30", "--approx", "auto", "--raw", str(folder / "graph"), "--json"])
+    r = json.loads(out)
+    return wall, peak, f"index {r['index']}, recall@30 {r.get('recall_at_k', 1.0):.3f}"
+
+
+def run_dedup(folder: Path, rows: int) -> tuple[float, float, str]:
+    wall, peak, out = measured([sys.executable, "-m", "imgfeat", "dedup", "--features", str(folder / "f.npy"),
+                                "--out", str(folder / "groups.tsv"), "--json"])
+    r = json.loads(out)
+    group = {}
+    for line in open(folder / "groups.tsv"):
+        g, i = line.rstrip("\n").split("\t")
+        group[i] = g
+    pairs = zip(planted_sources(rows).tolist(), range(rows - PLANTED, rows))
+    found = sum(group.get(f"img{a:09d}") is not None and group.get(f"img{a:09d}") == group.get(f"img{b:09d}")
+                for a, b in pairs)
+    return wall, peak, f"{found}/{PLANTED} planted near-copies grouped; {r['groups']:,} groups; index {r['index']}"
+
+
+COMMANDS = {"diffuse": run_diffuse, "knn": run_knn, "dedup": run_dedup}
 
 
 if __name__ == "__main__":

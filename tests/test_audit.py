@@ -12,6 +12,7 @@ pytest.importorskip("faiss")
 cleanlab = pytest.importorskip("cleanlab")
 
 from imgfeat.cli import main  # noqa: E402
+from imgfeat.errors import ImgfeatError  # noqa: E402
 from imgfeat.tools.audit import DatasetAudit  # noqa: E402
 
 
@@ -237,10 +238,14 @@ def test_auto_index_rule():
     assert [choose_index(n, d, 2**34)[0] for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256),
                                                       (500_000, 2048), (500_001, 64)]] == \
         ["exact", "pca", "exact", "pca", "ivf"]
-    # beyond the budget: PQ codes, the most bytes a vector that fit, their candidates re-ranked
-    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 40) == ("IVF4096,PQ32", 4.0)  # its training sample fits
-    assert choose_index(100_000_000, 256, 2**33) == ("IVF32768,PQ32", 4.0)
-    assert choose_index(100_000_000, 256, 2**35) == ("IVF32768,PQ64", 4.0)
+    # beyond the budget: 4-bit PQ codes, the most that fit (up to one per 4 dimensions), their candidates re-ranked
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 40) == ("IVF4096,PQ64x4fs", 4.0)  # its training sample fits
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 20) == ("IVF2048,PQ16x4fs", 4.0)  # fewer cells: a smaller sample
+    assert choose_index(100_000_000, 256, 2**33) == ("IVF32768,PQ64x4fs", 4.0)
+    assert choose_index(100_000_000, 256, 2**35) == ("IVF32768,PQ64x4fs", 4.0)
+    assert choose_index(100_000_000, 255, 2**33) == ("IVF32768,PQ17", 4.0)  # an odd dimension: 8-bit codes
+    with pytest.raises(ImgfeatError, match="1-byte codes"):
+        choose_index(100_000_000, 256, 2**30)
 
 
 # ----------------------------------------------------------------------------- issue 29: labels as users keep them

@@ -165,7 +165,7 @@ def test_knn_cli_on_a_store_with_a_factory_index(tmp_path, capsys):
     assert main(["knn", "--features", str(tmp_path / "st"), "--k", "10", "--out", str(tmp_path / "g.npz"),
                  "--approx", "IVF4,PQ8", "--nprobe", "4", "--recall-sample", "50", "--json"]) == 0
     res = _json(capsys)
-    assert res["index"] == "IVF4,PQ8" and res["n"] == 400 and 0.3 < res["recall_at_k"] <= 1.0
+    assert res["index"] == "IVF4,PQ8 nprobe 4" and res["n"] == 400 and 0.3 < res["recall_at_k"] <= 1.0
     g = np.load(tmp_path / "g.npz")
     assert g["I"].shape == (400, 10) and g["ids"][0] == "id0000"
     # --raw alone: the graph streams to disk block by block, and equals the in-memory one

@@ -56,7 +56,7 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
     from ..tools.graph import RawGraph
-    from ..tools.knn import RECALL_SAMPLE, KNNIndex, choose_index, sampled_recall, save_graph
+    from ..tools.knn import RECALL_SAMPLE, build_index, sampled_recall, save_graph
 
     if args.graph:
         graph = RawGraph.open(args.graph)
@@ -67,17 +67,14 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
         return graph, "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
-    index, rerank = (choose_index(len(all_ids), all_X.shape[1], memory) if args.index == "auto"
-                     else (args.index, 0.0))
-    knn = KNNIndex(metric="cosine", index=index, rerank=rerank).fit(all_X)
+    knn = build_index(all_X, args.index, args.k, memory=memory)
     save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
     graph = RawGraph.open(os.path.join(work, "graph"))
-    if index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
+    if knn.index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
         recall, sampled = sampled_recall(all_X, lambda rows: np.asarray(graph.I[rows]), args.k, "cosine",
                                          RECALL_SAMPLE)
-        return graph, index + (f" re-ranked x{rerank:g}" if rerank else ""), {"recall_at_k": round(recall, 4),
-                                                                                "sampled_rows": sampled}
-    return graph, index, None
+        return graph, knn.description, {"recall_at_k": round(recall, 4), "sampled_rows": sampled}
+    return graph, knn.description, None
 
 
 def _tuned(run, y: list, final_y: list, truth: list, grid_max: int):

@@ -14,7 +14,7 @@ from .common import at_least, emit, ending, features_arg, index_metavar, store_e
 
 
 def _knn(args) -> int:
-    from ..tools.knn import KNNIndex, choose_index, sampled_recall, save_graph
+    from ..tools.knn import build_index, sampled_recall, save_graph
     from ..tools.memory import budget
 
     if not args.out and not args.raw:
@@ -24,18 +24,16 @@ def _knn(args) -> int:
                            f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
 
     ids, X = open_matrix(args.features)
-    name, rerank = ((choose_index(len(ids), X.shape[1], budget(args.max_memory)) if args.approx == "auto"
-                     else (args.approx or "exact", 0.0)))
-    index = KNNIndex(metric=args.metric, index=name, nlist=args.nlist, nprobe=args.nprobe, rerank=rerank)
-    index.fit(X)
+    index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
+                        nprobe=args.nprobe, nlist=args.nlist)
     approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,
-              "index": name + (f" re-ranked x{rerank:g}" if rerank else "")}
+              "index": index.description}
     if args.raw:
         result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
     where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
     lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
-    if name != "exact":
+    if index.index != "exact":
         result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
         lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
     return emit(args, result, lines)
@@ -77,13 +75,12 @@ def _search(args) -> int:
 
 def _dedup(args) -> int:
     from ..tools.dedup import duplicate_groups
-    from ..tools.knn import KNNIndex, choose_index
+    from ..tools.knn import build_index
     from ..tools.memory import budget
 
     ids, X = open_matrix(args.features)
-    index, rerank = (choose_index(len(ids), X.shape[1], budget(args.max_memory)) if args.index == "auto"
-                     else (args.index, 0.0))
-    knn = KNNIndex(metric="cosine", index=index, rerank=rerank).fit(X)
+    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory))
+    index = knn.description
     groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, knn=knn)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
-from .knn import RECALL_SAMPLE, KNNIndex, choose_index, sampled_recall
+from .knn import RECALL_SAMPLE, build_index, sampled_recall
 
 ISSUES = ("label", "outlier", "near_duplicate", "leak")
 
@@ -53,8 +53,8 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        index, rerank = choose_index(n, X.shape[1]) if self.index == "auto" else (self.index, 0.0)
-        knn = KNNIndex(metric="cosine", index=index, nprobe=self.nprobe, rerank=rerank).fit(X)
+        knn = build_index(X, self.index, self.k, nprobe=self.nprobe)
+        index = knn.index
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
         D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
@@ -62,7 +62,7 @@ class DatasetAudit(Params):
         dist = np.maximum(0.0, 1.0 - D.astype(np.float64))
         graph = csr_matrix((dist.ravel(), I.ravel().astype(np.int64), np.arange(0, n * self.k + 1, self.k)),
                            shape=(n, n))
-        self.issues_, self.summary_ = {}, {"n": n, "k": self.k, "index": index}
+        self.issues_, self.summary_ = {}, {"n": n, "k": self.k, "index": knn.description}
         if index != "exact":  # what the faster graph cost: recall@k against exact neighbours of a sample
             recall, sampled = sampled_recall(X, lambda rows: I[rows], self.k, "cosine", RECALL_SAMPLE)
             self.summary_["graph_recall"] = {"recall_at_k": round(recall, 4), "sampled_rows": sampled}

@@ -23,6 +23,9 @@ PCA_FROM = (20_000, 512)  # choose_index: the pca graph from this many vectors o
 PCA_UP_TO = 500_000  # choose_index: above, no exact search at all (pca's candidate search is still quadratic)
 RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
 RERANK = 4.0  # choose_index: a compressed index's candidates, k times this, re-ranked exactly
+TARGET_RECALL = 0.95  # tune: an approximate index's search widened until its sampled recall@k reaches this
+TUNE_SAMPLE = 256  # tune: the rows whose exact neighbours score each setting tried
+RERANK_MAX = 64.0  # tune: the widest re-ranking tried (64 k candidates a query)
 
 
 def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
@@ -31,9 +34,10 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     chooses: exact for small sets; "pca" for high-dimensional ones up to ``PCA_UP_TO`` (3k candidates from an exact
     search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
     60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
-    they fit half the budget, else IVF with PQ codes (the most bytes a vector that fit; an HNSW quantizer from 65,536
-    cells on) whose ``RERANK`` x k candidates are re-ranked against the vectors on disk. Returns (index, rerank
-    factor); refuses a budget that not even 8-byte codes fit, with the figure."""
+    they fit half the budget, else IVF with 4-bit fast-scan PQ codes (the most that fit, up to one per 4 dimensions;
+    an HNSW quantizer from 65,536 cells on) whose ``RERANK`` x k candidates are re-ranked against the vectors on
+    disk (``auto_index`` then widens the search until the recall target). Returns (index, rerank factor); refuses a
+    budget that not even 1-byte codes fit, with the figure."""
     from .memory import available_bytes, refuse_unless
 
     memory = available_bytes() if memory is None else memory
@@ -50,12 +54,29 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     cap = min(n // TRAIN_PER_CELL, memory / 4 / (TRAIN_PER_CELL * d * 4))
     nlist = int(2 ** min(np.round(np.log2(4 * np.sqrt(n))), np.floor(np.log2(max(cap, 16)))))
     nlist = max(16, nlist)
-    fits = [m for m in (64, 32, 16, 8) if d % m == 0 and n * (m + 8) <= memory / 2]
-    refuse_unless(n * 16 * 2, memory, f"a kNN index of {n:,} vectors",
-                  "Even 8-byte codes a vector do not fit: give --max-memory more, or index a sample.")
-    m = fits[0] if fits else next((m for m in (8, 4, 2, 1) if d % m == 0), 1)
+    # 4-bit fast-scan PQ: m codes of 4 bits (m/2 bytes) a vector, at most one code per 4 dimensions; trains in
+    # seconds where 8-bit PQ64 takes a minute on 2 cores, and searches faster (BENCHMARKS.md, issue 31)
+    even = [m for m in (256, 128, 64, 32, 16, 8, 4, 2) if d % m == 0 and m <= max(2, d // 4)]
+    refuse_unless(n * (1 + 8) * 2, memory, f"a kNN index of {n:,} vectors",
+                  "Even 1-byte codes a vector do not fit: give --max-memory more, or index a sample.")
+    m = next((m for m in even if n * (m / 2 + 8) <= memory / 2), None)
     quantizer = f"IVF{nlist}_HNSW32" if nlist >= 65536 else f"IVF{nlist}"
-    return f"{quantizer},PQ{m}", RERANK
+    if m is None:  # an odd dimension: 8-bit PQ, the most sub-vectors dividing d that fit (one byte each)
+        m = max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0 and (m == 1 or n * (m + 8) <= memory / 2))
+        return f"{quantizer},PQ{m}", RERANK
+    return f"{quantizer},PQ{m}x4fs", RERANK
+
+
+def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: str = "cosine", nprobe: int = 16,
+                nlist: Optional[int] = None, target: float = TARGET_RECALL) -> "KNNIndex":
+    """A fitted index over X: the one ``auto`` of ``knn --approx``, ``dedup``, ``diffuse``, ``audit`` and ``serve``
+    (``choose_index``'s pick within ``memory``, an approximate one's search then widened by ``KNNIndex.tune`` until
+    recall@k on sampled rows of X reaches ``target``), or the named ``index`` as it is."""
+    if index != "auto":
+        return KNNIndex(metric=metric, index=index, nprobe=nprobe, nlist=nlist).fit(X)
+    name, rerank = choose_index(len(X), X.shape[1], memory)
+    knn = KNNIndex(metric=metric, index=name, rerank=rerank, nprobe=nprobe).fit(X)
+    return knn if name in ("exact", "pca") else knn.tune(X, min(k, knn.n_ - 1), target)
 
 
 def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
@@ -194,10 +215,69 @@ class KNNIndex(Params):
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             ivf.nprobe = min(self.nprobe, ivf.nlist)
-        for b in row_blocks(X, self.block, self.normalise_):
-            idx.add(b)
         self.source_ = X if self.rerank and self.rerank > 1 else None
+        norms = []  # a re-ranked cosine index divides by the rows' norms (4 bytes a row) rather than copy them
+        for b in row_blocks(X, self.block):
+            if self.normalise_:
+                norms.append(np.linalg.norm(b, axis=1).astype(np.float32))
+                b = b / np.maximum(norms[-1][:, None], 1e-12)
+            idx.add(b)
+        self.norms_ = np.concatenate(norms) if norms and self.source_ is not None else None
         return self._fitted(idx)
+
+    @property
+    def description(self) -> str:
+        """The index as a report names it: its kind, and the search settings that are not the defaults."""
+        ivf = self._ivf()
+        return (self.index + (f" nprobe {ivf.nprobe}" if ivf is not None else "")
+                + (f" re-ranked x{self.rerank:g}" if getattr(self, "source_", None) is not None else ""))
+
+    def _ivf(self):
+        faiss = require("faiss", "science", "kNN graphs")
+        return faiss.try_extract_index_ivf(self.index_)
+
+    def tune(self, X, k: int, target: float = TARGET_RECALL, sample: int = TUNE_SAMPLE, seed: int = 1) -> "KNNIndex":
+        """Widen the search of a fitted approximate index over ``X`` until its recall@k, measured against the exact
+        neighbours of ``sample`` seeded rows, reaches ``target``, as autofaiss tunes nprobe after building: at each
+        step the IVF's ``nprobe`` or the re-ranked candidates (``rerank``) double, whichever gains more recall,
+        until the target, both limits (every cell; ``RERANK_MAX``) or a step where neither gains. Sets ``recall_`` (recall, rows sampled)."""
+        ivf = self._ivf()
+        rows = np.sort(np.random.default_rng(seed).permutation(self.n_)[:sample])
+        _, exact = exact_graph_rows(X, rows, k, self.metric)
+
+        def recall() -> float:
+            return recall_at_k(self.graph(X, k, rows=rows)[1], exact)
+
+        def settings() -> tuple[int, float]:
+            return (ivf.nprobe if ivf is not None else self.nprobe), self.rerank
+
+        def use(nprobe: int, rerank: float) -> None:
+            self.nprobe, self.rerank = nprobe, rerank
+            if ivf is not None:
+                ivf.nprobe = nprobe
+
+        def wider(move: str) -> Optional[tuple[int, float]]:
+            nprobe, rerank = settings()
+            if move == "nprobe" and ivf is not None and nprobe < ivf.nlist:
+                return min(ivf.nlist, 2 * nprobe), rerank
+            if (move == "rerank" and getattr(self, "source_", None) is not None and rerank < RERANK_MAX
+                    and rerank * (k + 1) < self.n_):
+                return nprobe, 2 * rerank
+            return None
+
+        best = recall()
+        while best < target:
+            start, tried = settings(), []
+            for option in filter(None, (wider("nprobe"), wider("rerank"))):
+                use(*option)
+                tried.append((recall(), option))
+                use(*start)
+            if not tried or max(tried)[0] <= best:  # at the limits, or neither gains: wider would cost for nothing
+                break
+            best, option = max(tried)
+            use(*option)
+        self.recall_ = (best, len(rows))
+        return self
 
     def _fitted(self, idx) -> "KNNIndex":
         """Set every fitted attribute from the faiss index ``idx`` (the one place they are set)."""
@@ -302,23 +382,34 @@ class KNNIndex(Params):
 
     def _reranked(self, source, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of the candidate rows ``I`` of each query ``q`` by exact similarity (the metric's: cosine
-        on normalised rows, inner product, or negated squared L2 for l2's order)."""
-        rows = np.unique(I[I >= 0])
-        V = np.ascontiguousarray(source[rows], dtype=np.float32) if len(rows) else np.zeros((0, q.shape[1]), np.float32)
-        if self.normalise_:
-            V = l2_normalise(V)
-        pos = np.searchsorted(rows, np.maximum(I, 0))
-        C = V[pos]  # queries x candidates x dim
-        if self.metric == "l2":
-            exact = -((C - q[:, None, :]) ** 2).sum(axis=2)
+        on normalised rows, inner product, or squared L2), computed by faiss's ``knn_*_by_idx`` straight from a
+        float32 array or memory map (its rows never copied), or from the candidates gathered from another source
+        (a store's matrix) a block at a time."""
+        faiss = require("faiss", "science", "kNN graphs")
+        cand = np.ascontiguousarray(I, dtype=np.int64)  # faiss puts a query's missing candidates (-1) last
+        if isinstance(source, np.ndarray) and source.dtype == np.float32 and source.flags["C_CONTIGUOUS"]:
+            Y, rows, norms = source, None, getattr(self, "norms_", None)
         else:
-            exact = np.einsum("qcd,qd->qc", C, q)
-        exact = np.where(I >= 0, exact, -np.inf)
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        D, I = np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)
-        if self.metric == "l2":
-            D = -D
-        return D, np.where(np.isfinite(D), I, -1)
+            rows = np.unique(cand[cand >= 0])
+            Y = (np.ascontiguousarray(source[rows], dtype=np.float32) if len(rows)
+                 else np.zeros((1, q.shape[1]), np.float32))
+            cand = np.where(cand >= 0, np.searchsorted(rows, cand), -1)
+            norms = np.linalg.norm(Y, axis=1) if self.normalise_ else None
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        nq, fetch = cand.shape
+        vals, ids = np.empty((nq, fetch), np.float32), np.empty((nq, fetch), np.int64)
+        by_idx = faiss.knn_L2sqr_by_idx if self.metric == "l2" else faiss.knn_inner_products_by_idx
+        ptr = faiss.swig_ptr
+        by_idx(ptr(q), ptr(Y), ptr(cand), q.shape[1], nq, len(Y), fetch, fetch, ptr(vals), ptr(ids), fetch)
+        worst = np.inf if self.metric == "l2" else -np.inf
+        if self.normalise_ and norms is not None:  # cosine: the inner products of unit queries over the rows' norms
+            vals = np.where(ids >= 0, vals / np.maximum(norms[np.maximum(ids, 0)], 1e-12), worst)
+            order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+            vals, ids = np.take_along_axis(vals, order, 1), np.take_along_axis(ids, order, 1)
+        D, I = vals[:, :k], ids[:, :k]
+        if rows is not None:
+            I = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
+        return np.where(I >= 0, D, worst), I
 
     def _check_graph_k(self, k: int) -> None:
         if k >= self.n_:  # a point's own entry is dropped, so k + 1 neighbours must exist
