@@ -506,13 +506,13 @@ def test_ivf_index_is_cached_and_loaded_from_a_file(tmp_path):
     np.save(tmp_path / "f.npy", X)
     (tmp_path / "f.ids.txt").write_text("".join(f"v{i}\n" for i in range(3000)))
     c = Collection(tmp_path / "f.npy", index="IVF16,Flat", nprobe=16, cache=tmp_path / "cache")
-    assert (c.cache / "index-IVF16_Flat.faiss").is_file()
+    assert c.index_cache.path(c.key).is_file()
     hits = c.search(X[7], 10)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     exact = np.argsort(-(Xn @ Xn[7]))[:10]
     assert [h.row for h in hits] == exact.tolist()  # nprobe = nlist: exhaustive
     np.testing.assert_allclose([h.score for h in hits], (Xn @ Xn[7])[exact], atol=1e-5)
-    again = Collection(tmp_path / "f.npy", index_file=str(c.cache / "index-IVF16_Flat.faiss"),
+    again = Collection(tmp_path / "f.npy", index_file=str(c.index_cache.path(c.key)),
                        cache=tmp_path / "cache2")
     assert [h.row for h in again.search(X[7], 10)] == exact.tolist()
     assert c.info()["thumbnails"] is False
@@ -523,7 +523,7 @@ def test_ivf_index_is_cached_and_loaded_from_a_file(tmp_path):
     with pytest.raises(Exception, match="indexes 3000 vectors"):
         np.save(tmp_path / "g.npy", X[:100])
         (tmp_path / "g.ids.txt").write_text("".join(f"v{i}\n" for i in range(100)))
-        Collection(tmp_path / "g.npy", index_file=str(c.cache / "index-IVF16_Flat.faiss"))
+        Collection(tmp_path / "g.npy", index_file=str(c.index_cache.path(c.key)))
 
 
 @pytest.mark.timing

@@ -10,27 +10,28 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ..errors import ImgfeatError, best_effort_cache
 from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
-from ..outputs.idindex import IdIndex
+from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
-from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
+from ..tools.knn import KNNIndex, build_index, choose_index, faiss_threads, l2_normalise, row_blocks
 from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
+from .indexes import SEARCH_K, SERVE_MEMORY, IndexCache, follow, lined_up, safe_name
 
 log = logging.getLogger(__name__)
 
-EXACT_UP_TO = 100_000  # auto index: brute force up to this many vectors, IVF above
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
 MAP_BLOCK = 65536  # rows per block when projecting a large collection for its map
@@ -46,6 +47,11 @@ class UnknownLabel(ImgfeatError):
 class Hit:
     row: int
     score: float
+
+
+def path_key(path: Path) -> str:
+    """The cache folder of one features path, whatever its state: its index and each state's derived data."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
 def features_key(path: Path) -> str:
@@ -140,25 +146,26 @@ class Job:
         return self.result
 
 
-def _index_name(index: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in index)
-
-
 class Collection:
-    """``search(vector, k, offset, label)`` and ``neighbours(row, ...)`` go through one faiss index (exact,
-    IVF, or any ``index_factory`` string; a saved index file is read memory-mapped where faiss can).
+    """``search(vector, k, offset, label)`` and ``neighbours(row, ...)`` go through one faiss index (``auto``: the
+    tools' choice within ``max_memory`` bytes, tuned to recall@10 >= 0.95 with candidates re-ranked against the
+    vectors; exact, IVF, or any ``index_factory`` string; a saved index file is read memory-mapped where faiss can).
     Scores are cosine similarities, recomputed exactly for the rows an approximate index returns."""
 
     def __init__(self, features: str | Path, *, labels: Optional[LabelSpec] = None, map_coords: Optional[str] = None,
                  index: str = "auto", index_file: Optional[str] = None, nprobe: int = 16,
-                 cache: Optional[str | Path] = None, dup_k: int = 10, previous: Optional["Collection"] = None) -> None:
+                 cache: Optional[str | Path] = None, dup_k: int = 10, previous: Optional["Collection"] = None,
+                 max_memory: Optional[int] = None) -> None:
         self.path = Path(features)
         self._args = dict(labels=labels, map_coords=map_coords, index=index, index_file=index_file, nprobe=nprobe,
-                          cache=cache, dup_k=dup_k)
+                          cache=cache, dup_k=dup_k, max_memory=max_memory)
         self.stamp = _stamp(self.path)  # read before the data: a change while loading is seen at the next check
         self.store = FeatureStore.existing(self.path) if self.path.is_dir() else None
         if self.store is not None:  # one published state: ids, vectors and keys from the same manifest
-            self.ids, self.X = self.store.load()
+            table, self.X = self.store.load_columns(("id", "path"))
+            self.ids: Sequence[str] = StringColumn(table.column("id"))  # no Python object per row
+            self._store_paths = StringColumn(table.column("path"))
+            del table
             self.keys: Optional[np.ndarray] = self.store.live_keys()
         else:
             self.ids, self.X = open_matrix(self.path)
@@ -168,17 +175,23 @@ class Collection:
         self.manifest = self.store.manifest if self.store else {}
         self.generation = self.manifest.get("generation")
         self.key = features_key(self.path)
-        # derived data lives under the cache root (``cache``, default $IMGFEAT_CACHE/serve) in a folder of this state's
-        # key: a new generation never reads the index, map or neighbour lists of an older one
+        # derived data lives under the cache root (``cache``, default $IMGFEAT_CACHE/serve) in the folder of this
+        # features path: the index (updated from one state to the next) in index/, the map, neighbour lists and
+        # thumbnails in a folder of this state's key, the folders of earlier states removed
         self.cache_root = Path(cache) if cache else cache_dir() / "serve"
-        self.cache = self.cache_root / self.key
+        self.cache = self.cache_root / path_key(self.path) / self.key
         self._previous = previous
         with best_effort_cache("the server's derived data", self.cache):
             self.cache.mkdir(parents=True, exist_ok=True)
+            for old in self.cache.parent.iterdir():
+                if old.is_dir() and old.name not in (self.key, "index"):
+                    shutil.rmtree(old, ignore_errors=True)
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
-        self.index_name = index if index != "auto" else ("exact" if self.n <= EXACT_UP_TO else "ivf")
-        self.nprobe, self.dup_k = nprobe, dup_k
+        self.memory = SERVE_MEMORY if max_memory is None else max_memory
+        self.index_name = choose_index(self.n, self.dim, self.memory)[0] if index == "auto" else index
+        self.index_arg, self.nprobe, self.dup_k = index, nprobe, dup_k
+        self.index_cache = IndexCache(self.cache_root / path_key(self.path) / "index", self.index_name)
         self.knn = self._index(index_file)
         self._map_coords = map_coords
         self._lock = threading.Lock()
@@ -189,9 +202,9 @@ class Collection:
         self._label_subsets: dict[int, object] = {}
 
     # ------------------------------------------------------------------ loading
-    def _paths(self) -> list[Optional[str]]:
+    def _paths(self) -> Sequence[Optional[str]]:
         if self.store is not None:
-            return [p for _, paths, _ in self.store.iter_shards() for p in paths]
+            return self._store_paths
         try:
             found = read_paths(self.path)
         except ImgfeatError:  # .npy, .tsv, .pkl record no paths: no thumbnails
@@ -220,44 +233,28 @@ class Collection:
 
     def _index(self, index_file: Optional[str]) -> KNNIndex:
         previous, self._previous = self._previous, None
-        if previous is not None:
-            knn = self._updated_index(previous)
-            if knn is not None:
-                return knn
         if index_file and Path(index_file).is_file():
             knn = KNNIndex.load(index_file, "cosine", self.nprobe)
             if knn.n_ != self.n or knn.dim_ != self.dim:
                 raise ImgfeatError(f"{index_file} indexes {knn.n_} vectors of dimension {knn.dim_}, "
                                    f"but {self.path} holds {self.n} of dimension {self.dim}: build it again")
             return knn
-        cached = Path(index_file) if index_file else self.cache / f"index-{_index_name(self.index_name)}.faiss"
-        if self.index_name != "exact" and cached.is_file():
-            return KNNIndex.load(cached, "cosine", self.nprobe)
-        log.info("indexing %d vectors (%s)", self.n, self.index_name)
-        knn = KNNIndex(metric="cosine", index=self.index_name, nprobe=self.nprobe).fit(self.X)
-        if index_file or self.index_name != "exact":  # asked for, or worth keeping: training IVF/PQ takes a while
-            with best_effort_cache(f"the {self.index_name} index", cached):
-                knn.save(str(cached))
-        return knn
-
-    def _updated_index(self, previous: "Collection") -> Optional[KNNIndex]:
-        """The previous state's index brought to this one without training or re-reading unchanged vectors: the
-        rows that left are removed (an exact index shifts the rest down, which is exactly how the live view
-        changes) and the new rows, which a store appends at the end, are added. An IVF/PQ index keeps its trained
-        cells and is refilled. None when the states do not line up that way (after ``compact``): build anew."""
-        if previous.keys is None or self.keys is None or previous.index_name != self.index_name \
-                or previous.dim != self.dim:
-            return None
-        kept = np.isin(previous.keys, self.keys)
-        n_kept = int(kept.sum())
-        if not np.array_equal(previous.keys[kept], self.keys[:n_kept]):
-            return None
-        if previous.knn.shifts_on_removal:  # a copy: requests in flight keep searching the old one
-            knn = previous.knn.clone().remove_rows(np.flatnonzero(~kept)).add(self.X[n_kept:])
+        if self.index_name == "exact":  # nothing to train: kept in memory only, followed from the previous state
+            if previous is not None and previous.index_name == "exact":
+                plan = lined_up(previous.keys, self.keys)
+                if plan is not None:  # a copy: requests in flight keep searching the old one
+                    return follow(previous.knn.clone(), *plan, self.X)
         else:
-            knn = previous.knn.emptied().add(self.X)
-        log.info("index updated: %d rows removed, %d added (of %d)", len(previous.keys) - n_kept,
-                 self.n - n_kept, self.n)
+            knn = self.index_cache.load(self.key, self.keys, self.X, None if self.index_arg == "auto" else self.nprobe)
+            if knn is not None:
+                return knn
+        log.info("indexing %d vectors (%s)", self.n, self.index_name)
+        knn = build_index(self.X, self.index_arg if self.index_arg == "auto" else self.index_name, SEARCH_K,
+                          memory=self.memory, nprobe=self.nprobe)
+        if index_file:  # asked for
+            knn.save(index_file)
+        if self.index_name != "exact":  # worth keeping: training IVF/PQ takes a while
+            self.index_cache.save(knn, self.key, self.keys)
         return knn
 
     def changed(self) -> bool:
@@ -388,7 +385,7 @@ class Collection:
 
     # ------------------------------------------------------------------ duplicates
     def _neighbours_file(self) -> Path:
-        return self.cache / f"neighbours-{_index_name(self.index_name)}-k{self.dup_k}.npz"
+        return self.cache / f"neighbours-{safe_name(self.index_name)}-k{self.dup_k}.npz"
 
     def start_neighbours(self) -> dict:
         """Each vector's ``dup_k`` nearest others through the served index, computed once in a background
@@ -432,7 +429,7 @@ class Collection:
         m = self.manifest
         return {"features": str(self.path), "count": self.n, "dim": self.dim, "model": m.get("model"),
                 "layer": m.get("layer"), "pool": m.get("pool"), "weights": m.get("weights"),
-                "store": bool(self.store), "index": self.index_name, "labels": self.categories,
+                "store": bool(self.store), "index": self.knn.description, "labels": self.categories,
                 "thumbnails": any(p is not None for p in self.paths[:1000]), "text": bool(m.get("text_tower")),
                 "identity": {k: m[k] for k in ("model", "layer", "pool", "weights", "dim", "dtype", "relu", "l2")
                              if k in m}}

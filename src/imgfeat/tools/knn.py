@@ -232,6 +232,14 @@ class KNNIndex(Params):
         return (self.index + (f" nprobe {ivf.nprobe}" if ivf is not None else "")
                 + (f" re-ranked x{self.rerank:g}" if getattr(self, "source_", None) is not None else ""))
 
+    def reranking(self, X, factor: float) -> "KNNIndex":
+        """Re-rank ``factor`` x k candidates of each search against ``X`` (the rows this index holds, e.g. a
+        memory-mapped store), as ``rerank`` does after ``fit``; for an index read from a file."""
+        self.rerank = factor
+        self.source_ = X if factor and factor > 1 else None
+        self.norms_ = None
+        return self
+
     def _ivf(self):
         faiss = require("faiss", "science", "kNN graphs")
         return faiss.try_extract_index_ivf(self.index_)
@@ -295,10 +303,15 @@ class KNNIndex(Params):
 
     @property
     def shifts_on_removal(self) -> bool:
-        """Whether ``remove_rows`` renumbers the rows after a removed one (flat indexes: row ids are positions);
-        other indexes are emptied and refilled instead."""
+        """Whether ``remove_rows`` renumbers the rows after a removed one, as the array they index does: flat indexes
+        (row ids are positions) and IVF indexes whose lists are in memory (their stored ids are renumbered); others
+        (HNSW, an index memory-mapped from a file) are emptied and refilled instead."""
         faiss = require("faiss", "science", "kNN graphs")
-        return isinstance(self.index_, faiss.IndexFlat)
+        if isinstance(self.index_, faiss.IndexFlat):
+            return True
+        ivf = self._ivf()
+        return ivf is not None and isinstance(self.index_, faiss.IndexIVF) and isinstance(
+            faiss.downcast_InvertedLists(ivf.invlists), (faiss.ArrayInvertedLists, faiss.BlockInvertedLists))
 
     def remove_rows(self, rows) -> "KNNIndex":
         """Remove ``rows`` (positions); the rows after them move down, as in the array they index. Only for an
@@ -307,9 +320,18 @@ class KNNIndex(Params):
         if not self.shifts_on_removal:
             raise ImgfeatError(f"a {type(self.index_).__name__} keeps row numbers on removal: empty it and add the "
                                "remaining rows instead")
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
         if len(rows):
             self.index_.remove_ids(faiss.IDSelectorBatch(rows))
+            ivf = self._ivf()
+            if ivf is not None:  # an IVF keeps the ids it was given: each list's ids move down past the removed rows
+                lists = ivf.invlists
+                for cell in range(ivf.nlist):
+                    size = lists.list_size(cell)
+                    if size:
+                        ids = faiss.rev_swig_ptr(lists.get_ids(cell), size)
+                        ids -= np.searchsorted(rows, ids)
+        self.norms_ = None
         return self._fitted(self.index_)
 
     def emptied(self) -> "KNNIndex":
@@ -322,6 +344,7 @@ class KNNIndex(Params):
         """Append the rows of ``X`` (normalised as ``fit`` does), block by block, after the indexed ones."""
         for b in row_blocks(X, self.block, self.normalise_):
             self.index_.add(b)
+        self.norms_ = None  # the rows changed: re-ranking reads the candidates' norms with them
         return self._fitted(self.index_)
 
     def subset(self, mask: np.ndarray) -> "Subset":
@@ -341,10 +364,13 @@ class KNNIndex(Params):
                 raise
 
     @classmethod
-    def load(cls, path: str, metric: str = "ip", nprobe: int = 16) -> "KNNIndex":
-        """A fitted index read from a faiss index file, memory-mapped where faiss can (IVF lists)."""
+    def load(cls, path: str, metric: str = "ip", nprobe: int = 16, mmap: bool = True) -> "KNNIndex":
+        """A fitted index read from a faiss index file, memory-mapped where faiss can (IVF lists) unless ``mmap`` is
+        false (an index about to be changed: ``remove_rows`` renumbers lists in memory)."""
         faiss = require("faiss", "science", "kNN graphs")
         try:
+            if not mmap:
+                raise RuntimeError("read into memory")
             idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:
             try:
@@ -387,7 +413,8 @@ class KNNIndex(Params):
         (a store's matrix) a block at a time."""
         faiss = require("faiss", "science", "kNN graphs")
         cand = np.ascontiguousarray(I, dtype=np.int64)  # faiss puts a query's missing candidates (-1) last
-        if isinstance(source, np.ndarray) and source.dtype == np.float32 and source.flags["C_CONTIGUOUS"]:
+        if (isinstance(source, np.ndarray) and source.dtype == np.float32 and source.flags["C_CONTIGUOUS"]
+                and (not self.normalise_ or getattr(self, "norms_", None) is not None)):
             Y, rows, norms = source, None, getattr(self, "norms_", None)
         else:
             rows = np.unique(cand[cand >= 0])

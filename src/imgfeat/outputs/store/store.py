@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .inventory import empty_inventory, inputs_schema, write_inputs
 from .layout import FORMAT, IDENTITY, MANIFEST, StoreMismatchError, segment_of
 from .lock import Locking
 from .matrix import StoreMatrix
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 from .writer import ShardWriter
 
 log = logging.getLogger("imgfeat.outputs.store")
@@ -334,18 +337,25 @@ class FeatureStore(Locking, Compaction):
 
     def load(self) -> tuple[list[str], "StoreMatrix"]:
         """The live ids and a matrix over the live vectors of the published state."""
+        table, matrix = self.load_columns(("id",))
+        return table.column("id").to_pylist(), matrix
+
+    def load_columns(self, columns: Sequence[str] = ("id", "path")) -> tuple["pa.Table", "StoreMatrix"]:
+        """The live rows' ``columns`` of the shards' id tables, as one Arrow table (no Python object per row), and a
+        matrix over the live vectors of the published state, aligned with it."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        ids: list[str] = []
-        files, keeps = [], []
+        tables, files, keeps = [], [], []
         for seg in self.segments():
-            col = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=["id"]).column("id")
+            t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=list(columns))
             keep = self.live_rows(seg)
-            ids.extend((col if keep is None else col.take(pa.array(keep))).to_pylist())
+            tables.append(t if keep is None else t.take(pa.array(keep)))
             files.append(self._shard_file(seg["shard"], "npy"))
             keeps.append(keep)
-        return ids, StoreMatrix(files, self.manifest["dim"], np.dtype(self.manifest["dtype"]), keeps)
+        table = (pa.concat_tables(tables) if tables
+                 else pa.table({c: pa.array([], pa.string()) for c in columns}))
+        return table, StoreMatrix(files, self.manifest["dim"], np.dtype(self.manifest["dtype"]), keeps)
 
     def error_ids(self) -> set[str]:
         """The ids of the published state's error rows (inputs that have no vector: their files failed)."""
