@@ -1,8 +1,13 @@
 """imgfeat serve under load: a generated 1M-vector store behind an IVF-PQ index, 32 concurrent clients on
 loopback, a bounded number of queries; then the map in headless Chromium at 100k and 1M points.
 
-    python benchmarks/serve.py                       # 1M vectors, IVF4096,PQ32, 32 clients
+    python benchmarks/serve.py                       # 1M vectors, the auto index, 32 clients
     python benchmarks/serve.py --n 100000 --queries 1000 --uploads 50
+    python benchmarks/serve.py --n 10000000 --map-sizes "" --uploads 0   # issue 31: 10M, index and generations
+
+After the load runs, a generation adding 1% of the rows is published and the server started again: the time it
+takes to update its cached index (rows added, nothing retrained), and the cache's index files after it (the old
+state's are removed).
 
 The store's vectors are generated (a mixture of 1,000 Gaussian clusters), but its manifest is that of
 a real extraction (EfficientNet-Lite0 cut at ``_blocks.15._bn2``, average-pooled: 320-d), so upload
@@ -48,19 +53,27 @@ def make_store(work: Path, n: int, seed: int = 0) -> Path:
     shard = 100_000
     identity.update(input=f"generated:{n}:{seed}", start=0, stop=None, shard_size=shard)
     fs = FeatureStore(store).open(identity)
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(1000, m["dim"])).astype(np.float32) * 3
-    for s in range(0, n, shard):
-        rows = min(shard, n - s)
-        w = fs.shard_writer(s // shard)
-        X = centres[rng.integers(0, 1000, rows)] + rng.normal(size=(rows, m["dim"])).astype(np.float32)
-        ids = [f"g{i:07d}" for i in range(s, s + rows)]
-        paths = [str(PHOTOS[i % len(PHOTOS)]) for i in range(s, s + rows)]
-        w.n_inputs = rows
-        w.write(ids, paths, X)
-        w.commit()
-    fs.refresh_manifest(total_inputs=n)
+    append_rows(fs, 0, n, seed)
     return store
+
+
+def append_rows(fs, start: int, n: int, seed: int, shard: int = 100_000) -> None:
+    """Rows ``start .. start + n`` of the generated collection written as shards after the store's, then published
+    (a new state of the store, as an extraction that added them publishes)."""
+    rng = np.random.default_rng(seed)
+    dim = fs.manifest["dim"]
+    centres = rng.normal(size=(1000, dim)).astype(np.float32) * 3
+    rng = np.random.default_rng([seed, start])
+    first = fs.next_shard() if start else 0
+    for j, s in enumerate(range(start, start + n, shard)):
+        rows = min(shard, start + n - s)
+        w = fs.shard_writer(first + j)
+        X = centres[rng.integers(0, 1000, rows)] + rng.normal(size=(rows, dim)).astype(np.float32)
+        w.n_inputs = rows
+        w.write([f"g{i:08d}" for i in range(s, s + rows)], [str(PHOTOS[i % len(PHOTOS)]) for i in range(s, s + rows)],
+                X)
+        w.commit()
+    fs.refresh_manifest(total_inputs=start + n)
 
 
 class Server:
@@ -155,7 +168,7 @@ def map_paint(url: str, points: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--index", default="IVF4096,PQ32")
+    ap.add_argument("--index", default="auto")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--queries", type=int, default=4000, help="id searches")
     ap.add_argument("--uploads", type=int, default=200, help="image-upload searches")
@@ -168,6 +181,7 @@ def main() -> None:
     store = make_store(work, args.n)
     print(f"store of {args.n} vectors ready in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)  # the first start builds the index
     first = Server(store, "--index", args.index, cache=cache)
     first.stop()
     server = Server(store, "--index", args.index, cache=cache)
@@ -175,7 +189,7 @@ def main() -> None:
     try:
         info = requests.get(server.url + "api/info", timeout=60).json()
         rng = np.random.default_rng(1)
-        ids = [f"g{i:07d}" for i in rng.integers(0, args.n, args.queries)]
+        ids = [f"g{i:08d}" for i in rng.integers(0, args.n, args.queries)]
         by_id = [lambda s, i=i: s.get(f"{server.url}api/neighbours/{i}?k=20", timeout=120) for i in ids]
         load(server, by_id[: min(200, len(by_id))], args.clients)  # warm-up
         rows.append(("id search (k=20), one client: service time", load(server, by_id[:500], 1)))
@@ -185,22 +199,34 @@ def main() -> None:
         up = [lambda s, b=photos[j % len(photos)]: s.post(f"{server.url}api/search/image?k=20", data=b, timeout=300,
                                                           headers={"Content-Type": "image/jpeg"})
               for j in range(args.uploads)]
-        load(server, up[:8], 8)  # builds the model
-        rows.append(("upload search (k=20, JPEG 300-500 kB)", load(server, up, args.clients)))
+        if up:
+            load(server, up[:8], 8)  # builds the model
+            rows.append(("upload search (k=20, JPEG 300-500 kB)", load(server, up, args.clients)))
         peak = server.rss_mb("VmHWM")
-        t = time.perf_counter()
-        requests.get(server.url + "api/map", timeout=600).raise_for_status()
-        map_s = time.perf_counter() - t
+        anon_started = server.rss_mb("RssAnon")
+        map_s = None
+        if args.map_sizes:
+            t = time.perf_counter()
+            requests.get(server.url + "api/map", timeout=600).raise_for_status()
+            map_s = time.perf_counter() - t
     finally:
         server.stop()
+    from imgfeat.outputs.store import FeatureStore
+
+    append_rows(FeatureStore(store), args.n, args.n // 100, 0)
+    grown = Server(store, "--index", args.index, cache=cache)
+    grown_info = requests.get(grown.url + "api/info", timeout=60).json()
+    grown_anon = grown.rss_mb("RssAnon")
+    grown.stop()
+    index_files = sorted(p.name for p in cache.glob("serve/*/index/*"))
     maps = []
     sizes = [int(s) for s in args.map_sizes.split(",") if s and int(s) <= args.n]
     for size in sizes:
         extra = ["--index", args.index]
         if size < args.n:  # a map of the first `size` vectors: coordinates from the cached PCA map
-            xy = np.load(next(cache.glob("serve/*/map-*.npy")))[:size]
+            xy = np.load(next(cache.glob("serve/*/*/map-*.npy")))[:size]
             coords = work / f"coords-{size}.tsv"
-            coords.write_text("".join(f"g{i:07d}\t{x:.5f}\t{y:.5f}\n" for i, (x, y) in enumerate(xy)))
+            coords.write_text("".join(f"g{i:08d}\t{x:.5f}\t{y:.5f}\n" for i, (x, y) in enumerate(xy)))
             extra += ["--map", str(coords)]
         srv = Server(store, *extra, cache=cache)
         try:
@@ -209,8 +235,10 @@ def main() -> None:
         finally:
             srv.stop()
 
-    print(f"\n{info['count']:,} x {info['dim']} vectors ({info['model']} {LAYER}, generated), index {args.index}; "
-          f"server start: {first.startup_s:.0f} s building the index, {server.startup_s:.1f} s with it cached; "
+    print(f"\n{info['count']:,} x {info['dim']} vectors ({info['model']} {LAYER}, generated), index {info['index']}; "
+          f"server start: {first.startup_s:.0f} s building the index, {server.startup_s:.1f} s with it cached "
+          f"(heap {anon_started:.0f} MB), {grown.startup_s:.1f} s after a generation of +{args.n // 100:,} rows "
+          f"({grown_info['count']:,} served, heap {grown_anon:.0f} MB; cached index files after it: {index_files}); "
           f"{args.clients} concurrent clients on loopback; machine: {os.cpu_count()} cores\n")
     print("| queries | clients | count | queries/s | p50 ms | p99 ms | server heap (RssAnon) MB, start -> end "
           "| mapped files (RssFile) MB |")
@@ -218,8 +246,8 @@ def main() -> None:
     for name, r in rows:
         print(f"| {name} | {r['clients']} | {r['n']} | {r['qps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
               f"{r['anon'][0]:.0f} -> {r['anon'][1]:.0f} | {r['file'][0]:.0f} -> {r['file'][1]:.0f} |")
-    print(f"\nserver peak RSS (VmHWM) over both runs: {peak:.0f} MB; first /api/map (PCA of {args.n:,} vectors, "
-          f"cached after): {map_s:.1f} s\n")
+    print(f"\nserver peak RSS (VmHWM) over both runs: {peak:.0f} MB"
+          + (f"; first /api/map (PCA of {args.n:,} vectors, cached after): {map_s:.1f} s\n" if map_s else "\n"))
     print("| map points | first interactive paint (ms since navigation, headless Chromium, SwiftShader WebGL) "
           "| frames/s while dragging |")
     print("|---|---|---|")

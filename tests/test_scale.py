@@ -268,3 +268,24 @@ def test_tuning_widens_an_approximate_search_until_the_recall_target():
     assert "re-ranked x" in knn.description and knn.get_params()["rerank"] == knn.rerank
     knn.tune(X, 10, target=1.01)
     assert knn.recall_[0] <= 1.0 and knn.rerank <= 64
+
+
+def test_a_string_column_reads_as_the_list_it_replaces(tmp_path):
+    """serve's ids and paths (``StringColumn`` over the store's Arrow columns): the same items, slices, iteration,
+    equality and id lookup as a list of str, in fewer bytes than the list's objects."""
+    import sys
+
+    import pyarrow as pa
+
+    from imgfeat.outputs.idindex import IdIndex, StringColumn
+
+    ids = [f"photos/{i // 100:04d}/{i:07d}.jpg" for i in range(70_000)] + ["é", None]
+    chunked = pa.chunked_array([pa.array(ids[:30_000]), pa.array(ids[30_000:])])
+    column = StringColumn(chunked)
+    assert len(column) == len(ids) and column[5] == ids[5] and column[-2] == "é" and column[-1] is None
+    assert column[10:13] == ids[10:13] and list(column) == ids
+    assert column == ids and column == StringColumn(ids) and column != ids[:-1] and column != StringColumn(ids[1:])
+    index = IdIndex(StringColumn(ids[:-1]))
+    assert index.get(ids[12_345]) == 12_345 and index.get("nope") is None
+    as_objects = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
+    assert column.nbytes < as_objects / 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Optional
 
 import numpy as np
 
@@ -89,8 +90,9 @@ def _tuned(run, y: list, final_y: list, truth: list, grid_max: int):
 
 
 def _diffuse(args) -> int:
-    from ..tools.diffusion import GraphDiffusion, lowshot_split, scored_against_logreg, top_k, validation_split
-    from ..tools.memory import budget, human
+    from ..outputs.idindex import IdIndex
+    from ..tools.diffusion import GraphDiffusion, lowshot_split, scored_against_logreg, validation_split
+    from ..tools.memory import budget
 
     auto = args.iterations == "auto"
     iterations = _iterations(args)
@@ -115,13 +117,13 @@ def _diffuse(args) -> int:
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
     all_ids, all_X = _with_background(args, ids, X)
-    row = {i: r for r, i in enumerate(ids)}
+    row = IdIndex(ids)  # no dict of every id: 12 bytes a row
     test = read_labels(args.test_labels) if args.test_labels else {}
     tids: list = []
     if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
     test_rows = [row[i] for i in tids]
-    val_rows = [row[i] for i in validation if i in row]
+    val_rows = [r for r in map(row.get, validation) if r is not None]
     y = [labels.get(i) for i in all_ids]
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
@@ -152,18 +154,7 @@ def _diffuse(args) -> int:
         result["graph_recall"] = recall
     if novel:
         result.update(novel_classes=sorted(novel), shots=args.shots or 1, seed=args.seed)
-    plan = model.memory_
-    lines = [f"diffused {len(yl)} labels over a {graph.k}-NN graph of {len(all_ids)} vectors ({index}), "
-             f"{iterations} iterations, in {human(plan['bytes'])} ({plan['blocks']} block(s) of {plan['columns']} "
-             f"classes; the graph {'in memory' if plan['csr_in_memory'] else 'on disk'})"
-             + (f" (chosen on {len(val_rows)} held-out labelled images: top-{top_k(len(model.classes_))} "
-                f"{result['validation'][str(iterations)]:.4f}"
-                + (", then run with all labels" if not novel else "") + ")" if auto else "")]
-    if recall is not None:
-        lines.append(f"the graph's recall@{graph.k} against exact neighbours of {recall['sampled_rows']} sampled rows: "
-                     f"{recall['recall_at_k']:.4f}")
-    if result.get("validation_note"):
-        lines.append("note: " + result["validation_note"])
+    lines = _summary(model, result, graph.k, len(val_rows) if auto else None, bool(novel))
     if test:
         diff, lr = scored_against_logreg(model.scores_, model.classes_, yt, Xl, yl, Xt, frozenset(novel), args.C)
         result.update(test=int(len(yt)), accuracy=diff["top1_all"], logreg_accuracy=lr["top1_all"],
@@ -172,12 +163,38 @@ def _diffuse(args) -> int:
             lines.append(f"{name:20s} on {len(yt)} test images: " + ", ".join(
                 f"{key.replace('_', ' ')} {value:.4f}" for key, value in sc.items()))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            for s in range(0, len(ids), 65536):
-                fh.writelines(f"{i}\t{model.classes_[c]}\n" for i, c in zip(ids[s:s + 65536],
-                                                                          model.labels_[s:s + 65536].tolist()))
+        _write_labels(args.out, ids, model)
         result["out"] = args.out
     return emit(args, result, lines)
+
+
+def _summary(model, result: dict, k: int, held_out: Optional[int], novel: bool) -> list[str]:
+    """The report's lines on the diffusion itself: its graph, memory plan, iterations (and what chose them when
+    ``held_out`` labelled images did) and the graph's sampled recall."""
+    from ..tools.diffusion import top_k
+    from ..tools.memory import human
+
+    plan, recall = model.memory_, result.get("graph_recall")
+    lines = [f"diffused {result['labelled']} labels over a {k}-NN graph of {result['n']} vectors ({result['index']}), "
+             f"{result['iterations']} iterations, in {human(plan['bytes'])} ({plan['blocks']} block(s) of "
+             f"{plan['columns']} classes; the graph {'in memory' if plan['csr_in_memory'] else 'on disk'})"
+             + (f" (chosen on {held_out} held-out labelled images: top-{top_k(len(model.classes_))} "
+                f"{result['validation'][str(result['iterations'])]:.4f}"
+                + (", then run with all labels" if not novel else "") + ")" if held_out is not None else "")]
+    if recall is not None:
+        lines.append(f"the graph's recall@{k} against exact neighbours of {recall['sampled_rows']} sampled rows: "
+                     f"{recall['recall_at_k']:.4f}")
+    if result.get("validation_note"):
+        lines.append("note: " + result["validation_note"])
+    return lines
+
+
+def _write_labels(path: str, ids, model) -> None:
+    """``--out``: id<TAB>predicted label for every row, written a block at a time."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for s in range(0, len(ids), 65536):
+            fh.writelines(f"{i}\t{model.classes_[c]}\n" for i, c in zip(ids[s:s + 65536],
+                                                                        model.labels_[s:s + 65536].tolist()))
 
 
 def add_parser(sub) -> None:

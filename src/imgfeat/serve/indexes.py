@@ -78,6 +78,7 @@ class IndexCache:
         nprobe = meta.get("nprobe", 16) if nprobe is None else nprobe
         if meta["state"] == state:
             knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe)
+            knn.index = meta.get("kind", knn.index)
             return knn.reranking(X, meta.get("rerank", 0.0)) if knn.n_ == len(X) else None
         try:
             old_keys = np.load(self.folder / meta["keys"]) if meta.get("keys") else None
@@ -87,6 +88,7 @@ class IndexCache:
         if plan is None:
             return None
         knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe, mmap=False)
+        knn.index = meta.get("kind", knn.index)
         knn = follow(knn, *plan, X).reranking(X, meta.get("rerank", 0.0))
         self.save(knn, state, keys)
         return knn
@@ -101,7 +103,7 @@ class IndexCache:
                 with atomic_paths([self.folder / key_file]) as (partial,):
                     with open(partial, "wb") as fh:
                         np.save(fh, keys)
-            meta = {"state": state, "index": index, "keys": key_file if keys is not None else None,
+            meta = {"state": state, "kind": knn.index, "index": index, "keys": key_file if keys is not None else None,
                     "nprobe": knn.nprobe, "rerank": knn.rerank if getattr(knn, "source_", None) is not None else 0.0,
                     "recall": list(getattr(knn, "recall_", ())) or None, "rows": knn.n_}
             write_atomic(self.folder / f"{self.name}.json", json.dumps(meta).encode())
