@@ -177,6 +177,24 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.to == "lance":
+        from ..outputs.lance import export_lance
+        from ..tools.labels import read_labels
+
+        files = dict(spec.split("=", 1) if "=" in spec else ("label", spec) for spec in args.labels)
+        done = export_lance(args.store, args.out, {name: read_labels(path) for name, path in files.items()})
+        what = (f"{done['added']} added, {done['updated']} updated, {done['removed']} removed" if done["written"]
+                else "nothing to change: the dataset already holds this state")
+        print(f"imgfeat: {args.store} (generation {done['generation']}) -> {args.out}: {what}; {done['rows']} rows, "
+              f"version {done['version']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(done))
+        return 0
+    if args.labels:
+        raise ImgfeatError("--labels adds label columns to a Lance dataset (--to lance); a file export has none")
+    from ..outputs.checks import check_output_file
+
+    check_output_file(args.out, "OUT", [("STORE", args.store)])  # a file's checks (a dataset is a folder or a URI)
     n = api.export_store(args.store, args.out)
     print(f"imgfeat: exported {n} vectors from {args.store} -> {args.out}", file=sys.stderr)
     return 0
@@ -248,10 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
                                          "state or the new one, never a mix.")
     compact.add_argument("store", help="a feature store directory")
     compact.set_defaults(func=_cmd_compact, param_flags={"store": "STORE"})
-    export = sub.add_parser("export", help="convert a feature store to one file (" + " ".join(extensions()) + ")")
+    export = sub.add_parser("export", help="convert a feature store to one file (" + " ".join(extensions()) + "), or "
+                                           "keep a Lance dataset in step with it (--to lance)")
     export.add_argument("store", help="a feature store directory")
-    export.add_argument("out", help="the file to write; its extension picks the format (" + " ".join(extensions()) + ")")
-    export.set_defaults(func=_cmd_export, output_files=("out",), param_flags={"out": "OUT", "store": "STORE"})
+    export.add_argument("out", help="the file to write; its extension picks the format (" + " ".join(extensions()) + ")"
+                                    "; with --to lance, the dataset's path or URI")
+    export.add_argument("--to", choices=("file", "lance"), default="file",
+                        help="lance: a Lance dataset (pip install 'imgfeat[lance]') with id (its primary key), path, "
+                             "vector and label columns, updated in place on the next export: rows added, changed "
+                             "and removed since, nothing written when nothing changed")
+    export.add_argument("--labels", action="append", default=[], metavar="[NAME=]TSV",
+                        help="with --to lance: a column NAME (default: label) from a TSV id<TAB>label; repeatable")
+    export.add_argument("--json", action="store_true", help="with --to lance: print what was done as JSON")
+    export.set_defaults(func=_cmd_export, param_flags={"out": "OUT", "store": "STORE"})
     from .serve import add_parser as add_serve
     from .text import add_parsers as add_text
     from .tools import add_parsers
