@@ -142,3 +142,25 @@ def test_export_of_a_non_imgfeat_dataset_is_refused(folder, tmp_path):
     lance.write_dataset(pa.table({"id": ["a"], KEY: [1]}), str(uri))
     with pytest.raises(ImgfeatError, match="did not write"):
         export_lance(store, str(uri))
+
+
+def test_the_readmes_lance_snippets_work_as_written(folder, tmp_path, monkeypatch, capsys):
+    """The README's "Query your vectors with DuckDB" and "Search with Lance" blocks, run as written next to a dataset
+    exported as the README's command does."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Vectors where the rest of your data lives", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(snippets) == 2
+    store = tmp_path / "store"
+    _ex(folder, store)
+    names = sorted(p.name for p in folder.iterdir())
+    (tmp_path / "labels.tsv").write_text("".join(f"{n}\t{'cat' if i % 2 else 'dog'}\n" for i, n in enumerate(names)))
+    monkeypatch.chdir(tmp_path)
+    command = re.search(r"```bash\n(imgfeat export .*?)\n```", section).group(1).split()
+    assert main(command[1:]) == 0
+    for code in snippets:
+        exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "dog" in out and names[0] in out  # DuckDB's table, then the nearest rows to the first vector
