@@ -24,9 +24,20 @@ def _knn(args) -> int:
                            f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
 
     ids, X = open_matrix(args.features)
+    if args.engine == "ray" and (args.out or not args.raw):
+        raise ImgfeatError("--engine ray writes the graph block by block: give --raw PREFIX (on storage every node "
+                           "reads, as --features is) and no --out")
+    if args.ray_address and args.engine != "ray":
+        raise ImgfeatError("--ray-address is the cluster of --engine ray")
     index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
                         nprobe=args.nprobe, nlist=args.nlist)
-    approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
+    if args.engine == "ray":
+        from ..tools.raygraph import ray_graph
+
+        ray_graph(index, args.features, ids, args.k, args.raw, address=args.ray_address)
+        approx_rows = lambda rows: np.memmap(args.raw + ".int32", np.int32, "r", shape=(len(ids), args.k))[rows]  # noqa: E731
+    else:
+        approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,
               "index": index.description}
     if args.raw:
@@ -116,6 +127,11 @@ def _add_knn(sub) -> None:
     knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
     knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
                                    "block) and PREFIX.ids.txt")
+    knn.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="ray: the graph's queries as tasks over a Ray cluster (the index fitted here, saved as "
+                          "PREFIX.faiss and memory-mapped by each node; --features and --raw on storage every node "
+                          "reads); the graph is the local one, file for file")
+    knn.add_argument("--ray-address", help="the Ray cluster of --engine ray (default: RAY_ADDRESS, or a local one)")
     knn.add_argument("--recall-sample", type=at_least(1), default=1000,
                      help="queries scored against the exact graph to report an --approx graph's recall")
     knn.set_defaults(func=_knn, output_files=("out",), output_prefixes=("raw",),

@@ -1,0 +1,75 @@
+"""The query side of a kNN graph spread over a Ray cluster (``imgfeat knn --engine ray``): the driver fits the index
+once and writes it beside the graph (on storage every node reads); each task opens the index (memory-mapped where
+faiss can) and the features (memory-mapped) on its node, searches one block of rows and returns that block of the
+graph; the driver writes the blocks in row order as they come, so the graph is the local one, file for file, and
+never held whole. A task lost with its node is run again by Ray (``max_retries``); no work is shared by hand."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import require
+from ..files import atomic_paths
+from .knn import RAW_SUFFIXES, KNNIndex, _drop_self
+
+IN_FLIGHT_PER_CPU = 2  # blocks queued per CPU of the cluster: enough to keep it busy, a bounded driver
+
+
+def _graph_block(index_file: str, features: str, metric: str, nprobe: int, rerank: float, start: int, stop: int,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One block of the graph, on whichever node runs it: rows ``start .. stop`` of ``features`` searched in the
+    index ``index_file`` exactly as ``KNNIndex.iter_graph`` does on one machine."""
+    from ..outputs.formats import open_matrix
+
+    _, X = open_matrix(features)
+    knn = KNNIndex.load(index_file, metric, nprobe).reranking(X, rerank)
+    D, I = knn.search(X[start:stop], k + 1)
+    return _drop_self(D, I, np.arange(start, stop), k)
+
+
+def ray_graph(knn: KNNIndex, features: str, ids: Sequence[str], k: int, raw: str, *, block: int = 65536,
+              address: Optional[str] = None) -> str:
+    """The ``k``-NN graph of the fitted ``knn`` over the rows of ``features`` (a store or file every node reads at
+    the same path), computed as Ray tasks of ``block`` rows, written to ``raw`` + ``.int32``/``.float32``/
+    ``.ids.txt`` as ``save_graph`` writes it. The index is saved to ``raw.faiss`` for the tasks. Returns that
+    path."""
+    ray = require("ray", "ray", "imgfeat knn --engine ray")
+    knn._check_graph_k(k)
+    index_file = raw + ".faiss"
+    knn.save(index_file)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=3)(_graph_block)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ivf = knn._ivf()
+        nprobe = int(ivf.nprobe) if ivf is not None else knn.nprobe
+        rerank = knn.rerank if getattr(knn, "source_", None) is not None else 0.0
+        blocks = iter(range(0, len(ids), block))
+        pending: deque = deque()
+        finals = [raw + ext for ext in RAW_SUFFIXES]
+        with atomic_paths(finals) as partials:
+            with open(partials[0], "wb") as fi, open(partials[1], "wb") as fd:
+                def submit() -> None:
+                    s = next(blocks, None)
+                    if s is not None:
+                        pending.append(task.remote(index_file, str(features), knn.metric, nprobe, rerank, s,
+                                                   min(len(ids), s + block), k))
+
+                for _ in range(cpus * IN_FLIGHT_PER_CPU):
+                    submit()
+                while pending:  # in row order: the file is the local graph's, whichever node finished first
+                    D, I = ray.get(pending.popleft())
+                    fi.write(np.ascontiguousarray(I, np.int32).tobytes())
+                    fd.write(np.ascontiguousarray(D, np.float32).tobytes())
+                    submit()
+            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    finally:
+        if started:
+            ray.shutdown()
+    return index_file

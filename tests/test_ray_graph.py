@@ -1,0 +1,74 @@
+"""Issue 31: the kNN graph's query side over a Ray cluster of two one-CPU nodes on this machine
+(``ray.cluster_utils.Cluster``, as the extraction engine's fault tests): blocks of rows searched as tasks on the
+nodes, each opening the saved index and the memory-mapped features itself; the graph files equal the local ones
+byte for byte, for an exact index and for PQ codes re-ranked against the vectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("faiss")
+pytestmark = pytest.mark.slow
+
+from imgfeat.cli import main  # noqa: E402
+from imgfeat.outputs.formats import open_matrix, write_blocks  # noqa: E402
+from imgfeat.tools.knn import KNNIndex, save_graph  # noqa: E402
+from imgfeat.tools.raygraph import ray_graph  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _features(tmp_path: Path, n: int = 3000, d: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 6)).astype(np.float32) @ rng.standard_normal((6, d)).astype(np.float32)
+    X += 0.1 * rng.standard_normal(X.shape).astype(np.float32)
+    ids = [f"v{i:05d}" for i in range(n)]
+    write_blocks(str(tmp_path / "f.npy"), d, "float32", [(ids, ids, X)])
+    return tmp_path / "f.npy"
+
+
+def _same_files(a: str, b: str) -> None:
+    for ext in (".int32", ".float32", ".ids.txt"):
+        assert Path(a + ext).read_bytes() == Path(b + ext).read_bytes(), ext
+
+
+def test_ray_graph_equals_the_local_graph(cluster, tmp_path):
+    features = _features(tmp_path)
+    ids, X = open_matrix(features)
+    assert int(ray.cluster_resources()["CPU"]) == 2 and len(ray.nodes()) == 2
+    for name, rerank in (("exact", 0.0), ("IVF16,PQ8x4fs", 4.0)):
+        knn = KNNIndex(metric="cosine", index=name, nprobe=4, rerank=rerank).fit(X)
+        save_graph(knn, X, ids, 10, raw=str(tmp_path / f"local-{rerank}"))
+        ray_graph(knn, str(features), ids, 10, str(tmp_path / f"ray-{rerank}"), block=500)  # 6 tasks
+        _same_files(str(tmp_path / f"local-{rerank}"), str(tmp_path / f"ray-{rerank}"))
+        assert Path(str(tmp_path / f"ray-{rerank}") + ".faiss").is_file()
+
+
+def test_knn_engine_ray_from_the_command_line(cluster, tmp_path, capsys):
+    features = _features(tmp_path, n=1200)
+    assert main(["knn", "--features", str(features), "--k", "5", "--raw", str(tmp_path / "local")]) == 0
+    assert main(["knn", "--features", str(features), "--k", "5", "--raw", str(tmp_path / "remote"), "--engine",
+                 "ray", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 1200 and out["index"] == "exact"
+    _same_files(str(tmp_path / "local"), str(tmp_path / "remote"))
+    assert main(["knn", "--features", str(features), "--k", "5", "--out", str(tmp_path / "g.npz"), "--engine",
+                 "ray"]) == 2
+    assert "--raw PREFIX" in capsys.readouterr().err
