@@ -241,9 +241,9 @@ def test_auto_index_rule():
     # beyond the budget: 4-bit PQ codes, the most that fit (up to one per 4 dimensions), their candidates re-ranked
     assert choose_index(10_000_000, 256, 2 * 10_000_000 * 40) == ("IVF4096,PQ64x4fs", 4.0)  # its training sample fits
     assert choose_index(10_000_000, 256, 2 * 10_000_000 * 20) == ("IVF2048,PQ16x4fs", 4.0)  # fewer cells: a smaller sample
-    assert choose_index(100_000_000, 256, 2**33) == ("IVF32768,PQ64x4fs", 4.0)
-    assert choose_index(100_000_000, 256, 2**35) == ("IVF32768,PQ64x4fs", 4.0)
-    assert choose_index(100_000_000, 255, 2**33) == ("IVF32768,PQ17", 4.0)  # an odd dimension: 8-bit codes
+    assert choose_index(100_000_000, 256, 2**33) == ("IVF32768_HNSW32,PQ64x4fs", 4.0)  # an HNSW quantizer
+    assert choose_index(100_000_000, 256, 2**35) == ("IVF32768_HNSW32,PQ64x4fs", 4.0)
+    assert choose_index(100_000_000, 255, 2**33) == ("IVF32768_HNSW32,PQ17", 4.0)  # an odd dimension: 8-bit codes
     with pytest.raises(ImgfeatError, match="1-byte codes"):
         choose_index(100_000_000, 256, 2**30)
 

@@ -26,6 +26,8 @@ RERANK = 4.0  # choose_index: a compressed index's candidates, k times this, re-
 TARGET_RECALL = 0.95  # tune: an approximate index's search widened until its sampled recall@k reaches this
 TUNE_SAMPLE = 256  # tune: the rows whose exact neighbours score each setting tried
 RERANK_MAX = 64.0  # tune: the widest re-ranking tried (64 k candidates a query)
+HNSW_CELLS = 8192  # choose_index: from this many IVF cells, an HNSW quantizer assigns vectors to them (a flat one
+#                    compares each with every cell: 10M x 8192 x 320-d is about 8 minutes of adding on 2 cores)
 
 
 def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
@@ -35,7 +37,7 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
     60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
     they fit half the budget, else IVF with 4-bit fast-scan PQ codes (the most that fit, up to one per 4 dimensions;
-    an HNSW quantizer from 65,536 cells on) whose ``RERANK`` x k candidates are re-ranked against the vectors on
+    an HNSW quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose ``RERANK`` x k candidates are re-ranked against the vectors on
     disk (``auto_index`` then widens the search until the recall target). Returns (index, rerank factor); refuses a
     budget that not even 1-byte codes fit, with the figure."""
     from .memory import available_bytes, refuse_unless
@@ -60,7 +62,7 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     refuse_unless(n * (1 + 8) * 2, memory, f"a kNN index of {n:,} vectors",
                   "Even 1-byte codes a vector do not fit: give --max-memory more, or index a sample.")
     m = next((m for m in even if n * (m / 2 + 8) <= memory / 2), None)
-    quantizer = f"IVF{nlist}_HNSW32" if nlist >= 65536 else f"IVF{nlist}"
+    quantizer = f"IVF{nlist}_HNSW32" if nlist >= HNSW_CELLS else f"IVF{nlist}"
     if m is None:  # an odd dimension: 8-bit PQ, the most sub-vectors dividing d that fit (one byte each)
         m = max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0 and (m == 1 or n * (m + 8) <= memory / 2))
         return f"{quantizer},PQ{m}", RERANK
