@@ -191,7 +191,9 @@ class Collection:
         self.memory = SERVE_MEMORY if max_memory is None else max_memory
         self.index_name = choose_index(self.n, self.dim, self.memory)[0] if index == "auto" else index
         self.index_arg, self.nprobe, self.dup_k = index, nprobe, dup_k
-        self.index_cache = IndexCache(self.cache_root / path_key(self.path) / "index", self.index_name)
+        # an auto index (tuned, re-ranked) and the same kind named by the user (as given) are kept apart
+        self.index_cache = IndexCache(self.cache_root / path_key(self.path) / "index",
+                                      ("auto-" if index == "auto" else "") + self.index_name)
         self.knn = self._index(index_file)
         self._map_coords = map_coords
         self._lock = threading.Lock()
@@ -429,7 +431,9 @@ class Collection:
         m = self.manifest
         return {"features": str(self.path), "count": self.n, "dim": self.dim, "model": m.get("model"),
                 "layer": m.get("layer"), "pool": m.get("pool"), "weights": m.get("weights"),
-                "store": bool(self.store), "index": self.knn.description, "labels": self.categories,
+                "store": bool(self.store), "index": self.knn.description,
+                "index_recall": ({"recall_at_10": round(self.knn.recall_[0], 4), "sampled_rows": self.knn.recall_[1]}
+                                 if getattr(self.knn, "recall_", None) else None), "labels": self.categories,
                 "thumbnails": any(p is not None for p in self.paths[:1000]), "text": bool(m.get("text_tower")),
                 "identity": {k: m[k] for k in ("model", "layer", "pool", "weights", "dim", "dtype", "relu", "l2")
                              if k in m}}

@@ -79,6 +79,8 @@ class IndexCache:
         if meta["state"] == state:
             knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe)
             knn.index = meta.get("kind", knn.index)
+            if meta.get("recall"):
+                knn.recall_ = tuple(meta["recall"])
             return knn.reranking(X, meta.get("rerank", 0.0)) if knn.n_ == len(X) else None
         try:
             old_keys = np.load(self.folder / meta["keys"]) if meta.get("keys") else None
@@ -90,6 +92,8 @@ class IndexCache:
         knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe, mmap=False)
         knn.index = meta.get("kind", knn.index)
         knn = follow(knn, *plan, X).reranking(X, meta.get("rerank", 0.0))
+        if meta.get("recall"):  # measured when it was built; the rows since were indexed the same way
+            knn.recall_ = tuple(meta["recall"])
         self.save(knn, state, keys)
         return knn
 

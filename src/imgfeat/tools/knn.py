@@ -5,6 +5,7 @@ the low-shot diffusion code's (int32 I, float32 D)."""
 from __future__ import annotations
 
 import errno
+import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
+
+log = logging.getLogger(__name__)
 
 METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
 INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
@@ -100,6 +103,15 @@ def faiss_threads(n: int):
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _set_nprobe(faiss, ivf, nprobe: int) -> None:
+    """Visit ``nprobe`` cells of an IVF index; an HNSW quantizer searches at least as wide (its efSearch bounds the
+    cells it can name)."""
+    ivf.nprobe = int(min(nprobe, ivf.nlist))
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(quantizer.hnsw.efSearch, 2 * ivf.nprobe)
 
 
 def _faiss_metric(faiss, metric: str):
@@ -216,7 +228,7 @@ class KNNIndex(Params):
                                    "use a smaller one (fewer IVF cells, fewer PQ bits) or the exact index") from None
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
-            ivf.nprobe = min(self.nprobe, ivf.nlist)
+            _set_nprobe(faiss, ivf, self.nprobe)
         self.source_ = X if self.rerank and self.rerank > 1 else None
         norms = []  # a re-ranked cosine index divides by the rows' norms (4 bytes a row) rather than copy them
         for b in row_blocks(X, self.block):
@@ -264,7 +276,7 @@ class KNNIndex(Params):
         def use(nprobe: int, rerank: float) -> None:
             self.nprobe, self.rerank = nprobe, rerank
             if ivf is not None:
-                ivf.nprobe = nprobe
+                _set_nprobe(require("faiss", "science", "kNN graphs"), ivf, nprobe)
 
         def wider(move: str) -> Optional[tuple[int, float]]:
             nprobe, rerank = settings()
@@ -287,6 +299,11 @@ class KNNIndex(Params):
             best, option = max(tried)
             use(*option)
         self.recall_ = (best, len(rows))
+        if best < target:
+            log.warning("the %s index reaches recall@%d %.3f on %d sampled rows (target %.2f) at nprobe %d, re-ranked "
+                        "x%g: these vectors have little neighbour structure for compressed codes; more memory "
+                        "(--max-memory) keeps whole vectors", self.index, k, best, len(rows), target,
+                        settings()[0], self.rerank)
         return self
 
     def _fitted(self, idx) -> "KNNIndex":
@@ -382,7 +399,7 @@ class KNNIndex(Params):
         self = cls(metric=metric, index=type(idx).__name__, nprobe=nprobe)
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
-            ivf.nprobe = min(nprobe, ivf.nlist)
+            _set_nprobe(faiss, ivf, nprobe)
         return self._fitted(idx)
 
     def search(self, Q, k: int, block: Optional[int] = None,

@@ -25,7 +25,10 @@ class Info(BaseModel):
     pool: Optional[str] = None
     weights: Optional[str] = Field(None, description="the weights' hash (stores)")
     store: bool = Field(description="a feature store (image queries need one; it can change while served)")
-    index: str = Field(description="the faiss index searched (exact or ivf)")
+    index: str = Field(description="the faiss index searched (exact, ivf, or a factory string), with its search "
+                                   "settings (nprobe, re-ranked candidates)")
+    index_recall: Optional[dict[str, Any]] = Field(None, description="an auto index's recall@10 against exact "
+                                                                     "neighbours of sampled rows, measured when built")
     labels: list[str] = Field(description="label names (serve --labels), in the order the map's codes use")
     thumbnails: bool = Field(description="whether the features record image paths (thumbnails)")
     text: bool = Field(description="a CLIP-family store: /api/search/text is available")
