@@ -51,6 +51,16 @@ def photo_dir(tmp_path, photos) -> Path:
 
 
 @pytest.fixture
+def folder(tmp_path, photos) -> Path:
+    """A writable folder of five of the example photos (what the store-update and Lance tests change)."""
+    dst = tmp_path / "photos"
+    dst.mkdir()
+    for p in sorted(photos.glob("*.jpg"))[:5]:
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+@pytest.fixture
 def image_tsv(tmp_path) -> Path:
     """23 small generated images and 2 bad entries, listed in a TSV."""
     lines = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,21 @@ def die_before_publishing():
             update_mod.publish = real
 
     return patched()
+
+
+@contextmanager
+def ray_cluster(nodes: int = 1):
+    """A Ray cluster of ``nodes`` one-CPU nodes on this machine (``ray.cluster_utils.Cluster``, as Ray's own tests
+    do), this process connected to it for the block."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(nodes - 1):
+        c.add_node(num_cpus=1)
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,15 +42,6 @@ def _store_rows(store) -> dict:
 
     return {i: (p, np.asarray(v)) for ids, paths, X in FeatureStore(store).iter_shards()
             for i, p, v in zip(ids, paths, X)}
-
-
-@pytest.fixture
-def folder(tmp_path, photos) -> Path:
-    dst = tmp_path / "photos"
-    dst.mkdir()
-    for p in sorted(photos.glob("*.jpg"))[:5]:
-        shutil.copy(p, dst / p.name)
-    return dst
 
 
 def _same(uri, store) -> None:

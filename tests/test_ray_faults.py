@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_until, write_image
+from helpers import ray_cluster, wait_until, write_image
 
 import imgfeat
 
@@ -35,18 +35,11 @@ def images(tmp_path) -> Path:
 
 @pytest.fixture
 def cluster(monkeypatch):
-    from ray.cluster_utils import Cluster
-
     tests = str(Path(__file__).resolve().parent)
     monkeypatch.setenv("PYTHONPATH", tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("IMGFEAT_PILLOW_PLUGINS", "killer_plugin")  # read by every actor process
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    ray.init(address=c.address, log_to_driver=False)
-    try:
+    with ray_cluster() as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def _hook(monkeypatch, action):

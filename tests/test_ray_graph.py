@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ray_cluster
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("faiss")
@@ -23,16 +24,8 @@ from imgfeat.tools.raygraph import ray_graph  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
-    ray.init(address=c.address, log_to_driver=False)
-    try:
+    with ray_cluster(nodes=2) as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def _features(tmp_path: Path, n: int = 3000, d: int = 32) -> Path:

@@ -55,15 +55,6 @@ def _touch_later(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
 
 
-@pytest.fixture
-def folder(tmp_path, photos) -> Path:
-    dst = tmp_path / "photos"
-    dst.mkdir()
-    for p in sorted(photos.glob("*.jpg"))[:5]:
-        shutil.copy(p, dst / p.name)
-    return dst
-
-
 def test_added_changed_removed_and_renamed_images_in_a_folder(folder, tmp_path, photos, monkeypatch):
     out = tmp_path / "store"
     first = _ex(folder, out)
