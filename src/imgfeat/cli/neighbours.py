@@ -34,8 +34,7 @@ def _knn(args) -> int:
     if args.engine == "ray":
         from ..tools.raygraph import ray_graph
 
-        ray_graph(index, args.features, ids, args.k, args.raw, address=args.ray_address)
-        approx_rows = lambda rows: np.memmap(args.raw + ".int32", np.int32, "r", shape=(len(ids), args.k))[rows]  # noqa: E731
+        approx_rows = ray_graph(index, args.features, ids, args.k, args.raw, address=args.ray_address)
     else:
         approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,

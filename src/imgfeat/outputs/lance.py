@@ -95,23 +95,16 @@ class LanceExport:
         n = len(keys) if rows is None else len(rows)
         value = self.schema.field("vector").type.value_type
         for s in range(0, n, self.block):
-            if rows is None:
-                sel = slice(s, min(n, s + self.block))
-                ids, paths = table.column("id").slice(s, self.block), table.column("path").slice(s, self.block)
-                vectors, k = np.asarray(X[sel]), keys[sel]
-            else:
-                sel = rows[s:s + self.block]
-                take = pa.array(sel)
-                ids, paths = table.column("id").take(take), table.column("path").take(take)
-                vectors, k = np.asarray(X[sel]), keys[sel]
-            flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value)
-            columns = [ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids,
-                       paths.combine_chunks() if hasattr(paths, "combine_chunks") else paths,
+            # a block of all the rows is a slice (the matrix read part by part), of chosen rows a take
+            sel = slice(s, min(n, s + self.block)) if rows is None else rows[s:s + self.block]
+            part = table.slice(s, self.block) if rows is None else table.take(pa.array(sel))
+            flat = pa.array(np.ascontiguousarray(np.asarray(X[sel])).reshape(-1), type=value)
+            columns = [part.column("id").combine_chunks(), part.column("path").combine_chunks(),
                        pa.FixedSizeListArray.from_arrays(flat, self.dim)]
             if self.labels:
                 id_list = columns[0].to_pylist()
                 columns += [pa.array([lab.get(i) for i in id_list], pa.string()) for lab in self.labels.values()]
-            columns.append(pa.array(k, pa.int64()))
+            columns.append(pa.array(keys[sel], pa.int64()))
             yield pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def _reader(self, table, X, rows, keys):

@@ -179,7 +179,8 @@ class Collection:
         # features path: the index (updated from one state to the next) in index/, the map, neighbour lists and
         # thumbnails in a folder of this state's key, the folders of earlier states removed
         self.cache_root = Path(cache) if cache else cache_dir() / "serve"
-        self.cache = self.cache_root / path_key(self.path) / self.key
+        self.home = self.cache_root / path_key(self.path)  # everything derived from this features path
+        self.cache = self.home / self.key
         self._previous = previous
         with best_effort_cache("the server's derived data", self.cache):
             self.cache.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ class Collection:
         self.index_name = choose_index(self.n, self.dim, self.memory)[0] if index == "auto" else index
         self.index_arg, self.nprobe, self.dup_k = index, nprobe, dup_k
         # an auto index (tuned, re-ranked) and the same kind named by the user (as given) are kept apart
-        self.index_cache = IndexCache(self.cache_root / path_key(self.path) / "index",
+        self.index_cache = IndexCache(self.home / "index",
                                       ("auto-" if index == "auto" else "") + self.index_name)
         self.knn = self._index(index_file)
         self._map_coords = map_coords
@@ -251,8 +252,7 @@ class Collection:
             if knn is not None:
                 return knn
         log.info("indexing %d vectors (%s)", self.n, self.index_name)
-        knn = build_index(self.X, self.index_arg if self.index_arg == "auto" else self.index_name, SEARCH_K,
-                          memory=self.memory, nprobe=self.nprobe)
+        knn = build_index(self.X, self.index_arg, SEARCH_K, memory=self.memory, nprobe=self.nprobe)
         if index_file:  # asked for
             knn.save(index_file)
         if self.index_name != "exact":  # worth keeping: training IVF/PQ takes a while

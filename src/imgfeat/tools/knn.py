@@ -41,8 +41,9 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
     60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
     they fit half the budget, else IVF with 4-bit fast-scan PQ codes (the most that fit, up to one per 4 dimensions;
-    an HNSW quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose ``RERANK`` x k candidates are re-ranked against the vectors on
-    disk (``auto_index`` then widens the search until the recall target). Returns (index, rerank factor); refuses a
+    an HNSW quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
+    ``RERANK`` x k candidates are re-ranked against the vectors on disk (``build_index`` then widens the search until
+    the recall target). Returns (index, rerank factor); refuses a
     budget that not even 1-byte codes fit, with the figure."""
     from .memory import available_bytes, refuse_unless
 
@@ -233,13 +234,17 @@ class KNNIndex(Params):
         if ivf is not None:
             _set_nprobe(faiss, ivf, self.nprobe)
         self.source_ = X if self.rerank and self.rerank > 1 else None
-        norms = []  # a re-ranked cosine index divides by the rows' norms (4 bytes a row) rather than copy them
+        # a re-ranked cosine index divides by the rows' norms (4 bytes a row), kept as the rows are normalised
+        keep_norms = self.normalise_ and self.source_ is not None
+        norms = []
         for b in row_blocks(X, self.block):
             if self.normalise_:
-                norms.append(np.linalg.norm(b, axis=1).astype(np.float32))
-                b = b / np.maximum(norms[-1][:, None], 1e-12)
+                norm = np.linalg.norm(b, axis=1).astype(np.float32)
+                b = b / np.maximum(norm[:, None], 1e-12)
+                if keep_norms:
+                    norms.append(norm)
             idx.add(b)
-        self.norms_ = np.concatenate(norms) if norms and self.source_ is not None else None
+        self.norms_ = np.concatenate(norms) if keep_norms and norms else None
         return self._fitted(idx)
 
     @property
@@ -265,7 +270,8 @@ class KNNIndex(Params):
         """Widen the search of a fitted approximate index over ``X`` until its recall@k, measured against the exact
         neighbours of ``sample`` seeded rows, reaches ``target``, as autofaiss tunes nprobe after building: at each
         step the IVF's ``nprobe`` or the re-ranked candidates (``rerank``) double, whichever gains more recall,
-        until the target, both limits (every cell; ``RERANK_MAX``) or a step where neither gains. Sets ``recall_`` (recall, rows sampled)."""
+        until the target, both limits (every cell; ``RERANK_MAX``) or a step where neither gains. Sets ``recall_``
+        (recall, rows sampled)."""
         ivf = self._ivf()
         rows = np.sort(np.random.default_rng(seed).permutation(self.n_)[:sample])
         _, exact = exact_graph_rows(X, rows, k, self.metric)
@@ -583,7 +589,12 @@ def save_graph(index: KNNIndex, X, ids: Sequence[str], k: int, *, npz: Optional[
             with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
                 np.savez(fh, I=I_all, D=np.concatenate(Ds), ids=np.array(list(ids)))
             return lambda rows: I_all[rows]
-    return lambda rows: np.memmap(finals[0], np.int32, "r", shape=(len(ids), k))[rows]
+    return raw_rows(raw, len(ids), k)
+
+
+def raw_rows(raw: str, n: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The neighbour rows of a ``--raw`` graph's ``raw.int32`` (n x k), read from the file when asked."""
+    return lambda rows: np.memmap(raw + RAW_SUFFIXES[0], np.int32, "r", shape=(n, k))[rows]
 
 
 def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import require
 from ..files import atomic_paths
-from .knn import RAW_SUFFIXES, KNNIndex, _drop_self
+from .knn import RAW_SUFFIXES, KNNIndex, raw_rows
 
 IN_FLIGHT_PER_CPU = 2  # blocks queued per CPU of the cluster: enough to keep it busy, a bounded driver
 
@@ -22,21 +22,20 @@ IN_FLIGHT_PER_CPU = 2  # blocks queued per CPU of the cluster: enough to keep it
 def _graph_block(index_file: str, features: str, metric: str, nprobe: int, rerank: float, start: int, stop: int,
                  k: int) -> tuple[np.ndarray, np.ndarray]:
     """One block of the graph, on whichever node runs it: rows ``start .. stop`` of ``features`` searched in the
-    index ``index_file`` exactly as ``KNNIndex.iter_graph`` does on one machine."""
+    index ``index_file`` as ``KNNIndex.graph`` does on one machine."""
     from ..outputs.formats import open_matrix
 
     _, X = open_matrix(features)
     knn = KNNIndex.load(index_file, metric, nprobe).reranking(X, rerank)
-    D, I = knn.search(X[start:stop], k + 1)
-    return _drop_self(D, I, np.arange(start, stop), k)
+    return knn.graph(X, k, rows=np.arange(start, stop))
 
 
 def ray_graph(knn: KNNIndex, features: str, ids: Sequence[str], k: int, raw: str, *, block: int = 65536,
-              address: Optional[str] = None) -> str:
+              address: Optional[str] = None):
     """The ``k``-NN graph of the fitted ``knn`` over the rows of ``features`` (a store or file every node reads at
     the same path), computed as Ray tasks of ``block`` rows, written to ``raw`` + ``.int32``/``.float32``/
-    ``.ids.txt`` as ``save_graph`` writes it. The index is saved to ``raw.faiss`` for the tasks. Returns that
-    path."""
+    ``.ids.txt`` as ``save_graph`` writes it. The index is saved to ``raw.faiss`` for the tasks. Returns, as
+    ``save_graph`` does, a function of rows giving their neighbours (read from the file)."""
     ray = require("ray", "ray", "imgfeat knn --engine ray")
     knn._check_graph_k(k)
     index_file = raw + ".faiss"
@@ -72,4 +71,4 @@ def ray_graph(knn: KNNIndex, features: str, ids: Sequence[str], k: int, raw: str
     finally:
         if started:
             ray.shutdown()
-    return index_file
+    return raw_rows(raw, len(ids), k)
