@@ -4,12 +4,15 @@ loopback, a bounded number of queries; then the map in headless Chromium at 100k
     python benchmarks/serve.py                       # 1M vectors, the auto index, 32 clients
     python benchmarks/serve.py --n 100000 --queries 1000 --uploads 50
     python benchmarks/serve.py --n 10000000 --map-sizes "" --uploads 0   # issue 31: 10M, index and generations
+    python benchmarks/serve.py --n 10000000 --map-sizes "" --uploads 0 --intrinsic 32   # vectors like image features
 
 After the load runs, a generation adding 1% of the rows is published and the server started again: the time it
 takes to update its cached index (rows added, nothing retrained), and the cache's index files after it (the old
 state's are removed).
 
-The store's vectors are generated (a mixture of 1,000 Gaussian clusters), but its manifest is that of
+The store's vectors are generated (a mixture of 1,000 Gaussian clusters: isotropic unit noise around centres of scale
+3, or with ``--intrinsic R`` noise in a random R-dimensional subspace plus 0.1 isotropic, the low intrinsic dimension
+of image features), but its manifest is that of
 a real extraction (EfficientNet-Lite0 cut at ``_blocks.15._bn2``, average-pooled: 320-d), so upload
 search runs the real model and searches the same index. The server is the real ``imgfeat serve``
 subprocess; its RSS is read from /proc while the clients run. Prints a Markdown table.
@@ -37,11 +40,11 @@ PHOTOS = sorted((ROOT / "examples" / "images").glob("*.jpg"))
 LAYER = "_blocks.15._bn2"
 
 
-def make_store(work: Path, n: int, seed: int = 0) -> Path:
+def make_store(work: Path, n: int, seed: int = 0, intrinsic: int = 0) -> Path:
     from imgfeat.api import extract
     from imgfeat.outputs.store import FeatureStore
 
-    store = work / f"store-{n}"
+    store = work / f"store-{n}" if not intrinsic else work / f"store-{n}-r{intrinsic}"
     if (store / "manifest.json").is_file() and FeatureStore(store).manifest.get("total_inputs") == n:
         return store
     shutil.rmtree(store, ignore_errors=True)
@@ -53,22 +56,28 @@ def make_store(work: Path, n: int, seed: int = 0) -> Path:
     shard = 100_000
     identity.update(input=f"generated:{n}:{seed}", start=0, stop=None, shard_size=shard)
     fs = FeatureStore(store).open(identity)
-    append_rows(fs, 0, n, seed)
+    append_rows(fs, 0, n, seed, intrinsic)
     return store
 
 
-def append_rows(fs, start: int, n: int, seed: int, shard: int = 100_000) -> None:
+def append_rows(fs, start: int, n: int, seed: int, intrinsic: int = 0, shard: int = 100_000) -> None:
     """Rows ``start .. start + n`` of the generated collection written as shards after the store's, then published
     (a new state of the store, as an extraction that added them publishes)."""
     rng = np.random.default_rng(seed)
     dim = fs.manifest["dim"]
     centres = rng.normal(size=(1000, dim)).astype(np.float32) * 3
+    basis = rng.normal(size=(intrinsic, dim)).astype(np.float32) / np.sqrt(intrinsic) if intrinsic else None
     rng = np.random.default_rng([seed, start])
     first = fs.next_shard() if start else 0
     for j, s in enumerate(range(start, start + n, shard)):
         rows = min(shard, start + n - s)
         w = fs.shard_writer(first + j)
-        X = centres[rng.integers(0, 1000, rows)] + rng.normal(size=(rows, dim)).astype(np.float32)
+        X = centres[rng.integers(0, 1000, rows)]
+        if basis is None:
+            X += rng.normal(size=(rows, dim)).astype(np.float32)
+        else:  # the same noise energy, in R directions, and a little everywhere
+            X += rng.normal(size=(rows, intrinsic)).astype(np.float32) @ basis
+            X += 0.1 * rng.normal(size=(rows, dim)).astype(np.float32)
         w.n_inputs = rows
         w.write([f"g{i:08d}" for i in range(s, s + rows)], [str(PHOTOS[i % len(PHOTOS)]) for i in range(s, s + rows)],
                 X)
@@ -173,12 +182,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=4000, help="id searches")
     ap.add_argument("--uploads", type=int, default=200, help="image-upload searches")
     ap.add_argument("--map-sizes", default="100000,1000000")
+    ap.add_argument("--intrinsic", type=int, default=0,
+                    help="noise in a random subspace of this many dimensions (0: isotropic, the hardest case)")
     ap.add_argument("--workdir", default="/tmp/imgfeat-serve-bench")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    store = make_store(work, args.n)
+    store = make_store(work, args.n, intrinsic=args.intrinsic)
     print(f"store of {args.n} vectors ready in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # the first start builds the index
@@ -213,7 +224,7 @@ def main() -> None:
         server.stop()
     from imgfeat.outputs.store import FeatureStore
 
-    append_rows(FeatureStore(store), args.n, args.n // 100, 0)
+    append_rows(FeatureStore(store), args.n, args.n // 100, 0, args.intrinsic)
     grown = Server(store, "--index", args.index, cache=cache)
     grown_info = requests.get(grown.url + "api/info", timeout=60).json()
     grown_anon = grown.rss_mb("RssAnon")
@@ -235,7 +246,10 @@ def main() -> None:
         finally:
             srv.stop()
 
-    print(f"\n{info['count']:,} x {info['dim']} vectors ({info['model']} {LAYER}, generated), index {info['index']}; "
+    recall = info.get("index_recall")
+    print(f"\n{info['count']:,} x {info['dim']} vectors ({info['model']} {LAYER}, generated"
+          f"{f', noise in {args.intrinsic} dimensions' if args.intrinsic else ', isotropic noise'}), index "
+          f"{info['index']}" + (f" (sampled recall@10 {recall})" if recall is not None else "") + "; "
           f"server start: {first.startup_s:.0f} s building the index, {server.startup_s:.1f} s with it cached "
           f"(heap {anon_started:.0f} MB), {grown.startup_s:.1f} s after a generation of +{args.n // 100:,} rows "
           f"({grown_info['count']:,} served, heap {grown_anon:.0f} MB; cached index files after it: {index_files}); "

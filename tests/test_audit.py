@@ -214,14 +214,14 @@ def test_a_review_without_a_report_says_how_to_get_one(tmp_path):
 def test_auto_takes_the_pca_graph_on_large_high_dimensional_sets_and_says_its_recall(monkeypatch):
     """auto: exact below PCA_FROM (the planted set), the pca graph above it; the summary gives the pca graph's
     sampled recall, and on features with low intrinsic dimension the flags are the exact graph's."""
-    import imgfeat.tools.knn as knn_mod
+    from imgfeat.tools import autoindex
 
     X, y, splits, _ = planted(2)
     rng = np.random.default_rng(2)
     Xh = (X @ rng.standard_normal((16, 256))).astype(np.float32)  # 256-d, 16 directions of variance
     exact = DatasetAudit(k=10).fit(Xh, y, splits)
     assert exact.summary_["index"] == "exact" and "graph_recall" not in exact.summary_
-    monkeypatch.setattr(knn_mod, "PCA_FROM", (100, 200))
+    monkeypatch.setattr(autoindex, "PCA_FROM", (100, 200))
     fast = DatasetAudit(k=10).fit(Xh, y, splits)
     assert fast.summary_["index"] == "pca"
     recall = fast.summary_["graph_recall"]  # every row sampled; below 1 only among the planted near-copies' ties
@@ -233,13 +233,13 @@ def test_auto_takes_the_pca_graph_on_large_high_dimensional_sets_and_says_its_re
 
 
 def test_auto_index_rule():
-    from imgfeat.tools.knn import choose_index
+    from imgfeat.tools.autoindex import choose_index
 
     assert [choose_index(n, d, 2**34)[0] for n, d in [(19_999, 1280), (20_000, 1280), (60_000, 256),
                                                       (500_000, 2048), (500_001, 64)]] == \
         ["exact", "pca", "exact", "pca", "ivf"]
     # beyond the budget: 4-bit PQ codes, the most that fit (up to one per 4 dimensions), their candidates re-ranked
-    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 40) == ("IVF4096,PQ64x4fs", 4.0)  # its training sample fits
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 41) == ("IVF4096,PQ64x4fs", 4.0)  # its training sample fits
     assert choose_index(10_000_000, 256, 2 * 10_000_000 * 20) == ("IVF2048,PQ16x4fs", 4.0)  # fewer cells: a smaller sample
     assert choose_index(100_000_000, 256, 2**33) == ("IVF32768_HNSW32,PQ64x4fs", 4.0)  # an HNSW quantizer
     assert choose_index(100_000_000, 256, 2**35) == ("IVF32768_HNSW32,PQ64x4fs", 4.0)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 from imgfeat.cli import main  # noqa: E402
 from imgfeat.outputs.formats import open_matrix, write_blocks  # noqa: E402
-from imgfeat.tools.knn import KNNIndex, save_graph  # noqa: E402
+from imgfeat.tools.graph import save_graph  # noqa: E402
+from imgfeat.tools.knn import KNNIndex  # noqa: E402
 from imgfeat.tools.raygraph import ray_graph  # noqa: E402
 
 

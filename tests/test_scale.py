@@ -150,10 +150,10 @@ def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplica
     """``dedup`` (default --index auto, the one ``choose_index``): exact for a small set; above (thresholds lowered
     here) ivf while the vectors fit half of --max-memory, else PQ codes whose candidates are re-ranked exactly; every
     planted near-duplicate is grouped with its original either way."""
-    from imgfeat.tools import knn
+    from imgfeat.tools import autoindex
 
-    monkeypatch.setattr(knn, "PCA_FROM", (1_000, 512))
-    monkeypatch.setattr(knn, "EXACT_UP_TO", 2_000)
+    monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
+    monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
     rng = np.random.default_rng(5)
     X = rng.standard_normal((12000, 48)).astype(np.float32)
     planted = rng.choice(11000, 120, replace=False)
@@ -233,7 +233,7 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, mon
 def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
     """``knn --approx auto`` takes ``choose_index``'s index (exact on a small set; PQ re-ranked under a tiny budget,
     its sampled recall reported)."""
-    from imgfeat.tools import knn
+    from imgfeat.tools import autoindex
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((6000, 8)).astype(np.float32) @ rng.standard_normal((8, 32)).astype(np.float32)
@@ -241,8 +241,8 @@ def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
     assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--raw",
                  str(tmp_path / "a"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["index"] == "exact"
-    monkeypatch.setattr(knn, "PCA_FROM", (1_000, 512))
-    monkeypatch.setattr(knn, "EXACT_UP_TO", 2_000)
+    monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
+    monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
     assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
                  "1MB", "--raw", str(tmp_path / "b"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -289,3 +289,94 @@ def test_a_string_column_reads_as_the_list_it_replaces(tmp_path):
     assert index.get(ids[12_345]) == 12_345 and index.get("nope") is None
     as_objects = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
     assert column.nbytes < as_objects / 2
+
+
+def test_ids_of_a_store_and_an_npy_are_arrow_and_look_up_as_a_dict(tmp_path, monkeypatch):
+    """``open_matrix`` gives the ids of an .npy (read from its .ids.txt by Arrow, a chunk at a time) as a
+    ``StringColumn`` equal to the list the file holds: chunk boundaries, CRLF lines and non-ASCII ids included; a
+    file that is not UTF-8 is a one-line error. ``IdIndex.rows`` answers as a dict for present, absent and repeated
+    ids, and ``align`` joins labels through it."""
+    from imgfeat.outputs import idindex
+    from imgfeat.outputs.formats import open_matrix
+    from imgfeat.tools.labels import align
+
+    monkeypatch.setattr(idindex, "READ_CHUNK", 64)  # many chunks, lines cut at their ends
+    ids = [f"photos/é{i:04d}.jpg" for i in range(300)] + ["dup", "", "dup"]
+    X = np.random.default_rng(0).standard_normal((len(ids), 4)).astype(np.float32)
+    write_features(tmp_path / "f.npy", X, ids)
+    got, M = open_matrix(tmp_path / "f.npy")
+    assert isinstance(got, idindex.StringColumn) and got == ids and list(got) == ids and M.shape == X.shape
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\r\nc")
+    assert list(idindex.read_lines(tmp_path / "crlf.txt")) == ["a", "b", "c"]
+    (tmp_path / "bad.npy").write_bytes((tmp_path / "f.npy").read_bytes())
+    (tmp_path / "bad.ids.txt").write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(ImgfeatError, match="not UTF-8"):
+        open_matrix(tmp_path / "bad.npy")
+
+    ref = {rid: i for i, rid in enumerate(ids)}
+    query = ids[::7] + ["absent", "dup", ""]
+    assert idindex.id_index(got).rows(query).tolist() == [ref.get(q, -1) for q in query]
+    assert idindex.IdIndex(list(ids)).rows(query).tolist() == [ref.get(q, -1) for q in query]
+    assert idindex.id_index(got) is idindex.id_index(got)  # built once per column
+    Xl, yl, kept = align(got, M, {"photos/é0003.jpg": "a", "dup": "b"})
+    assert kept == ["photos/é0003.jpg", "dup"] and np.array_equal(Xl, X[[3, 302]]) and yl.tolist() == ["a", "b"]
+
+
+def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does_not_fit(tmp_path, capsys,
+                                                                                        monkeypatch, caplog):
+    """``knn`` and ``dedup`` log their memory plan (the index, its training sample, a query block, the re-ranked
+    candidates) before building anything and report it; an index the budget cannot hold is refused before any work,
+    with the figure; the plan of ``auto`` keeps within its budget at 100M vectors."""
+    import logging
+
+    from imgfeat.tools import autoindex
+    from imgfeat.tools.autoindex import index_bytes, plan_index
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 8)).astype(np.float32) @ rng.standard_normal((8, 32)).astype(np.float32)
+    write_features(tmp_path / "f.npy", X)
+    monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
+    monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
+    with caplog.at_level(logging.INFO, logger="imgfeat.tools.autoindex"):
+        assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
+                     "1MB", "--raw", str(tmp_path / "b"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["memory"]
+    assert "memory plan: the IVF" in caplog.text and "x4fs index of 6,000 vectors" in caplog.text
+    assert plan["budget"] == 2**20 and 0 < plan["parts"]["index"] < plan["bytes"] <= plan["budget"]
+    assert plan["parts"]["index"] == index_bytes(plan["index"], 6000, 32) and "x4fs" in plan["index"]
+
+    def no_work(self, X):
+        raise AssertionError("the index was built before the budget was checked")
+
+    monkeypatch.setattr(KNNIndex, "fit", no_work)
+    for argv in (["knn", "--k", "5", "--raw", str(tmp_path / "c")], ["dedup", "--index", "exact"]):
+        assert main([*argv, "--features", str(tmp_path / "f.npy"), "--max-memory", "100KB"]) == 2
+        err = capsys.readouterr().err
+        assert "the exact index of 6,000 vectors (" in err and "needs at least 750.0 KB of memory; the budget is " \
+            "100.0 KB" in err
+        assert err.count("\n") == 1 and not (tmp_path / "c.int32").exists()
+    for memory in (2**33, 2**35):  # auto: the index, its sample and its buffers within the budget at 100M x 256
+        big = plan_index(100_000_000, 256, "auto", 30, memory)
+        assert big.total <= memory and ",PQ" in big.index and big.parts["index"] <= memory / 2
+    assert index_bytes("IVF4096,PQ64x4fs", 10**6, 256) == 10**6 * (32 + 8) + 4096 * 256 * 4
+    assert index_bytes("IVF1024_HNSW32,PQ32", 10**6, 256) == 10**6 * (32 + 8) + 1024 * 256 * 4 + 1024 * 32 * 8
+    assert index_bytes("OPQ16_64,IVF256,SQ8", 1000, 256) is not None and index_bytes("LSH", 10, 8) is None
+
+
+def test_row_labels_stand_for_a_label_per_row():
+    """``diffuse`` hands the diffusion its labels as ``RowLabels`` (the labelled rows, found through ``IdIndex``), not
+    a list of N labels or Nones: the same sequence, the same sources, the same diffusion."""
+    from imgfeat.outputs.idindex import StringColumn
+    from imgfeat.tools.diffusion import RowLabels, label_sources
+
+    X, y = clusters(n_per=30, k=3, d=8, spread=0.5, seed=4)
+    ids = StringColumn([f"img{i:03d}" for i in range(len(X))])
+    given = _given(y, 3)
+    as_list = [g for g in given]
+    rows = RowLabels.of(ids, {ids[i]: g for i, g in enumerate(given) if g is not None} | {"absent": "c0"})
+    assert len(rows) == len(as_list) and list(rows) == as_list and rows[5:9] == as_list[5:9]
+    (c1, s1), (c2, s2) = label_sources(as_list), label_sources(rows)
+    assert c1.tolist() == c2.tolist() and all(np.array_equal(a, b) for a, b in zip(s1, s2))
+    graph = RawGraph(*reversed(KNNIndex().fit(X).graph(X, 8)))
+    a, b = GraphDiffusion(iterations=10).fit(graph, as_list), GraphDiffusion(iterations=10).fit(graph, rows)
+    assert np.array_equal(a.labels_, b.labels_)

@@ -537,15 +537,15 @@ def test_a_new_generation_updates_serves_cached_index_and_removes_the_old(folder
     import logging
 
     from imgfeat.serve.collection import Collection
-    from imgfeat.tools import knn as knn_module
+    from imgfeat.tools import autoindex
 
-    monkeypatch.setattr(knn_module, "PCA_FROM", (4, 10**6))
-    monkeypatch.setattr(knn_module, "EXACT_UP_TO", 4)
+    monkeypatch.setattr(autoindex, "PCA_FROM", (4, 10**6))
+    monkeypatch.setattr(autoindex, "EXACT_UP_TO", 4)
     out, cache = tmp_path / "store", tmp_path / "cache"
     for i in range(20):  # 4-bit PQ codebooks train 16 centroids each
         write_image(folder / f"s{i:02d}.png", size=(64 + i, 48), seed=100 + i)
     _ex(folder, out, l2=True)
-    first = Collection(out, cache=cache, max_memory=10_000)
+    first = Collection(out, cache=cache, max_memory=80_000)
     assert ",PQ" in first.index_name and "re-ranked x" in first.knn.description
     files = sorted(p.name for p in first.index_cache.folder.iterdir())
     assert len(files) == 3 and any(f.endswith(f"{first.key}.faiss") for f in files)
@@ -556,7 +556,7 @@ def test_a_new_generation_updates_serves_cached_index_and_removes_the_old(folder
     write_image(folder / "zz_new.png", size=(120, 90), seed=11)
     _ex(folder, out, l2=True)
     with caplog.at_level(logging.INFO, logger="imgfeat.serve.indexes"):
-        second = Collection(out, cache=cache, max_memory=10_000)
+        second = Collection(out, cache=cache, max_memory=80_000)
     assert "index updated: 1 rows removed, 1 added" in caplog.text
     assert second.knn.description == first.knn.description.replace(first.knn.index, second.knn.index)
     assert not (first.cache).exists()  # the old state's derived data
@@ -568,5 +568,5 @@ def test_a_new_generation_updates_serves_cached_index_and_removes_the_old(folder
         row = fresh.row_of[rid]
         want = [fresh.ids[h.row] for h in fresh.search(fresh.vector(row), 3, exclude=row)]
         assert [second.ids[h.row] for h in second.search(second.vector(row), 3, exclude=row)] == want, rid
-    again = Collection(out, cache=cache, max_memory=10_000)  # the same state: loaded as it is, nothing rewritten
+    again = Collection(out, cache=cache, max_memory=80_000)  # the same state: loaded as it is, nothing rewritten
     assert sorted(p.name for p in again.index_cache.folder.iterdir()) == files

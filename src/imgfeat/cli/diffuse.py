@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -43,21 +43,23 @@ def _iterations(args) -> int:
     return iterations
 
 
-def _with_background(args, ids: list, X) -> tuple[list, object]:
+def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object]:
     """The graph's vectors: the features, then ``--background``'s (ids no label can name), read into memory."""
     if not args.background:
         return ids, X
     bids, bX = read_features(args.background)
     if bX.shape[1] != X.shape[1]:
         raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
-    return ids + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([np.asarray(X, np.float32), bX])
+    return list(ids) + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([np.asarray(X, np.float32), bX])
 
 
-def _graph(args, all_ids: list, all_X, work: str, memory: int):
+def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
     from ..tools.graph import RawGraph
-    from ..tools.knn import RECALL_SAMPLE, build_index, sampled_recall, save_graph
+    from ..tools.autoindex import build_index
+    from ..tools.graph import save_graph
+    from ..tools.knn import RECALL_SAMPLE, sampled_recall
 
     if args.graph:
         graph = RawGraph.open(args.graph)
@@ -68,7 +70,7 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
         return graph, "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
-    knn = build_index(all_X, args.index, args.k, memory=memory)
+    knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse")
     save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
     graph = RawGraph.open(os.path.join(work, "graph"))
     if knn.index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
@@ -78,7 +80,7 @@ def _graph(args, all_ids: list, all_X, work: str, memory: int):
     return graph, knn.description, None
 
 
-def _tuned(run, y: list, final_y: list, truth: list, grid_max: int):
+def _tuned(run, y: Sequence, final_y: Sequence, truth: list, grid_max: int):
     """``--iterations auto``: one diffusion to the grid's largest count scores the held-out rows at each count of the
     grid; the best count is run again from ``final_y`` (every given label outside the low-shot protocol). Returns
     (model, iterations, validation scores, a note when the held-out set is too small to choose well)."""
@@ -90,8 +92,8 @@ def _tuned(run, y: list, final_y: list, truth: list, grid_max: int):
 
 
 def _diffuse(args) -> int:
-    from ..outputs.idindex import IdIndex
-    from ..tools.diffusion import GraphDiffusion, lowshot_split, scored_against_logreg, validation_split
+    from ..outputs.idindex import id_index
+    from ..tools.diffusion import GraphDiffusion, RowLabels, lowshot_split, scored_against_logreg, validation_split
     from ..tools.memory import budget
 
     auto = args.iterations == "auto"
@@ -117,14 +119,14 @@ def _diffuse(args) -> int:
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
     all_ids, all_X = _with_background(args, ids, X)
-    row = IdIndex(ids)  # no dict of every id: 12 bytes a row
+    row = id_index(ids)  # no dict of every id: 12 bytes a row
     test = read_labels(args.test_labels) if args.test_labels else {}
     tids: list = []
     if test:
         Xt, yt, tids = align(ids, X, test, "test labels")
     test_rows = [row[i] for i in tids]
     val_rows = [r for r in map(row.get, validation) if r is not None]
-    y = [labels.get(i) for i in all_ids]
+    y = RowLabels.of(all_ids, labels)  # the labelled rows only: no Python object per row
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
         graph, index, recall = _graph(args, all_ids, all_X, work, memory)
@@ -138,7 +140,7 @@ def _diffuse(args) -> int:
         if auto:
             # the held-out labels choose the iterations; then the diffusion runs at that count, outside the low-shot
             # protocol with every given label (the held-out ones back in)
-            model, iterations, scores, note = _tuned(run, y, y if novel else [given.get(i) for i in all_ids],
+            model, iterations, scores, note = _tuned(run, y, y if novel else RowLabels.of(all_ids, given),
                                                      [validation[ids[r]] for r in val_rows], iterations)
             result.update(iterations=iterations, validation={str(t): v for t, v in scores.items()},
                           validation_images=len(val_rows))

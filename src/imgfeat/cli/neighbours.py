@@ -9,12 +9,15 @@ import numpy as np
 
 from ..errors import ImgfeatError
 from ..outputs.formats import open_matrix
-from ..tools.knn import INDEXES, METRICS, RAW_SUFFIXES
+from ..tools.graph import RAW_SUFFIXES
+from ..tools.knn import INDEXES, METRICS
 from .common import at_least, emit, ending, features_arg, index_metavar, store_encoder, weights_args
 
 
 def _knn(args) -> int:
-    from ..tools.knn import build_index, sampled_recall, save_graph
+    from ..tools.autoindex import build_index
+    from ..tools.graph import save_graph
+    from ..tools.knn import sampled_recall
     from ..tools.memory import budget
 
     if not args.out and not args.raw:
@@ -30,7 +33,7 @@ def _knn(args) -> int:
     if args.ray_address and args.engine != "ray":
         raise ImgfeatError("--ray-address is the cluster of --engine ray")
     index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
-                        nprobe=args.nprobe, nlist=args.nlist)
+                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn")
     if args.engine == "ray":
         from ..tools.raygraph import ray_graph
 
@@ -38,7 +41,7 @@ def _knn(args) -> int:
     else:
         approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,
-              "index": index.description}
+              "index": index.description, "memory": index.plan_.as_dict()}
     if args.raw:
         result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
     where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
@@ -50,12 +53,13 @@ def _knn(args) -> int:
 
 
 def _search(args) -> int:
+    from ..outputs.idindex import id_index
     from ..tools.knn import KNNIndex
 
     if not args.query and not args.text:
         raise ImgfeatError("imgfeat search needs --query ID|IMAGE [...] and/or --text TEXT [...]")
     ids, X = open_matrix(args.features)
-    index_of = {rid: i for i, rid in enumerate(ids)}
+    index_of = id_index(ids)
     queries = list(args.query or [])
     files = [q for q in queries if q not in index_of]
     vectors: dict = {}  # query -> its vector; results are printed in the order the queries were given
@@ -85,18 +89,19 @@ def _search(args) -> int:
 
 def _dedup(args) -> int:
     from ..tools.dedup import duplicate_groups
-    from ..tools.knn import build_index
+    from ..tools.autoindex import build_index
     from ..tools.memory import budget
 
     ids, X = open_matrix(args.features)
-    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory))
+    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory), what="imgfeat dedup")
     index = knn.description
     groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, knn=knn)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
     result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
-              "threshold": args.threshold, "out": args.out, "largest": groups[:5], "index": index}
+              "threshold": args.threshold, "out": args.out, "largest": groups[:5], "index": index,
+              "memory": knn.plan_.as_dict()}
     lines = [f"{len(groups)} groups of near-duplicates among {len(ids)} vectors (each image's cosine to its group's "
              f"first image >= {args.threshold}; {index} index); {result['duplicates']} could be dropped"
              + (f" -> {args.out}" if args.out else "")]
@@ -120,7 +125,9 @@ def _add_knn(sub) -> None:
                           "index_factory string such as 'IVF65536,PQ32' (compressed codes, for 100M-vector graphs), "
                           "or auto: chosen by size within --max-memory, as dedup, diffuse and audit choose")
     knn.add_argument("--max-memory", metavar="SIZE",
-                     help="with --approx auto: memory the index may hold (default: what the machine has available)")
+                     help="memory the index may hold (default: what the machine has available): --approx auto "
+                          "chooses within it; the plan is logged before the work, and an index that does not fit "
+                          "is refused with the figure")
     knn.add_argument("--nlist", type=at_least(1), default=None,
                      help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39)")
     knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
@@ -159,7 +166,8 @@ def _add_dedup(sub) -> None:
                        help="faiss index (as imgfeat knn --approx); auto: chosen by size within --max-memory (exact, "
                             "pca for high dimensions, ivf, then PQ codes whose candidates are re-ranked exactly)")
     dedup.add_argument("--max-memory", metavar="SIZE",
-                       help="memory the index may hold (e.g. 4GB; default: what the machine has available)")
+                       help="memory the index may hold (e.g. 4GB; default: what the machine has available); the "
+                            "plan is logged before the work, and an index that does not fit is refused with the figure")
     dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
     dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
 

@@ -54,8 +54,10 @@ def add_parser(sub) -> None:
                                                   "up to 100,000 vectors, ivf, then 4-bit PQ codes whose candidates are "
                                                   "re-ranked against the vectors, tuned to recall@10 >= 0.95), exact, "
                                                   "ivf, hnsw or an index_factory string such as IVF4096,PQ32")
-    p.add_argument("--max-memory", metavar="SIZE", help="memory the auto index may hold (default 2GB: 10M 256-d "
-                                                        "vectors take PQ codes; the vectors stay on disk)")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory the index may hold (default for auto 2GB: 10M "
+                                                        "256-d vectors take PQ codes, the vectors stay on disk; a "
+                                                        "named index: what the machine has); the plan is logged at "
+                                                        "start, and an index that does not fit is refused")
     p.add_argument("--index-file", help="a faiss index file of these features to load (memory-mapped where faiss "
                                         "allows); written there after building when it does not exist")
     p.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query")

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param
+from .idindex import StringColumn, read_lines
 from .sinks import H5Sink, NpySink, ParquetSink, PickleSink, Sink, TsvSink, npy_ids_path
 from .store import FeatureStore
 
@@ -47,7 +48,7 @@ def reading(path):
         raise _bad(path, f"not readable as imgfeat features ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def _checked(path, ids: list, X):
+def _checked(path, ids: Sequence[str], X):
     """ids and matrix agree: a 2-D matrix with one row per id."""
     if getattr(X, "ndim", 2) != 2:
         raise _bad(path, f"holds a {X.ndim}-d array of shape {tuple(X.shape)}, not N x D feature vectors")
@@ -130,7 +131,8 @@ def _paths_h5(path: Path) -> dict[str, str]:
         return dict(zip(_h5_text(f["ids"][:]), _h5_text(f["paths"][:])))
 
 
-def _load_npy(path: Path):
+def _npy(path: Path):
+    """An .npy output's matrix, memory-mapped, and its ids as a ``StringColumn`` (no Python object per row)."""
     with open(path, "rb") as fh:
         if fh.read(6) != b"\x93NUMPY":
             raise _bad(path, "not a NumPy .npy file (no .npy header)")
@@ -139,9 +141,12 @@ def _load_npy(path: Path):
     if not ids_path.is_file():
         raise _bad(path, f"its ids file {ids_path} is missing (imgfeat writes an .npy output with its .ids.txt "
                          "beside it; a bare array has no ids)")
-    with open(ids_path, encoding="utf-8") as fh:
-        ids = [line.rstrip("\n") for line in fh]
-    return ids, X
+    return read_lines(ids_path), X
+
+
+def _load_npy(path: Path):
+    ids, X = _npy(path)
+    return list(ids), X
 
 
 def _parquet_matrix(column) -> np.ndarray:
@@ -281,9 +286,19 @@ def read_features(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 def open_matrix(path: str | Path):
-    """``(ids, matrix)`` without reading the vectors: stores and .npy come memory-mapped (tools
-    that index or scan them read blocks); the other formats are read into memory."""
-    ids, X = load(_existing(path, "features"))
+    """``(ids, matrix)`` without reading the vectors, for the tools: stores and .npy come memory-mapped (tools that
+    index or scan them read blocks) with their ids as a ``StringColumn`` (about 25 bytes an id, no Python object per
+    row: 100M ids fit); the other formats are read into memory, ids as a list."""
+    p = _existing(path, "features")
+    with reading(p):
+        if p.is_dir():
+            table, X = FeatureStore.existing(p).load_columns(("id",))
+            ids = StringColumn(table.column("id"))
+        elif p.suffix.lower() == ".npy":
+            ids, X = _npy(p)
+        else:
+            ids, X = _format(p, "features").load(p)
+        ids, X = _checked(p, ids, X)
     if len(ids) == 0:
         raise ImgfeatError(f"{path} holds no feature vectors")
     return ids, X

@@ -10,7 +10,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..errors import ImgfeatError
+
 ITER_BLOCK = 65536  # strings turned into Python objects at a time when iterating
+READ_CHUNK = 64 * 2**20  # bytes of a lines file split into strings at a time
 
 
 class StringColumn(Sequence):
@@ -46,9 +49,41 @@ class StringColumn(Sequence):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def take(self, rows) -> list:
+        """The strings at ``rows`` (positions, any order), as a list."""
+        import pyarrow as pa
+
+        return self._values.take(pa.array(np.asarray(rows, np.int64))).to_pylist()
+
     @property
     def nbytes(self) -> int:
         return int(self._values.nbytes)
+
+
+def read_lines(path, what: str = "ids") -> StringColumn:
+    """The lines of a UTF-8 text file (one id a line, as ``.ids.txt`` files hold them) as a ``StringColumn``, split by
+    Arrow ``READ_CHUNK`` bytes at a time: no Python object per line."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pieces, rest = [], b""
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                data = fh.read(READ_CHUNK)
+                if not data:
+                    break
+                data = rest + data
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    lines = pc.split_pattern(pa.array([data[:cut - 1]], pa.large_string()), "\n").flatten()
+                    pieces.append(pc.utf8_rtrim(lines, characters="\r"))  # CRLF lines, as text mode reads them
+                rest = data[cut:]
+            if rest:
+                pieces.append(pa.array([rest], pa.large_string()))
+    except pa.ArrowInvalid:
+        raise ImgfeatError(f"the {what} file {path} is not UTF-8 text") from None
+    return StringColumn(pa.chunked_array(pieces, pa.large_string()))
 
 
 class IdIndex:
@@ -76,6 +111,25 @@ class IdIndex:
                 return row
         return default
 
+    def rows(self, query: Sequence[str]) -> np.ndarray:
+        """The row of each id of ``query`` (-1 where absent), as ``get`` answers, in one vectorised pass: the hashes
+        searched together and the hits confirmed with one gather of their ids."""
+        q = list(query)
+        out = np.full(len(q), -1, np.int64)
+        if not q or not len(self._rows):
+            return out
+        h = np.fromiter((hash(i) for i in q), np.int64, len(q))
+        lo, hi = np.searchsorted(self._hashes, h, "left"), np.searchsorted(self._hashes, h, "right")
+        one = np.flatnonzero(hi - lo == 1)  # the usual case: one row of that hash
+        cand = self._rows[lo[one]].astype(np.int64)
+        found = (self._ids.take(cand) if isinstance(self._ids, StringColumn)
+                 else [self._ids[r] for r in cand.tolist()])
+        ok = np.fromiter((a == q[j] for a, j in zip(found, one.tolist())), bool, len(one))
+        out[one[ok]] = cand[ok]
+        for j in np.flatnonzero(hi - lo > 1).tolist():  # repeated ids or a collision: the last matching row
+            out[j] = self.get(q[j], -1)
+        return out
+
     def __getitem__(self, rid: str) -> int:
         row = self.get(rid)
         if row is None:
@@ -88,3 +142,20 @@ class IdIndex:
     @property
     def nbytes(self) -> int:
         return int(self._hashes.nbytes + self._rows.nbytes)
+
+
+def write_lines(path, strings: Sequence[str]) -> None:
+    """``strings`` one a line (UTF-8, ``\\n``), written ``ITER_BLOCK`` at a time: what ``read_lines`` reads back."""
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for s in range(0, len(strings), ITER_BLOCK):
+            fh.writelines(f"{x}\n" for x in strings[s:s + ITER_BLOCK])
+
+
+def id_index(ids: Sequence[str]) -> IdIndex:
+    """The ``IdIndex`` of ``ids``: built once per ``StringColumn`` (kept on it: the tools look ids up several times
+    over one collection), new for other sequences."""
+    if isinstance(ids, StringColumn):
+        if getattr(ids, "_index", None) is None:
+            ids._index = IdIndex(ids)
+        return ids._index
+    return IdIndex(ids)

@@ -26,7 +26,9 @@ from ..outputs.formats import open_matrix, read_paths
 from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
-from ..tools.knn import KNNIndex, build_index, choose_index, faiss_threads, l2_normalise, row_blocks
+from ..tools.autoindex import build_index, plan_index
+from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
+from ..tools.memory import human
 from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
 from .indexes import SEARCH_K, SERVE_MEMORY, IndexCache, follow, lined_up, safe_name
 
@@ -190,7 +192,14 @@ class Collection:
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
         self.memory = SERVE_MEMORY if max_memory is None else max_memory
-        self.index_name = choose_index(self.n, self.dim, self.memory)[0] if index == "auto" else index
+        # a named index is held to --max-memory only where one was given (else: what the machine has)
+        self.plan = plan_index(self.n, self.dim, index, SEARCH_K,
+                               self.memory if index == "auto" or max_memory is not None else None,
+                               "imgfeat serve")
+        self.index_name = self.plan.index
+        log.info("%s; besides it: ids and paths %s, the id lookup %s", self.plan.line(),
+                 human(sum(getattr(c, "nbytes", 80 * len(c)) for c in (self.ids, self.paths) if c is not None)),
+                 human(self.row_of.nbytes + (self.keys.nbytes if self.keys is not None else 0)))
         self.index_arg, self.nprobe, self.dup_k = index, nprobe, dup_k
         # an auto index (tuned, re-ranked) and the same kind named by the user (as given) are kept apart
         self.index_cache = IndexCache(self.home / "index",
@@ -252,7 +261,7 @@ class Collection:
             if knn is not None:
                 return knn
         log.info("indexing %d vectors (%s)", self.n, self.index_name)
-        knn = build_index(self.X, self.index_arg, SEARCH_K, memory=self.memory, nprobe=self.nprobe)
+        knn = build_index(self.X, self.index_arg, SEARCH_K, nprobe=self.nprobe, plan=self.plan)
         if index_file:  # asked for
             knn.save(index_file)
         if self.index_name != "exact":  # worth keeping: training IVF/PQ takes a while

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
-from .knn import RECALL_SAMPLE, build_index, sampled_recall
+from .autoindex import build_index
+from .knn import RECALL_SAMPLE, sampled_recall
 
 ISSUES = ("label", "outlier", "near_duplicate", "leak")
 
@@ -53,7 +54,7 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        knn = build_index(X, self.index, self.k, nprobe=self.nprobe)
+        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph")
         index = knn.index
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects

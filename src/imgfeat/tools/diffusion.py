@@ -13,17 +13,58 @@ from .graph import RawGraph, normalized_graph, propagate
 from .knn import KNNIndex
 
 
+class RowLabels(Sequence):
+    """The labels of a few of ``n`` rows without a Python object per row: ``rows`` (ascending) and ``values`` (their
+    labels). As a sequence it is the list it stands for: ``y[i]`` is row i's label or None."""
+
+    def __init__(self, n: int, rows, values) -> None:
+        order = np.argsort(np.asarray(rows, np.int64), kind="stable")
+        self.n, self.rows = int(n), np.asarray(rows, np.int64)[order]
+        self.values = np.asarray(values, dtype=object)[order]
+
+    @classmethod
+    def of(cls, ids: Sequence[str], labels: dict) -> "RowLabels":
+        """The labels of ``labels`` (id -> label) at the rows of ``ids`` (looked up through ``IdIndex``); ids not
+        among them are left out."""
+        from ..outputs.idindex import id_index
+
+        keys = list(labels)
+        rows = id_index(ids).rows(keys)
+        keep = np.flatnonzero(rows >= 0)
+        return cls(len(ids), rows[keep], [labels[keys[j]] for j in keep.tolist()])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        i = int(i) + self.n if int(i) < 0 else int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        j = int(np.searchsorted(self.rows, i))
+        return self.values[j] if j < len(self.rows) and self.rows[j] == i else None
+
+    def __iter__(self) -> Iterator[Optional[str]]:
+        return (self[i] for i in range(self.n))
+
+
 def label_sources(y: Sequence[Optional[str]]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The classes (sorted) and the diffusion's sources: (rows, class columns, values), each class starting with
     the same total mass (1 / its number of sources per source): with all labels of the base classes and a few of
-    the novel ones, unnormalised sources let the base classes flood the graph."""
-    y = np.asarray(y, dtype=object)
-    classes = np.array(sorted({v for v in y if v is not None}))
+    the novel ones, unnormalised sources let the base classes flood the graph. ``y``: a label or None per row, or
+    a ``RowLabels``."""
+    if isinstance(y, RowLabels):
+        rows, labelled = y.rows, y.values
+    else:
+        y = np.asarray(y, dtype=object)
+        rows = np.flatnonzero(np.array([v is not None for v in y], bool))
+        labelled = y[rows]
+    classes = np.array(sorted(set(labelled.tolist())))
     if len(classes) < 2:
         raise ImgfeatError(f"diffusion needs labels of at least 2 classes, got {classes.tolist()}")
-    rows = np.flatnonzero(np.array([v is not None for v in y], bool))
     index = {c: j for j, c in enumerate(classes)}
-    cols = np.array([index[v] for v in y[rows]], np.int64)
+    cols = np.array([index[v] for v in labelled], np.int64)
     vals = (1.0 / np.bincount(cols, minlength=len(classes))[cols]).astype(np.float32)
     return classes, (rows, cols, vals)
 

@@ -17,15 +17,67 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImgfeatError
-from .knn import RAW_SUFFIXES
+from ..errors import ImgfeatError, bad_param
+from ..files import atomic_paths
+from ..outputs.idindex import read_lines, write_lines
 
 EDGE_BYTES = 12  # a bucket's edge on disk: int32 row, int32 column, float32 weight
 BLOCK_ROWS = 65_536  # rows of the raw graph read at a time
+
+
+RAW_SUFFIXES = (".int32", ".float32", ".ids.txt")  # the low-shot diffusion code's bare graph files
+
+
+def write_raw(paths: Sequence, blocks: Iterable[tuple[np.ndarray, np.ndarray]], ids: Sequence[str]) -> None:
+    """The one writer of a raw graph (``knn --raw``, ``knn --engine ray``, ``diffuse``): ``(D, I)`` blocks in row order
+    to ``paths[0]`` (int32 I) and ``paths[1]`` (float32 D), row-major and streamed, and the ids to ``paths[2]``; the
+    caller's ``atomic_paths`` gives them their final names."""
+    with open(paths[0], "wb") as fi, open(paths[1], "wb") as fd:
+        for D, I in blocks:
+            fi.write(np.ascontiguousarray(I, np.int32).tobytes())
+            fd.write(np.ascontiguousarray(D, np.float32).tobytes())
+    write_lines(paths[2], ids)
+
+
+def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
+               raw: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Compute the k-NN graph of ``X`` with the fitted ``index`` (a ``KNNIndex``) block by block and write it: ``raw``
+    (``write_raw``: memory stays flat whatever N is) and/or ``npz`` (I, D and ids, collected in memory). Every file
+    appears under its final name only when all are complete. Returns a function that reads rows of I back (to score
+    an approximate graph's recall)."""
+    if not npz and not raw:
+        raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
+    finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
+    Ds, Is = [], []
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for D, I in index.iter_graph(X, k):
+            if npz:
+                Ds.append(D)
+                Is.append(I)
+            yield D, I
+
+    with atomic_paths(finals + ([npz] if npz else [])) as partials:
+        if raw:
+            write_raw(partials[:3], blocks(), ids)
+        else:
+            for _ in blocks():
+                pass
+        if npz:
+            I_all = np.concatenate(Is)
+            with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
+                np.savez(fh, I=I_all, D=np.concatenate(Ds), ids=np.array(list(ids)))
+            return lambda rows: I_all[rows]
+    return raw_rows(raw, len(ids), k)
+
+
+def raw_rows(raw: str, n: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The neighbour rows of a ``--raw`` graph's ``raw.int32`` (n x k), read from the file when asked."""
+    return lambda rows: np.memmap(raw + RAW_SUFFIXES[0], np.int32, "r", shape=(n, k))[rows]
 
 
 @dataclass
@@ -35,7 +87,7 @@ class RawGraph:
 
     I: np.ndarray
     D: np.ndarray
-    ids: Optional[list] = None
+    ids: Optional[Sequence[str]] = None
 
     @property
     def n(self) -> int:
@@ -53,7 +105,7 @@ class RawGraph:
         if missing:
             raise ImgfeatError(f"--graph {prefix}: {', '.join(missing)} not found (write them with imgfeat knn "
                                f"--raw {prefix})")
-        ids = paths[2].read_text(encoding="utf-8").splitlines()
+        ids = read_lines(paths[2])
         n = len(ids)
         size = paths[0].stat().st_size
         if n == 0 or size % (4 * n) or paths[1].stat().st_size != size:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -22,68 +22,15 @@ INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, 
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 KMEANS_ITERATIONS = 10  # IVF cells' k-means: 10 iterations instead of faiss's 25 (training was ~40% of dedup at 1M)
 RERANK_BYTES = 256 * 2**20  # the candidate vectors of one block of re-ranked queries
-EXACT_UP_TO = 100_000  # choose_index: an exact search up to this many vectors (n^2: 29 s at 100k x 256)
-PCA_FROM = (20_000, 512)  # choose_index: the pca graph from this many vectors of at least this dimension
-PCA_UP_TO = 500_000  # choose_index: above, no exact search at all (pca's candidate search is still quadratic)
 RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
-RERANK = 4.0  # choose_index: a compressed index's candidates, k times this, re-ranked exactly
 TARGET_RECALL = 0.95  # tune: an approximate index's search widened until its sampled recall@k reaches this
 TUNE_SAMPLE = 256  # tune: the rows whose exact neighbours score each setting tried
 RERANK_MAX = 64.0  # tune: the widest re-ranking tried (64 k candidates a query)
-HNSW_CELLS = 8192  # choose_index: from this many IVF cells, an HNSW quantizer assigns vectors to them (a flat one
-#                    compares each with every cell: 10M x 8192 x 320-d is about 8 minutes of adding on 2 cores)
 
 
-def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
-    """The index of a kNN search over n vectors of d dimensions within ``memory`` bytes (None: what the machine has
-    available), the one choice of every ``--index auto`` (``knn``, ``dedup``, ``diffuse``, ``audit``), as autofaiss
-    chooses: exact for small sets; "pca" for high-dimensional ones up to ``PCA_UP_TO`` (3k candidates from an exact
-    search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
-    60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
-    they fit half the budget, else IVF with 4-bit fast-scan PQ codes (the most that fit, up to one per 4 dimensions;
-    an HNSW quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
-    ``RERANK`` x k candidates are re-ranked against the vectors on disk (``build_index`` then widens the search until
-    the recall target). Returns (index, rerank factor); refuses a
-    budget that not even 1-byte codes fit, with the figure."""
-    from .memory import available_bytes, refuse_unless
-
-    memory = available_bytes() if memory is None else memory
-    if n < PCA_FROM[0]:
-        return "exact", 0.0
-    if d >= PCA_FROM[1] and n <= PCA_UP_TO:
-        return "pca", 0.0
-    if n <= EXACT_UP_TO:
-        return "exact", 0.0
-    if n * d * 4 * 1.1 <= memory / 2:
-        return "ivf", 0.0
-    # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than a quarter
-    # of the budget holds as a training sample
-    cap = min(n // TRAIN_PER_CELL, memory / 4 / (TRAIN_PER_CELL * d * 4))
-    nlist = int(2 ** min(np.round(np.log2(4 * np.sqrt(n))), np.floor(np.log2(max(cap, 16)))))
-    nlist = max(16, nlist)
-    # 4-bit fast-scan PQ: m codes of 4 bits (m/2 bytes) a vector, at most one code per 4 dimensions; trains in
-    # seconds where 8-bit PQ64 takes a minute on 2 cores, and searches faster (BENCHMARKS.md, issue 31)
-    even = [m for m in (256, 128, 64, 32, 16, 8, 4, 2) if d % m == 0 and m <= max(2, d // 4)]
-    refuse_unless(n * (1 + 8) * 2, memory, f"a kNN index of {n:,} vectors",
-                  "Even 1-byte codes a vector do not fit: give --max-memory more, or index a sample.")
-    m = next((m for m in even if n * (m / 2 + 8) <= memory / 2), None)
-    quantizer = f"IVF{nlist}_HNSW32" if nlist >= HNSW_CELLS else f"IVF{nlist}"
-    if m is None:  # an odd dimension: 8-bit PQ, the most sub-vectors dividing d that fit (one byte each)
-        m = max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0 and (m == 1 or n * (m + 8) <= memory / 2))
-        return f"{quantizer},PQ{m}", RERANK
-    return f"{quantizer},PQ{m}x4fs", RERANK
-
-
-def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: str = "cosine", nprobe: int = 16,
-                nlist: Optional[int] = None, target: float = TARGET_RECALL) -> "KNNIndex":
-    """A fitted index over X: the one ``auto`` of ``knn --approx``, ``dedup``, ``diffuse``, ``audit`` and ``serve``
-    (``choose_index``'s pick within ``memory``, an approximate one's search then widened by ``KNNIndex.tune`` until
-    recall@k on sampled rows of X reaches ``target``), or the named ``index`` as it is."""
-    if index != "auto":
-        return KNNIndex(metric=metric, index=index, nprobe=nprobe, nlist=nlist).fit(X)
-    name, rerank = choose_index(len(X), X.shape[1], memory)
-    knn = KNNIndex(metric=metric, index=name, rerank=rerank, nprobe=nprobe).fit(X)
-    return knn if name in ("exact", "pca") else knn.tune(X, min(k, knn.n_ - 1), target)
+def ivf_cells(n: int) -> int:
+    """The cells of an ``ivf`` index over n vectors: about 4 sqrt(n), no more than the vectors train."""
+    return max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
 
 
 def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
@@ -164,15 +111,18 @@ class KNNIndex(Params):
     matrix: its pages, not the program's memory), so PQ's coarse distances only choose candidates.
 
     ``fit`` reads ``X`` (an array, a ``np.load(mmap_mode="r")`` map or a store's matrix) in
-    blocks of ``block`` rows and trains on a seeded sample, so beyond the index itself it
-    needs memory for one block and the sample only."""
+    blocks of ``block`` rows and trains on a seeded sample (at most ``train_rows`` rows when given), so beyond the
+    index itself it needs memory for one block and the sample only; re-ranking reads at most ``rerank_bytes`` of
+    candidate vectors at a time (``tools.autoindex.plan_index`` sizes all three within a budget)."""
 
     def __init__(self, *, metric: str = "cosine", index: str = "exact", nlist: Optional[int] = None, nprobe: int = 16,
                  M: int = 32, ef_search: int = 128, seed: int = 0, block: int = 65536, pca_dim: int = 128,
-                 k_factor: float = 3.0, rerank: float = 0.0) -> None:
+                 k_factor: float = 3.0, rerank: float = 0.0, train_rows: Optional[int] = None,
+                 rerank_bytes: int = RERANK_BYTES) -> None:
         self.metric, self.index, self.nlist, self.nprobe, self.M, self.ef_search, self.seed = \
             metric, index, nlist, nprobe, M, ef_search, seed
         self.block, self.pca_dim, self.k_factor, self.rerank = block, pca_dim, k_factor, rerank
+        self.train_rows, self.rerank_bytes = train_rows, rerank_bytes
 
     def _new_index(self, faiss, d: int, n: int):
         mt = _faiss_metric(faiss, self.metric)
@@ -194,7 +144,7 @@ class KNNIndex(Params):
             idx.k_factor = self.k_factor
             return idx
         if self.index == "ivf":
-            nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
+            nlist = self.nlist or ivf_cells(n)
             return faiss.IndexIVFFlat(faiss.IndexFlat(d, mt), d, nlist, mt)
         factory = scaled_factory(self.index, n)
         try:
@@ -219,12 +169,15 @@ class KNNIndex(Params):
             ivf = faiss.try_extract_index_ivf(idx)
             # k-means wants TRAIN_PER_CELL points per centroid: IVF cells, or a PQ's 256 codes
             want = TRAIN_PER_CELL * max(256, ivf.nlist if ivf is not None else 0)
+            want = min(want, self.train_rows) if self.train_rows else want  # a sample within a memory budget
             rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
-            sample = np.ascontiguousarray(X[rows], dtype=np.float32)
+            sample = np.array(X[rows], dtype=np.float32, order="C")  # a copy of its own: normalised in place
+            if self.normalise_:
+                sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
             if ivf is not None:  # faiss's default is 25 k-means iterations; tune() widens nprobe if the cells need it
                 ivf.cp.niter = KMEANS_ITERATIONS
             try:
-                idx.train(l2_normalise(sample) if self.normalise_ else sample)
+                idx.train(sample)
             except RuntimeError as exc:  # e.g. a PQ's 256 codes from fewer vectors
                 last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 last = last.split("failed: ")[-1].split("Error: ")[-1].strip()
@@ -421,7 +374,7 @@ class KNNIndex(Params):
         source = getattr(self, "source_", None) if subset is None else None
         fetch = min(self.n_, int(np.ceil(k * self.rerank))) if source is not None else k
         if source is not None:  # candidates x dim floats a query: a smaller block keeps that bounded
-            block = min(block or self.block, max(64, RERANK_BYTES // max(1, fetch * self.dim_ * 4)))
+            block = min(block or self.block, max(64, self.rerank_bytes // max(1, fetch * self.dim_ * 4)))
         for q in row_blocks(Q, block or self.block, self.normalise_):
             D, I = self.index_.search(q, fetch) if subset is None else subset.search(q, k)
             if self._l2_as_cosine:  # squared L2 of unit vectors: 2 - 2 cos
@@ -555,46 +508,6 @@ def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
-RAW_SUFFIXES = (".int32", ".float32", ".ids.txt")  # the low-shot diffusion code's bare graph files
-
-
-def save_graph(index: KNNIndex, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
-               raw: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Compute the k-NN graph of ``X`` block by block and write it: ``raw`` (PREFIX.int32, .float32 row-major
-    N x k, streamed, so memory stays flat whatever N is; .ids.txt) and/or ``npz`` (I, D and ids, collected in
-    memory). Every file appears under its final name only when all are complete. Returns a function that
-    reads rows of I back (to score an approximate graph's recall)."""
-    if not npz and not raw:
-        raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
-    finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
-    Ds, Is = [], []
-    with atomic_paths(finals + ([npz] if npz else [])) as partials:
-        handles = [open(p, "wb") for p in partials[:2]] if raw else []
-        try:
-            for D, I in index.iter_graph(X, k):
-                for fh, block in zip(handles, (I, D)):
-                    fh.write(block.tobytes())
-                if npz:
-                    Ds.append(D)
-                    Is.append(I)
-        finally:
-            for fh in handles:
-                fh.close()
-        if raw:
-            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-        if npz:
-            I_all = np.concatenate(Is)
-            with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
-                np.savez(fh, I=I_all, D=np.concatenate(Ds), ids=np.array(list(ids)))
-            return lambda rows: I_all[rows]
-    return raw_rows(raw, len(ids), k)
-
-
-def raw_rows(raw: str, n: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The neighbour rows of a ``--raw`` graph's ``raw.int32`` (n x k), read from the file when asked."""
-    return lambda rows: np.memmap(raw + RAW_SUFFIXES[0], np.int32, "r", shape=(n, k))[rows]
 
 
 def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,

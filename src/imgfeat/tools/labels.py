@@ -97,8 +97,9 @@ def without_error_rows(labels: dict[str, str], ids: Sequence[str], features: Opt
     """``labels`` less the ids that the features hold as error rows (their image failed to decode, so they have no
     vector): left out and counted, with a warning, rather than refusing the run. Other labelled ids missing from
     the features are still refused by ``align`` (they usually mean the wrong file)."""
-    present = set(ids)
-    missing = [rid for rid in labels if rid not in present]
+    from ..outputs.idindex import id_index
+
+    missing = [rid for rid, row in zip(labels, id_index(ids).rows(labels)) if row < 0]
     if not missing or features is None:
         return labels, 0
     from ..outputs.formats import read_error_ids
@@ -151,19 +152,21 @@ def apply_corrections(labels: dict[str, str], path: Optional[str]) -> dict[str, 
     return out
 
 
-def align(ids: list[str], X: np.ndarray, labels: dict[str, str], what: str = "labels",
+def align(ids: Sequence[str], X: np.ndarray, labels: dict[str, str], what: str = "labels",
           require_all: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows of X that have a label, their labels, and their ids. Labelled ids missing from the
-    features are an error (they usually mean the wrong file), unless ``require_all`` is False."""
-    index = {rid: i for i, rid in enumerate(ids)}
-    missing = [rid for rid in labels if rid not in index]
+    features are an error (they usually mean the wrong file), unless ``require_all`` is False. The ids are looked up
+    through an ``IdIndex`` (no dict of every id)."""
+    from ..outputs.idindex import id_index
+
+    rows = id_index(ids).rows(labels)
+    missing = [rid for rid, row in zip(labels, rows.tolist()) if row < 0]
     if missing and require_all:
         raise ImgfeatError(f"{len(missing)} id(s) of the {what} file have no feature vector, e.g. {missing[:5]}")
-    keep = [rid for rid in labels if rid in index]
+    keep = [rid for rid, row in zip(labels, rows.tolist()) if row >= 0]
     if not keep:
         raise ImgfeatError(f"no id of the {what} file is in the features")
-    rows = np.fromiter((index[r] for r in keep), dtype=np.int64, count=len(keep))
-    return X[rows], np.array([labels[r] for r in keep]), keep
+    return X[rows[rows >= 0]], np.array([labels[r] for r in keep]), keep
 
 
 def check_dim(name: str, expected: int, got: int, hint: Optional[str] = None) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import require
 from ..files import atomic_paths
-from .knn import RAW_SUFFIXES, KNNIndex, raw_rows
+from .graph import RAW_SUFFIXES, raw_rows, write_raw
+from .knn import KNNIndex
 
 IN_FLIGHT_PER_CPU = 2  # blocks queued per CPU of the cluster: enough to keep it busy, a bounded driver
 
@@ -49,25 +50,25 @@ def ray_graph(knn: KNNIndex, features: str, ids: Sequence[str], k: int, raw: str
         ivf = knn._ivf()
         nprobe = int(ivf.nprobe) if ivf is not None else knn.nprobe
         rerank = knn.rerank if getattr(knn, "source_", None) is not None else 0.0
-        blocks = iter(range(0, len(ids), block))
+        starts = iter(range(0, len(ids), block))
         pending: deque = deque()
-        finals = [raw + ext for ext in RAW_SUFFIXES]
-        with atomic_paths(finals) as partials:
-            with open(partials[0], "wb") as fi, open(partials[1], "wb") as fd:
-                def submit() -> None:
-                    s = next(blocks, None)
-                    if s is not None:
-                        pending.append(task.remote(index_file, str(features), knn.metric, nprobe, rerank, s,
-                                                   min(len(ids), s + block), k))
 
-                for _ in range(cpus * IN_FLIGHT_PER_CPU):
-                    submit()
-                while pending:  # in row order: the file is the local graph's, whichever node finished first
-                    D, I = ray.get(pending.popleft())
-                    fi.write(np.ascontiguousarray(I, np.int32).tobytes())
-                    fd.write(np.ascontiguousarray(D, np.float32).tobytes())
-                    submit()
-            partials[2].write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        def submit() -> None:
+            s = next(starts, None)
+            if s is not None:
+                pending.append(task.remote(index_file, str(features), knn.metric, nprobe, rerank, s,
+                                           min(len(ids), s + block), k))
+
+        def blocks():  # in row order: the file is the local graph's, whichever node finished first
+            for _ in range(cpus * IN_FLIGHT_PER_CPU):
+                submit()
+            while pending:
+                D, I = ray.get(pending.popleft())
+                submit()
+                yield D, I
+
+        with atomic_paths([raw + ext for ext in RAW_SUFFIXES]) as partials:
+            write_raw(partials, blocks(), ids)
     finally:
         if started:
             ray.shutdown()
