@@ -173,7 +173,7 @@ class KNNIndex(Params):
             rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
             sample = np.array(X[rows], dtype=np.float32, order="C")  # a copy of its own: normalised in place
             if self.normalise_:
-                sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+                l2_normalise(sample, out=sample)
             if ivf is not None:  # faiss's default is 25 k-means iterations; tune() widens nprobe if the cells need it
                 ivf.cp.niter = KMEANS_ITERATIONS
             try:
@@ -506,8 +506,9 @@ def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+def l2_normalise(X: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """X's rows scaled to unit length (a new array, or into ``out``: ``out=X`` normalises in place)."""
+    return np.divide(X, np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), out=out)
 
 
 def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,
