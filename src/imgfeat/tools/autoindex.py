@@ -1,6 +1,6 @@
 """The index of a kNN search chosen under a memory budget, once for every tool (``knn --approx auto``, ``dedup``,
 ``diffuse``, ``audit``, ``serve``), as autofaiss chooses: exact for small sets, a PCA pre-search for
-high-dimensional ones, inverted lists over the vectors while they fit, else 4-bit PQ codes whose candidates are
+high-dimensional ones, inverted lists over the vectors while they fit, else PQ codes whose candidates are
 re-ranked against the vectors on disk. ``plan_index`` says what an index will hold before it is built (the line each
 command logs, and the refusal, with the figure, of one that does not fit); ``build_index`` builds it and tunes its
 search to the recall target on the user's own vectors."""
@@ -27,6 +27,9 @@ HNSW_CELLS = 8192  # choose_index: from this many IVF cells, an HNSW quantizer a
 #                    compares each with every cell: 10M x 8192 x 320-d is about 8 minutes of adding on 2 cores)
 BLOCK = 65536  # query rows a graph searches at a time, fewer where the budget is small
 PQ4_TRAIN = TRAIN_PER_CELL * 16  # the fewest rows that train 4-bit PQ codebooks (16 centroids each)
+PQ8_TRAIN = TRAIN_PER_CELL * 256  # the fewest rows that train 8-bit PQ codebooks (256 centroids each)
+PQ8_MAX = 64  # choose_index: at most this many 8-bit codes a vector (64 bytes: recall@10 0.975 at x16 on 320-d
+#               image-like vectors; more codes cost encoding time for little recall)
 
 
 def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
@@ -35,8 +38,9 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     chooses: exact for small sets; "pca" for high-dimensional ones up to ``PCA_UP_TO`` (3k candidates from an exact
     search in 128 PCA dimensions, re-ranked on the full vectors: recall@10 0.99 of the exact graph on Fashion-MNIST's
     60k x 1280 in a third of the time; BENCHMARKS.md); above, inverted lists over the full vectors (``ivf``) while
-    they fit half the budget, else IVF with 4-bit fast-scan PQ codes (the most that fit, up to one per 4 dimensions;
-    an HNSW quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
+    they fit half the budget, else IVF with 8-bit PQ codes (the most that fit, up to ``PQ8_MAX`` and one per 4
+    dimensions; 4-bit fast-scan codes below ``PQ8_TRAIN`` vectors or where not even 8 bytes fit; an HNSW
+    quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
     ``RERANK`` x k candidates are re-ranked against the vectors on disk (``build_index`` then widens the search until
     the recall target). Returns (index, rerank factor); refuses a budget that not even 1-byte codes fit, with the
     figure."""
@@ -58,12 +62,17 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     cap = min(n // TRAIN_PER_CELL, memory / 4 / (TRAIN_PER_CELL * d * 4))
     nlist = int(2 ** min(np.round(np.log2(4 * np.sqrt(n))), np.floor(np.log2(max(cap, 16)))))
     nlist = max(16, nlist)
-    # 4-bit fast-scan PQ: m codes of 4 bits (m/2 bytes) a vector, at most one code per 4 dimensions; trains in
-    # seconds where 8-bit PQ64 takes a minute on 2 cores, and searches faster (BENCHMARKS.md, issue 31)
+    # PQ: m codes a vector, at most one per 4 dimensions; 8-bit (m bytes) from PQ8_TRAIN vectors and 8 codes on,
+    # else 4-bit fast-scan (m/2 bytes: trains in seconds, searches faster, but orders dense clusters poorly)
     even = [m for m in (256, 128, 64, 32, 16, 8, 4, 2) if d % m == 0 and m <= max(2, d // 4)]
     refuse_unless(n * (1 + 8) * 2, memory, f"a kNN index of {n:,} vectors",
                   "Even 1-byte codes a vector do not fit: give --max-memory more, or index a sample.")
     quantizer = f"IVF{nlist}_HNSW32" if nlist >= HNSW_CELLS else f"IVF{nlist}"
+    if n >= PQ8_TRAIN:  # 8-bit codes where they train: 256 centroids a sub-space order near neighbours in dense
+        #                 clusters, where 16 cannot (recall@10 0.975 against 0.14 at x16, BENCHMARKS.md, issue 31)
+        m = next((m for m in even if 8 <= m <= PQ8_MAX and fits(f"{quantizer},PQ{m}")), None)
+        if m is not None:
+            return f"{quantizer},PQ{m}", RERANK
     m = next((m for m in even if fits(f"{quantizer},PQ{m}x4fs")), None)
     if m is None:  # an odd dimension: 8-bit PQ, the most sub-vectors dividing d that fit (one byte each)
         m = max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0 and (m == 1 or fits(f"{quantizer},PQ{m}")))
@@ -152,7 +161,9 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
     named = re.search(r"IVF(\d+)", name)
     cells = int(named.group(1)) if named else (nlist or ivf_cells(n)) if name == "ivf" else 0
     want = TRAIN_PER_CELL * max(256, cells)
-    train_rows = min(n, want, max(PQ4_TRAIN, memory // 4 // (d * 4))) if trained else None
+    bits = re.search(r"PQ\d+(?:x(\d+))?", name)  # codebooks need TRAIN_PER_CELL rows per centroid at least
+    floor = TRAIN_PER_CELL * 2 ** int(bits.group(1) or 8) if bits else PQ4_TRAIN
+    train_rows = min(n, want, max(floor, memory // 4 // (d * 4))) if trained else None
     block = int(min(BLOCK, max(64, memory // 8 // (d * 8 + (k + 1) * 12))))
     rerank_bytes = int(min(RERANK_BYTES, max(memory // 8, 1))) if rerank else 0
     parts = {"index": held, "training sample": (train_rows or 0) * d * 4,
