@@ -5,7 +5,8 @@ of 10,000 (the density of serve's 10M benchmark), noise in a random 32-d subspac
     python benchmarks/pq_codes.py
 """
 import time, numpy as np
-from imgfeat.tools.knn import KNNIndex, exact_graph_rows, recall_at_k
+from imgfeat.tools.exact import exact_graph_rows, recall_at_k
+from imgfeat.tools.knn import KNNIndex
 n, d, r, C = 500_000, 320, 32, 50
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(C, d)).astype(np.float32) * 3

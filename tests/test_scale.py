@@ -177,7 +177,7 @@ def test_re_ranked_pq_candidates_reach_the_exact_neighbours():
     """A compressed index alone misses neighbours; its candidates re-ranked against the vectors reach recall@10
     >= 0.95 (``choose_index``'s PQ codes above the budget: 4 dimensions a byte, as PQ64 on 256-d features), for
     cosine, ip and l2, on vectors with the low intrinsic dimension of image features."""
-    from imgfeat.tools.knn import recall_at_k
+    from imgfeat.tools.exact import recall_at_k
 
     rng = np.random.default_rng(7)
     X = rng.standard_normal((8000, 12)).astype(np.float32) @ rng.standard_normal((12, 64)).astype(np.float32)
@@ -253,7 +253,7 @@ def test_tuning_widens_an_approximate_search_until_the_recall_target():
     """``KNNIndex.tune`` (every ``auto`` index's last step) widens nprobe and the re-ranked candidates of an index
     that misses neighbours until its sampled recall@10 reaches 0.95, which an independent sample confirms; a target
     that cannot be reached ends at the last step that gained, not in a loop."""
-    from imgfeat.tools.knn import exact_graph_rows, recall_at_k
+    from imgfeat.tools.exact import exact_graph_rows, recall_at_k
 
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((100, 64)).astype(np.float32)

@@ -110,7 +110,7 @@ class _Watched:
 
 
 def test_knn_streams_its_input_and_takes_faiss_factory_strings():
-    from imgfeat.tools.knn import exact_graph_rows
+    from imgfeat.tools.exact import exact_graph_rows
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((3000, 16)).astype(np.float32)
@@ -146,7 +146,7 @@ def test_cosine_metric_normalises_block_by_block():
     np.testing.assert_array_equal(I, np.argsort(-sims, axis=1)[:, :5])
     np.testing.assert_allclose(D, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)  # scores are cosines
     assert max(W.reads) <= 100
-    from imgfeat.tools.knn import exact_graph_rows
+    from imgfeat.tools.exact import exact_graph_rows
     _, Ig = KNNIndex(metric="cosine").fit(X).graph(X, 4)
     np.testing.assert_array_equal(exact_graph_rows(X, np.array([3, 9]), 4, metric="cosine")[1], Ig[[3, 9]])
 

@@ -59,7 +59,7 @@ def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     from ..tools.graph import RawGraph
     from ..tools.autoindex import build_index
     from ..tools.graph import save_graph
-    from ..tools.knn import RECALL_SAMPLE, sampled_recall
+    from ..tools.exact import RECALL_SAMPLE, sampled_recall
 
     if args.graph:
         graph = RawGraph.open(args.graph)

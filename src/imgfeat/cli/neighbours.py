@@ -17,7 +17,7 @@ from .common import at_least, emit, ending, features_arg, index_metavar, store_e
 def _knn(args) -> int:
     from ..tools.autoindex import build_index
     from ..tools.graph import save_graph
-    from ..tools.knn import sampled_recall
+    from ..tools.exact import sampled_recall
     from ..tools.memory import budget
 
     if not args.out and not args.raw:

@@ -60,12 +60,15 @@ def _checked(path, ids: Sequence[str], X):
 @dataclass(frozen=True)
 class Format:
     """``sink(path)`` writes it; ``load(path)`` reads (ids, matrix); ``blocks(path, rows)`` streams it
-    (default: slices of ``load``); ``paths(path)`` gives id -> image path where the format records them."""
+    (default: slices of ``load``); ``paths(path)`` gives id -> image path where the format records them;
+    ``columnar(path)`` is ``load`` with the ids as a ``StringColumn`` where the format keeps them so (default: ``load``).
+    """
 
     sink: Callable[[str | Path], Sink]
     load: Callable[[Path], tuple[list[str], object]]
     blocks: Optional[Callable[[Path, int], Blocks]] = None
     paths: Optional[Callable[[Path], dict[str, str]]] = None
+    columnar: Optional[Callable[[Path], tuple[Sequence[str], object]]] = None
 
 
 def _load_tsv(path: Path):
@@ -191,7 +194,7 @@ register_format(".tsv", Format(TsvSink, _load_tsv))
 register_format(".pkl", Format(PickleSink, _load_pkl))
 register_format(".h5", Format(H5Sink, _load_h5, _blocks_h5, _paths_h5))
 register_format(".hdf5", Format(H5Sink, _load_h5, _blocks_h5, _paths_h5))
-register_format(".npy", Format(NpySink, _load_npy))
+register_format(".npy", Format(NpySink, _load_npy, columnar=_npy))
 register_format(".parquet", Format(ParquetSink, _load_parquet, _blocks_parquet, _paths_parquet))
 
 
@@ -246,9 +249,20 @@ def load(path: str | Path):
 
     ``.npy`` matrices are memory-mapped; a feature store gives a :class:`StoreMatrix`, a
     memory-mapped view over its shards that is never read into RAM whole."""
-    p = _existing(path, "path")
+    return _read(path, "path", columnar=False)
+
+
+def _read(path: str | Path, name: str, columnar: bool):
+    """``load`` and ``open_matrix``: (ids, matrix) of a store or a file (``name`` the parameter it came from), the ids
+    a list, or where ``columnar`` a ``StringColumn`` where the output keeps them as a column (stores, .npy)."""
+    p = _existing(path, name)
     with reading(p):
-        return _checked(p, *(FeatureStore.existing(p).load() if p.is_dir() else _format(p, "path").load(p)))
+        if p.is_dir():
+            table, X = FeatureStore.existing(p).load_columns(("id",))
+            column = table.column("id")
+            return _checked(p, StringColumn(column) if columnar else column.to_pylist(), X)
+        fmt = _format(p, name)
+        return _checked(p, *((columnar and fmt.columnar) or fmt.load)(p))
 
 
 def iter_blocks(path: str | Path, rows: int = DEFAULT_BLOCK) -> Blocks:
@@ -289,16 +303,7 @@ def open_matrix(path: str | Path):
     """``(ids, matrix)`` without reading the vectors, for the tools: stores and .npy come memory-mapped (tools that
     index or scan them read blocks) with their ids as a ``StringColumn`` (about 25 bytes an id, no Python object per
     row: 100M ids fit); the other formats are read into memory, ids as a list."""
-    p = _existing(path, "features")
-    with reading(p):
-        if p.is_dir():
-            table, X = FeatureStore.existing(p).load_columns(("id",))
-            ids = StringColumn(table.column("id"))
-        elif p.suffix.lower() == ".npy":
-            ids, X = _npy(p)
-        else:
-            ids, X = _format(p, "features").load(p)
-        ids, X = _checked(p, ids, X)
+    ids, X = _read(path, "features", columnar=True)
     if len(ids) == 0:
         raise ImgfeatError(f"{path} holds no feature vectors")
     return ids, X

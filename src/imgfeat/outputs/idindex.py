@@ -29,6 +29,14 @@ class StringColumn(Sequence):
         elif not isinstance(values, pa.Array):
             values = pa.array(list(values), pa.large_string())
         self._values = values
+        self._id_index: Optional[IdIndex] = None
+
+    def id_index(self) -> "IdIndex":
+        """The ``IdIndex`` of these strings, built at the first call and kept (the tools look ids up several times
+        over one collection; a column is read-only, so it never goes stale)."""
+        if self._id_index is None:
+            self._id_index = IdIndex(self)
+        return self._id_index
 
     def __len__(self) -> int:
         return len(self._values)
@@ -152,10 +160,5 @@ def write_lines(path, strings: Sequence[str]) -> None:
 
 
 def id_index(ids: Sequence[str]) -> IdIndex:
-    """The ``IdIndex`` of ``ids``: built once per ``StringColumn`` (kept on it: the tools look ids up several times
-    over one collection), new for other sequences."""
-    if isinstance(ids, StringColumn):
-        if getattr(ids, "_index", None) is None:
-            ids._index = IdIndex(ids)
-        return ids._index
-    return IdIndex(ids)
+    """The ``IdIndex`` of ``ids``: a ``StringColumn``'s own (built once), new for other sequences."""
+    return ids.id_index() if isinstance(ids, StringColumn) else IdIndex(ids)

@@ -27,7 +27,8 @@ from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import groups_at, neighbour_lists
 from ..tools.autoindex import build_index, plan_index
-from ..tools.knn import KNNIndex, faiss_threads, l2_normalise, row_blocks
+from ..tools.exact import l2_normalise, row_blocks
+from ..tools.knn import KNNIndex, faiss_threads
 from ..tools.memory import human
 from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
 from .indexes import SEARCH_K, SERVE_MEMORY, IndexCache, follow, lined_up, safe_name

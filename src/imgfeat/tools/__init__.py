@@ -9,7 +9,8 @@ from ..outputs.formats import iter_blocks, read_features, read_paths
 from .audit import DatasetAudit
 from .dedup import duplicate_groups
 from .diffusion import LabelDiffusion
-from .knn import KNNIndex, recall_at_k
+from .exact import recall_at_k
+from .knn import KNNIndex
 from .labels import align, read_labels
 from .maps import embed_2d, mosaic_png, scatter_png
 from .pca import StreamingPCA

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
 from .autoindex import build_index
-from .knn import RECALL_SAMPLE, sampled_recall
+from .exact import RECALL_SAMPLE, sampled_recall
 
 ISSUES = ("label", "outlier", "near_duplicate", "leak")
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import errno
 import logging
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
+from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks
+from .subset import Subset
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,6 @@ INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, 
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 KMEANS_ITERATIONS = 10  # IVF cells' k-means: 10 iterations instead of faiss's 25 (training was ~40% of dedup at 1M)
 RERANK_BYTES = 256 * 2**20  # the candidate vectors of one block of re-ranked queries
-RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
 TARGET_RECALL = 0.95  # tune: an approximate index's search widened until its sampled recall@k reaches this
 TUNE_SAMPLE = 256  # tune: the rows whose exact neighbours score each setting tried
 RERANK_MAX = 64.0  # tune: the widest re-ranking tried (64 k candidates a query)
@@ -31,14 +32,6 @@ RERANK_MAX = 64.0  # tune: the widest re-ranking tried (64 k candidates a query)
 def ivf_cells(n: int) -> int:
     """The cells of an ``ivf`` index over n vectors: about 4 sqrt(n), no more than the vectors train."""
     return max(1, min(int(4 * np.sqrt(n)), n // TRAIN_PER_CELL or 1))
-
-
-def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
-    """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix
-    (L2-normalised one block at a time if asked: never a normalised copy of all of X)."""
-    for s in range(0, len(X), block):
-        b = np.ascontiguousarray(X[s:s + block], dtype=np.float32)
-        yield l2_normalise(b) if normalise else b
 
 
 @contextmanager
@@ -61,20 +54,6 @@ def _set_nprobe(faiss, ivf, nprobe: int) -> None:
     quantizer = faiss.downcast_index(ivf.quantizer)
     if isinstance(quantizer, faiss.IndexHNSW):
         quantizer.hnsw.efSearch = max(quantizer.hnsw.efSearch, 2 * ivf.nprobe)
-
-
-def _faiss_metric(faiss, metric: str):
-    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-
-
-def _drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """From k + 1 neighbours of each of ``rows``, drop the row itself where found, else the last
-    neighbour (exact duplicates may outrank a point's own entry)."""
-    own = I == rows.astype(I.dtype)[:, None]
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-    keep = np.ones_like(own)
-    keep[np.arange(len(rows)), drop] = False
-    return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
 
 
 def scaled_factory(factory: str, n: int) -> str:
@@ -125,7 +104,7 @@ class KNNIndex(Params):
         self.train_rows, self.rerank_bytes = train_rows, rerank_bytes
 
     def _new_index(self, faiss, d: int, n: int):
-        mt = _faiss_metric(faiss, self.metric)
+        mt = faiss_metric(faiss, self.metric)
         if self.index == "exact":
             return faiss.IndexFlat(d, mt)
         if self.index == "hnsw":
@@ -431,7 +410,7 @@ class KNNIndex(Params):
         block = block or self.block
         for s in range(0, len(X), block):
             D, I = self.search(X[s:s + block], k + 1, block)
-            yield _drop_self(D, I, np.arange(s, s + len(I)), k)
+            yield drop_self(D, I, np.arange(s, s + len(I)), k)
 
     def graph(self, X, k: int, block: Optional[int] = None,
               rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -443,78 +422,4 @@ class KNNIndex(Params):
         self._check_graph_k(k)
         rows = np.asarray(rows)
         D, I = self.search(np.asarray(X[rows]), k + 1, block)
-        return _drop_self(D, I, rows, k)
-
-
-class Subset:
-    """Searches of a fitted ``KNNIndex`` restricted to the rows of a boolean mask: a faiss ID selector where the index
-    takes one, else an over-fetch filtered by the mask (each query asks for more until k are found or all rows
-    were seen)."""
-
-    def __init__(self, knn: KNNIndex, mask: np.ndarray) -> None:
-        faiss = require("faiss", "science", "kNN graphs")
-        self.knn, self.mask = knn, np.asarray(mask, bool)
-        if len(self.mask) != knn.n_:
-            raise bad_param("mask", f"a boolean array of the {knn.n_} indexed rows", f"{len(self.mask)} values")
-        self._bits = np.packbits(self.mask, bitorder="little")  # kept alive: the selector points into it
-        sel = faiss.IDSelectorBitmap(knn.n_, faiss.swig_ptr(self._bits))
-        ivf = faiss.try_extract_index_ivf(knn.index_)
-        self._params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else \
-            faiss.SearchParameters(sel=sel)
-        self._selector = sel
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw faiss (D, I) of the normalised queries ``q`` among the subset's rows."""
-        idx = self.knn.index_
-        if self._params is not None:
-            try:
-                return idx.search(q, k, params=self._params)
-            except RuntimeError:  # an index type without selectors: over-fetch and filter from now on
-                self._params = None
-        n, fetch = self.knn.n_, min(self.knn.n_, k * 20)
-        while True:
-            D, I = idx.search(q, fetch)
-            keep = (I >= 0) & self.mask[np.maximum(I, 0)]
-            if fetch >= n or (keep.sum(axis=1) >= k).all():
-                break
-            fetch = min(n, fetch * 4)
-        outD = np.full((len(q), k), np.inf if idx.metric_type == 1 else -np.inf, D.dtype)
-        outI = np.full((len(q), k), -1, np.int64)
-        for j in range(len(q)):
-            d, i = D[j][keep[j]][:k], I[j][keep[j]][:k]
-            outD[j, :len(d)], outI[j, :len(i)] = d, i
-        return outD, outI
-
-
-def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
-                     block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k neighbours (self removed) of the ``rows`` of X, streaming X in blocks: the
-    reference for an approximate graph's recall, at O(len(rows) x k) memory whatever N is."""
-    faiss = require("faiss", "science", "kNN graphs")
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
-    rows = np.asarray(rows)
-    cosine = metric == "cosine"
-    Q = next(row_blocks(X[rows], max(1, len(rows)), cosine))
-    D, I = knn_ground_truth(Q, row_blocks(X, block, cosine), k + 1, metric_type=_faiss_metric(faiss, metric))
-    return _drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
-
-
-def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
-    """Mean fraction of the exact k neighbours that the approximate search also returned."""
-    hits = [len(set(a) & set(e)) / len(e) for a, e in zip(approx_I.tolist(), exact_I.tolist())]
-    return float(np.mean(hits)) if hits else 0.0
-
-
-def l2_normalise(X: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """X's rows scaled to unit length (a new array, or into ``out``: ``out=X`` normalises in place)."""
-    return np.divide(X, np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), out=out)
-
-
-def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,
-                   seed: int = 0) -> tuple[float, int]:
-    """recall@k of an approximate graph on a seeded sample of ``n_sample`` rows, against exact neighbours
-    computed for those rows only (X streamed). Returns (recall, sample size)."""
-    sample = np.sort(np.random.default_rng(seed).permutation(len(X))[:n_sample])
-    _, exact_I = exact_graph_rows(X, sample, k, metric)
-    return recall_at_k(approx_rows(sample), exact_I), len(sample)
+        return drop_self(D, I, rows, k)

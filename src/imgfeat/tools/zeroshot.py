@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import bad_param
 from ._base import Params
-from .knn import l2_normalise
+from .exact import l2_normalise
 
 # A short ensemble in the spirit of CLIP's ImageNet templates (open_clip's SIMPLE_IMAGENET_TEMPLATES).
 DEFAULT_PROMPTS = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",

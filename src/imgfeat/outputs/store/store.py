@@ -335,11 +335,6 @@ class FeatureStore(Locking, Compaction):
         return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad + missing,
                 "missing": missing, "rows": rows, "errors": errors}
 
-    def load(self) -> tuple[list[str], "StoreMatrix"]:
-        """The live ids and a matrix over the live vectors of the published state."""
-        table, matrix = self.load_columns(("id",))
-        return table.column("id").to_pylist(), matrix
-
     def load_columns(self, columns: Sequence[str] = ("id", "path")) -> tuple["pa.Table", "StoreMatrix"]:
         """The live rows' ``columns`` of the shards' id tables, as one Arrow table (no Python object per row), and a
         matrix over the live vectors of the published state, aligned with it."""
@@ -373,7 +368,7 @@ class FeatureStore(Locking, Compaction):
         return out
 
     def live_keys(self) -> np.ndarray:
-        """A stable key per live row, aligned with ``load()``: shard << 32 | row in the shard (a reader that kept
+        """A stable key per live row, aligned with ``load_columns()``: shard << 32 | row in the shard (a reader that kept
         an index of an earlier state matches its rows to this one's with them)."""
         parts = []
         for seg in self.segments():

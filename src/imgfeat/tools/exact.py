@@ -1,0 +1,69 @@
+"""Exact neighbours streamed in row blocks: the reference every approximate index is scored against (recall@k on a
+seeded sample of rows, at O(sample x k) memory whatever N is), and the row-block and normalisation helpers that
+``knn`` shares with it."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from ..errors import require
+
+RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
+
+
+def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
+    """Contiguous float32 row blocks of an ndarray, a memory map or a store's StoreMatrix
+    (L2-normalised one block at a time if asked: never a normalised copy of all of X)."""
+    for s in range(0, len(X), block):
+        b = np.ascontiguousarray(X[s:s + block], dtype=np.float32)
+        yield l2_normalise(b) if normalise else b
+
+
+def faiss_metric(faiss, metric: str):
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def drop_self(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From k + 1 neighbours of each of ``rows``, drop the row itself where found, else the last
+    neighbour (exact duplicates may outrank a point's own entry)."""
+    own = I == rows.astype(I.dtype)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(len(rows)), drop] = False
+    return D[keep].reshape(len(rows), k), I[keep].reshape(len(rows), k)
+
+
+def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
+                     block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k neighbours (self removed) of the ``rows`` of X, streaming X in blocks: the
+    reference for an approximate graph's recall, at O(len(rows) x k) memory whatever N is."""
+    faiss = require("faiss", "science", "kNN graphs")
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    rows = np.asarray(rows)
+    cosine = metric == "cosine"
+    Q = next(row_blocks(X[rows], max(1, len(rows)), cosine))
+    D, I = knn_ground_truth(Q, row_blocks(X, block, cosine), k + 1, metric_type=faiss_metric(faiss, metric))
+    return drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
+
+
+def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
+    """Mean fraction of the exact k neighbours that the approximate search also returned."""
+    hits = [len(set(a) & set(e)) / len(e) for a, e in zip(approx_I.tolist(), exact_I.tolist())]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def l2_normalise(X: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """X's rows scaled to unit length (a new array, or into ``out``: ``out=X`` normalises in place)."""
+    return np.divide(X, np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), out=out)
+
+
+def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,
+                   seed: int = 0) -> tuple[float, int]:
+    """recall@k of an approximate graph on a seeded sample of ``n_sample`` rows, against exact neighbours
+    computed for those rows only (X streamed). Returns (recall, sample size)."""
+    sample = np.sort(np.random.default_rng(seed).permutation(len(X))[:n_sample])
+    _, exact_I = exact_graph_rows(X, sample, k, metric)
+    return recall_at_k(approx_rows(sample), exact_I), len(sample)
