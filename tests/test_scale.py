@@ -4,6 +4,7 @@ budget too small is refused before any work, with the figure it would need."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -187,6 +188,28 @@ def test_re_ranked_pq_candidates_reach_the_exact_neighbours():
         _, coarse = KNNIndex(metric=metric, index="IVF64,PQ16", nprobe=16).fit(X).graph(X, 10)
         _, fine = KNNIndex(metric=metric, index="IVF64,PQ16", nprobe=16, rerank=4).fit(X).graph(X, 10)
         assert recall_at_k(fine, exact) >= 0.95 > recall_at_k(coarse, exact), metric
+
+
+def test_an_index_built_or_updated_in_memory_is_then_served_memory_mapped_from_the_cache(tmp_path, monkeypatch):
+    """serve keeps a built (or generation-updated) 8-bit PQ index through ``IndexCache.keep``: saved, then the saved
+    copy memory-mapped in its place (its codes file pages, not heap), answering exactly as the one in memory, with
+    its re-ranking and tuned settings; where the cache cannot be written, the index in memory is served."""
+    pytest.importorskip("faiss")
+    from imgfeat.serve.indexes import IndexCache
+
+    X, _ = clusters(n_per=1000, k=4, d=32)
+    knn = KNNIndex(metric="cosine", index="IVF16,PQ8", nprobe=4, rerank=4).fit(X)
+    kept = IndexCache(tmp_path / "index", "auto").keep(knn, "state1", np.arange(len(X), dtype=np.int64), X)
+    assert not knn.memory_mapped and kept.memory_mapped
+    assert (kept.nprobe, kept.rerank, kept.n_) == (4, 4, len(X))
+    for a, b in zip(knn.search(X[:50], 10), kept.search(X[:50], 10)):
+        np.testing.assert_array_equal(a, b)
+
+    def disk_full(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(KNNIndex, "save", disk_full)  # the cache cannot be written: served from memory, a warning
+    assert IndexCache(tmp_path / "full", "auto").keep(knn, "state1", None, X) is knn
 
 
 def test_the_id_index_answers_as_a_dict_without_one():

@@ -266,7 +266,7 @@ class Collection:
         if index_file:  # asked for
             knn.save(index_file)
         if self.index_name != "exact":  # worth keeping: training IVF/PQ takes a while
-            self.index_cache.save(knn, self.key, self.keys)
+            knn = self.index_cache.keep(knn, self.key, self.keys, self.X)
         return knn
 
     def changed(self) -> bool:

@@ -94,8 +94,17 @@ class IndexCache:
         knn = follow(knn, *plan, X).reranking(X, meta.get("rerank", 0.0))
         if meta.get("recall"):  # measured when it was built; the rows since were indexed the same way
             knn.recall_ = tuple(meta["recall"])
+        return self.keep(knn, state, keys, X)
+
+    def keep(self, knn: KNNIndex, state: str, keys: Optional[np.ndarray], X) -> KNNIndex:
+        """``save`` ``knn`` (built or updated in memory), then serve the saved copy memory-mapped in its place, as a
+        start from the cache would: its lists become file pages the kernel can reclaim instead of heap (at 10M x
+        64-byte codes, 1.2 GB less after a generation). ``knn`` itself where the cache could not be written."""
         self.save(knn, state, keys)
-        return knn
+        meta = self._meta()
+        if meta is None or meta["state"] != state:
+            return knn
+        return self.load(state, keys, X, knn.nprobe) or knn
 
     def save(self, knn: KNNIndex, state: str, keys: Optional[np.ndarray]) -> None:
         """Keep ``knn`` as the index of ``state`` and remove the files of the states it replaces."""

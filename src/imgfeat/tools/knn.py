@@ -262,6 +262,14 @@ class KNNIndex(Params):
         return type(self)(**self.get_params())._fitted(faiss.clone_index(self.index_))
 
     @property
+    def memory_mapped(self) -> bool:
+        """Whether the index's inverted lists are read from its file through a memory map (``load``): pages the
+        kernel can reclaim, not the program's heap."""
+        faiss = require("faiss", "science", "kNN graphs")
+        ivf = self._ivf()
+        return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+
+    @property
     def shifts_on_removal(self) -> bool:
         """Whether ``remove_rows`` renumbers the rows after a removed one, as the array they index does: flat indexes
         (row ids are positions) and IVF indexes whose lists are in memory (their stored ids are renumbered); others
