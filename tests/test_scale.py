@@ -212,6 +212,36 @@ def test_an_index_built_or_updated_in_memory_is_then_served_memory_mapped_from_t
     assert IndexCache(tmp_path / "full", "auto").keep(knn, "state1", None, X) is knn
 
 
+def test_freed_heap_goes_back_to_the_system():
+    """glibc keeps freed blocks under its mmap threshold (an in-memory index's inverted lists) for reuse: 256 MB of
+    them stay resident until ``release_freed_heap`` hands them back, as serve does after swapping an index built in
+    memory for its memory-mapped file."""
+    import ctypes
+    import platform
+
+    from imgfeat.tools.memory import release_freed_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+
+    def anon_mb() -> float:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon")) / 1024
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    blocks = [libc.malloc(65536) for _ in range(4096)]  # 256 MB of 64 KB blocks, each touched
+    for b in blocks:
+        ctypes.memset(b, 1, 65536)
+    pin = libc.malloc(64)  # above them: the heap's top cannot shrink by itself
+    for b in blocks:
+        libc.free(b)
+    held = anon_mb()
+    release_freed_heap()
+    assert held - anon_mb() > 128
+    libc.free(pin)
+
+
 def test_the_id_index_answers_as_a_dict_without_one():
     """serve's id lookup (``IdIndex``): the same rows as a dict for present, absent and repeated ids, and a forced
     hash collision never answers the wrong row."""

@@ -29,7 +29,7 @@ from ..tools.dedup import groups_at, neighbour_lists
 from ..tools.autoindex import build_index, plan_index
 from ..tools.exact import l2_normalise, row_blocks
 from ..tools.knn import KNNIndex, faiss_threads
-from ..tools.memory import human
+from ..tools.memory import human, release_freed_heap
 from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
 from .indexes import SEARCH_K, SERVE_MEMORY, IndexCache, follow, lined_up, safe_name
 
@@ -206,6 +206,7 @@ class Collection:
         self.index_cache = IndexCache(self.home / "index",
                                       ("auto-" if index == "auto" else "") + self.index_name)
         self.knn = self._index(index_file)
+        release_freed_heap()  # an index built or updated in memory was swapped for its memory-mapped file
         self._map_coords = map_coords
         self._lock = threading.Lock()
         self._map_job = Job("making the map", lambda: self._load_map(),
