@@ -206,7 +206,7 @@ class Collection:
         self.index_cache = IndexCache(self.home / "index",
                                       ("auto-" if index == "auto" else "") + self.index_name)
         self.knn = self._index(index_file)
-        release_freed_heap()  # an index built or updated in memory was swapped for its memory-mapped file
+        release_freed_heap()  # where an index built or updated in memory was swapped for its file (else a no-op)
         self._map_coords = map_coords
         self._lock = threading.Lock()
         self._map_job = Job("making the map", lambda: self._load_map(),

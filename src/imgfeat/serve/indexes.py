@@ -77,11 +77,8 @@ class IndexCache:
             return None
         nprobe = meta.get("nprobe", 16) if nprobe is None else nprobe
         if meta["state"] == state:
-            knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe)
-            knn.index = meta.get("kind", knn.index)
-            if meta.get("recall"):
-                knn.recall_ = tuple(meta["recall"])
-            return knn.reranking(X, meta.get("rerank", 0.0)) if knn.n_ == len(X) else None
+            knn = self._open(meta, X, nprobe)
+            return knn if knn.n_ == len(X) else None
         try:
             old_keys = np.load(self.folder / meta["keys"]) if meta.get("keys") else None
         except (OSError, ValueError):
@@ -91,24 +88,33 @@ class IndexCache:
             return None
         knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe, mmap=False)
         knn.index = meta.get("kind", knn.index)
-        knn = follow(knn, *plan, X).reranking(X, meta.get("rerank", 0.0))
-        if meta.get("recall"):  # measured when it was built; the rows since were indexed the same way
-            knn.recall_ = tuple(meta["recall"])
+        knn = self._settled(follow(knn, *plan, X), meta, X)  # the rows since are indexed the same way
         return self.keep(knn, state, keys, X)
 
     def keep(self, knn: KNNIndex, state: str, keys: Optional[np.ndarray], X) -> KNNIndex:
         """``save`` ``knn`` (built or updated in memory), then serve the saved copy memory-mapped in its place, as a
         start from the cache would: its lists become file pages the kernel can reclaim instead of heap (at 10M x
         64-byte codes, 1.2 GB less after a generation). ``knn`` itself where the cache could not be written."""
-        self.save(knn, state, keys)
-        meta = self._meta()
-        if meta is None or meta["state"] != state:
-            return knn
-        return self.load(state, keys, X, knn.nprobe) or knn
+        meta = self.save(knn, state, keys)
+        return knn if meta is None else self._open(meta, X, meta["nprobe"])
 
-    def save(self, knn: KNNIndex, state: str, keys: Optional[np.ndarray]) -> None:
-        """Keep ``knn`` as the index of ``state`` and remove the files of the states it replaces."""
-        index, key_file = self.path(state).name, f"{self.name}-{state}.keys.npy"
+    def _open(self, meta: dict, X, nprobe: int) -> KNNIndex:
+        """The index file ``meta`` names, memory-mapped where faiss can, with its cached settings."""
+        knn = KNNIndex.load(str(self.folder / meta["index"]), "cosine", nprobe)
+        knn.index = meta.get("kind", knn.index)
+        return self._settled(knn, meta, X)
+
+    @staticmethod
+    def _settled(knn: KNNIndex, meta: dict, X) -> KNNIndex:
+        """``knn`` with the settings ``meta`` cached: re-ranking against ``X`` and the recall measured when built."""
+        if meta.get("recall"):
+            knn.recall_ = tuple(meta["recall"])
+        return knn.reranking(X, meta.get("rerank", 0.0))
+
+    def save(self, knn: KNNIndex, state: str, keys: Optional[np.ndarray]) -> Optional[dict]:
+        """Keep ``knn`` as the index of ``state`` and remove the files of the states it replaces. Returns what the
+        cache now says of it, or None where the disk was full (a warning: the index is served uncached)."""
+        index, key_file, written = self.path(state).name, f"{self.name}-{state}.keys.npy", None
         with best_effort_cache(f"the {knn.index} index", self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
             knn.save(str(self.folder / index))
@@ -120,6 +126,8 @@ class IndexCache:
                     "nprobe": knn.nprobe, "rerank": knn.rerank if getattr(knn, "source_", None) is not None else 0.0,
                     "recall": list(getattr(knn, "recall_", ())) or None, "rows": knn.n_}
             write_atomic(self.folder / f"{self.name}.json", json.dumps(meta).encode())
+            written = meta
             for old in self.folder.glob(f"{self.name}-*"):
                 if old.name not in (index, key_file):
                     old.unlink(missing_ok=True)
+        return written
