@@ -239,13 +239,13 @@ def test_auto_index_rule():
                                                       (500_000, 2048), (500_001, 64)]] == \
         ["exact", "pca", "exact", "pca", "ivf"]
     # beyond the budget: 8-bit PQ codes, the most that fit (up to 64, one per 4 dimensions), their candidates re-ranked
-    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 41) == ("IVF4096,PQ32", 4.0)  # its training sample fits
-    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 20) == ("IVF2048,PQ8", 4.0)  # fewer cells: a smaller sample
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 41) == ("IVF8192_HNSW32,PQ16", 4.0)  # its training sample fits
+    assert choose_index(10_000_000, 256, 2 * 10_000_000 * 20) == ("IVF4096,PQ8", 4.0)  # fewer cells: a smaller sample
     assert choose_index(100_000_000, 256, 2**33) == ("IVF32768_HNSW32,PQ32", 4.0)  # an HNSW quantizer
     assert choose_index(100_000_000, 256, 2**35) == ("IVF32768_HNSW32,PQ64", 4.0)  # no more than PQ8_MAX codes
     assert choose_index(100_000_000, 255, 2**33) == ("IVF32768_HNSW32,PQ17", 4.0)  # an odd dimension: 8-bit codes
     # 4-bit fast-scan codes where 8-bit ones do not train (fewer than 256 x 39 vectors) or 8 bytes do not fit
-    assert choose_index(6_000, 32, 2**20) == ("IVF32,PQ8x4fs", 4.0)
+    assert choose_index(6_000, 32, 2**20) == ("IVF64,PQ8x4fs", 4.0)
     assert choose_index(10_000_000, 256, 2 * 10_000_000 * 14)[0].endswith("x4fs")
     with pytest.raises(ImgfeatError, match="1-byte codes"):
         choose_index(100_000_000, 256, 2**30)

@@ -90,8 +90,12 @@ def test_streamed_diffusion_equals_the_dense_computation_and_the_in_memory_one(t
         graph_mod.BLOCK_ROWS = 16
         # a budget that fits one class column at a time and puts the CSR on disk, in 1 + many buckets
         per_class = 8 * len(X)
-        small = GraphDiffusion(iterations=12, memory=16 * len(X) + 8 + per_class + 100, folder=str(tmp_path))
+        small = GraphDiffusion(iterations=12, memory=24 * len(X) + 8 + per_class + 100, folder=str(tmp_path))
         streamed = small.fit(RawGraph(I, D), given, keep_rows=keep, track_rows=keep, track_iterations=(3, 12))
+        # the rows renumbered while they diffuse (any renumbering: here a random one) change nothing fitted
+        order = np.random.default_rng(5).permutation(len(X)).astype(np.int32)
+        renumbered = GraphDiffusion(**small.get_params()).fit(RawGraph(I, D), given, keep_rows=keep, track_rows=keep,
+                                                              track_iterations=(3, 12), order=order)
     finally:
         graph_mod.BLOCK_ROWS = old
     assert streamed.memory_["columns"] == 1 and not streamed.memory_["csr_in_memory"]
@@ -101,7 +105,28 @@ def test_streamed_diffusion_equals_the_dense_computation_and_the_in_memory_one(t
     np.testing.assert_allclose(streamed.tracked_[3], _dense_reference(I, D, 3.0, 0.99, 3, given, classes)[keep],
                                rtol=2e-4, atol=1e-6)
     assert (streamed.transduction_ == y).mean() > 0.9
+    assert renumbered.transduction_.tolist() == mem.transduction_.tolist()
+    np.testing.assert_allclose(renumbered.scores_, mem.label_distributions_[keep], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(renumbered.tracked_[3], streamed.tracked_[3], rtol=1e-5, atol=1e-8)
     assert not any(tmp_path.iterdir())
+
+
+def test_locality_order_numbers_the_rows_of_one_cluster_together():
+    """The renumbering the diffusion multiplies in: a permutation of the rows in which each cluster's rows (scattered
+    through the collection) come out consecutive, each cluster in its old order; none for a collection of one cell."""
+    from imgfeat.tools.graph import locality_order
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 6, 1200)  # six clusters along six axes (directions: what the cosine sees), rows shuffled
+    X = (3 * np.eye(16)[y] + 0.2 * rng.standard_normal((1200, 16))).astype(np.float32)
+    order = locality_order(X, cells=6)
+    assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(len(X)))
+    runs = 1 + int((y[order][1:] != y[order][:-1]).sum())
+    assert runs == 6  # each cluster one run of consecutive numbers
+    for c in range(6):
+        own = order[y[order] == c]
+        assert len(own) > 150 and (np.diff(own) > 0).all()
+    assert locality_order(X[:100]) is None  # under two cells of ORDER_CELL_ROWS
 
 
 def test_a_budget_too_small_is_refused_before_any_work_with_the_figure(tmp_path, monkeypatch):
@@ -112,7 +137,7 @@ def test_a_budget_too_small_is_refused_before_any_work_with_the_figure(tmp_path,
         raise AssertionError("work started")
 
     monkeypatch.setattr("imgfeat.tools.diffusion.normalized_graph", never)
-    with pytest.raises(ImgfeatError, match=r"diffusing labels over 90 rows needs at least 2.1 KB of memory; the "
+    with pytest.raises(ImgfeatError, match=r"diffusing labels over 90 rows needs at least 2.8 KB of memory; the "
                                            r"budget is 1000 B"):
         GraphDiffusion(memory=1000).fit(RawGraph(I, D), _given(y, 2))
 
@@ -130,7 +155,7 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     assert main(["knn", "--features", str(feats), "--k", "10", "--raw", str(tmp_path / "g")]) == 0
     capsys.readouterr()
     runs = {}
-    for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", "5KB"])):
+    for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", "6KB"])):
         assert main(["diffuse", "--features", str(feats), "--labels", str(tmp_path / "train.tsv"), "--test-labels",
                      str(tmp_path / "test.tsv"), "--k", "10", "--out", str(tmp_path / f"{name}.tsv"), "--json",
                      *extra]) == 0
@@ -188,6 +213,11 @@ def test_re_ranked_pq_candidates_reach_the_exact_neighbours():
         _, coarse = KNNIndex(metric=metric, index="IVF64,PQ16", nprobe=16).fit(X).graph(X, 10)
         _, fine = KNNIndex(metric=metric, index="IVF64,PQ16", nprobe=16, rerank=4).fit(X).graph(X, 10)
         assert recall_at_k(fine, exact) >= 0.95 > recall_at_k(coarse, exact), metric
+    import faiss
+
+    knn = KNNIndex(index="IVF64,PQ16").fit(X)
+    pq = faiss.downcast_index(faiss.try_extract_index_ivf(knn.index_))
+    assert pq.pq.M == 16 and not pq.do_polysemous_training  # the factory's Hamming reordering: no search here uses it
 
 
 def test_an_index_built_or_updated_in_memory_is_then_served_memory_mapped_from_the_cache(tmp_path, monkeypatch):
@@ -421,6 +451,12 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
     for memory in (2**33, 2**35):  # auto: the index, its sample and its buffers within the budget at 100M x 256
         big = plan_index(100_000_000, 256, "auto", 30, memory)
         assert big.total <= memory and ",PQ" in big.index and big.parts["index"] <= memory / 2
+    # the training sample (half the budget: 8,192 cells at 10M in 1 GiB) is freed before the index holds a vector, so
+    # the plan's figure is the larger of the two phases, not their sum
+    ten = plan_index(10_000_000, 256, "auto", 30, 2**30)
+    assert ten.index == "IVF8192_HNSW32,PQ32" and ten.train_rows == 8192 * 39
+    searching = ten.parts["index"] + ten.parts["query block"] + ten.parts["re-ranking"]
+    assert ten.total == max(ten.parts["training sample"], searching) == searching < sum(ten.parts.values())
     assert index_bytes("IVF4096,PQ64x4fs", 10**6, 256) == 10**6 * (32 + 8) + 4096 * 256 * 4
     assert index_bytes("IVF1024_HNSW32,PQ32", 10**6, 256) == 10**6 * (32 + 8) + 1024 * 256 * 4 + 1024 * 32 * 8
     assert index_bytes("OPQ16_64,IVF256,SQ8", 1000, 256) is not None and index_bytes("LSH", 10, 8) is None

@@ -94,6 +94,7 @@ def _tuned(run, y: Sequence, final_y: Sequence, truth: list, grid_max: int):
 def _diffuse(args) -> int:
     from ..outputs.idindex import id_index
     from ..tools.diffusion import GraphDiffusion, RowLabels, lowshot_split, scored_against_logreg, validation_split
+    from ..tools.graph import locality_order
     from ..tools.memory import budget
 
     auto = args.iterations == "auto"
@@ -130,10 +131,11 @@ def _diffuse(args) -> int:
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
         graph, index, recall = _graph(args, all_ids, all_X, work, memory)
+        order = locality_order(all_X)  # near rows numbered near while they diffuse: the products read the cache
 
         def run(labels_of_rows, t: int, track=()):
             return GraphDiffusion(iterations=t, memory=memory, folder=work).fit(
-                graph, labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track)
+                graph, labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track, order=order)
 
         result = {"n": len(all_ids), "labelled": int(len(yl)), "k": graph.k, "iterations": iterations,
                   "index": index}

@@ -57,9 +57,9 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
         return "exact", 0.0
     if fits("ivf"):
         return "ivf", 0.0
-    # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than a quarter
-    # of the budget holds as a training sample
-    cap = min(n // TRAIN_PER_CELL, memory / 4 / (TRAIN_PER_CELL * d * 4))
+    # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than half the
+    # budget holds as a training sample (freed before the index holds a vector: IndexPlan.total)
+    cap = min(n // TRAIN_PER_CELL, memory / 2 / (TRAIN_PER_CELL * d * 4))
     nlist = int(2 ** min(np.round(np.log2(4 * np.sqrt(n))), np.floor(np.log2(max(cap, 16)))))
     nlist = max(16, nlist)
     # PQ: m codes a vector, at most one per 4 dimensions; 8-bit (m bytes) from PQ8_TRAIN vectors and 8 codes on,
@@ -98,7 +98,11 @@ class IndexPlan:
 
     @property
     def total(self) -> int:
-        return int(sum(v for v in self.parts.values() if v))
+        """The most held at once: the training sample while the cells and codes train (the index is empty then), or
+        the index with a block of queries and its re-ranked candidates while the graph is searched."""
+        parts = {name: v or 0 for name, v in self.parts.items()}
+        sample = parts.pop("training sample", 0)
+        return int(max(sample, sum(parts.values())))
 
     def line(self) -> str:
         parts = ", ".join(f"{name} {human(v) if v is not None else 'not estimated'}" for name, v in self.parts.items())
@@ -148,7 +152,8 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
                what: str = "a kNN search", nlist: Optional[int] = None) -> IndexPlan:
     """The plan of ``index`` ("auto": ``choose_index``'s pick) over n vectors of d dimensions within ``memory`` bytes
     (None: what the machine has available): the index, then its buffers sized within fractions of the budget (the
-    training sample a quarter, a block of queries and the re-ranked candidates an eighth each, never below what
+    training sample half, as the index is empty while it trains; a block of queries and the re-ranked candidates an
+    eighth each, beside the index, never below what
     works: 624 training rows, 64 queries). Refuses, before any work and with the figure, an index that does not fit
     the budget."""
     memory = available_bytes() if memory is None else int(memory)
@@ -163,7 +168,7 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
     want = TRAIN_PER_CELL * max(256, cells)
     bits = re.search(r"PQ\d+(?:x(\d+))?", name)  # codebooks need TRAIN_PER_CELL rows per centroid at least
     floor = TRAIN_PER_CELL * 2 ** int(bits.group(1) or 8) if bits else PQ4_TRAIN
-    train_rows = min(n, want, max(floor, memory // 4 // (d * 4))) if trained else None
+    train_rows = min(n, want, max(floor, memory // 2 // (d * 4))) if trained else None
     block = int(min(BLOCK, max(64, memory // 8 // (d * 8 + (k + 1) * 12))))
     rerank_bytes = int(min(RERANK_BYTES, max(memory // 8, 1))) if rerank else 0
     parts = {"index": held, "training sample": (train_rows or 0) * d * 4,

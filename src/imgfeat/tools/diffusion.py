@@ -122,7 +122,7 @@ class GraphDiffusion(Params):
         the classes per block, the bytes it will hold; refused (before any work) when one class does not fit."""
         from .memory import refuse_unless
 
-        fixed = 8 * n + 8 * (n + 1)  # best score and class per row; the CSR's row pointers
+        fixed = 8 * n + 8 * (n + 1) + 8 * n  # best score and class per row; the CSR's row pointers; a renumbering
         csr = 2 * n * k * 8
         in_memory = 3 * csr <= memory // 2
         held = fixed + (csr if in_memory else 0)
@@ -134,23 +134,34 @@ class GraphDiffusion(Params):
                 "bytes": held + columns * per_class}
 
     def fit(self, graph: RawGraph, y: Sequence[Optional[str]], keep_rows: Sequence[int] = (),
-            track_rows: Sequence[int] = (), track_iterations: Sequence[int] = ()) -> "GraphDiffusion":
+            track_rows: Sequence[int] = (), track_iterations: Sequence[int] = (),
+            order: Optional[np.ndarray] = None) -> "GraphDiffusion":
+        """``order``: the rows renumbered for locality while they diffuse (``tools.graph.locality_order``); what is
+        fitted is in the rows' own order either way."""
         from .memory import available_bytes
 
         if len(y) != graph.n:
             raise bad_param("y", f"one label (or None) per row of the graph ({graph.n})", f"{len(y)} labels")
+        if order is not None and len(order) != graph.n:
+            raise bad_param("order", f"a renumbering of the graph's {graph.n} rows", f"{len(order)} rows")
         self.classes_, sources = label_sources(y)
         C, n = len(self.classes_), graph.n
         memory = int(self.memory or available_bytes())
         self.memory_ = self.plan(n, graph.k, C, memory)
         S = normalized_graph(graph, self.gamma, memory // 2 if self.memory_["csr_in_memory"] else memory // 4,
-                             self.folder)
+                             self.folder, order)
         keep, track = np.asarray(keep_rows, np.int64), np.asarray(track_rows, np.int64)
+        if order is not None:  # every row named by its new number while the scores live in that order
+            rank = np.empty(n, np.int32)
+            rank[order] = np.arange(n, dtype=np.int32)
+            keep, track = rank[keep], rank[track]
+            sources = (rank[sources[0]], sources[1], sources[2])
+            del rank
         wanted = set(int(t) for t in track_iterations)
         self.scores_ = np.zeros((len(keep), C), np.float32)
         self.tracked_ = {t: np.zeros((len(track), C), np.float32) for t in sorted(wanted)}
         best = np.full(n, -np.inf, np.float32)
-        self.labels_ = np.zeros(n, np.int32)
+        labels = np.zeros(n, np.int32)
 
         def each(t: int, c0: int, F: np.ndarray) -> None:
             if t in wanted:
@@ -163,9 +174,14 @@ class GraphDiffusion(Params):
                 val = F[np.arange(n), top]
                 better = val > best  # strictly: the first class wins a tie, as argmax over all classes does
                 best[better] = val[better]
-                self.labels_[better] = (top[better] + c0).astype(np.int32)
+                labels[better] = (top[better] + c0).astype(np.int32)
         finally:
             S.close()
+        if order is not None:
+            self.labels_ = np.empty(n, np.int32)
+            self.labels_[order] = labels
+        else:
+            self.labels_ = labels
         return self
 
     @property

@@ -155,6 +155,9 @@ class KNNIndex(Params):
                 l2_normalise(sample, out=sample)
             if ivf is not None:  # faiss's default is 25 k-means iterations; tune() widens nprobe if the cells need it
                 ivf.cp.niter = KMEANS_ITERATIONS
+                pq = faiss.downcast_index(ivf)
+                if getattr(pq, "do_polysemous_training", False):  # the factory's IVF-PQ orders its codes for Hamming
+                    pq.do_polysemous_training = False  # filtering, which no search here uses: 8% of diffuse at 1M
             try:
                 idx.train(sample)
             except RuntimeError as exc:  # e.g. a PQ's 256 codes from fewer vectors
