@@ -5,6 +5,7 @@ every 50 ms: the pages of memory-mapped files are left out, as they are reclaima
     python benchmarks/scale.py --rows 100000 1000000
     python benchmarks/scale.py --rows 1000000 --commands knn dedup     # the other commands, same collection
     python benchmarks/scale.py --rows --ids 10000000     # serve's id lookup alone: a dict against IdIndex
+    python benchmarks/scale.py --rows 10000000 --intrinsic 32     # image-like vectors: noise in 32 dimensions
 
 The collection: unit vectors (256-d) around 1,000 cluster centres (noise 0.35 per dimension relative to the centre's
 norm), the class of a vector its cluster modulo 100 (100 classes); features written as .npy + ids by the project's
@@ -32,18 +33,26 @@ DIM, CLUSTERS, CLASSES = 256, 1000, 100
 PLANTED = 1000  # dedup: near-copies of random earlier vectors, the collection's last rows
 
 
-def make(rows: int, folder: Path) -> None:
+def make(rows: int, folder: Path, intrinsic: int = 0) -> None:
     from imgfeat.outputs.formats import write_blocks
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
     cluster = rng.integers(0, CLUSTERS, rows)
+    # --intrinsic R: the same noise energy in a random R-dimensional subspace, plus a tenth of it everywhere (the low
+    # intrinsic dimension of image features, as benchmarks/serve.py --intrinsic makes them)
+    basis = (np.random.default_rng(2).standard_normal((intrinsic, DIM)).astype(np.float32) / np.sqrt(intrinsic)
+             if intrinsic else None)
     first = np.zeros((min(rows - PLANTED, 50_000), DIM), np.float32)  # the planted copies' originals: among the first rows
 
     def blocks():
         for s in range(0, rows, 100_000):
             c = cluster[s:s + 100_000]
-            X = centres[c] + 0.35 * rng.standard_normal((len(c), DIM)).astype(np.float32)
+            if basis is None:
+                X = centres[c] + 0.35 * rng.standard_normal((len(c), DIM)).astype(np.float32)
+            else:
+                X = centres[c] + 0.35 * (rng.standard_normal((len(c), intrinsic)).astype(np.float32) @ basis
+                                         + 0.1 * rng.standard_normal((len(c), DIM)).astype(np.float32))
             X /= np.linalg.norm(X, axis=1, keepdims=True)
             if s == 0:
                 first[:] = X[:len(first)]
@@ -127,6 +136,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=["diffuse"])
     ap.add_argument("--ids", type=int, default=0, help="measure serve's id lookup over this many ids")
+    ap.add_argument("--intrinsic", type=int, default=0,
+                    help="noise in a random subspace of this many dimensions (image-like vectors), not isotropic")
     args = ap.parse_args()
     if args.ids:
         id_lookup(args.ids)
@@ -137,7 +148,7 @@ def main() -> None:
     for rows in args.rows:
         with tempfile.TemporaryDirectory(prefix="imgfeat-scale-") as tmp:
             folder = Path(tmp)
-            make(rows, folder)
+            make(rows, folder, args.intrinsic)
             for command in args.commands:
                 wall, peak, quality = COMMANDS[command](folder, rows)
                 print(f"| `{command}` | {rows:,} | {wall:.0f} s | {peak:,.0f} MB | {quality} |", flush=True)
