@@ -168,7 +168,8 @@ def run_diffuse(folder: Path, rows: int) -> tuple[float, float, str]:
     recall = r.get("graph_recall")
     return wall, peak, (f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f}); index "
                         f"{r['index']}" + (f", graph recall@{r['k']} {recall['recall_at_k']:.3f}" if recall else "")
-                        + f"; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes")
+                        + f"; {r['memory']['blocks']} block(s) of {r['memory']['columns']} classes; "
+                        + ", ".join(f"{part} {sec:.0f} s" for part, sec in r["seconds"].items()))
 
 
 def run_knn(folder: Path, rows: int) -> tuple[float, float, str]:

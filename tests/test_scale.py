@@ -161,6 +161,8 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
                      *extra]) == 0
         runs[name] = json.loads(capsys.readouterr().out)
         assert runs[name]["memory"]["bytes"] > 0
+        assert set(runs[name]["seconds"]) == {"graph", "renumbering", "diffusion"}  # where the time went
+        assert min(runs[name]["seconds"].values()) >= 0
     assert (tmp_path / "own.tsv").read_text() == (tmp_path / "graph.tsv").read_text()
     assert runs["own"]["accuracy"] == runs["graph"]["accuracy"] > 0.9
     assert runs["graph"]["memory"]["columns"] == 1 and not runs["graph"]["memory"]["csr_in_memory"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -130,8 +131,12 @@ def _diffuse(args) -> int:
     y = RowLabels.of(all_ids, labels)  # the labelled rows only: no Python object per row
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
+        clock = time.perf_counter()
         graph, index, recall = _graph(args, all_ids, all_X, work, memory)
+        seconds = {"graph": time.perf_counter() - clock}  # where the time went, in --json
+        clock = time.perf_counter()
         order = locality_order(all_X)  # near rows numbered near while they diffuse: the products read the cache
+        seconds["renumbering"], clock = time.perf_counter() - clock, time.perf_counter()
 
         def run(labels_of_rows, t: int, track=()):
             return GraphDiffusion(iterations=t, memory=memory, folder=work).fit(
@@ -153,7 +158,9 @@ def _diffuse(args) -> int:
                 result.update(labelled=int(len(yl)), refit_on_all_labels=True)
         else:
             model = run(y, iterations)
+        seconds["diffusion"] = time.perf_counter() - clock
     result["memory"] = model.memory_
+    result["seconds"] = {part: round(sec, 1) for part, sec in seconds.items()}
     if recall is not None:
         result["graph_recall"] = recall
     if novel:
