@@ -11,7 +11,8 @@ degree vector (8 bytes a row) and one bucket; never N x k edges at once.
 
 Rows may be renumbered for locality (``locality_order``: rows of one k-means cell made consecutive), so that a row's
 neighbours' class scores lie close together in memory: the product then reads them from the cache rather than from
-anywhere in an N x classes array (10x faster at 1M rows, measured in BENCHMARKS.md).
+anywhere in an N x classes array (8.7x faster at 1M rows; 14x with the row blocks shared among the cores,
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -172,15 +173,16 @@ def locality_order(X, cells: Optional[int] = None, block: int = BLOCK_ROWS, seed
     """A renumbering of the rows of ``X`` (int32: the old row at each new position) that makes the rows of each of
     ``cells`` k-means cells (default: one per ``ORDER_CELL_ROWS`` rows, at most ``ORDER_CELLS_MAX``) consecutive,
     in their old order within a cell: near neighbours then get near numbers. None where one cell would hold all.
-    Trained on a seeded sample (39 rows a cell), assigned a block at a time: memory of 4 bytes a row beyond that."""
+    Trained on a seeded sample (``TRAIN_PER_CELL`` rows a cell), assigned a block at a time: memory of 4 bytes a row beyond that."""
     from .exact import row_blocks
+    from .knn import TRAIN_PER_CELL
 
     n = len(X)
     cells = int(cells or min(ORDER_CELLS_MAX, n // ORDER_CELL_ROWS))
     if cells < 2:
         return None
     faiss = require("faiss", "science", "label diffusion")
-    rows = np.sort(np.random.default_rng(seed).permutation(n)[:39 * cells])
+    rows = np.sort(np.random.default_rng(seed).permutation(n)[:TRAIN_PER_CELL * cells])
     sample = np.ascontiguousarray(np.asarray(X[rows]), dtype=np.float32)
     sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
     kmeans = faiss.Kmeans(sample.shape[1], cells, niter=10, seed=seed, spherical=True)
