@@ -60,10 +60,16 @@ def l2_normalise(X: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     return np.divide(X, np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), out=out)
 
 
+def sample_rows(n: int, count: int, seed: int) -> np.ndarray:
+    """``count`` distinct rows of ``n`` (all where fewer), drawn with ``seed``, in increasing order (a store reads
+    them front to back): the one seeded sample of index training, tuning and recall."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:count])
+
+
 def sampled_recall(X, approx_rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str, n_sample: int,
                    seed: int = 0) -> tuple[float, int]:
     """recall@k of an approximate graph on a seeded sample of ``n_sample`` rows, against exact neighbours
     computed for those rows only (X streamed). Returns (recall, sample size)."""
-    sample = np.sort(np.random.default_rng(seed).permutation(len(X))[:n_sample])
+    sample = sample_rows(len(X), n_sample, seed)
     _, exact_I = exact_graph_rows(X, sample, k, metric)
     return recall_at_k(approx_rows(sample), exact_I), len(sample)

@@ -173,8 +173,9 @@ def locality_order(X, cells: Optional[int] = None, block: int = BLOCK_ROWS, seed
     """A renumbering of the rows of ``X`` (int32: the old row at each new position) that makes the rows of each of
     ``cells`` k-means cells (default: one per ``ORDER_CELL_ROWS`` rows, at most ``ORDER_CELLS_MAX``) consecutive,
     in their old order within a cell: near neighbours then get near numbers. None where one cell would hold all.
-    Trained on a seeded sample (``TRAIN_PER_CELL`` rows a cell), assigned a block at a time: memory of 4 bytes a row beyond that."""
-    from .exact import row_blocks
+    Trained on a seeded sample (``TRAIN_PER_CELL`` rows a cell), assigned a block at a time: memory of 4 bytes a row
+    beyond that."""
+    from .exact import l2_normalise, row_blocks, sample_rows
     from .knn import TRAIN_PER_CELL
 
     n = len(X)
@@ -182,9 +183,8 @@ def locality_order(X, cells: Optional[int] = None, block: int = BLOCK_ROWS, seed
     if cells < 2:
         return None
     faiss = require("faiss", "science", "label diffusion")
-    rows = np.sort(np.random.default_rng(seed).permutation(n)[:TRAIN_PER_CELL * cells])
-    sample = np.ascontiguousarray(np.asarray(X[rows]), dtype=np.float32)
-    sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+    sample = np.array(X[sample_rows(n, TRAIN_PER_CELL * cells, seed)], dtype=np.float32, order="C")
+    l2_normalise(sample, out=sample)
     kmeans = faiss.Kmeans(sample.shape[1], cells, niter=10, seed=seed, spherical=True)
     kmeans.train(sample)
     del sample

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
-from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks
+from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, sample_rows
 from .subset import Subset
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class KNNIndex(Params):
             # k-means wants TRAIN_PER_CELL points per centroid: IVF cells, or a PQ's 256 codes
             want = TRAIN_PER_CELL * max(256, ivf.nlist if ivf is not None else 0)
             want = min(want, self.train_rows) if self.train_rows else want  # a sample within a memory budget
-            rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:want])
+            rows = sample_rows(n, want, self.seed)
             sample = np.array(X[rows], dtype=np.float32, order="C")  # a copy of its own: normalised in place
             if self.normalise_:
                 l2_normalise(sample, out=sample)
@@ -208,7 +208,7 @@ class KNNIndex(Params):
         until the target, both limits (every cell; ``RERANK_MAX``) or a step where neither gains. Sets ``recall_``
         (recall, rows sampled)."""
         ivf = self._ivf()
-        rows = np.sort(np.random.default_rng(seed).permutation(self.n_)[:sample])
+        rows = sample_rows(self.n_, sample, seed)
         _, exact = exact_graph_rows(X, rows, k, self.metric)
 
         def recall() -> float:
