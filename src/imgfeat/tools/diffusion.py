@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param
 from ._base import Params
-from .graph import RawGraph, normalized_graph, propagate
+from .graph import RawGraph, normalized_graph, propagate, ranks
 from .knn import KNNIndex
 
 
@@ -152,8 +152,7 @@ class GraphDiffusion(Params):
                              self.folder, order)
         keep, track = np.asarray(keep_rows, np.int64), np.asarray(track_rows, np.int64)
         if order is not None:  # every row named by its new number while the scores live in that order
-            rank = np.empty(n, np.int32)
-            rank[order] = np.arange(n, dtype=np.int32)
+            rank = ranks(order)
             keep, track = rank[keep], rank[track]
             sources = (rank[sources[0]], sources[1], sources[2])
             del rank

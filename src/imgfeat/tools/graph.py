@@ -196,6 +196,14 @@ def locality_order(X, cells: Optional[int] = None, block: int = BLOCK_ROWS, seed
     return np.argsort(cell, kind="stable").astype(np.int32)
 
 
+def ranks(order: np.ndarray) -> np.ndarray:
+    """The inverse of a renumbering: the new number (int32) of each old row, where ``order`` lists the old row at each
+    new position."""
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank
+
+
 def normalized_graph(graph: RawGraph, gamma: float, memory: int, folder: Optional[str] = None,
                      order: Optional[np.ndarray] = None) -> DiskCSR:
     """``S = D^-1/2 (W + W^T) D^-1/2`` of ``graph`` as a :class:`DiskCSR`. With all of its 2Nk edges fitting in
@@ -203,10 +211,7 @@ def normalized_graph(graph: RawGraph, gamma: float, memory: int, folder: Optiona
     ``folder`` (a temporary folder by default), one bucket of rows at a time, and memory-mapped. With ``order``
     (``locality_order``'s renumbering) S is that of the renumbered graph: its row i is the old row ``order[i]``."""
     n = graph.n
-    rank = None
-    if order is not None:  # the new number of each old row
-        rank = np.empty(n, np.int32)
-        rank[order] = np.arange(n, dtype=np.int32)
+    rank = None if order is None else ranks(order)
     deg = np.zeros(n, np.float64)
     for r, _, v in _directed_edges(graph, gamma, rank):  # row sums of W + W^T
         deg += np.bincount(r, weights=v, minlength=n)
