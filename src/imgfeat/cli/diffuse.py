@@ -92,9 +92,32 @@ def _tuned(run, y: Sequence, final_y: Sequence, truth: list, grid_max: int):
     return run(final_y, iterations), iterations, scores, validation_warning(len(truth), len(tuned.classes_))
 
 
+def _split(args, given: dict[str, str], auto: bool) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """The labels the diffusion starts from, the labelled images held out to score it, and the novel classes: the
+    low-shot protocol's draw with ``--novel-classes``, a validation share of each class for ``--iterations auto``,
+    else every given label."""
+    from ..tools.diffusion import lowshot_split, validation_split
+
+    if args.novel_classes:
+        novel = _read_classes(args.novel_classes)
+        return (*lowshot_split(given, novel, args.shots or 1, args.seed), novel)
+    if auto:
+        return (*validation_split(given, VALIDATION_FRACTION, args.seed), set())
+    return given, {}, set()
+
+
+def _timed(seconds: dict, part: str, work, *args, **kwargs):
+    """``work(*args, **kwargs)``, its time added to ``seconds[part]``."""
+    start = time.perf_counter()
+    try:
+        return work(*args, **kwargs)
+    finally:
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
+
+
 def _diffuse(args) -> int:
     from ..outputs.idindex import id_index
-    from ..tools.diffusion import GraphDiffusion, RowLabels, lowshot_split, scored_against_logreg, validation_split
+    from ..tools.diffusion import GraphDiffusion, RowLabels, scored_against_logreg
     from ..tools.graph import locality_order
     from ..tools.memory import budget
 
@@ -109,14 +132,7 @@ def _diffuse(args) -> int:
     ids, X = open_matrix(args.features)  # memory-mapped: the graph is built and read block by block
     given, _ = without_error_rows(labels_for(label_spec(args), ids, args.features), ids, args.features)
     given = apply_corrections(given, args.corrections)
-    labels = given
-    novel: set[str] = set()
-    validation: dict[str, str] = {}
-    if args.novel_classes:
-        novel = _read_classes(args.novel_classes)
-        labels, validation = lowshot_split(labels, novel, args.shots or 1, args.seed)
-    elif auto:
-        labels, validation = validation_split(labels, VALIDATION_FRACTION, args.seed)
+    labels, validation, novel = _split(args, given, auto)
     Xl, yl, _ = align(ids, X, labels)
     if len(set(yl.tolist())) < 2:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
@@ -131,16 +147,14 @@ def _diffuse(args) -> int:
     y = RowLabels.of(all_ids, labels)  # the labelled rows only: no Python object per row
     GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
-        clock = time.perf_counter()
-        graph, index, recall = _graph(args, all_ids, all_X, work, memory)
-        seconds = {"graph": time.perf_counter() - clock}  # where the time went, in --json
-        clock = time.perf_counter()
-        order = locality_order(all_X)  # near rows numbered near while they diffuse: the products read the cache
-        seconds["renumbering"], clock = time.perf_counter() - clock, time.perf_counter()
+        seconds: dict = {}  # where the time went, in --json
+        graph, index, recall = _timed(seconds, "graph", _graph, args, all_ids, all_X, work, memory)
+        # near rows numbered near while they diffuse: the products read the cache
+        order = _timed(seconds, "renumbering", locality_order, all_X)
 
         def run(labels_of_rows, t: int, track=()):
-            return GraphDiffusion(iterations=t, memory=memory, folder=work).fit(
-                graph, labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track, order=order)
+            return _timed(seconds, "diffusion", GraphDiffusion(iterations=t, memory=memory, folder=work).fit, graph,
+                          labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track, order=order)
 
         result = {"n": len(all_ids), "labelled": int(len(yl)), "k": graph.k, "iterations": iterations,
                   "index": index}
@@ -158,7 +172,6 @@ def _diffuse(args) -> int:
                 result.update(labelled=int(len(yl)), refit_on_all_labels=True)
         else:
             model = run(y, iterations)
-        seconds["diffusion"] = time.perf_counter() - clock
     result["memory"] = model.memory_
     result["seconds"] = {part: round(sec, 1) for part, sec in seconds.items()}
     if recall is not None:
