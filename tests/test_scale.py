@@ -326,8 +326,8 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, mon
 
 
 def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
-    """``knn --approx auto`` takes ``choose_index``'s index (exact on a small set; PQ re-ranked under a tiny budget,
-    its sampled recall reported)."""
+    """``knn --approx auto`` takes ``choose_index``'s index (exact on a small set; under a tiny budget, the join of
+    cells for its graph, where ``dedup``'s search index is PQ re-ranked; the sampled recall reported)."""
     from imgfeat.tools import autoindex
 
     rng = np.random.default_rng(3)
@@ -341,7 +341,10 @@ def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
     assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
                  "1MB", "--raw", str(tmp_path / "b"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert " re-ranked x" in out["index"] and ",PQ" in out["index"] and out["recall_at_k"] >= 0.9
+    assert out["index"].startswith("join of ") and out["recall_at_k"] >= 0.9
+    assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--max-memory", "1MB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert " re-ranked x" in out["index"] and ",PQ" in out["index"]
 
 
 def test_tuning_widens_an_approximate_search_until_the_recall_target():
@@ -419,7 +422,7 @@ def test_ids_of_a_store_and_an_npy_are_arrow_and_look_up_as_a_dict(tmp_path, mon
 
 def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does_not_fit(tmp_path, capsys,
                                                                                         monkeypatch, caplog):
-    """``knn`` and ``dedup`` log their memory plan (the index, its training sample, a query block, the re-ranked
+    """``dedup`` and ``knn`` log their memory plan (the index, its training sample, a query block, the re-ranked
     candidates) before building anything and report it; an index the budget cannot hold is refused before any work,
     with the figure; the plan of ``auto`` keeps within its budget at 100M vectors."""
     import logging
@@ -433,8 +436,8 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
     monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
     monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
     with caplog.at_level(logging.INFO, logger="imgfeat.tools.autoindex"):
-        assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
-                     "1MB", "--raw", str(tmp_path / "b"), "--json"]) == 0
+        assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--k", "5", "--max-memory", "1MB",
+                     "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["memory"]
     assert "memory plan: the IVF" in caplog.text and "x4fs index of 6,000 vectors" in caplog.text
     assert plan["budget"] == 2**20 and 0 < plan["parts"]["index"] < plan["bytes"] <= plan["budget"]

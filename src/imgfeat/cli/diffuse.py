@@ -71,7 +71,8 @@ def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
         return graph, "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
-    knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse")
+    knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse",
+                      graph=True)
     save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
     graph = RawGraph.open(os.path.join(work, "graph"))
     if knn.index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
@@ -241,8 +242,9 @@ def add_parser(sub) -> None:
                               f"undrawn novel images, or {VALIDATION_FRACTION * 100:.0f}%% of each class)")
     diffuse.add_argument("--index", default="auto", metavar=index_metavar(),
                          help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32; auto: "
-                              "chosen by size within --max-memory as dedup, knn and audit choose (exact, pca, ivf, "
-                              "then PQ codes whose candidates are re-ranked exactly)")
+                              "chosen by size within --max-memory as knn and audit choose (exact, pca, ivf, then "
+                              "join: each k-means cell searched exactly among its nearest cells, the vectors read "
+                              "from disk)")
     diffuse.add_argument("--graph", metavar="PREFIX",
                          help="diffuse over this graph (imgfeat knn --raw PREFIX on the same features), memory-mapped, "
                               "instead of building one")

@@ -22,8 +22,8 @@ def _knn(args) -> int:
 
     if not args.out and not args.raw:
         raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
-    if args.nlist is not None and args.approx != "ivf":
-        raise ImgfeatError("--nlist sets the cells of --approx ivf (a factory string names its own: IVF4096,...); "
+    if args.nlist is not None and args.approx not in ("ivf", "join"):
+        raise ImgfeatError("--nlist sets the cells of --approx ivf or join (a factory string names its own: IVF4096,...); "
                            f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
 
     ids, X = open_matrix(args.features)
@@ -33,7 +33,7 @@ def _knn(args) -> int:
     if args.ray_address and args.engine != "ray":
         raise ImgfeatError("--ray-address is the cluster of --engine ray")
     index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
-                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn")
+                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", graph=args.engine != "ray")
     if args.engine == "ray":
         from ..tools.raygraph import ray_graph
 
@@ -119,17 +119,20 @@ def _add_knn(sub) -> None:
     knn.add_argument("--metric", choices=METRICS, default="cosine",
                      help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
                           "product (the same on --l2 features); l2 the Euclidean distance")
-    knn.add_argument("--approx", default=None, metavar="auto|" + "|".join(INDEXES[1:]) + "|FACTORY",
+    knn.add_argument("--approx", default=None, metavar="auto|" + "|".join(INDEXES[1:]) + "|join|FACTORY",
                      help="approximate index: ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
-                          "near-exact and faster for high-dimensional features; cosine and l2 only), a faiss "
-                          "index_factory string such as 'IVF65536,PQ32' (compressed codes, for 100M-vector graphs), "
-                          "or auto: chosen by size within --max-memory, as dedup, diffuse and audit choose")
+                          "near-exact and faster for high-dimensional features; cosine and l2 only), join (each "
+                          "k-means cell searched exactly among its --nprobe nearest cells, the vectors read from disk: "
+                          "the graph of a collection whose vectors do not fit in memory), a faiss index_factory "
+                          "string such as 'IVF65536,PQ32' (compressed codes), or auto: chosen by size within "
+                          "--max-memory, as diffuse and audit choose")
     knn.add_argument("--max-memory", metavar="SIZE",
                      help="memory the index may hold (default: what the machine has available): --approx auto "
                           "chooses within it; the plan is logged before the work, and an index that does not fit "
                           "is refused with the figure")
     knn.add_argument("--nlist", type=at_least(1), default=None,
-                     help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39)")
+                     help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39) or join (default: about "
+                          "1,000 rows a cell)")
     knn.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (with --approx)")
     knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
                                    "block) and PREFIX.ids.txt")

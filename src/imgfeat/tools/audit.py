@@ -54,7 +54,7 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph")
+        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph", graph=True)
         index = knn.index
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects

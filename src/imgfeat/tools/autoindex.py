@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import bad_param
+from .celljoin import CANDIDATE_BYTES, NPROBE, CellJoin, join_bytes, join_cells
 from .knn import RERANK_BYTES, TARGET_RECALL, TRAIN_PER_CELL, KNNIndex, ivf_cells
 from .memory import available_bytes, human, refuse_unless
 
@@ -32,7 +34,7 @@ PQ8_MAX = 64  # choose_index: at most this many 8-bit codes a vector (64 bytes: 
 #               image-like vectors; more codes cost encoding time for little recall)
 
 
-def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, float]:
+def choose_index(n: int, d: int, memory: Optional[int] = None, graph: bool = False) -> tuple[str, float]:
     """The index of a kNN search over n vectors of d dimensions within ``memory`` bytes (None: what the machine has
     available), each kind only where its ``index_bytes`` fit half the budget: the one choice of every ``--index auto`` (``knn``, ``dedup``, ``diffuse``, ``audit``), as autofaiss
     chooses: exact for small sets; "pca" for high-dimensional ones up to ``PCA_UP_TO`` (3k candidates from an exact
@@ -42,8 +44,10 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
     dimensions; 4-bit fast-scan codes below ``PQ8_TRAIN`` vectors or where not even 8 bytes fit; an HNSW
     quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
     ``RERANK`` x k candidates are re-ranked against the vectors on disk (``build_index`` then widens the search until
-    the recall target). Returns (index, rerank factor); refuses a budget that not even 1-byte codes fit, with the
-    figure."""
+    the recall target). For a ``graph`` of the vectors against themselves (``knn``, ``diffuse``, ``audit``), the
+    ``join`` of k-means cells (``tools.celljoin``) instead of compressed codes: 4 bytes a row of cell assignment, the
+    vectors read from disk a cell's neighbourhood at a time. Returns (index, rerank factor); refuses a budget that
+    not even 1-byte codes fit, with the figure."""
     memory = available_bytes() if memory is None else memory
 
     def fits(index: str) -> bool:  # half the budget: the rest for training, queries and what the caller holds
@@ -57,6 +61,8 @@ def choose_index(n: int, d: int, memory: Optional[int] = None) -> tuple[str, flo
         return "exact", 0.0
     if fits("ivf"):
         return "ivf", 0.0
+    if graph and fits("join"):
+        return "join", 0.0
     # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than half the
     # budget holds as a training sample (freed before the index holds a vector: IndexPlan.total)
     cap = min(n // TRAIN_PER_CELL, memory / 2 / (TRAIN_PER_CELL * d * 4))
@@ -119,6 +125,8 @@ def index_bytes(index: str, n: int, d: int, M: int = 32, nlist: Optional[int] = 
     (8 bytes a vector), its cells (and an HNSW quantizer's links). None: a factory string of a kind not known here."""
     if index == "exact":
         return n * d * 4
+    if index == "join":
+        return join_bytes(n, d, nlist)
     if index == "ivf":
         return n * (d * 4 + 8) + (nlist or ivf_cells(n)) * d * 4
     if index == "hnsw":
@@ -149,45 +157,61 @@ def index_bytes(index: str, n: int, d: int, M: int = 32, nlist: Optional[int] = 
 
 
 def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optional[int] = None,
-               what: str = "a kNN search", nlist: Optional[int] = None) -> IndexPlan:
+               what: str = "a kNN search", nlist: Optional[int] = None, graph: bool = False) -> IndexPlan:
     """The plan of ``index`` ("auto": ``choose_index``'s pick) over n vectors of d dimensions within ``memory`` bytes
     (None: what the machine has available): the index, then its buffers sized within fractions of the budget (the
     training sample half, as the index is empty while it trains; a block of queries and the re-ranked candidates an
     eighth each, beside the index, never below what
-    works: 624 training rows, 64 queries). Refuses, before any work and with the figure, an index that does not fit
-    the budget."""
+    works: 624 training rows, 64 queries; a join's candidates an eighth). ``graph``: the index builds the graph of
+    the vectors against themselves (``choose_index``). Refuses, before any work and with the figure, an index that
+    does not fit the budget."""
     memory = available_bytes() if memory is None else int(memory)
-    name, rerank = choose_index(n, d, memory) if index == "auto" else (index, 0.0)
+    name, rerank = choose_index(n, d, memory, graph) if index == "auto" else (index, 0.0)
+    if name == "join" and not graph:
+        raise bad_param("index", "an index that answers any query (the join builds a graph of the vectors against "
+                                 "themselves: knn, diffuse, audit)", name)
     held = index_bytes(name, n, d, nlist=nlist)
     if held is not None:
         refuse_unless(held, memory, f"the {name} index of {n:,} vectors ({what})",
                       "Give --max-memory more, or let --index auto choose compressed codes within the budget.")
     trained = name not in ("exact", "hnsw")
     named = re.search(r"IVF(\d+)", name)
-    cells = int(named.group(1)) if named else (nlist or ivf_cells(n)) if name == "ivf" else 0
-    want = TRAIN_PER_CELL * max(256, cells)
+    cells = (int(named.group(1)) if named else (nlist or ivf_cells(n)) if name == "ivf"
+             else (nlist or join_cells(n)) if name == "join" else 0)
+    want = TRAIN_PER_CELL * (cells if name == "join" else max(256, cells))
     bits = re.search(r"PQ\d+(?:x(\d+))?", name)  # codebooks need TRAIN_PER_CELL rows per centroid at least
     floor = TRAIN_PER_CELL * 2 ** int(bits.group(1) or 8) if bits else PQ4_TRAIN
     train_rows = min(n, want, max(floor, memory // 2 // (d * 4))) if trained else None
     block = int(min(BLOCK, max(64, memory // 8 // (d * 8 + (k + 1) * 12))))
     rerank_bytes = int(min(RERANK_BYTES, max(memory // 8, 1))) if rerank else 0
+    if name == "join":  # the candidates of one cell's search, in place of re-ranked ones
+        rerank_bytes = int(min(CANDIDATE_BYTES, max(memory // 8, 1)))
     parts = {"index": held, "training sample": (train_rows or 0) * d * 4,
-             "query block": min(n, block) * (d * 8 + (k + 1) * 12), "re-ranking": rerank_bytes}
+             "query block": min(n, block) * (d * 8 + (k + 1) * 12),
+             "cell candidates" if name == "join" else "re-ranking": rerank_bytes}
     return IndexPlan(name, rerank, n, memory, {p: v for p, v in parts.items() if v != 0}, train_rows, block,
                      rerank_bytes or RERANK_BYTES)
 
 
 def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: str = "cosine", nprobe: int = 16,
                 nlist: Optional[int] = None, target: float = TARGET_RECALL, what: str = "a kNN search",
-                plan: Optional[IndexPlan] = None) -> KNNIndex:
+                plan: Optional[IndexPlan] = None, graph: bool = False):
     """A fitted index over X: the one ``auto`` of ``knn --approx``, ``dedup``, ``diffuse``, ``audit`` and ``serve``
     (``choose_index``'s pick within ``memory``, an approximate one's search then widened by ``KNNIndex.tune`` until
     recall@k on sampled rows of X reaches ``target``), or the named ``index`` as it is. Its ``plan_index`` is logged
     before the work (and kept as ``plan_``); an index that does not fit is refused then. A ``plan`` made (and said)
-    by the caller is followed as it is."""
+    by the caller is followed as it is. ``graph``: the index builds the graph of X against itself, and may be the
+    ``CellJoin`` that does only that."""
     if plan is None:
-        plan = plan_index(len(X), X.shape[1], index, k, memory, what, nlist if index != "auto" else None)
+        plan = plan_index(len(X), X.shape[1], index, k, memory, what, nlist if index != "auto" else None, graph)
         log.info(plan.line())
+    if plan.index == "join":
+        named = index != "auto"
+        join = CellJoin(metric=metric, nlist=nlist if named else None, nprobe=nprobe if named else NPROBE,
+                        train_rows=plan.train_rows,
+                        block=plan.block, candidate_bytes=plan.rerank_bytes).fit(X)
+        join.plan_ = plan
+        return join if named else join.tune(X, min(k, join.n_ - 1), target)
     knn = KNNIndex(metric=metric, index=plan.index, rerank=plan.rerank, nprobe=nprobe,
                    nlist=nlist if index != "auto" else None, train_rows=plan.train_rows, block=plan.block,
                    rerank_bytes=plan.rerank_bytes).fit(X)

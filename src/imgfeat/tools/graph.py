@@ -39,34 +39,49 @@ ORDER_CELLS_MAX = 1_024  # ... and no more cells (assigning 10M rows to 1,024 ce
 RAW_SUFFIXES = (".int32", ".float32", ".ids.txt")  # the low-shot diffusion code's bare graph files
 
 
-def write_raw(paths: Sequence, blocks: Iterable[tuple[np.ndarray, np.ndarray]], ids: Sequence[str]) -> None:
-    """The one writer of a raw graph (``knn --raw``, ``knn --engine ray``, ``diffuse``): ``(D, I)`` blocks in row order
-    to ``paths[0]`` (int32 I) and ``paths[1]`` (float32 D), row-major and streamed, and the ids to ``paths[2]``; the
-    caller's ``atomic_paths`` gives them their final names."""
-    with open(paths[0], "wb") as fi, open(paths[1], "wb") as fd:
-        for D, I in blocks:
-            fi.write(np.ascontiguousarray(I, np.int32).tobytes())
-            fd.write(np.ascontiguousarray(D, np.float32).tobytes())
+def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> None:
+    """The one writer of a raw graph (``knn --raw``, ``knn --engine ray``, ``diffuse``): ``(D, I)`` blocks in row order,
+    or ``(rows, D, I)`` blocks of any rows (a ``CellJoin``'s cells, written in place through a memory map), to
+    ``paths[0]`` (int32 I) and ``paths[1]`` (float32 D), row-major, and the ids to ``paths[2]``; the caller's
+    ``atomic_paths`` gives them their final names."""
+    n, at, files = len(ids), 0, None
+    try:
+        for block in blocks:
+            rows, D, I = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
+            if files is None:  # sized by the first block's k; pages of a file, not the program's memory
+                files = [np.memmap(paths[0], np.int32, "w+", shape=(n, I.shape[1])),
+                         np.memmap(paths[1], np.float32, "w+", shape=(n, D.shape[1]))]
+            files[0][rows], files[1][rows] = I, D
+            at += len(I)
+    finally:
+        for f in files or ():
+            f.flush()
+    if files is None:  # no rows: empty files
+        for path in paths[:2]:
+            open(path, "wb").close()
     write_lines(paths[2], ids)
 
 
 def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
                raw: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Compute the k-NN graph of ``X`` with the fitted ``index`` (a ``KNNIndex``) block by block and write it: ``raw``
-    (``write_raw``: memory stays flat whatever N is) and/or ``npz`` (I, D and ids, collected in memory). Every file
-    appears under its final name only when all are complete. Returns a function that reads rows of I back (to score
-    an approximate graph's recall)."""
+    """Compute the k-NN graph of ``X`` with the fitted ``index`` (a ``KNNIndex`` or a ``CellJoin``) block by block and
+    write it: ``raw`` (``write_raw``: memory stays flat whatever N is) and/or ``npz`` (I, D and ids, collected in
+    memory). Every file appears under its final name only when all are complete. Returns a function that reads rows
+    of I back (to score an approximate graph's recall)."""
     if not npz and not raw:
         raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
     finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
-    Ds, Is = [], []
+    n = len(ids)
+    held = (np.empty((n, k), np.float32), np.empty((n, k), np.int32)) if npz else None
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for D, I in index.iter_graph(X, k):
-            if npz:
-                Ds.append(D)
-                Is.append(I)
-            yield D, I
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        at = 0
+        for block in index.iter_graph(X, k):
+            rows, D, I = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
+            at += len(I)
+            if held is not None:
+                held[0][rows], held[1][rows] = D, I
+            yield rows, D, I
 
     with atomic_paths(finals + ([npz] if npz else [])) as partials:
         if raw:
@@ -75,10 +90,9 @@ def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = Non
             for _ in blocks():
                 pass
         if npz:
-            I_all = np.concatenate(Is)
             with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
-                np.savez(fh, I=I_all, D=np.concatenate(Ds), ids=np.array(list(ids)))
-            return lambda rows: I_all[rows]
+                np.savez(fh, I=held[1], D=held[0], ids=np.array(list(ids)))
+            return lambda rows: held[1][rows]
     return raw_rows(raw, len(ids), k)
 
 

@@ -1,0 +1,199 @@
+"""The kNN graph of a large collection against itself by joining k-means cells: the rows are split into cells (an
+IVF's coarse quantizer, 4 bytes a row of assignment), and the rows of each cell are searched exactly (faiss's BLAS
+brute force) against the members of the ``nprobe`` cells whose centroids lie nearest to their own. No vector codes are
+held and none re-ranked: each cell reads its candidates from the memory-mapped vectors, so memory is the assignment,
+the centroids and one cell's candidates whatever N is, and the work is one matrix product a cell (about
+``N x nprobe x N/nlist x d`` multiply-adds; a PQ index scans codes one query at a time and re-ranks from disk).
+
+The graph it gives is the one an IVF-Flat search would with the probes of each query's own cell; ``tune`` widens
+``nprobe`` until recall@k on sampled rows reaches the target, as ``KNNIndex.tune`` does for an index. Rows come out a
+group of cells at a time (``iter_graph`` yields their row numbers), which ``graph.save_graph`` writes in place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import ImgfeatError, bad_param, require
+from ._base import Params
+from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, sample_rows
+from .knn import KMEANS_ITERATIONS, METRICS, TARGET_RECALL, TRAIN_PER_CELL, TUNE_SAMPLE
+
+log = logging.getLogger(__name__)
+
+CELL_ROWS = 1_000  # join_cells: about this many rows a cell (10M rows: 8,192 cells; one cell's product, 16 probes,
+#                    is 1,200 x 20,000 x 256: a matrix product that runs at the BLAS's full speed)
+HNSW_CELLS = 4_096  # from this many cells, an HNSW over the centroids assigns the rows (a flat one compares each row
+#                     with every centroid: 10M x 8,192 x 256 is minutes on 2 cores)
+GROUP_ROWS = 65_536  # iter_graph: rows of whole cells gathered into one block of output
+NPROBE = 8  # the cells each cell's rows are searched in at first (tune widens it)
+CANDIDATE_BYTES = 256 * 2**20  # the candidate vectors of one cell's search, read and normalised (tune's limit)
+
+
+def join_cells(n: int) -> int:
+    """The cells of a join over n rows: about ``CELL_ROWS`` rows each, a power of 2, no more than the rows train."""
+    cells = 2 ** int(np.round(np.log2(max(1.0, n / CELL_ROWS))))
+    return int(max(1, min(cells, n // TRAIN_PER_CELL or 1)))
+
+
+def join_bytes(n: int, d: int, nlist: Optional[int] = None) -> int:
+    """What a fitted join holds: the assignment and the rows in cell order (4 bytes each a row), the centroids, and
+    an HNSW's links over them."""
+    nlist = nlist or join_cells(n)
+    return n * 8 + nlist * d * 4 + (nlist * 32 * 8 if nlist >= HNSW_CELLS else 0)
+
+
+class CellJoin(Params):
+    """The kNN graph of ``X`` against itself, one k-means cell at a time (module docstring). ``metric`` as
+    ``KNNIndex``'s ("cosine": rows normalised as they are read); ``nlist`` cells (None: ``join_cells``); each
+    cell's rows searched among the members of the ``nprobe`` cells nearest to it (itself first); ``train_rows``:
+    at most this many rows train the centroids (a memory budget's sample); ``candidate_bytes``: ``tune`` widens the
+    search no further than the largest cell's candidates fit in (``autoindex.plan_index`` sizes both)."""
+
+    index = "join"
+
+    def __init__(self, *, metric: str = "cosine", nlist: Optional[int] = None, nprobe: int = NPROBE, seed: int = 0,
+                 train_rows: Optional[int] = None, block: int = 65536,
+                 candidate_bytes: int = CANDIDATE_BYTES) -> None:
+        self.metric, self.nlist, self.nprobe, self.seed = metric, nlist, nprobe, seed
+        self.train_rows, self.block, self.candidate_bytes = train_rows, block, candidate_bytes
+
+    def fit(self, X) -> "CellJoin":
+        faiss = require("faiss", "science", "kNN graphs")
+        if self.metric not in METRICS:
+            raise bad_param("metric", f"one of {METRICS}", self.metric)
+        n, d = len(X), X.shape[1]
+        if n == 0:
+            raise ImgfeatError("no feature vectors to index")
+        self.normalise_ = self.metric == "cosine"
+        nlist = int(min(self.nlist or join_cells(n), n))
+        want = TRAIN_PER_CELL * nlist
+        rows = sample_rows(n, min(want, self.train_rows) if self.train_rows else want, self.seed)
+        sample = np.array(X[rows], dtype=np.float32, order="C")
+        if self.normalise_:
+            l2_normalise(sample, out=sample)
+        kmeans = faiss.Kmeans(d, nlist, niter=KMEANS_ITERATIONS, seed=self.seed, verbose=False)
+        kmeans.cp.min_points_per_centroid = 1  # fewer rows than TRAIN_PER_CELL a cell is allowed (a small sample)
+        kmeans.train(sample)
+        del sample
+        self.centroids_ = np.ascontiguousarray(kmeans.centroids, np.float32)
+        quantizer = faiss.IndexHNSWFlat(d, 32) if nlist >= HNSW_CELLS else faiss.IndexFlatL2(d)
+        quantizer.add(self.centroids_)
+        if nlist >= HNSW_CELLS:
+            quantizer.hnsw.efSearch = 64
+        cell = np.empty(n, np.int32)
+        for s, b in zip(range(0, n, self.block), row_blocks(X, self.block, self.normalise_)):
+            cell[s:s + len(b)] = quantizer.search(b, 1)[1][:, 0]
+        del quantizer
+        self.order_ = np.argsort(cell, kind="stable").astype(np.int32)  # the rows, cell by cell, in row order
+        self.bounds_ = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=nlist))]).astype(np.int64)
+        self.cell_ = cell
+        self.n_, self.dim_, self.nlist_ = n, d, nlist
+        return self
+
+    @property
+    def description(self) -> str:
+        return f"join of {self.nlist_} cells nprobe {self.nprobe}"
+
+    def _near(self, cells: np.ndarray, k: int, nprobe: Optional[int] = None) -> np.ndarray:
+        """The ``nprobe`` cells nearest to each of ``cells`` (by centroid; a cell is its own nearest), widened for
+        the few whose probes hold fewer than ``k + 1`` rows."""
+        faiss = require("faiss", "science", "kNN graphs")
+        sizes = np.diff(self.bounds_)
+        probes = min(nprobe or self.nprobe, self.nlist_)
+        while True:
+            _, near = faiss.knn(self.centroids_[cells], self.centroids_, probes)
+            short = sizes[near].sum(axis=1) < k + 1
+            if not short.any() or probes >= self.nlist_:
+                return near
+            probes = min(self.nlist_, 2 * probes)
+
+    def _members(self, cells) -> np.ndarray:
+        return np.concatenate([self.order_[self.bounds_[c]:self.bounds_[c + 1]] for c in cells])
+
+    def _search_cell(self, X, near: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k neighbours (self removed) of ``queries`` (rows of one cell) among the members of the cells
+        ``near``: one exact search, its candidates read from ``X`` in row order."""
+        faiss = require("faiss", "science", "kNN graphs")
+        cand = np.sort(self._members(near[near >= 0]))
+        Y = np.ascontiguousarray(X[cand], dtype=np.float32)
+        if self.normalise_:
+            l2_normalise(Y, out=Y)
+        Q = np.ascontiguousarray(Y[np.searchsorted(cand, queries)])
+        fetch = min(k + 1, len(cand))
+        D, I = faiss.knn(Q, Y, fetch, faiss_metric(faiss, self.metric))
+        I = np.where(I >= 0, cand[np.maximum(I, 0)], -1)
+        if fetch < k + 1:  # fewer candidates than k + 1 in every cell (a collection of a few rows)
+            missing = k + 1 - fetch
+            worst = np.inf if self.metric == "l2" else -np.inf
+            D = np.hstack([D, np.full((len(Q), missing), worst, np.float32)])
+            I = np.hstack([I, np.full((len(Q), missing), -1, I.dtype)])
+        D, I = drop_self(D.astype(np.float32), I.astype(np.int32), queries, k)
+        return D, I
+
+    def _check_k(self, k: int) -> None:
+        if k >= self.n_:
+            raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
+
+    def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The graph, as (rows, D, I) blocks of whole cells (about ``block`` rows each): each row's k neighbours,
+        its own entry removed; the rows of a block are not consecutive (write them in place)."""
+        self._check_k(k)
+        block = block or GROUP_ROWS
+        near = self._near(np.arange(self.nlist_), k)
+        rows, Ds, Is, held = [], [], [], 0
+        for c in range(self.nlist_):
+            queries = self.order_[self.bounds_[c]:self.bounds_[c + 1]]
+            if len(queries):
+                D, I = self._search_cell(X, near[c], queries, k)
+                rows.append(queries)
+                Ds.append(D)
+                Is.append(I)
+                held += len(queries)
+            if held >= block or (c == self.nlist_ - 1 and held):
+                yield np.concatenate(rows), np.concatenate(Ds), np.concatenate(Is)
+                rows, Ds, Is, held = [], [], [], 0
+
+    def graph(self, X, k: int, block: Optional[int] = None,
+              rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(D, I) of ``rows`` (all when None), in the order given."""
+        self._check_k(k)
+        rows = np.arange(self.n_) if rows is None else np.asarray(rows)
+        D, I = np.empty((len(rows), k), np.float32), np.empty((len(rows), k), np.int32)
+        cells = self.cell_[rows]
+        used = np.unique(cells)
+        near = self._near(used, k)
+        for c, probes in zip(used, near):
+            at = np.flatnonzero(cells == c)
+            D[at], I[at] = self._search_cell(X, probes, rows[at], k)
+        return D, I
+
+    def candidates(self, nprobe: int, k: int = 1) -> int:
+        """The most candidate rows one cell's search reads at ``nprobe``."""
+        near = self._near(np.arange(self.nlist_), k, nprobe)
+        return int(np.diff(self.bounds_)[near].sum(axis=1).max())
+
+    def tune(self, X, k: int, target: float = TARGET_RECALL, sample: int = TUNE_SAMPLE, seed: int = 1) -> "CellJoin":
+        """Double ``nprobe`` until recall@k on ``sample`` seeded rows reaches ``target`` (or every cell is searched,
+        or doubling gains nothing); sets ``recall_`` (recall, rows sampled)."""
+        rows = sample_rows(self.n_, sample, seed)
+        _, exact = exact_graph_rows(X, rows, k, self.metric)
+        best = recall_at_k(self.graph(X, k, rows=rows)[1], exact)
+        while best < target and self.nprobe < self.nlist_:
+            before, wider = self.nprobe, min(self.nlist_, 2 * self.nprobe)
+            if self.candidates(wider, k) * self.dim_ * 4 > self.candidate_bytes:
+                break  # the largest cell's candidates would not fit the budget
+            self.nprobe = wider
+            recall = recall_at_k(self.graph(X, k, rows=rows)[1], exact)
+            if recall <= best:
+                self.nprobe = before
+                break
+            best = recall
+        self.recall_ = (best, len(rows))
+        if best < target:
+            log.warning("the join of %d cells reaches recall@%d %.3f on %d sampled rows (target %.2f) at nprobe %d: "
+                        "these vectors have little cell structure; more memory (--max-memory) lets it search wider",
+                        self.nlist_, k, best, len(rows), target, self.nprobe)
+        return self

@@ -1,0 +1,148 @@
+"""Issue 31: the kNN graph by joining k-means cells (``tools.celljoin``), the graph of a collection whose vectors do
+not fit in memory: exact when every cell is searched, tuned to the recall target otherwise, written in place a cell
+at a time, and the choice of ``auto`` for the graph commands (``knn``, ``diffuse``, ``audit``) where PQ codes were."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("scipy")
+
+from imgfeat.cli import main  # noqa: E402
+from imgfeat.errors import ImgfeatError  # noqa: E402
+from imgfeat.tools.autoindex import build_index, choose_index, plan_index  # noqa: E402
+from imgfeat.tools.celljoin import CellJoin, join_bytes, join_cells  # noqa: E402
+from imgfeat.tools.exact import exact_graph_rows, recall_at_k  # noqa: E402
+from imgfeat.tools.graph import RawGraph, save_graph  # noqa: E402
+from imgfeat.tools.knn import KNNIndex  # noqa: E402
+
+from test_tools import write_features  # noqa: E402
+
+
+def _clustered(n: int, d: int = 16, centres: int = 40, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((centres, d)).astype(np.float32)
+    return (C[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_the_join_searching_every_cell_is_the_exact_graph(metric):
+    """With ``nprobe`` = every cell each row's candidates are all rows: the exact graph, neighbours and scores."""
+    X = _clustered(1500)
+    join = CellJoin(metric=metric, nlist=12, nprobe=12).fit(X)
+    D, I = join.graph(X, 7)
+    Dx, Ix = KNNIndex(metric=metric, index="exact").fit(X).graph(X, 7)
+    np.testing.assert_array_equal(I, Ix)
+    np.testing.assert_allclose(D, Dx, rtol=1e-4, atol=1e-4)
+    # the cell-by-cell blocks hold every row once, each with the same neighbours as graph()
+    seen = np.zeros(len(X), int)
+    for rows, Db, Ib in join.iter_graph(X, 7, block=100):
+        seen[rows] += 1
+        np.testing.assert_array_equal(Ib, I[rows])
+        assert not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))) or len(rows) < 100
+    assert (seen == 1).all()
+
+
+def test_tuning_widens_the_join_until_the_recall_target_and_no_wider_than_its_budget():
+    """One probe misses the neighbours across cell borders; ``tune`` doubles ``nprobe`` until sampled recall@k
+    reaches the target, and stops where the largest cell's candidates would pass ``candidate_bytes``."""
+    X = _clustered(4000, d=8, centres=4, noise=1.0, seed=1)
+    rows = np.arange(0, 4000, 16)
+    _, exact = exact_graph_rows(X, rows, 10, "cosine")
+    join = CellJoin(nlist=32, nprobe=1).fit(X)
+    assert recall_at_k(join.graph(X, 10, rows=rows)[1], exact) < 0.9
+    join.tune(X, 10)
+    assert join.nprobe > 1 and join.recall_[0] >= 0.95 and join.recall_[1] == 256
+    assert recall_at_k(join.graph(X, 10, rows=rows)[1], exact) >= 0.9
+    assert join.description == f"join of 32 cells nprobe {join.nprobe}"
+    small = CellJoin(nlist=32, nprobe=1, candidate_bytes=join.candidates(2) * 8 * 4).fit(X).tune(X, 10)
+    assert small.nprobe == 2 and small.recall_[0] < 0.95  # the budget held it back, and it says how far it got
+
+
+def test_a_join_on_a_few_rows_still_finds_k_neighbours_per_row():
+    """Cells whose probes hold fewer than k + 1 rows are widened; -1 only where fewer than k other rows exist."""
+    X = _clustered(60, d=4, centres=6)
+    D, I = CellJoin(nlist=12, nprobe=1).fit(X).graph(X, 10)
+    assert (I >= 0).all() and not (I == np.arange(60)[:, None]).any()
+    Dx, Ix = KNNIndex(index="exact").fit(X).graph(X, 10)
+    assert recall_at_k(I, Ix) > 0.8
+    with pytest.raises(ImgfeatError):
+        CellJoin(nlist=2).fit(X).graph(X, 60)
+
+
+def test_the_join_written_in_place_is_the_graph_it_computes(tmp_path):
+    """``save_graph`` writes a join's blocks of scattered rows where they belong: the raw files (memory-mapped) and
+    the .npz are the graph of rows in order, read from a store's matrix as from an array."""
+    X = _clustered(3000)
+    join = CellJoin(nlist=16, nprobe=4).fit(X)
+    ids = [f"r{i}" for i in range(len(X))]
+    read = save_graph(join, X, ids, 6, npz=str(tmp_path / "g.npz"), raw=str(tmp_path / "g"))
+    D, I = join.graph(X, 6)
+    graph = RawGraph.open(str(tmp_path / "g"))
+    np.testing.assert_array_equal(graph.I, I)
+    np.testing.assert_array_equal(graph.D, D)
+    assert list(graph.ids) == ids and np.array_equal(read(np.arange(5)), I[:5])
+    with np.load(tmp_path / "g.npz") as z:
+        np.testing.assert_array_equal(z["I"], I)
+
+
+def test_auto_builds_graphs_by_join_where_the_vectors_do_not_fit_and_serves_from_codes():
+    """``choose_index`` keeps PQ codes for a search index (serve, dedup) and gives the graph commands the join where
+    the vectors do not fit; the plan holds the assignment, the centroids, their sample and one cell's candidates."""
+    assert choose_index(10_000_000, 256, 2**30, graph=True) == ("join", 0.0)
+    assert ",PQ" in choose_index(10_000_000, 256, 2**30)[0]
+    assert choose_index(200_000, 256, 2**31, graph=True) == ("ivf", 0.0)  # fits: inverted lists of the vectors
+    plan = plan_index(10_000_000, 256, "auto", 30, 2**30, graph=True)
+    assert plan.index == "join" and plan.parts["index"] == join_bytes(10_000_000, 256) < 100 * 2**20
+    assert join_cells(10_000_000) == 8192 and plan.train_rows == 8192 * 39
+    assert plan.total <= 2**30 and plan.parts["cell candidates"] == 2**30 // 8
+    for memory in (2**33, 2**35):  # 100M x 256
+        big = plan_index(100_000_000, 256, "auto", 30, memory, graph=True)
+        assert big.index == "join" and big.total <= memory
+    with pytest.raises(ImgfeatError, match="join builds a graph"):
+        plan_index(1000, 8, "join", 5, 2**30)
+
+
+def test_knn_and_diffuse_under_a_small_budget_build_their_graph_by_join(tmp_path, capsys, monkeypatch):
+    """End to end: ``knn --approx auto`` within 1 MB writes the join's graph and reports its sampled recall; ``diffuse``
+    on the join's graph predicts as on the exact one (well-separated classes: the join finds the same neighbours)."""
+    from imgfeat.tools import autoindex
+
+    X = _clustered(6000, d=32, centres=20, noise=0.2, seed=4)
+    ids = write_features(tmp_path / "f.npy", X)
+    monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
+    monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
+    assert main(["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--approx", "auto", "--max-memory",
+                 "1MB", "--raw", str(tmp_path / "g"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["index"].startswith("join of ") and out["recall_at_k"] >= 0.95
+    assert out["memory"]["bytes"] <= 2**20
+    assert RawGraph.open(str(tmp_path / "g")).n == 6000
+
+    rng = np.random.default_rng(0)  # a row's class: the nearest of 20 random rows
+    labels = np.argmax(X @ X[rng.choice(6000, 20, replace=False)].T, axis=1)
+    lines = [f"{i}\t{c}\n" for i, c in zip(ids, labels.tolist())]
+    (tmp_path / "train.tsv").write_text("".join(lines[::50]))
+    (tmp_path / "test.tsv").write_text("".join(line for i, line in enumerate(lines) if i % 50))
+    preds = {}
+    for index in ("join", "exact"):
+        assert main(["diffuse", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "train.tsv"),
+                     "--test-labels", str(tmp_path / "test.tsv"), "--index", index, "--iterations", "10", "--out",
+                     str(tmp_path / f"{index}.tsv"), "--json"]) == 0
+        preds[index] = json.loads(capsys.readouterr().out)
+    assert preds["join"]["index"].startswith("join of ")
+    assert abs(preds["join"]["accuracy"] - preds["exact"]["accuracy"]) < 0.01
+    same = np.mean([a == b for a, b in zip(open(tmp_path / "join.tsv"), open(tmp_path / "exact.tsv"))])
+    assert same > 0.99
+
+
+def test_build_index_gives_the_join_only_to_a_graph():
+    X = _clustered(3000)
+    join = build_index(X, "join", 5, graph=True, nprobe=3)
+    assert isinstance(join, CellJoin) and join.nprobe == 3 and join.plan_.index == "join"
+    with pytest.raises(ImgfeatError, match="join builds a graph"):
+        build_index(X, "join", 5)
