@@ -169,7 +169,7 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
     name, rerank = choose_index(n, d, memory, graph) if index == "auto" else (index, 0.0)
     if name == "join" and not graph:
         raise bad_param("index", "an index that answers any query (the join builds a graph of the vectors against "
-                                 "themselves: knn, diffuse, audit)", name)
+                                 "themselves, on one machine: knn, diffuse, audit)", name)
     held = index_bytes(name, n, d, nlist=nlist)
     if held is not None:
         refuse_unless(held, memory, f"the {name} index of {n:,} vectors ({what})",

@@ -169,11 +169,13 @@ class GraphDiffusion(Params):
         try:
             for c0, F in propagate(S, sources, C, self.iterations, self.alpha, self.memory_["columns"], each):
                 self.scores_[:, c0:c0 + F.shape[1]] = F[keep]
-                top = F.argmax(axis=1)
-                val = F[np.arange(n), top]
-                better = val > best  # strictly: the first class wins a tie, as argmax over all classes does
-                best[better] = val[better]
-                labels[better] = (top[better] + c0).astype(np.int32)
+                for at in range(0, n, BEST_ROWS):  # a block of rows at a time: no N-sized temporaries
+                    part = slice(at, at + BEST_ROWS)
+                    top = F[part].argmax(axis=1)
+                    val = np.take_along_axis(F[part], top[:, None], 1)[:, 0]
+                    better = val > best[part]  # strictly: the first class wins a tie, as argmax does
+                    best[part][better] = val[better]
+                    labels[part][better] = (top[better] + c0).astype(np.int32)
         finally:
             S.close()
         if order is not None:
@@ -211,6 +213,7 @@ def best_iterations(tracked: dict[int, np.ndarray], classes: np.ndarray, truth: 
 
 
 ITERATION_GRID = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
+BEST_ROWS = 65_536  # GraphDiffusion: the rows whose best class is updated at a time
 MIN_VALIDATION_PER_CLASS = 5  # fewer held-out images per class: the iterations chosen on them are noise
 
 

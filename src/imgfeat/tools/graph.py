@@ -310,16 +310,21 @@ def propagate(S: DiskCSR, sources: tuple[np.ndarray, np.ndarray, np.ndarray], n_
               alpha: float, columns: int, each=None) -> Iterator[tuple[int, np.ndarray]]:
     """``F <- alpha S F + (1 - alpha) Y`` for ``iterations`` steps from ``F = Y``, where Y is zero but at the
     ``sources`` (rows, class columns, values), on ``columns`` classes at a time: yields (first class, F block N x
-    columns) after the last step. ``each(t, first class, F block)`` is called after every step t (1-based)."""
+    columns) after the last step, valid until the next is asked for (the blocks share two buffers). ``each(t, first
+    class, F block)`` is called after every step t (1-based)."""
     rows, cols, vals = sources
     n = S.n
+    width = min(n_classes, columns)
+    # two buffers for every block (the last, narrower one uses their fronts): a block yielded and still held by the
+    # caller while the next is set up never makes it four (3M rows in 1 GiB: 2.1 GB measured before, BENCHMARKS.md)
+    buffers = np.empty(n * width, np.float32), np.empty(n * width, np.float32)
     for c0 in range(0, n_classes, columns):
         c1 = min(n_classes, c0 + columns)
         sel = (cols >= c0) & (cols < c1)
         r, c, v = rows[sel], cols[sel] - c0, vals[sel].astype(np.float32)
-        F = np.zeros((n, c1 - c0), np.float32)
+        F, out = (b[:n * (c1 - c0)].reshape(n, c1 - c0) for b in buffers)
+        F.fill(0)
         F[r, c] = v
-        out = np.empty_like(F)
         for t in range(1, iterations + 1):
             S.matmul(F, out)
             out *= np.float32(alpha)
