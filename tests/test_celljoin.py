@@ -100,9 +100,11 @@ def test_auto_builds_graphs_by_join_where_the_vectors_do_not_fit_and_serves_from
     assert plan.index == "join" and plan.parts["index"] == join_bytes(10_000_000, 256) < 100 * 2**20
     assert join_cells(10_000_000) == 8192 and plan.train_rows == 8192 * 39
     assert plan.total <= 2**30 and plan.parts["cell candidates"] == 2**30 // 8
-    for memory in (2**33, 2**35):  # 100M x 256
+    assert plan.nlist == 8192
+    for memory, cells in ((2**32, 32768), (2**33, 65536), (2**35, 131072)):  # 100M x 256: cells as their sample fits
         big = plan_index(100_000_000, 256, "auto", 30, memory, graph=True)
-        assert big.index == "join" and big.total <= memory
+        assert big.index == "join" and big.total <= memory and big.nlist == cells
+        assert big.train_rows == cells * 39 <= memory / 2 / 1024
     with pytest.raises(ImgfeatError, match="join builds a graph"):
         plan_index(1000, 8, "join", 5, 2**30)
 
@@ -121,6 +123,7 @@ def test_knn_and_diffuse_under_a_small_budget_build_their_graph_by_join(tmp_path
     out = json.loads(capsys.readouterr().out)
     assert out["index"].startswith("join of ") and out["recall_at_k"] >= 0.95
     assert out["memory"]["bytes"] <= 2**20
+    assert out["index"].endswith(" nprobe 1")  # the budget's 128 KB of candidates hold one cell (750 rows x 128 B)
     assert RawGraph.open(str(tmp_path / "g")).n == 6000
 
     rng = np.random.default_rng(0)  # a row's class: the nearest of 20 random rows

@@ -90,8 +90,9 @@ def choose_index(n: int, d: int, memory: Optional[int] = None, graph: bool = Fal
 class IndexPlan:
     """What a kNN index over n vectors will hold, before it is built: ``parts`` in bytes (the index itself, its
     training sample, a block of queries, the re-ranked candidates of a block), within ``budget``; ``train_rows``,
-    ``block`` and ``rerank_bytes`` are the sizes ``build_index`` gives the ``KNNIndex`` so that it keeps to them. An
-    index ``None`` in ``parts`` is one whose size is not known (a factory string of an unknown kind)."""
+    ``block`` and ``rerank_bytes`` are the sizes ``build_index`` gives the ``KNNIndex`` so that it keeps to them (a
+    join's candidate bytes, and its ``nlist`` cells: about 1,000 rows each, as many as their sample fits half the
+    budget). An index ``None`` in ``parts`` is one whose size is not known (a factory string of an unknown kind)."""
 
     index: str
     rerank: float
@@ -101,6 +102,7 @@ class IndexPlan:
     train_rows: Optional[int]
     block: int
     rerank_bytes: int
+    nlist: Optional[int] = None  # a join's cells
 
     @property
     def total(self) -> int:
@@ -170,6 +172,8 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
     if name == "join" and not graph:
         raise bad_param("index", "an index that answers any query (the join builds a graph of the vectors against "
                                  "themselves, on one machine: knn, diffuse, audit)", name)
+    if name == "join" and not nlist:  # ~1,000 rows a cell, as far as their sample (39 rows a cell) fits half the budget
+        nlist = min(join_cells(n), 2 ** int(np.floor(np.log2(max(2.0, memory / 2 / (TRAIN_PER_CELL * d * 4))))))
     held = index_bytes(name, n, d, nlist=nlist)
     if held is not None:
         refuse_unless(held, memory, f"the {name} index of {n:,} vectors ({what})",
@@ -190,7 +194,7 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
              "query block": min(n, block) * (d * 8 + (k + 1) * 12),
              "cell candidates" if name == "join" else "re-ranking": rerank_bytes}
     return IndexPlan(name, rerank, n, memory, {p: v for p, v in parts.items() if v != 0}, train_rows, block,
-                     rerank_bytes or RERANK_BYTES)
+                     rerank_bytes or RERANK_BYTES, nlist if name == "join" else None)
 
 
 def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: str = "cosine", nprobe: int = 16,
@@ -207,7 +211,9 @@ def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: 
         log.info(plan.line())
     if plan.index == "join":
         named = index != "auto"
-        join = CellJoin(metric=metric, nlist=nlist if named else None, nprobe=nprobe if named else NPROBE,
+        # auto: NPROBE cells at first, fewer where the budget's candidates hold fewer (tune widens within it)
+        first = max(1, min(NPROBE, plan.rerank_bytes // max(1, len(X) // plan.nlist * X.shape[1] * 4)))
+        join = CellJoin(metric=metric, nlist=plan.nlist, nprobe=nprobe if named else first,
                         train_rows=plan.train_rows,
                         block=plan.block, candidate_bytes=plan.rerank_bytes).fit(X)
         join.plan_ = plan
