@@ -176,8 +176,9 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
 
 def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplicates(tmp_path, capsys, monkeypatch):
     """``dedup`` (default --index auto, the one ``choose_index``): exact for a small set; above (thresholds lowered
-    here) ivf while the vectors fit half of --max-memory, else PQ codes whose candidates are re-ranked exactly; every
-    planted near-duplicate is grouped with its original either way."""
+    here) ivf while the vectors fit half of --max-memory, else the join of cells (its graph: one cell's candidates
+    within the budget, a row a candidate in its two nearest cells); every planted near-duplicate (a tenth of the pairs
+    split by a cell's border) is grouped with its original either way."""
     from imgfeat.tools import autoindex
 
     monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
@@ -188,7 +189,7 @@ def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplica
     X[11000:11120] = X[planted] + 0.08 * rng.standard_normal((120, 48)).astype(np.float32)  # cosine ~0.997
     ids = [f"i{i}" for i in range(len(X))]
     write_features(tmp_path / "f.npy", X, ids)
-    for memory, want in (("1GB", "ivf"), ("1MB", "PQ")):
+    for memory, want in (("1GB", "ivf"), ("1MB", "join")):
         out = tmp_path / f"{want}.tsv"
         assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--out", str(out), "--json", "--max-memory",
                      memory]) == 0
@@ -326,8 +327,8 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, mon
 
 
 def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
-    """``knn --approx auto`` and ``dedup`` take ``choose_index``'s index: exact on a small set; under a tiny budget,
-    ``dedup``'s search index is PQ re-ranked (``knn``'s graph is then a join: test_celljoin)."""
+    """``knn --approx auto`` and ``dedup`` take ``choose_index``'s index: exact on a small set, the join of cells
+    under a tiny budget (as ``knn``'s graph: test_celljoin)."""
     from imgfeat.tools import autoindex
 
     rng = np.random.default_rng(3)
@@ -340,7 +341,7 @@ def test_knn_approx_auto_is_the_same_choice(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
     assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--max-memory", "1MB", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert " re-ranked x" in out["index"] and ",PQ" in out["index"]
+    assert out["index"].startswith("join of ") and out["memory"]["index"] == "join"
 
 
 def test_tuning_widens_an_approximate_search_until_the_recall_target():
@@ -434,10 +435,12 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
     with caplog.at_level(logging.INFO, logger="imgfeat.tools.autoindex"):
         assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--k", "5", "--max-memory", "1MB",
                      "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)["memory"]
-    assert "memory plan: the IVF" in caplog.text and "x4fs index of 6,000 vectors" in caplog.text
+    plan = json.loads(capsys.readouterr().out)["memory"]  # dedup's graph: the join of cells
+    assert "memory plan: the join index of 6,000 vectors: index " in caplog.text
     assert plan["budget"] == 2**20 and 0 < plan["parts"]["index"] < plan["bytes"] <= plan["budget"]
-    assert plan["parts"]["index"] == index_bytes(plan["index"], 6000, 32) and "x4fs" in plan["index"]
+    assert plan["parts"]["index"] == index_bytes("join", 6000, 32, nlist=8) and plan["index"] == "join"
+    codes = plan_index(6000, 32, "auto", 5, 2**20)  # a search index (serve): PQ codes within the budget
+    assert "x4fs" in codes.index and 0 < codes.parts["index"] == index_bytes(codes.index, 6000, 32) < codes.total
 
     def no_work(self, X):
         raise AssertionError("the index was built before the budget was checked")

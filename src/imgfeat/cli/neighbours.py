@@ -93,7 +93,7 @@ def _dedup(args) -> int:
     from ..tools.memory import budget
 
     ids, X = open_matrix(args.features)
-    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory), what="imgfeat dedup")
+    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory), what="imgfeat dedup", graph=True)
     index = knn.description
     groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, knn=knn)
     if args.out:
@@ -167,7 +167,8 @@ def _add_dedup(sub) -> None:
     dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
     dedup.add_argument("--index", default="auto", metavar=index_metavar(),
                        help="faiss index (as imgfeat knn --approx); auto: chosen by size within --max-memory (exact, "
-                            "pca for high dimensions, ivf, then PQ codes whose candidates are re-ranked exactly)")
+                            "pca for high dimensions, ivf, then the join of k-means cells: each cell searched "
+                            "exactly among its nearest cells, the vectors read from disk)")
     dedup.add_argument("--max-memory", metavar="SIZE",
                        help="memory the index may hold (e.g. 4GB; default: what the machine has available); the "
                             "plan is logged before the work, and an index that does not fit is refused with the figure")

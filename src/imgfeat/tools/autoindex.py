@@ -212,7 +212,7 @@ def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: 
     if plan.index == "join":
         named = index != "auto"
         # auto: NPROBE cells at first, fewer where the budget's candidates hold fewer (tune widens within it)
-        first = max(1, min(NPROBE, plan.rerank_bytes // max(1, len(X) // plan.nlist * X.shape[1] * 4)))
+        first = max(1, min(NPROBE, plan.rerank_bytes // max(1, len(X) // plan.nlist * 2 * X.shape[1] * 4)))
         join = CellJoin(metric=metric, nlist=plan.nlist, nprobe=nprobe if named else first,
                         train_rows=plan.train_rows,
                         block=plan.block, candidate_bytes=plan.rerank_bytes).fit(X)

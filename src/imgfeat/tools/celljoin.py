@@ -1,13 +1,14 @@
 """The kNN graph of a large collection against itself by joining k-means cells: the rows are split into cells (an
-IVF's coarse quantizer, 4 bytes a row of assignment), and the rows of each cell are searched exactly (faiss's BLAS
-brute force) against the members of the ``nprobe`` cells whose centroids lie nearest to their own. No vector codes are
-held and none re-ranked: each cell reads its candidates from the memory-mapped vectors, so memory is the assignment,
-the centroids and one cell's candidates whatever N is, and the work is one matrix product a cell (about
-``N x nprobe x N/nlist x d`` multiply-adds; a PQ index scans codes one query at a time and re-ranks from disk).
+IVF's coarse quantizer), and the rows of each cell are searched exactly (faiss's BLAS brute force) against the rows
+whose nearest or second-nearest centroid is one of the ``nprobe`` centroids nearest to their own cell's (so that two
+near rows on either side of a border still meet). No vector codes are held and none re-ranked: each cell reads its
+candidates from the memory-mapped vectors, so memory is 12 bytes a row of assignment, the centroids and one cell's
+candidates whatever N is, and the work is one matrix product a cell (about ``N x 2 nprobe x N/nlist x d``
+multiply-adds, linear in N; a PQ index scans codes one query at a time and re-ranks them from disk).
 
-The graph it gives is the one an IVF-Flat search would with the probes of each query's own cell; ``tune`` widens
-``nprobe`` until recall@k on sampled rows reaches the target, as ``KNNIndex.tune`` does for an index. Rows come out a
-group of cells at a time (``iter_graph`` yields their row numbers), which ``graph.save_graph`` writes in place."""
+``tune`` widens ``nprobe`` until recall@k on sampled rows reaches the target, as ``KNNIndex.tune`` does for an index.
+Rows come out a group of cells at a time (``iter_graph`` yields their row numbers), which ``graph.save_graph`` writes
+in place."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ CELL_ROWS = 1_000  # join_cells: about this many rows a cell (10M rows: 8,192 ce
 HNSW_CELLS = 4_096  # from this many cells, an HNSW over the centroids assigns the rows (a flat one compares each row
 #                     with every centroid: 10M x 8,192 x 256 is minutes on 2 cores)
 GROUP_ROWS = 65_536  # iter_graph: rows of whole cells gathered into one block of output
-NPROBE = 8  # the cells each cell's rows are searched in at first (tune widens it)
+NPROBE = 4  # the cells each cell's rows are searched in at first (tune widens it): with the rows of their second
+#            cells, about as many candidates as 8 cells' own rows
 CANDIDATE_BYTES = 256 * 2**20  # the candidate vectors of one cell's search, read and normalised (tune's limit)
 
 
@@ -39,10 +41,16 @@ def join_cells(n: int) -> int:
 
 
 def join_bytes(n: int, d: int, nlist: Optional[int] = None) -> int:
-    """What a fitted join holds: the assignment and the rows in cell order (4 bytes each a row), the centroids, and
-    an HNSW's links over them."""
+    """What a fitted join holds: each row's cell, and the rows in the order of their nearest and of their second
+    nearest cell (4 bytes each a row), the centroids, and an HNSW's links over them."""
     nlist = nlist or join_cells(n)
-    return n * 8 + nlist * d * 4 + (nlist * 32 * 8 if nlist >= HNSW_CELLS else 0)
+    return n * 12 + nlist * d * 4 + (nlist * 32 * 8 if nlist >= HNSW_CELLS else 0)
+
+
+def _by_cell(cell: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows sorted by ``cell`` (int32, in row order within a cell) and where each cell's rows start and end."""
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=nlist))]).astype(np.int64)
+    return np.argsort(cell, kind="stable").astype(np.int32), bounds
 
 
 class CellJoin(Params):
@@ -83,12 +91,16 @@ class CellJoin(Params):
         quantizer.add(self.centroids_)
         if nlist >= HNSW_CELLS:
             quantizer.hnsw.efSearch = 64
-        cell = np.empty(n, np.int32)
+        cell, second = np.empty(n, np.int32), np.empty(n, np.int32)
         for s, b in zip(range(0, n, self.block), row_blocks(X, self.block, self.normalise_)):
-            cell[s:s + len(b)] = quantizer.search(b, 1)[1][:, 0]
+            top = quantizer.search(b, 2)[1]
+            cell[s:s + len(b)], second[s:s + len(b)] = top[:, 0], np.where(top[:, 1] >= 0, top[:, 1], top[:, 0])
         del quantizer
-        self.order_ = np.argsort(cell, kind="stable").astype(np.int32)  # the rows, cell by cell, in row order
-        self.bounds_ = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=nlist))]).astype(np.int64)
+        # a row is searched from its nearest cell, and is a candidate in its two nearest: the near pairs that a cell's
+        # border splits (a tenth of near-duplicate pairs in isotropic 48-d data) still meet in one cell
+        self.order_, self.bounds_ = _by_cell(cell, nlist)
+        self.second_, self.second_bounds_ = _by_cell(second, nlist)
+        del second
         self.cell_ = cell
         self.n_, self.dim_, self.nlist_ = n, d, nlist
         return self
@@ -111,13 +123,16 @@ class CellJoin(Params):
             probes = min(self.nlist_, 2 * probes)
 
     def _members(self, cells) -> np.ndarray:
-        return np.concatenate([self.order_[self.bounds_[c]:self.bounds_[c + 1]] for c in cells])
+        """The candidate rows of ``cells``: those whose nearest or second-nearest cell is one of them, in row order."""
+        return np.unique(np.concatenate(
+            [rows[bounds[c]:bounds[c + 1]] for c in cells
+             for rows, bounds in ((self.order_, self.bounds_), (self.second_, self.second_bounds_))]))
 
     def _search_cell(self, X, near: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k neighbours (self removed) of ``queries`` (rows of one cell) among the members of the cells
         ``near``: one exact search, its candidates read from ``X`` in row order."""
         faiss = require("faiss", "science", "kNN graphs")
-        cand = np.sort(self._members(near[near >= 0]))
+        cand = self._members(near[near >= 0])
         Y = np.ascontiguousarray(X[cand], dtype=np.float32)
         if self.normalise_:
             l2_normalise(Y, out=Y)
@@ -173,7 +188,8 @@ class CellJoin(Params):
     def candidates(self, nprobe: int, k: int = 1) -> int:
         """The most candidate rows one cell's search reads at ``nprobe``."""
         near = self._near(np.arange(self.nlist_), k, nprobe)
-        return int(np.diff(self.bounds_)[near].sum(axis=1).max())
+        sizes = np.diff(self.bounds_) + np.diff(self.second_bounds_)
+        return int(sizes[near].sum(axis=1).max())
 
     def tune(self, X, k: int, target: float = TARGET_RECALL, sample: int = TUNE_SAMPLE, seed: int = 1) -> "CellJoin":
         """Double ``nprobe`` until recall@k on ``sample`` seeded rows reaches ``target`` (or every cell is searched,

@@ -28,12 +28,20 @@ def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex
                     progress: Optional[Callable[[int], None]] = None,
                     block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """(D, I): the cosine similarities and rows of each vector's ``k`` nearest others (-1 where fewer
-    exist). ``knn``: an already fitted cosine index over X to reuse; ``progress(rows_done)`` is called
-    after each block of ``block`` queries (default: the index's block)."""
+    exist). ``knn``: an already fitted cosine index over X to reuse, or a ``CellJoin`` over it (its graph: k others);
+    ``progress(rows_done)`` is called after each block of ``block`` queries (default: the index's block)."""
     knn = knn or KNNIndex(metric="cosine", index=index).fit(X)
     n, kk = len(X), min(k + 1, len(X))
     block = block or knn.block
     D, I = np.empty((n, kk), np.float32), np.empty((n, kk), np.int32)
+    if not hasattr(knn, "search"):  # a CellJoin: its graph, a group of cells at a time (each row's own entry out)
+        D[:, -1], I[:, -1], done = -np.inf, -1, 0
+        for rows, Dc, Ic in knn.iter_graph(X, kk - 1, block):
+            D[rows, :-1], I[rows, :-1] = Dc, Ic
+            done += len(rows)
+            if progress is not None:
+                progress(done)
+        return D, I
     for s in range(0, n, block):
         D[s:s + block], I[s:s + block] = knn.search(X[s:s + block], kk)
         if progress is not None:
