@@ -90,12 +90,14 @@ def test_the_join_written_in_place_is_the_graph_it_computes(tmp_path):
         np.testing.assert_array_equal(z["I"], I)
 
 
-def test_auto_builds_graphs_by_join_where_the_vectors_do_not_fit_and_serves_from_codes():
-    """``choose_index`` keeps PQ codes for a search index (serve, dedup) and gives the graph commands the join where
-    the vectors do not fit; the plan holds the assignment, the centroids, their sample and one cell's candidates."""
+def test_auto_builds_graphs_by_join_and_serves_from_inverted_lists_or_codes():
+    """``choose_index`` keeps inverted lists or PQ codes for a search index (serve) and gives the graph commands the
+    join above exact search; the plan holds the assignment, the centroids, their sample and one cell's candidates."""
     assert choose_index(10_000_000, 256, 2**30, graph=True) == ("join", 0.0)
     assert ",PQ" in choose_index(10_000_000, 256, 2**30)[0]
-    assert choose_index(200_000, 256, 2**31, graph=True) == ("ivf", 0.0)  # fits: inverted lists of the vectors
+    assert choose_index(200_000, 256, 2**31, graph=True) == ("join", 0.0)  # above exact: even where the vectors fit
+    assert choose_index(200_000, 256, 2**31) == ("ivf", 0.0)  # ... where a search index keeps inverted lists of them
+    assert choose_index(50_000, 256, 2**31, graph=True) == ("exact", 0.0)
     plan = plan_index(10_000_000, 256, "auto", 30, 2**30, graph=True)
     assert plan.index == "join" and plan.parts["index"] == join_bytes(10_000_000, 256) < 10_000_000 * 14
     assert join_cells(10_000_000) == 8192 and plan.train_rows == 8192 * 39

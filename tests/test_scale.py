@@ -176,9 +176,9 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
 
 def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplicates(tmp_path, capsys, monkeypatch):
     """``dedup`` (default --index auto, the one ``choose_index``): exact for a small set; above (thresholds lowered
-    here) ivf while the vectors fit half of --max-memory, else the join of cells (its graph: one cell's candidates
-    within the budget, a row a candidate in its two nearest cells); every planted near-duplicate (a tenth of the pairs
-    split by a cell's border) is grouped with its original either way."""
+    here) the join of cells (its graph: a row a candidate in its two nearest cells; tuned wider on these isotropic
+    vectors, or under a tight budget one cell's candidates and no wider); every planted near-duplicate (a tenth of the
+    pairs lie across a cell's border) is grouped with its original either way."""
     from imgfeat.tools import autoindex
 
     monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
@@ -189,7 +189,7 @@ def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplica
     X[11000:11120] = X[planted] + 0.08 * rng.standard_normal((120, 48)).astype(np.float32)  # cosine ~0.997
     ids = [f"i{i}" for i in range(len(X))]
     write_features(tmp_path / "f.npy", X, ids)
-    for memory, want in (("1GB", "ivf"), ("1MB", "join")):
+    for memory, want in (("1GB", "join of 16 cells nprobe 16"), ("1MB", "join of 16 cells nprobe 1")):
         out = tmp_path / f"{want}.tsv"
         assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--out", str(out), "--json", "--max-memory",
                      memory]) == 0

@@ -108,8 +108,8 @@ def add_parser(sub) -> None:
     audit.add_argument("--index", default="auto", metavar="auto|" + index_metavar(),
                        help="faiss index of the graph (as imgfeat knn --approx): auto is exact below 20,000 vectors "
                             "or 512 dimensions and pca above (PCA-128 candidates re-ranked on the full vectors: "
-                            "near-exact, about 3x faster), ivf above 500,000 vectors, join where the vectors do not fit "
-                            "in memory; the recall of a non-exact graph, "
+                            "near-exact, about 3x faster), the join of k-means cells above (each cell searched exactly "
+                            "among its nearest cells); the recall of a non-exact graph, "
                             "sampled, is in summary.json")
     audit.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (an IVF --index)")
     audit.add_argument("--issues", default=",".join(ISSUES), help=f"comma list of {', '.join(ISSUES)}")

@@ -44,9 +44,10 @@ def choose_index(n: int, d: int, memory: Optional[int] = None, graph: bool = Fal
     dimensions; 4-bit fast-scan codes below ``PQ8_TRAIN`` vectors or where not even 8 bytes fit; an HNSW
     quantizer from ``HNSW_CELLS`` cells on, as faiss's guidelines advise from about 1M vectors) whose
     ``RERANK`` x k candidates are re-ranked against the vectors on disk (``build_index`` then widens the search until
-    the recall target). For a ``graph`` of the vectors against themselves (``knn``, ``diffuse``, ``audit``), the
-    ``join`` of k-means cells (``tools.celljoin``) instead of compressed codes: 4 bytes a row of cell assignment, the
-    vectors read from disk a cell's neighbourhood at a time. Returns (index, rerank factor); refuses a budget that
+    the recall target). For a ``graph`` of the vectors against themselves (``knn``, ``dedup``, ``diffuse``,
+    ``audit``), above exact and pca, the ``join`` of k-means cells (``tools.celljoin``) instead of inverted lists or
+    compressed codes: 12 bytes a row of cell assignment, the vectors read from disk a cell's neighbourhood at a time,
+    one BLAS product a cell (1M image-like rows: 104 s for the graph where IVF-PQ took 192 s, BENCHMARKS.md). Returns (index, rerank factor); refuses a budget that
     not even 1-byte codes fit, with the figure."""
     memory = available_bytes() if memory is None else memory
 
@@ -59,10 +60,10 @@ def choose_index(n: int, d: int, memory: Optional[int] = None, graph: bool = Fal
         return "pca", 0.0
     if n <= EXACT_UP_TO and fits("exact"):
         return "exact", 0.0
+    if graph and fits("join"):  # a graph: cells joined by BLAS products beat inverted lists scanned a query at a time
+        return "join", 0.0
     if fits("ivf"):
         return "ivf", 0.0
-    if graph and fits("join"):
-        return "join", 0.0
     # about 4 sqrt(n) cells (a power of 2), no more than the vectors train (TRAIN_PER_CELL each) and than half the
     # budget holds as a training sample (freed before the index holds a vector: IndexPlan.total)
     cap = min(n // TRAIN_PER_CELL, memory / 2 / (TRAIN_PER_CELL * d * 4))
