@@ -74,6 +74,38 @@ def test_a_join_on_a_few_rows_still_finds_k_neighbours_per_row():
         CellJoin(nlist=2).fit(X).graph(X, 60)
 
 
+def test_only_the_cells_short_of_candidates_are_widened():
+    """A cell whose probes hold fewer than k + 1 rows is widened alone: the others keep ``nprobe`` probes (widening
+    every cell for one outlier cell made each of 1,024 cells search a quarter of 1M rows)."""
+    X = np.vstack([_clustered(2000, d=8, centres=8, seed=3), 50 + np.arange(3, dtype=np.float32)[:, None] * np.ones(8)])
+    join = CellJoin(metric="l2", nlist=16, nprobe=1).fit(X)
+    near = join._near(np.arange(join.nlist_), 10)
+    sizes = np.diff(join.bounds_)
+    widths = np.array([len(p) for p in near])
+    assert (sizes < 11).any()  # the far rows make a cell of their own
+    assert (widths[sizes < 11] > 1).all() and (widths[sizes >= 11] == 1).all()
+    assert all(sizes[p].sum() >= 11 for p in near)
+
+
+def test_a_crowded_second_cell_keeps_its_rows_nearest_the_border():
+    """A cell that is the second cell of many rows (a centroid in the middle of the data) takes as candidates only
+    as many as its own rows (or the mean cell's), those whose distances to the two centroids are nearest; others keep
+    all theirs. With the cap, a cell's candidates are at most twice its probes' own rows."""
+    from imgfeat.tools.celljoin import SECOND_CAP, _margin, _second_by_cell
+
+    second = np.array([0, 0, 0, 0, 0, 0, 1, 2, 1, 0], np.int32)
+    margin = _margin(np.array([[1.0, d] for d in (1.9, 1.1, 1.5, 1.01, 3.0, 1.2, 2.0, 1.0, 5.0, 1.3)], np.float32))
+    assert margin[3] < margin[1] < margin[5] < margin[9] < margin[2] and margin[7] == 0
+    rows, bounds = _second_by_cell(second, margin, np.array([2, 3, 5]))
+    assert SECOND_CAP == 1.0 and bounds.tolist() == [0, 4, 6, 7]  # cell 0: 7 rows, capped at the mean cell, 3.33
+    assert rows[:4].tolist() == [3, 1, 5, 9] and sorted(rows[4:6].tolist()) == [6, 8] and rows[6] == 7
+    X = _clustered(6000, d=32, centres=3, noise=2.0, seed=4)
+    join = CellJoin(nlist=64, nprobe=4).fit(X)
+    own = np.diff(join.bounds_)
+    assert np.diff(join.second_bounds_).max() <= max(own.max(), np.ceil(len(X) / 64))
+    assert join.candidates(4) <= 2 * max(own[p].sum() for p in join._near(np.arange(64), 1, 4)) + 4 * len(X) / 64
+
+
 def test_the_join_written_in_place_is_the_graph_it_computes(tmp_path):
     """``save_graph`` writes a join's blocks of scattered rows where they belong: the raw files (memory-mapped) and
     the .npz are the graph of rows in order, read from a store's matrix as from an array."""

@@ -31,6 +31,7 @@ HNSW_CELLS = 4_096  # from this many cells, an HNSW over the centroids assigns t
 GROUP_ROWS = 65_536  # iter_graph: rows of whole cells gathered into one block of output
 NPROBE = 4  # the cells each cell's rows are searched in at first (tune widens it): with the rows of their second
 #            cells, about as many candidates as 8 cells' own rows
+SECOND_CAP = 1.0  # a cell's rows as second cell: at most this many times its own rows (or the mean cell's)
 CANDIDATE_BYTES = 256 * 2**20  # the candidate vectors of one cell's search, read and normalised (tune's limit)
 
 
@@ -51,6 +52,29 @@ def _by_cell(cell: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows sorted by ``cell`` (int32, in row order within a cell) and where each cell's rows start and end."""
     bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=nlist))]).astype(np.int64)
     return np.argsort(cell, kind="stable").astype(np.int32), bounds
+
+
+def _margin(dist: np.ndarray) -> np.ndarray:
+    """How far past the border to its second cell each row lies: the ratio of its squared distances to its second
+    and its nearest centroid, less 1, in steps of 1/4096 (uint16; 0 on the border)."""
+    ratio = dist[:, 1] / np.maximum(dist[:, 0], 1e-12)
+    return np.clip(np.nan_to_num((ratio - 1.0) * 4096, nan=65535.0, posinf=65535.0), 0, 65535).astype(np.uint16)
+
+
+def _second_by_cell(second: np.ndarray, margin: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows by their second cell, at most ``SECOND_CAP`` times as many a cell as its own rows (or as the mean
+    cell's, if more), those nearest the border kept: a centroid in the middle of image-like data is the second of a
+    quarter of the rows (1M rows, 1,024 cells: 232,000 rows), and every cell near it would search them all."""
+    nlist = len(sizes)
+    order = np.lexsort((margin, second)).astype(np.int32)
+    counts = np.bincount(second, minlength=nlist)
+    cap = np.ceil(SECOND_CAP * np.maximum(sizes, len(second) / nlist)).astype(np.int64)
+    kept = np.minimum(counts, cap)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = np.ones(len(order), bool)
+    for c in np.flatnonzero(counts > cap):  # the few crowded cells: drop the rows farthest past their border
+        keep[starts[c] + cap[c]:starts[c] + counts[c]] = False
+    return order[keep], np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
 
 
 class CellJoin(Params):
@@ -91,16 +115,17 @@ class CellJoin(Params):
         quantizer.add(self.centroids_)
         if nlist >= HNSW_CELLS:
             quantizer.hnsw.efSearch = 64
-        cell, second = np.empty(n, np.int32), np.empty(n, np.int32)
+        cell, second, margin = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.uint16)
         for s, b in zip(range(0, n, self.block), row_blocks(X, self.block, self.normalise_)):
-            top = quantizer.search(b, 2)[1]
+            dist, top = quantizer.search(b, 2)
             cell[s:s + len(b)], second[s:s + len(b)] = top[:, 0], np.where(top[:, 1] >= 0, top[:, 1], top[:, 0])
+            margin[s:s + len(b)] = _margin(dist)
         del quantizer
         # a row is searched from its nearest cell, and is a candidate in its two nearest: the near pairs that a cell's
         # border splits (a tenth of near-duplicate pairs in isotropic 48-d data) still meet in one cell
         self.order_, self.bounds_ = _by_cell(cell, nlist)
-        self.second_, self.second_bounds_ = _by_cell(second, nlist)
-        del second
+        self.second_, self.second_bounds_ = _second_by_cell(second, margin, np.diff(self.bounds_))
+        del second, margin
         self.cell_ = cell
         self.n_, self.dim_, self.nlist_ = n, d, nlist
         return self
@@ -109,18 +134,22 @@ class CellJoin(Params):
     def description(self) -> str:
         return f"join of {self.nlist_} cells nprobe {self.nprobe}"
 
-    def _near(self, cells: np.ndarray, k: int, nprobe: Optional[int] = None) -> np.ndarray:
-        """The ``nprobe`` cells nearest to each of ``cells`` (by centroid; a cell is its own nearest), widened for
-        the few whose probes hold fewer than ``k + 1`` rows."""
+    def _near(self, cells: np.ndarray, k: int, nprobe: Optional[int] = None) -> list[np.ndarray]:
+        """The ``nprobe`` cells nearest to each of ``cells`` (by centroid; a cell is its own nearest); a cell whose
+        probes hold fewer than ``k + 1`` rows (a small cell among small ones) alone is widened until they do."""
         faiss = require("faiss", "science", "kNN graphs")
         sizes = np.diff(self.bounds_)
         probes = min(nprobe or self.nprobe, self.nlist_)
-        while True:
-            _, near = faiss.knn(self.centroids_[cells], self.centroids_, probes)
-            short = sizes[near].sum(axis=1) < k + 1
-            if not short.any() or probes >= self.nlist_:
-                return near
+        _, first = faiss.knn(self.centroids_[cells], self.centroids_, probes)
+        near = list(first)
+        short = np.flatnonzero(sizes[first].sum(axis=1) < k + 1)
+        while len(short) and probes < self.nlist_:
             probes = min(self.nlist_, 2 * probes)
+            _, wider = faiss.knn(self.centroids_[cells[short]], self.centroids_, probes)
+            for i, w in zip(short, wider):
+                near[i] = w
+            short = short[sizes[wider].sum(axis=1) < k + 1]
+        return near
 
     def _members(self, cells) -> np.ndarray:
         """The candidate rows of ``cells``: those whose nearest or second-nearest cell is one of them, in row order."""
@@ -189,7 +218,7 @@ class CellJoin(Params):
         """The most candidate rows one cell's search reads at ``nprobe``."""
         near = self._near(np.arange(self.nlist_), k, nprobe)
         sizes = np.diff(self.bounds_) + np.diff(self.second_bounds_)
-        return int(sizes[near].sum(axis=1).max())
+        return int(max(sizes[probes].sum() for probes in near))
 
     def tune(self, X, k: int, target: float = TARGET_RECALL, sample: int = TUNE_SAMPLE, seed: int = 1) -> "CellJoin":
         """Double ``nprobe`` until recall@k on ``sample`` seeded rows reaches ``target`` (or every cell is searched,
