@@ -201,6 +201,38 @@ def test_duplicate_groups_stream_not_quadratic():
         assert groups == [["i3", "i10", "i150"], ["i42", "i77"]], index
 
 
+def test_duplicate_groups_take_the_closest_pairs_first():
+    """A hub (many pairs) within the threshold of an original but not of its near-exact copy: the copy is grouped
+    with its original, not left out because the hub took the original first."""
+    angles = np.radians([0.0, -10.0, -5.0, 5.0, 10.0, 19.5, 20.5])  # hub, its four neighbours, original, copy
+    X = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    threshold = float(np.cos(np.radians(20)))
+    groups = duplicate_groups(X, ["hub", "n1", "n2", "n3", "n4", "orig", "copy"], threshold=threshold, k=6)
+    assert sorted(g for g in groups if "copy" in g) == [["orig", "copy"]]
+
+
+def test_duplicate_groups_keep_the_promise_on_random_lists():
+    """Whatever the lists: every member within the threshold of its representative, no row in two groups, and the
+    closest pair of all grouped together."""
+    from imgfeat.tools.dedup import groups_at
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 3)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    np.fill_diagonal(S, -2)
+    I = np.argsort(-S, axis=1)[:, :8].astype(np.int32)
+    D = np.take_along_axis(S, I, axis=1)
+    for threshold in (0.9, 0.97, 0.995):
+        groups = groups_at(D, I, threshold)
+        rows = np.concatenate(groups)
+        assert len(rows) == len(set(rows.tolist()))
+        assert all((S[g[0], g[1:]] >= threshold).all() and list(g[1:]) == sorted(g[1:]) for g in groups)
+        assert [len(g) for g in groups] == sorted((len(g) for g in groups), reverse=True)
+        a, b = np.unravel_index(np.argmax(S), S.shape)
+        assert any(a in g and b in g for g in groups)
+
+
 def test_blocks_from_every_format(tmp_path):
     X, _ = clusters(n_per=30)
     for ext in (".npy", ".h5", ".parquet", ".tsv", ".pkl"):

@@ -52,35 +52,46 @@ def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex
 def groups_at(D: np.ndarray, I: np.ndarray, threshold: float) -> list[np.ndarray]:
     """Groups (size >= 2) in which every member's similarity to the group's representative, its first row, is
     >= ``threshold`` (not chains: single linkage would put two images that share a neighbour, but not each
-    other, in one group). Representatives are taken greedily, the row with the most pairs above the threshold
-    first (ties: the lower row); each takes its not yet grouped neighbours above the threshold. Groups are
-    arrays of rows, representative first then ascending, largest group first, ties by representative."""
-    from scipy.sparse import coo_matrix
-
+    other, in one group). Pairs above the threshold are taken closest first: a pair of rows not yet grouped
+    starts a group, represented by the one with more pairs above the threshold (ties: the lower row); a row not
+    yet grouped joins a group when it pairs with its representative. Closest first, a near-exact copy is
+    grouped with its original even in a dense collection where both are near many others (taking the rows with
+    the most pairs first left copies ungrouped or apart from their original there). Groups are arrays of rows,
+    representative first then ascending, largest group first, ties by representative."""
     check_threshold(threshold)
     n = len(D)
     src, col = np.nonzero((D >= threshold) & (I >= 0))
     dst = I[src, col].astype(np.int64)
+    sim = D[src, col]
     keep = dst != src
-    src, dst = src[keep], dst[keep]
-    # symmetric: a pair found from either side links both (the lists are k-limited and may be one-sided)
-    adj = coo_matrix((np.ones(2 * len(src), np.int8), (np.concatenate([src, dst]), np.concatenate([dst, src]))),
-                     shape=(n, n)).tocsr()
-    adj.sum_duplicates()
-    degree = np.diff(adj.indptr)
-    order = np.lexsort((np.arange(n), -degree))
-    grouped = np.zeros(n, bool)
-    groups = []
-    for r in order[: int((degree > 0).sum())]:
-        if grouped[r]:
-            continue
-        members = adj.indices[adj.indptr[r]:adj.indptr[r + 1]]
-        members = np.sort(members[~grouped[members]])
-        if len(members) == 0:
-            continue
-        grouped[r] = True
-        grouped[members] = True
-        groups.append(np.concatenate([[r], members]).astype(np.int64))
+    a, b, sim = np.minimum(src, dst)[keep], np.maximum(src, dst)[keep], sim[keep]
+    # a pair found from both sides is one pair (the lists are k-limited and may be one-sided), at its best figure
+    order = np.lexsort((-sim, a * n + b))
+    a, b, sim = a[order], b[order], sim[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, sim = a[first], b[first], sim[first]
+    degree = np.bincount(np.concatenate([a, b]), minlength=n)
+    swap = (degree[b] > degree[a])  # the first of each pair is its representative should it start a group
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    order = np.lexsort((np.maximum(a, b), np.minimum(a, b), -sim))
+    a, b = a[order], b[order]
+    # a pair alone (each row in no other pair) is a group of its own; the rest are taken in order, one at a time
+    alone = (degree[a] == 1) & (degree[b] == 1)
+    rep_of: dict[int, int] = {}
+    for r, m in zip(a[~alone].tolist(), b[~alone].tolist()):
+        rr, rm = rep_of.get(r), rep_of.get(m)
+        if rr is None and rm is None:
+            rep_of[r] = rep_of[m] = r
+        elif rm is None and rr == r:
+            rep_of[m] = r
+        elif rr is None and rm == m:
+            rep_of[r] = m
+    rows = np.concatenate([np.fromiter(rep_of.keys(), np.int64, len(rep_of)), a[alone], b[alone]])
+    reps = np.concatenate([np.fromiter(rep_of.values(), np.int64, len(rep_of)), a[alone], a[alone]])
+    order = np.lexsort((rows, rows != reps, reps))  # by group, representative first, then ascending
+    rows, reps = rows[order], reps[order]
+    groups = np.split(rows, np.flatnonzero(reps[1:] != reps[:-1]) + 1) if len(rows) else []
     return sorted(groups, key=lambda g: (-len(g), int(g[0])))
 
 
