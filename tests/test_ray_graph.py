@@ -1,7 +1,8 @@
 """Issue 31: the kNN graph's query side over a Ray cluster of two one-CPU nodes on this machine
 (``ray.cluster_utils.Cluster``, as the extraction engine's fault tests): blocks of rows searched as tasks on the
 nodes, each opening the saved index and the memory-mapped features itself; the graph files equal the local ones
-byte for byte, for an exact index and for PQ codes re-ranked against the vectors."""
+byte for byte, for an exact index, for PQ codes re-ranked against the vectors, and for the join of k-means cells
+(groups of cells as tasks)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 from imgfeat.cli import main  # noqa: E402
 from imgfeat.outputs.formats import open_matrix, write_blocks  # noqa: E402
+from imgfeat.tools.celljoin import CellJoin  # noqa: E402
 from imgfeat.tools.graph import save_graph  # noqa: E402
 from imgfeat.tools.knn import KNNIndex  # noqa: E402
 from imgfeat.tools.raygraph import ray_graph  # noqa: E402
@@ -55,6 +57,21 @@ def test_ray_graph_equals_the_local_graph(cluster, tmp_path):
         assert Path(str(tmp_path / f"ray-{rerank}") + ".faiss").is_file()
 
 
+def test_ray_join_of_cells_equals_the_local_join(cluster, tmp_path):
+    """auto's graph above the exact sizes: groups of cells as tasks, the join shared through the object store, its
+    rows (not consecutive) written in place; the files are the local join's."""
+    features = _features(tmp_path)
+    ids, X = open_matrix(features)
+    join = CellJoin(metric="cosine", nlist=24, nprobe=2).fit(X)
+    assert len(join.groups(500)) >= 4  # several tasks, each of whole cells
+    save_graph(join, X, ids, 10, raw=str(tmp_path / "local"))
+    ray_graph(join, str(features), ids, 10, str(tmp_path / "ray"), block=500)
+    _same_files(str(tmp_path / "local"), str(tmp_path / "ray"))
+    assert not Path(str(tmp_path / "ray") + ".faiss").exists()
+    I = np.fromfile(str(tmp_path / "ray") + ".int32", np.int32).reshape(-1, 10)
+    assert (I >= 0).all() and (I != np.arange(len(ids))[:, None]).all()  # every row written, never itself
+
+
 def test_knn_engine_ray_from_the_command_line(cluster, tmp_path, capsys):
     features = _features(tmp_path, n=1200)
     assert main(["knn", "--features", str(features), "--k", "5", "--raw", str(tmp_path / "local")]) == 0
@@ -63,6 +80,13 @@ def test_knn_engine_ray_from_the_command_line(cluster, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 1200 and out["index"] == "exact"
     _same_files(str(tmp_path / "local"), str(tmp_path / "remote"))
+    join = ["--approx", "join", "--nlist", "8"]
+    assert main(["knn", "--features", str(features), "--k", "5", "--raw", str(tmp_path / "local-join")] + join) == 0
+    assert main(["knn", "--features", str(features), "--k", "5", "--raw", str(tmp_path / "remote-join"), "--engine",
+                 "ray", "--json"] + join) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["index"].startswith("join of 8 cells") and out["recall_at_k"] > 0.9
+    _same_files(str(tmp_path / "local-join"), str(tmp_path / "remote-join"))
     assert main(["knn", "--features", str(features), "--k", "5", "--out", str(tmp_path / "g.npz"), "--engine",
                  "ray"]) == 2
     assert "--raw PREFIX" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def _knn(args) -> int:
     if args.ray_address and args.engine != "ray":
         raise ImgfeatError("--ray-address is the cluster of --engine ray")
     index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
-                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", graph=args.engine != "ray")
+                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", graph=True)
     if args.engine == "ray":
         from ..tools.raygraph import ray_graph
 
@@ -137,9 +137,10 @@ def _add_knn(sub) -> None:
     knn.add_argument("--raw", help="write PREFIX.int32, PREFIX.float32 (row-major N x k, streamed block by "
                                    "block) and PREFIX.ids.txt")
     knn.add_argument("--engine", choices=("local", "ray"), default="local",
-                     help="ray: the graph's queries as tasks over a Ray cluster (the index fitted here, saved as "
-                          "PREFIX.faiss and memory-mapped by each node; --features and --raw on storage every node "
-                          "reads); the graph is the local one, file for file")
+                     help="ray: the graph as tasks over a Ray cluster (the index fitted here: auto's join of cells "
+                          "through Ray's object store, a search index saved as PREFIX.faiss and memory-mapped by "
+                          "each node; --features and --raw on storage every node reads); the graph is the local "
+                          "one, file for file")
     knn.add_argument("--ray-address", help="the Ray cluster of --engine ray (default: RAY_ADDRESS, or a local one)")
     knn.add_argument("--recall-sample", type=at_least(1), default=1000,
                      help="queries scored against the exact graph to report an --approx graph's recall")

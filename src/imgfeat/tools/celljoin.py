@@ -181,24 +181,40 @@ class CellJoin(Params):
         if k >= self.n_:
             raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
 
-    def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The graph, as (rows, D, I) blocks of whole cells (about ``block`` rows each): each row's k neighbours,
-        its own entry removed; the rows of a block are not consecutive (write them in place)."""
+    def groups(self, block: Optional[int] = None) -> list[tuple[int, int]]:
+        """The cells ``c0 .. c1`` of each block of output, consecutive and holding about ``block`` rows together (the
+        unit ``iter_graph`` yields and a Ray task computes); cells without rows at the end belong to none."""
+        block, out, start, held = block or GROUP_ROWS, [], 0, 0
+        for c, size in enumerate(np.diff(self.bounds_).tolist()):
+            held += size
+            if held >= block:
+                out.append((start, c + 1))
+                start, held = c + 1, 0
+        if held:
+            out.append((start, self.nlist_))
+        return out
+
+    def search_cells(self, X, c0: int, c1: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, D, I) of the rows of cells ``c0 .. c1``: each row's k neighbours, its own entry removed."""
         self._check_k(k)
-        block = block or GROUP_ROWS
-        near = self._near(np.arange(self.nlist_), k)
-        rows, Ds, Is, held = [], [], [], 0
-        for c in range(self.nlist_):
+        rows, Ds, Is = [], [], []
+        for c, probes in zip(range(c0, c1), self._near(np.arange(c0, c1), k)):
             queries = self.order_[self.bounds_[c]:self.bounds_[c + 1]]
             if len(queries):
-                D, I = self._search_cell(X, near[c], queries, k)
+                D, I = self._search_cell(X, probes, queries, k)
                 rows.append(queries)
                 Ds.append(D)
                 Is.append(I)
-                held += len(queries)
-            if held >= block or (c == self.nlist_ - 1 and held):
-                yield np.concatenate(rows), np.concatenate(Ds), np.concatenate(Is)
-                rows, Ds, Is, held = [], [], [], 0
+        if not rows:
+            return self.order_[:0], np.empty((0, k), np.float32), np.empty((0, k), np.int32)
+        return np.concatenate(rows), np.concatenate(Ds), np.concatenate(Is)
+
+    def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The graph, as (rows, D, I) blocks of whole cells (``groups``): each row's k neighbours, its own entry
+        removed; the rows of a block are not consecutive (write them in place)."""
+        self._check_k(k)
+        for c0, c1 in self.groups(block):
+            yield self.search_cells(X, c0, c1, k)
 
     def graph(self, X, k: int, block: Optional[int] = None,
               rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
