@@ -154,8 +154,15 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     (tmp_path / "test.tsv").write_text("".join(f"{i}\t{c}\n" for i, c, g in zip(ids, y, given) if g is None))
     assert main(["knn", "--features", str(feats), "--k", "10", "--raw", str(tmp_path / "g")]) == 0
     capsys.readouterr()
+    from imgfeat.outputs.formats import open_matrix
+    from imgfeat.outputs.idindex import id_index, ids_nbytes
+
+    column, _ = open_matrix(feats)
+    id_index(column)
+    held, n = ids_nbytes(column), len(ids)  # the ids and their lookup count in the budget: one class a block beside
+    one_class = held + 24 * n + 8 + 8 * n + 100
     runs = {}
-    for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", "6KB"])):
+    for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", str(one_class)])):
         assert main(["diffuse", "--features", str(feats), "--labels", str(tmp_path / "train.tsv"), "--test-labels",
                      str(tmp_path / "test.tsv"), "--k", "10", "--out", str(tmp_path / f"{name}.tsv"), "--json",
                      *extra]) == 0
@@ -166,6 +173,7 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     assert (tmp_path / "own.tsv").read_text() == (tmp_path / "graph.tsv").read_text()
     assert runs["own"]["accuracy"] == runs["graph"]["accuracy"] > 0.9
     assert runs["graph"]["memory"]["columns"] == 1 and not runs["graph"]["memory"]["csr_in_memory"]
+    assert held < runs["graph"]["memory"]["bytes"] <= one_class
     other = tmp_path / "h.npy"
     write_features(other, X[:100], ids[:100])
     (tmp_path / "few.tsv").write_text("".join(f"{i}\t{g}\n" for i, g in zip(ids[:100], given) if g is not None))
@@ -401,6 +409,12 @@ def test_ids_of_a_store_and_an_npy_are_arrow_and_look_up_as_a_dict(tmp_path, mon
     write_features(tmp_path / "f.npy", X, ids)
     got, M = open_matrix(tmp_path / "f.npy")
     assert isinstance(got, idindex.StringColumn) and got == ids and list(got) == ids and M.shape == X.shape
+    assert got._values.num_chunks > 50  # kept in chunks, not copied into one: every row found across them
+    assert [got[i] for i in range(len(ids))] == ids and [got[-i] for i in range(1, 40)] == ids[-1:-40:-1]
+    assert got[95:140] == ids[95:140] and got.take([301, 0, 150]) == [ids[301], ids[0], ids[150]]
+    for bad in (len(ids), -len(ids) - 1):
+        with pytest.raises(IndexError):
+            got[bad]
     (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\r\nc")
     assert list(idindex.read_lines(tmp_path / "crlf.txt")) == ["a", "b", "c"]
     (tmp_path / "bad.npy").write_bytes((tmp_path / "f.npy").read_bytes())

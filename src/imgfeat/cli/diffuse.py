@@ -3,6 +3,7 @@ and printing only: the work is in ``imgfeat.tools``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -15,6 +16,8 @@ from ..outputs.formats import open_matrix, read_features
 from ..tools.diffusion import ITERATION_GRID
 from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
 from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args, positive
+
+log = logging.getLogger(__name__)
 
 
 VALIDATION_FRACTION = 0.2
@@ -57,6 +60,7 @@ def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object
 def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
+    from ..outputs.idindex import release_arrow_pool
     from ..tools.graph import RawGraph
     from ..tools.autoindex import build_index
     from ..tools.graph import save_graph
@@ -68,13 +72,15 @@ def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
             raise ImgfeatError(f"--graph {args.graph} holds the graph of {graph.n:,} rows that are not the rows of "
                                f"--features{' and --background' if args.background else ''} ({len(all_ids):,}, in "
                                "order): make it with imgfeat knn --raw on the same features")
+        graph.ids = all_ids  # the same ids: one copy held, not two
+        release_arrow_pool()
         return graph, "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
     knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse",
                       graph=True)
     save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
-    graph = RawGraph.open(os.path.join(work, "graph"))
+    graph = RawGraph.open(os.path.join(work, "graph"), ids=all_ids)
     if knn.index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
         recall, sampled = sampled_recall(all_X, lambda rows: np.asarray(graph.I[rows]), args.k, "cosine",
                                          RECALL_SAMPLE)
@@ -117,10 +123,10 @@ def _timed(seconds: dict, part: str, work, *args, **kwargs):
 
 
 def _diffuse(args) -> int:
-    from ..outputs.idindex import id_index
+    from ..outputs.idindex import id_index, ids_nbytes
     from ..tools.diffusion import GraphDiffusion, RowLabels, scored_against_logreg
     from ..tools.graph import locality_order
-    from ..tools.memory import budget
+    from ..tools.memory import budget, human
 
     auto = args.iterations == "auto"
     iterations = _iterations(args)
@@ -139,6 +145,9 @@ def _diffuse(args) -> int:
         raise ImgfeatError(f"{label_spec(args)} holds a single class; diffusion needs at least 2")
     all_ids, all_X = _with_background(args, ids, X)
     row = id_index(ids)  # no dict of every id: 12 bytes a row
+    # the budget is the command's: what the ids and their lookup hold is not the graph's or the diffusion's
+    held = ids_nbytes(ids) + (0 if all_ids is ids else ids_nbytes(all_ids))
+    log.info("the ids and their lookup hold %s of the %s budget", human(held), human(memory))
     test = read_labels(args.test_labels) if args.test_labels else {}
     tids: list = []
     if test:
@@ -146,16 +155,17 @@ def _diffuse(args) -> int:
     test_rows = [row[i] for i in tids]
     val_rows = [r for r in map(row.get, validation) if r is not None]
     y = RowLabels.of(all_ids, labels)  # the labelled rows only: no Python object per row
-    GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory)  # a budget too small: said now
+    GraphDiffusion.plan(len(all_ids), args.k, len(set(yl.tolist())), memory, held)  # a budget too small: said now
     with tempfile.TemporaryDirectory(prefix="imgfeat-diffuse-", dir=args.workdir) as work:
         seconds: dict = {}  # where the time went, in --json
-        graph, index, recall = _timed(seconds, "graph", _graph, args, all_ids, all_X, work, memory)
+        graph, index, recall = _timed(seconds, "graph", _graph, args, all_ids, all_X, work, memory - held)
         # near rows numbered near while they diffuse: the products read the cache
         order = _timed(seconds, "renumbering", locality_order, all_X)
 
         def run(labels_of_rows, t: int, track=()):
-            return _timed(seconds, "diffusion", GraphDiffusion(iterations=t, memory=memory, folder=work).fit, graph,
-                          labels_of_rows, keep_rows=test_rows, track_rows=val_rows, track_iterations=track, order=order)
+            diffusion = GraphDiffusion(iterations=t, memory=memory, folder=work, held=held)
+            return _timed(seconds, "diffusion", diffusion.fit, graph, labels_of_rows, keep_rows=test_rows,
+                          track_rows=val_rows, track_iterations=track, order=order)
 
         result = {"n": len(all_ids), "labelled": int(len(yl)), "k": graph.k, "iterations": iterations,
                   "index": index}

@@ -24,11 +24,15 @@ class StringColumn(Sequence):
     def __init__(self, values) -> None:
         import pyarrow as pa
 
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-        elif not isinstance(values, pa.Array):
+        if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
+            values = values.chunk(0)
+        elif not isinstance(values, (pa.Array, pa.ChunkedArray)):
             values = pa.array(list(values), pa.large_string())
+        # chunks are kept as they are (joining them would hold the column twice while it is copied): a row is found
+        # by a binary search of the chunks' first rows
         self._values = values
+        self._starts = (np.cumsum([0] + [len(c) for c in values.chunks]) if isinstance(values, pa.ChunkedArray)
+                        else None)
         self._id_index: Optional[IdIndex] = None
 
     def id_index(self) -> "IdIndex":
@@ -44,7 +48,15 @@ class StringColumn(Sequence):
     def __getitem__(self, row):
         if isinstance(row, slice):
             return self._values[row].to_pylist()
-        return self._values[int(row)].as_py()
+        row = int(row)
+        if self._starts is None:
+            return self._values[row].as_py()
+        if row < 0:
+            row += len(self._values)
+        if not 0 <= row < len(self._values):
+            raise IndexError(f"row {row} of a column of {len(self._values)}")
+        c = int(np.searchsorted(self._starts, row, side="right")) - 1
+        return self._values.chunk(c)[row - int(self._starts[c])].as_py()
 
     def __iter__(self) -> Iterator[Optional[str]]:
         for s in range(0, len(self._values), ITER_BLOCK):
@@ -52,8 +64,14 @@ class StringColumn(Sequence):
 
     def __eq__(self, other) -> bool:
         if isinstance(other, StringColumn):
-            return len(self) == len(other) and self._values.cast(other._values.type).equals(other._values)
+            a, b = self._chunked(), other._chunked()
+            return len(self) == len(other) and a.cast(b.type).equals(b)  # whatever the chunks
         return isinstance(other, (list, tuple)) and len(other) == len(self) and list(self) == list(other)
+
+    def _chunked(self):
+        import pyarrow as pa
+
+        return self._values if isinstance(self._values, pa.ChunkedArray) else pa.chunked_array([self._values])
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -72,7 +90,6 @@ def read_lines(path, what: str = "ids") -> StringColumn:
     """The lines of a UTF-8 text file (one id a line, as ``.ids.txt`` files hold them) as a ``StringColumn``, split by
     Arrow ``READ_CHUNK`` bytes at a time: no Python object per line."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     pieces, rest = [], b""
     try:
@@ -84,14 +101,32 @@ def read_lines(path, what: str = "ids") -> StringColumn:
                 data = rest + data
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    lines = pc.split_pattern(pa.array([data[:cut - 1]], pa.large_string()), "\n").flatten()
-                    pieces.append(pc.utf8_rtrim(lines, characters="\r"))  # CRLF lines, as text mode reads them
+                    pieces.append(_split_lines(data[:cut - 1]))
                 rest = data[cut:]
+            del data
             if rest:
                 pieces.append(pa.array([rest], pa.large_string()))
     except pa.ArrowInvalid:
         raise ImgfeatError(f"the {what} file {path} is not UTF-8 text") from None
-    return StringColumn(pa.chunked_array(pieces, pa.large_string()))
+    column = StringColumn(pa.chunked_array(pieces, pa.large_string()))
+    del pieces
+    release_arrow_pool()  # the split's intermediates: Arrow's allocator keeps freed memory (10M ids: 300 MB) else
+    return column
+
+
+def _split_lines(data: bytes):
+    """The lines of ``data`` (no final newline) as an Arrow array; CRLF lines as text mode reads them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.utf8_rtrim(pc.split_pattern(pa.array([data], pa.large_string()), "\n").flatten(), characters="\r")
+
+
+def release_arrow_pool() -> None:
+    """Hand the memory Arrow's allocator (mimalloc or jemalloc) keeps after frees back to the system."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 class IdIndex:
@@ -157,6 +192,15 @@ def write_lines(path, strings: Sequence[str]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for s in range(0, len(strings), ITER_BLOCK):
             fh.writelines(f"{x}\n" for x in strings[s:s + ITER_BLOCK])
+
+
+def ids_nbytes(ids: Sequence[str]) -> int:
+    """The bytes ``ids`` hold: a ``StringColumn``'s Arrow buffers (and its lookup, once built), or a list's objects."""
+    import sys
+
+    if isinstance(ids, StringColumn):
+        return ids.nbytes + (ids._id_index.nbytes if ids._id_index is not None else 0)
+    return sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
 
 
 def id_index(ids: Sequence[str]) -> IdIndex:

@@ -109,29 +109,33 @@ class GraphDiffusion(Params):
     ``labels_`` (each row's best class, int32), ``transduction_`` (``classes_[labels_]``), ``scores_`` (the scores
     of ``keep_rows``, in that order) and ``tracked_`` ({iteration: the scores of ``track_rows``} for each of
     ``track_iterations``); ``memory_`` says what it planned. ``memory=None``: what the machine has available.
+    ``held``: bytes of ``memory`` the caller already holds (``imgfeat diffuse``: the ids and their lookup).
     The same arithmetic as ``LabelDiffusion`` (``tools.graph.propagate``): the same labels, scores to float32
     rounding."""
 
     def __init__(self, *, iterations: int = 20, alpha: float = 0.99, gamma: float = 3.0,
-                 memory: Optional[int] = None, folder: Optional[str] = None) -> None:
+                 memory: Optional[int] = None, folder: Optional[str] = None, held: int = 0) -> None:
         self.iterations, self.alpha, self.gamma, self.memory, self.folder = iterations, alpha, gamma, memory, folder
+        self.held = held
 
     @staticmethod
-    def plan(n: int, k: int, n_classes: int, memory: int) -> dict:
-        """How a graph of n rows, k neighbours each, is diffused within ``memory`` bytes: whether the CSR is in memory,
-        the classes per block, the bytes it will hold; refused (before any work) when one class does not fit."""
+    def plan(n: int, k: int, n_classes: int, memory: int, held: int = 0) -> dict:
+        """How a graph of n rows, k neighbours each, is diffused within ``memory`` bytes, ``held`` of them already
+        held by the caller: whether the CSR is in memory, the classes per block, the bytes it will hold (``held``
+        included); refused (before any work) when one class does not fit."""
         from .memory import refuse_unless
 
-        fixed = 8 * n + 8 * (n + 1) + 8 * n  # best score and class per row; the CSR's row pointers; a renumbering
+        # the caller's; best score and class per row; the CSR's row pointers; a renumbering
+        fixed = held + 8 * n + 8 * (n + 1) + 8 * n
         csr = 2 * n * k * 8
-        in_memory = 3 * csr <= memory // 2
-        held = fixed + (csr if in_memory else 0)
+        in_memory = 3 * csr <= (memory - held) // 2
+        taken = fixed + (csr if in_memory else 0)
         per_class = 8 * n  # F and its next step, float32
-        refuse_unless(held + per_class, memory, f"diffusing labels over {n:,} rows",
+        refuse_unless(taken + per_class, memory, f"diffusing labels over {n:,} rows",
                       "Give --max-memory more, or diffuse fewer rows (a --background set is optional).")
-        columns = int(max(1, min(n_classes, (memory - held) // per_class)))
+        columns = int(max(1, min(n_classes, (memory - taken) // per_class)))
         return {"csr_in_memory": in_memory, "columns": columns, "blocks": -(-n_classes // columns),
-                "bytes": held + columns * per_class}
+                "bytes": taken + columns * per_class}
 
     def fit(self, graph: RawGraph, y: Sequence[Optional[str]], keep_rows: Sequence[int] = (),
             track_rows: Sequence[int] = (), track_iterations: Sequence[int] = (),
@@ -147,8 +151,9 @@ class GraphDiffusion(Params):
         self.classes_, sources = label_sources(y)
         C, n = len(self.classes_), graph.n
         memory = int(self.memory or available_bytes())
-        self.memory_ = self.plan(n, graph.k, C, memory)
-        S = normalized_graph(graph, self.gamma, memory // 2 if self.memory_["csr_in_memory"] else memory // 4,
+        self.memory_ = self.plan(n, graph.k, C, memory, self.held)
+        free = memory - self.held
+        S = normalized_graph(graph, self.gamma, free // 2 if self.memory_["csr_in_memory"] else free // 4,
                              self.folder, order)
         keep, track = np.asarray(keep_rows, np.int64), np.asarray(track_rows, np.int64)
         if order is not None:  # every row named by its new number while the scores live in that order

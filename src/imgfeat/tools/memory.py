@@ -68,8 +68,12 @@ def release_freed_heap() -> None:
     (serve at 10M: the 8,192 IVF lists of 64-byte codes, each under malloc's mmap threshold) the process would hold
     its 0.7 GB until exit."""
     import ctypes
+    import sys
 
     try:
         ctypes.CDLL(None).malloc_trim(0)  # the C library the process already has loaded
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): nothing to hand back
         pass
+    pa = sys.modules.get("pyarrow")  # Arrow's own allocator keeps what it freed too (ids and paths read as columns)
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
