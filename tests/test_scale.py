@@ -158,8 +158,7 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     from imgfeat.outputs.idindex import id_index, ids_nbytes
 
     column, _ = open_matrix(feats)
-    id_index(column)
-    held, n = ids_nbytes(column), len(ids)  # the ids and their lookup count in the budget: one class a block beside
+    held, n = ids_nbytes(column) + id_index(column).nbytes, len(ids)  # the ids and their lookup count in the budget: one class a block beside
     one_class = held + 24 * n + 8 + 8 * n + 100
     runs = {}
     for name, extra in (("own", []), ("graph", ["--graph", str(tmp_path / "g"), "--max-memory", str(one_class)])):

@@ -146,7 +146,7 @@ def _diffuse(args) -> int:
     all_ids, all_X = _with_background(args, ids, X)
     row = id_index(ids)  # no dict of every id: 12 bytes a row
     # the budget is the command's: what the ids and their lookup hold is not the graph's or the diffusion's
-    held = ids_nbytes(ids) + (0 if all_ids is ids else ids_nbytes(all_ids))
+    held = ids_nbytes(ids) + row.nbytes + (0 if all_ids is ids else ids_nbytes(all_ids))
     log.info("the ids and their lookup hold %s of the %s budget", human(held), human(memory))
     test = read_labels(args.test_labels) if args.test_labels else {}
     tids: list = []

@@ -195,11 +195,11 @@ def write_lines(path, strings: Sequence[str]) -> None:
 
 
 def ids_nbytes(ids: Sequence[str]) -> int:
-    """The bytes ``ids`` hold: a ``StringColumn``'s Arrow buffers (and its lookup, once built), or a list's objects."""
+    """The bytes ``ids`` hold: a ``StringColumn``'s Arrow buffers, or a list's objects."""
     import sys
 
     if isinstance(ids, StringColumn):
-        return ids.nbytes + (ids._id_index.nbytes if ids._id_index is not None else 0)
+        return ids.nbytes
     return sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
 
 

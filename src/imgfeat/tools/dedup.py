@@ -71,11 +71,11 @@ def groups_at(D: np.ndarray, I: np.ndarray, threshold: float) -> list[np.ndarray
     first = np.ones(len(a), bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, sim = a[first], b[first], sim[first]
+    order = np.lexsort((b, a, -sim))  # closest first; ties by the pair's rows
+    a, b = a[order], b[order]
     degree = np.bincount(np.concatenate([a, b]), minlength=n)
     swap = (degree[b] > degree[a])  # the first of each pair is its representative should it start a group
     a, b = np.where(swap, b, a), np.where(swap, a, b)
-    order = np.lexsort((np.maximum(a, b), np.minimum(a, b), -sim))
-    a, b = a[order], b[order]
     # a pair alone (each row in no other pair) is a group of its own; the rest are taken in order, one at a time
     alone = (degree[a] == 1) & (degree[b] == 1)
     rep_of: dict[int, int] = {}

@@ -47,11 +47,12 @@ def _join_block(join: CellJoin, features: str, c0: int, c1: int, k: int) -> tupl
     return join.search_cells(X, c0, c1, k)
 
 
-def ray_graph(knn: Union[KNNIndex, CellJoin], features: str, ids: Sequence[str], k: int, raw: str, *, block: int = 65536,
-              address: Optional[str] = None):
+def ray_graph(knn: Union[KNNIndex, CellJoin], features: str, ids: Sequence[str], k: int, raw: str, *,
+              block: int = 65536, address: Optional[str] = None):
     """The ``k``-NN graph of the fitted ``knn`` over the rows of ``features`` (a store or file every node reads at
     the same path), computed as Ray tasks of ``block`` rows, written to ``raw`` + ``.int32``/``.float32``/
-    ``.ids.txt`` as ``save_graph`` writes it. The index is saved to ``raw.faiss`` for the tasks. Returns, as
+    ``.ids.txt`` as ``save_graph`` writes it. A search index is saved to ``raw.faiss`` for the tasks; a ``CellJoin``
+    goes through the object store, a group of whole cells (about ``block`` rows) a task. Returns, as
     ``save_graph`` does, a function of rows giving their neighbours (read from the file)."""
     ray = require("ray", "ray", "imgfeat knn --engine ray")
     join = isinstance(knn, CellJoin)
