@@ -196,7 +196,7 @@ def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplica
     X[11000:11120] = X[planted] + 0.08 * rng.standard_normal((120, 48)).astype(np.float32)  # cosine ~0.997
     ids = [f"i{i}" for i in range(len(X))]
     write_features(tmp_path / "f.npy", X, ids)
-    for memory, want in (("1GB", "join of 16 cells nprobe 16"), ("1MB", "join of 16 cells nprobe 1")):
+    for memory, want in (("1GB", "join of 16 cells nprobe 16"), ("2MB", "join of 16 cells nprobe 1")):
         out = tmp_path / f"{want}.tsv"
         assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--out", str(out), "--json", "--max-memory",
                      memory]) == 0

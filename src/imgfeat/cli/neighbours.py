@@ -3,6 +3,7 @@ and printing only: the work is in ``imgfeat.tools``."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -12,6 +13,8 @@ from ..outputs.formats import open_matrix
 from ..tools.graph import RAW_SUFFIXES
 from ..tools.knn import INDEXES, METRICS
 from .common import at_least, emit, ending, features_arg, index_metavar, store_encoder, weights_args
+
+log = logging.getLogger(__name__)
 
 
 def _knn(args) -> int:
@@ -88,24 +91,44 @@ def _search(args) -> int:
 
 
 def _dedup(args) -> int:
-    from ..tools.dedup import duplicate_groups
+    import tempfile
+
+    from ..outputs.idindex import ids_nbytes
     from ..tools.autoindex import build_index
-    from ..tools.memory import budget
+    from ..tools.dedup import PAIR_BATCH, PAIR_BYTES, group_lines, grouping_bytes, groups_at, neighbour_lists
+    from ..tools.memory import budget, human, refuse_unless
 
     ids, X = open_matrix(args.features)
-    knn = build_index(X, args.index, args.k, memory=budget(args.max_memory), what="imgfeat dedup", graph=True)
-    index = knn.description
-    groups = duplicate_groups(X, ids, threshold=args.threshold, k=args.k, knn=knn)
+    memory = budget(args.max_memory)
+    # the grouping's pairs are sorted in batches that fit beside its 12 bytes a row and the ids (never above
+    # PAIR_BATCH: larger ones only save passes over the lists)
+    held = ids_nbytes(ids) + grouping_bytes(len(ids), 0)
+    batch = int(min(PAIR_BATCH, max(2**14, (memory - held) // 2 // PAIR_BYTES)))
+    refuse_unless(held + grouping_bytes(0, batch), memory, f"grouping the near-duplicates of {len(ids):,} vectors",
+                  "Give --max-memory more.")
+    log.info("memory plan: grouping holds the ids and 12 bytes a row (%s), and sorts %s pairs at a time (%s)",
+             human(held), f"{batch:,}", human(grouping_bytes(0, batch)))
+    knn = build_index(X, args.index, args.k, memory=memory, what="imgfeat dedup", graph=True)
+    index, plan = knn.description, knn.plan_.as_dict()
+    with tempfile.TemporaryDirectory(prefix="imgfeat-dedup-", dir=args.workdir) as work:
+        def mapped(shape, dtype):  # the neighbour lists on disk, not held (88 bytes a row at --k 10)
+            return np.lib.format.open_memmap(os.path.join(work, f"{np.dtype(dtype).name}.npy"), "w+", dtype, shape)
+
+        D, I = neighbour_lists(X, args.k, knn=knn, out=mapped)
+        del knn
+        groups = groups_at(D, I, args.threshold, batch=batch)
+        del D, I
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
-            fh.writelines(f"{g}\t{i}\n" for g, members in enumerate(groups) for i in members)
-    result = {"groups": len(groups), "duplicates": sum(len(g) - 1 for g in groups), "n": len(ids),
-              "threshold": args.threshold, "out": args.out, "largest": groups[:5], "index": index,
-              "memory": knn.plan_.as_dict()}
+            fh.writelines(group_lines(groups, ids))
+    largest = [ids.take(g) if hasattr(ids, "take") else [ids[i] for i in g.tolist()] for g in groups[:10]]
+    result = {"groups": len(groups), "duplicates": groups.duplicates, "n": len(ids),
+              "threshold": args.threshold, "out": args.out, "largest": largest[:5], "index": index,
+              "memory": plan}
     lines = [f"{len(groups)} groups of near-duplicates among {len(ids)} vectors (each image's cosine to its group's "
              f"first image >= {args.threshold}; {index} index); {result['duplicates']} could be dropped"
              + (f" -> {args.out}" if args.out else "")]
-    lines += ["  " + ", ".join(g) for g in groups[:10]]
+    lines += ["  " + ", ".join(g) for g in largest]
     return emit(args, result, lines)
 
 
@@ -174,6 +197,8 @@ def _add_dedup(sub) -> None:
                        help="memory the index may hold (e.g. 4GB; default: what the machine has available); the "
                             "plan is logged before the work, and an index that does not fit is refused with the figure")
     dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
+    dedup.add_argument("--workdir", help="folder for the neighbour lists while it runs (88 bytes a vector at --k 10; "
+                                         "default: the system's temporary folder)")
     dedup.set_defaults(func=_dedup, output_files=("out",), param_flags={"path": "--features"})
 
 
