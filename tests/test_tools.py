@@ -233,6 +233,77 @@ def test_duplicate_groups_keep_the_promise_on_random_lists():
         assert any(a in g and b in g for g in groups)
 
 
+def _reference_groups(D, I, threshold):
+    """The grouping rule written plainly: every pair once at its best figure, closest first, a dict of groups."""
+    best = {}
+    for r in range(len(D)):
+        for d, j in zip(D[r].tolist(), I[r].tolist()):
+            if j >= 0 and j != r and d >= threshold:
+                key = (min(r, j), max(r, j))
+                best[key] = max(best.get(key, -np.inf), d)
+    degree = np.zeros(len(D), int)
+    for a, b in best:
+        degree[a] += 1
+        degree[b] += 1
+    rep = {}
+    for (a, b), _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0])):
+        r, m = (b, a) if degree[b] > degree[a] else (a, b)
+        if degree[r] == 1 and degree[m] == 1 or r not in rep and m not in rep:
+            rep[r] = rep[m] = r
+        elif m not in rep and rep[r] == r:
+            rep[m] = r
+        elif r not in rep and rep[m] == m:
+            rep[r] = m
+    groups = {}
+    for row, g in rep.items():
+        groups.setdefault(g, []).append(row)
+    out = [[g] + sorted(x for x in rows if x != g) for g, rows in groups.items()]
+    return sorted(out, key=lambda g: (-len(g), g[0]))
+
+
+def test_duplicate_groups_streamed_in_small_blocks_and_batches_equal_the_plain_rule(tmp_path):
+    """``groups_at`` reads the lists a block of rows at a time and takes the pairs in batches from the closest down:
+    with blocks of 7 rows and batches of 5 pairs (every streamed path, many passes) the groups are the plain rule's,
+    on lists that are one-sided, hold a row twice and hold -1, and on memory-mapped lists."""
+    from imgfeat.tools.dedup import groups_at
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((300, 3)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    np.fill_diagonal(S, -2)
+    I = np.argsort(-S, axis=1)[:, :6].astype(np.int32)
+    D = np.take_along_axis(S, I, axis=1)
+    I[::7, 3] = I[::7, 1]  # a row listed twice
+    D[::7, 3] = D[::7, 1]
+    I[::11, 5], D[::11, 5] = -1, -np.inf  # fewer neighbours than asked
+    D[::5] += 1e-4 * rng.standard_normal(D[::5].shape).astype(np.float32)  # the two sides' figures differ a little
+    np.save(tmp_path / "D.npy", D)
+    mapped = np.load(tmp_path / "D.npy", mmap_mode="r")
+    for threshold in (0.9, 0.97, 0.995):
+        want = _reference_groups(D, I, threshold)
+        assert len(want) > 3
+        for block, batch in ((len(D), 10**6), (7, 5), (64, 1)):
+            got = groups_at(mapped, I, threshold, block=block, batch=batch)
+            assert [g.tolist() for g in got] == want, (threshold, block, batch)
+            assert got.duplicates == sum(len(g) - 1 for g in want)
+    assert len(groups_at(D, I, 1.0)) == 0
+
+
+def test_group_lines_write_every_group_a_chunk_of_ids_at_a_time():
+    from imgfeat.outputs.idindex import StringColumn
+    from imgfeat.tools.dedup import Groups, group_lines
+
+    groups = Groups(np.array([4, 0, 2, 1, 3], np.int32), np.array([0, 3, 5]))
+    ids = ["a", "b", "c", "d", "e"]
+    want = "0\te\n0\ta\n0\tc\n1\tb\n1\td\n"
+    for column in (ids, StringColumn(ids)):
+        for rows in (1, 2, 100):
+            assert "".join(group_lines(groups, column, rows)) == want
+    assert [g.tolist() for g in groups[-1:]] == [[1, 3]] and groups.duplicates == 3
+    assert "".join(group_lines(Groups(np.zeros(0, np.int32), np.zeros(1, np.int64)), ids)) == ""
+
+
 def test_blocks_from_every_format(tmp_path):
     X, _ = clusters(n_per=30)
     for ext in (".npy", ".h5", ".parquet", ".tsv", ".pkl"):

@@ -25,7 +25,7 @@ from ..files import cache_dir, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
-from ..tools.dedup import groups_at, neighbour_lists
+from ..tools.dedup import Groups, groups_at, neighbour_lists
 from ..tools.autoindex import build_index, plan_index
 from ..tools.exact import l2_normalise, row_blocks
 from ..tools.knn import KNNIndex, faiss_threads
@@ -434,7 +434,7 @@ class Collection:
         return self._neighbour_job.wait(timeout)
 
     @lru_cache(maxsize=16)
-    def duplicate_groups(self, threshold: float) -> list[np.ndarray]:
+    def duplicate_groups(self, threshold: float) -> Groups:
         D, I = self.neighbour_lists()
         return groups_at(D, I, threshold)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ...tools.dedup import THRESHOLD_RANGE
+from ...tools.dedup import THRESHOLD_RANGE, group_lines
 from ..collection import Collection
 from .common import MAX_PAGE, Item, collection, item, text_response
 from .errors import errors
@@ -51,7 +51,7 @@ def make_router() -> APIRouter:
             return JSONResponse({"status": "computing", **progress}, status_code=202)
         found = groups(c, threshold)
         return JSONResponse({"threshold": threshold, "groups_total": len(found),
-                             "duplicates_total": int(sum(len(g) - 1 for g in found)), "offset": offset,
+                             "duplicates_total": found.duplicates, "offset": offset,
                              "groups": [[item(c, int(r)) for r in g] for g in found[offset:offset + limit]]})
 
     @router.get("/api/duplicates.tsv", response_class=Response,
@@ -61,9 +61,8 @@ def make_router() -> APIRouter:
                            **errors(400)},
                 summary="Every group at a threshold as group<TAB>id lines (imgfeat dedup --out)")
     def duplicates_tsv(threshold: float = THRESHOLD, c: Collection = Depends(collection)) -> Response:
-        found = groups(c, threshold)
-        text = "".join(f"{g}\t{c.ids[r]}\n" for g, members in enumerate(found) for r in members.tolist())
-        return Response(text, media_type="text/tab-separated-values; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="duplicates.tsv"'})
+        found = groups(c, threshold)  # written a chunk of ids at a time, as imgfeat dedup --out writes them
+        return StreamingResponse(group_lines(found, c.ids), media_type="text/tab-separated-values; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="duplicates.tsv"'})
 
     return router
