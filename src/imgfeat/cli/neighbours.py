@@ -116,7 +116,7 @@ def _dedup(args) -> int:
 
         D, I = neighbour_lists(X, args.k, knn=knn, out=mapped)
         del knn
-        groups = groups_at(D, I, args.threshold, batch=batch)
+        groups = groups_at(D, I, args.threshold, batch=batch, folder=work)
         del D, I
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -7,6 +7,8 @@ The neighbour lists are computed once (``neighbour_lists``) and grouped at any t
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -115,7 +117,7 @@ def _pairs(D, I, s: int, e: int, threshold: float) -> tuple[np.ndarray, np.ndarr
 
 
 def groups_at(D: np.ndarray, I: np.ndarray, threshold: float, *, block: int = ROW_BLOCK,
-              batch: int = PAIR_BATCH) -> Groups:
+              batch: int = PAIR_BATCH, folder: Optional[str] = None) -> Groups:
     """Groups (size >= 2) in which every member's similarity to the group's representative, its first row, is
     >= ``threshold`` (not chains: single linkage would put two images that share a neighbour, but not each
     other, in one group). Pairs above the threshold are taken closest first: a pair of rows not yet grouped
@@ -126,26 +128,41 @@ def groups_at(D: np.ndarray, I: np.ndarray, threshold: float, *, block: int = RO
     representative.
 
     Memory is O(N) small whatever the number of pairs: D and I (which may be memory maps) are read ``block`` rows
-    at a time; a first pass counts each row's pairs and a histogram of their similarities, then the pairs are
+    at a time, each pair found once and written to a file in ``folder`` (default: the system's temporary folder;
+    12 bytes a pair) while each row's pairs and a histogram of their similarities are counted; then the pairs are
     taken in batches of about ``batch``, from the closest down (a batch is larger only where more pairs than that
-    share a similarity to 2.4e-4), each batch collected by another pass, sorted and taken in order. Besides
-    the batch: 12 bytes a row (each row's pair count and group)."""
+    share a similarity to 2.4e-4), each batch read from the file, sorted and taken in order. Besides the batch:
+    12 bytes a row (each row's pair count and group)."""
     check_threshold(threshold)
     n = len(D)
     degree = np.zeros(n, np.int32)
     hist = np.zeros(2 ** (32 - _KEY_SHIFT), np.int64)
-    for s in range(0, n, block):
-        a, b, sim = _pairs(D, I, s, min(n, s + block), threshold)
-        np.add.at(degree, a, 1)
-        np.add.at(degree, b, 1)
-        hist += np.bincount(_order_key(sim) >> _KEY_SHIFT, minlength=len(hist))
     rep = np.full(n, -1, np.int32)
-    for lo, hi in _batches(hist, batch):  # closest first
-        a, b, sim = _collect(D, I, threshold, block, lo, hi)
-        order = np.lexsort((b, a, -sim))  # closest first; ties by the pair's rows
-        a, b = a[order], b[order]
-        del sim, order
-        _take(a, b, degree, rep)
+    with tempfile.TemporaryDirectory(prefix="imgfeat-pairs-", dir=folder) as work:
+        names = [os.path.join(work, name) for name in ("a.int32", "b.int32", "sim.float32")]
+        files = [open(name, "wb") for name in names]
+        try:
+            for s in range(0, n, block):
+                pairs = _pairs(D, I, s, min(n, s + block), threshold)
+                a, b, sim = pairs
+                np.add.at(degree, a, 1)
+                np.add.at(degree, b, 1)
+                hist += np.bincount(_order_key(sim) >> _KEY_SHIFT, minlength=len(hist))
+                for fh, values in zip(files, pairs):
+                    fh.write(values.tobytes())
+        finally:
+            for fh in files:
+                fh.close()
+        total = int(hist.sum())
+        spilled = [np.memmap(name, dtype, "r", shape=(total,)) if total else np.zeros(0, dtype)
+                   for name, dtype in zip(names, (np.int32, np.int32, np.float32))]
+        for lo, hi in _batches(hist, batch):  # closest first
+            a, b, sim = _collect(*spilled, lo, hi, block * 16)
+            order = np.lexsort((b, a, -sim))  # closest first; ties by the pair's rows
+            a, b = a[order], b[order]
+            del sim, order
+            _take(a, b, degree, rep)
+        del spilled
     return _by_group(rep)
 
 
@@ -165,13 +182,13 @@ def _batches(hist: np.ndarray, batch: int) -> list[tuple[int, int]]:
     return out
 
 
-def _collect(D, I, threshold: float, block: int, lo: int, hi: int):
+def _collect(a, b, sim, lo: int, hi: int, chunk: int):
+    """The pairs whose similarity's key step is in [lo, hi), read ``chunk`` pairs at a time."""
     parts = []
-    for s in range(0, len(D), block):
-        a, b, sim = _pairs(D, I, s, min(len(D), s + block), threshold)
-        step = _order_key(sim) >> _KEY_SHIFT
-        inside = (step >= lo) & (step < hi)
-        parts.append((a[inside], b[inside], sim[inside]))
+    for s in range(0, len(a), chunk):
+        step = _order_key(sim[s:s + chunk]) >> _KEY_SHIFT
+        inside = np.flatnonzero((step >= lo) & (step < hi))
+        parts.append((a[s:s + chunk][inside], b[s:s + chunk][inside], sim[s:s + chunk][inside]))
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
@@ -182,15 +199,17 @@ def _take(a: np.ndarray, b: np.ndarray, degree: np.ndarray, rep: np.ndarray) -> 
     # a pair alone (each row in no other pair) is a group of its own; the rest are taken in order, one at a time
     alone = (degree[a] == 1) & (degree[b] == 1)
     rep[a[alone]] = rep[b[alone]] = a[alone]
+    a, b = a[~alone], b[~alone]
     view = memoryview(rep)  # Python ints in and out without numpy scalars
-    for r, m in zip(a[~alone].tolist(), b[~alone].tolist()):
-        rr, rm = view[r], view[m]
-        if rr < 0 and rm < 0:
-            view[r] = view[m] = r
-        elif rm < 0 and rr == r:
-            view[m] = r
-        elif rr < 0 and rm == m:
-            view[r] = m
+    for s in range(0, len(a), ROW_BLOCK):  # a block of pairs as Python ints at a time (36 bytes each)
+        for r, m in zip(a[s:s + ROW_BLOCK].tolist(), b[s:s + ROW_BLOCK].tolist()):
+            rr, rm = view[r], view[m]
+            if rr < 0 and rm < 0:
+                view[r] = view[m] = r
+            elif rm < 0 and rr == r:
+                view[m] = r
+            elif rr < 0 and rm == m:
+                view[r] = m
 
 
 def _by_group(rep: np.ndarray) -> Groups:
