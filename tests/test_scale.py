@@ -445,11 +445,12 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
     write_features(tmp_path / "f.npy", X)
     monkeypatch.setattr(autoindex, "PCA_FROM", (1_000, 512))
     monkeypatch.setattr(autoindex, "EXACT_UP_TO", 2_000)
-    with caplog.at_level(logging.INFO, logger="imgfeat.tools.autoindex"):
+    with caplog.at_level(logging.INFO, logger="imgfeat"):
         assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--k", "5", "--max-memory", "1MB",
                      "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["memory"]  # dedup's graph: the join of cells
     assert "memory plan: the join index of 6,000 vectors: index " in caplog.text
+    assert "memory plan: grouping holds the ids and 12 bytes a row (" in caplog.text  # then its grouping's
     assert plan["budget"] == 2**20 and 0 < plan["parts"]["index"] < plan["bytes"] <= plan["budget"]
     assert plan["parts"]["index"] == index_bytes("join", 6000, 32, nlist=8) and plan["index"] == "join"
     codes = plan_index(6000, 32, "auto", 5, 2**20)  # a search index (serve): PQ codes within the budget
@@ -465,6 +466,11 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
         assert "the exact index of 6,000 vectors (" in err and "needs at least 750.0 KB of memory; the budget is " \
             "100.0 KB" in err
         assert err.count("\n") == 1 and not (tmp_path / "c.int32").exists()
+    # an index that fits, and a grouping that does not (the ids, 12 bytes a row and a batch of pairs): refused too
+    write_features(tmp_path / "g.npy", rng.standard_normal((20000, 2)).astype(np.float32))
+    assert main(["dedup", "--index", "exact", "--features", str(tmp_path / "g.npy"), "--max-memory", "400KB"]) == 2
+    err = capsys.readouterr().err
+    assert "grouping the near-duplicates of 20,000 vectors needs at least " in err and "budget is 400.0 KB" in err
     for memory in (2**33, 2**35):  # auto: the index, its sample and its buffers within the budget at 100M x 256
         big = plan_index(100_000_000, 256, "auto", 30, memory)
         assert big.total <= memory and ",PQ" in big.index and big.parts["index"] <= memory / 2

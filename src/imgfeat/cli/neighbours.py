@@ -94,21 +94,23 @@ def _dedup(args) -> int:
     import tempfile
 
     from ..outputs.idindex import ids_nbytes
-    from ..tools.autoindex import build_index
+    from ..tools.autoindex import build_index, plan_index
     from ..tools.dedup import PAIR_BATCH, PAIR_BYTES, group_lines, grouping_bytes, groups_at, neighbour_lists
     from ..tools.memory import budget, human, refuse_unless
 
     ids, X = open_matrix(args.features)
     memory = budget(args.max_memory)
-    # the grouping's pairs are sorted in batches that fit beside its 12 bytes a row and the ids (never above
-    # PAIR_BATCH: larger ones only save passes over the lists)
+    plan = plan_index(len(X), X.shape[1], args.index, args.k, memory, "imgfeat dedup", graph=True)
+    log.info(plan.line())
+    # then the grouping, after the index is dropped: the ids, 12 bytes a row, and its pairs sorted in batches that
+    # fit beside them (never above PAIR_BATCH: larger ones only save reading the pairs' file again)
     held = ids_nbytes(ids) + grouping_bytes(len(ids), 0)
     batch = int(min(PAIR_BATCH, max(2**14, (memory - held) // 2 // PAIR_BYTES)))
     refuse_unless(held + grouping_bytes(0, batch), memory, f"grouping the near-duplicates of {len(ids):,} vectors",
                   "Give --max-memory more.")
     log.info("memory plan: grouping holds the ids and 12 bytes a row (%s), and sorts %s pairs at a time (%s)",
              human(held), f"{batch:,}", human(grouping_bytes(0, batch)))
-    knn = build_index(X, args.index, args.k, memory=memory, what="imgfeat dedup", graph=True)
+    knn = build_index(X, args.index, args.k, memory=memory, what="imgfeat dedup", graph=True, plan=plan)
     index, plan = knn.description, knn.plan_.as_dict()
     with tempfile.TemporaryDirectory(prefix="imgfeat-dedup-", dir=args.workdir) as work:
         def mapped(shape, dtype):  # the neighbour lists on disk, not held (88 bytes a row at --k 10)
