@@ -1,9 +1,10 @@
 """Near-duplicate groups: each vector's k nearest neighbours (cosine, blocks of queries), then groups whose
-every member is within the threshold of the group's representative. Memory is the index plus N x k, never
-N x N.
+every member is within the threshold of the group's representative. Memory is the index plus N x k (which may be
+memory-mapped files), never N x N.
 
-The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold
-(``groups_at``) in a fraction of a second, which is what a threshold slider needs."""
+The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold (``groups_at``: a second
+at 100k rows, a few at 1M, two minutes at 10M on 2 cores), which is what a threshold slider needs. The grouping
+streams: 12 bytes a row and a batch of pairs, whatever the number of pairs."""
 
 from __future__ import annotations
 
