@@ -2,8 +2,8 @@
 every member is within the threshold of the group's representative. Memory is the index plus N x k (which may be
 memory-mapped files), never N x N.
 
-The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold (``groups_at``: a second
-at 100k rows, a few at 1M, two minutes at 10M on 2 cores), which is what a threshold slider needs. The grouping
+The neighbour lists are computed once (``neighbour_lists``) and grouped at any threshold (``groups_at``: 3.4 s
+at 1M image-like rows, 2 minutes at 10M, on 2 cores at 0.95), which is what a threshold slider needs. The grouping
 streams: 12 bytes a row and a batch of pairs, whatever the number of pairs."""
 
 from __future__ import annotations
