@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,57 @@ def test_a_writer_that_hits_a_full_disk_without_mounting_anything(photos12, tmp_
     assert "2 already done" in capsys.readouterr().err
     ids, _ = imgfeat.load(str(store))
     assert sorted(ids) == sorted(p.name for p in photos12.iterdir())
+
+
+def _vectors(path: Path, n: int = 3000) -> None:
+    from test_tools import write_features
+
+    write_features(path, np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32),
+                   [f"i{i}" for i in range(n)])
+
+
+_DEDUP_ON = """
+import sys
+from imgfeat.cli import main
+sys.exit(main(["dedup", "--features", sys.argv[1], "--workdir", sys.argv[2], "--index", "exact", "--out",
+               sys.argv[3]]))
+"""
+
+
+def test_dedup_work_files_on_a_full_disk_are_one_line_not_a_bus_error(small_fs, tmp_path):
+    """Its work files (the neighbour lists; a graph's files are made the same way) are memory-mapped and written in place: on a full disk the blocks
+    they need are refused when the file is made, one line, never a SIGBUS that kills the process when a page of a
+    sparse file is written later (run in a child process so that a SIGBUS fails this test, not the suite)."""
+    mnt, _ = small_fs  # 64 KB: the lists of 3,000 vectors at k = 10 take 264 KB
+    _vectors(tmp_path / "f.npy")
+    run = subprocess.run([sys.executable, "-c", _DEDUP_ON, str(tmp_path / "f.npy"), str(mnt), str(tmp_path / "g.tsv")],
+                         capture_output=True, text=True)
+    assert run.returncode == 1, (run.returncode, run.stderr[-2000:])  # -7 / 135 for SIGBUS
+    assert "Traceback" not in run.stderr
+    assert f"no space left on the device holding {mnt}" in run.stderr and "give --workdir a folder" in run.stderr
+    assert not (tmp_path / "g.tsv").exists() and list(mnt.iterdir()) == []  # nothing left behind
+
+
+def test_a_work_file_that_cannot_be_reserved_without_mounting_anything(tmp_path, monkeypatch, capsys):
+    """The same where the tests may not mount: reserving the lists' blocks raises ENOSPC, said in one line with the
+    file it was for; a file system that cannot reserve at all (EOPNOTSUPP) gets the plain sparse file."""
+    from imgfeat.files import mapped_for_writing
+
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, size: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP,
+                                                                                                   "not supported")))
+    m = mapped_for_writing(tmp_path / "a.npy", (10, 3), np.int32, npy=True)
+    m[:] = 7
+    m.flush()
+    assert np.load(tmp_path / "a.npy").sum() == 210
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, size: (_ for _ in ()).throw(OSError(errno.ENOSPC,
+                                                                                                   "No space")))
+    _vectors(tmp_path / "f.npy")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--workdir", str(work), "--index", "exact"]) == 1
+    line = _one_line_error(capsys)
+    assert f"no space left on the device holding {work}" in line and "float32.npy" in line
+    assert list(work.iterdir()) == []
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    assert main(["dedup", "--features", str(tmp_path / "f.npy"), "--workdir", str(work), "--index", "exact"]) == 0

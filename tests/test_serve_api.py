@@ -231,7 +231,9 @@ def test_duplicates_report_progress_while_neighbours_are_computed(served, tmp_pa
             requests.get(srv.url + "api/duplicates", params={"threshold": 0.9}, timeout=PATIENCE)),
             "neighbour lists ready", interval=0.1)
         assert r.json()["groups_total"] >= 1
-    assert (c.cache / "neighbours-exact-k10.npz").is_file()  # the next start reads them
+    assert (c.cache / "neighbours-exact-k10.I.npy").is_file()  # the next start reads them, memory-mapped
+    D, I = Collection(served["store"], cache=c.cache_root)._cached_neighbours()
+    assert isinstance(I, np.memmap) and I.shape == (20, 11)
 
 
 @pytest.mark.timing

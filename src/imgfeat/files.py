@@ -7,6 +7,7 @@ row count at the end, error rows, checksums and fsync.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -151,3 +152,31 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def mapped_for_writing(path: str | Path, shape: tuple, dtype, *, npy: bool = False) -> np.memmap:
+    """A new file of ``shape`` x ``dtype`` (a ``.npy`` when ``npy``, else the bare array) memory-mapped for writing,
+    its blocks reserved first: a full disk is an ``OSError`` (ENOSPC) here, before any work, and never a SIGBUS
+    that kills the process when a page of a sparse file is written later. File systems that cannot reserve
+    (no ``posix_fallocate``) get the sparse file."""
+    try:
+        if npy:
+            mapped = np.lib.format.open_memmap(path, "w+", np.dtype(dtype), tuple(shape))
+        elif int(np.prod(shape)) == 0:  # nothing to map: an empty file
+            open(path, "wb").close()
+            return np.zeros(shape, dtype)
+        else:
+            mapped = np.memmap(path, np.dtype(dtype), "w+", shape=tuple(shape))
+        size = os.path.getsize(path)
+        if size and hasattr(os, "posix_fallocate"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+            finally:
+                os.close(fd)
+    except OSError as exc:  # said with the file it was for (the disk-full message names its file system)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    return mapped

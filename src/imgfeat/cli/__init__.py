@@ -383,6 +383,9 @@ def _written_before(exc: OSError, args: argparse.Namespace) -> str:
     if args.func is _cmd_extract:
         return ("nothing half-written is left under the output's name; free some space and rerun the same command "
                 "(a store, --out DIR, resumes where it stopped)")
+    if hasattr(args, "workdir") and args.func is not _cmd_bench:  # dedup, diffuse: their work files
+        return ("its work files are removed and the output is not written; free some space, or give --workdir a "
+                "folder on a disk with room, and rerun the command")
     return "the output is incomplete; free some space and rerun the command"
 
 

@@ -93,6 +93,7 @@ def _search(args) -> int:
 def _dedup(args) -> int:
     import tempfile
 
+    from ..files import mapped_for_writing
     from ..outputs.idindex import ids_nbytes
     from ..tools.autoindex import build_index, plan_index
     from ..tools.dedup import PAIR_BATCH, PAIR_BYTES, group_lines, grouping_bytes, groups_at, neighbour_lists
@@ -114,7 +115,7 @@ def _dedup(args) -> int:
     index, plan = knn.description, knn.plan_.as_dict()
     with tempfile.TemporaryDirectory(prefix="imgfeat-dedup-", dir=args.workdir) as work:
         def mapped(shape, dtype):  # the neighbour lists on disk, not held (88 bytes a row at --k 10)
-            return np.lib.format.open_memmap(os.path.join(work, f"{np.dtype(dtype).name}.npy"), "w+", dtype, shape)
+            return mapped_for_writing(os.path.join(work, f"{np.dtype(dtype).name}.npy"), shape, dtype, npy=True)
 
         D, I = neighbour_lists(X, args.k, knn=knn, out=mapped)
         del knn

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ImgfeatError, best_effort_cache
-from ..files import cache_dir, write_atomic
+from ..files import atomic_paths, cache_dir, mapped_for_writing, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
@@ -397,8 +397,9 @@ class Collection:
         return np.arange(self.n), xy, method
 
     # ------------------------------------------------------------------ duplicates
-    def _neighbours_file(self) -> Path:
-        return self.cache / f"neighbours-{safe_name(self.index_name)}-k{self.dup_k}.npz"
+    def _neighbours_files(self) -> list[Path]:
+        stem = f"neighbours-{safe_name(self.index_name)}-k{self.dup_k}"
+        return [self.cache / f"{stem}.D.npy", self.cache / f"{stem}.I.npy"]
 
     def start_neighbours(self) -> dict:
         """Each vector's ``dup_k`` nearest others through the served index, computed once in a background
@@ -406,11 +407,10 @@ class Collection:
         return self._neighbour_job.start()
 
     def _cached_neighbours(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        cached = self._neighbours_file()
-        if not cached.is_file():
+        files = self._neighbours_files()
+        if not all(f.is_file() for f in files):
             return None
-        with np.load(cached) as z:
-            return z["D"], z["I"]
+        return tuple(np.load(f, mmap_mode="r") for f in files)  # pages of the cache's files, not the server's memory
 
     def _compute_neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         job = self._neighbour_job
@@ -418,22 +418,30 @@ class Collection:
         def done(rows: int) -> None:
             job.progress["done"] = rows
 
-        with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
-            # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
-            D, I = neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done,
-                                   block=int(np.clip(self.n // 100, 256, 65536)))
-        buf = io.BytesIO()
-        np.savez(buf, D=D, I=I)
-        with best_effort_cache("the neighbour lists", self._neighbours_file()):
-            write_atomic(self._neighbours_file(), buf.getvalue())
-        job.result = (D, I)
-        return D, I
+        def lists(out=None) -> tuple[np.ndarray, np.ndarray]:
+            with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
+                # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
+                return neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done, out=out,
+                                       block=int(np.clip(self.n // 100, 256, 65536)))
+
+        files, result = self._neighbours_files(), None
+        with best_effort_cache("the neighbour lists", files[0]):  # written in place: 88 bytes a vector not held
+            with atomic_paths(files) as partials:
+                made = dict(zip((np.dtype(np.float32), np.dtype(np.int32)), partials))
+                D, I = lists(out=lambda shape, dtype: mapped_for_writing(made[np.dtype(dtype)], shape, dtype, npy=True))
+                D.flush(), I.flush()
+                del D, I
+            result = self._cached_neighbours()
+        if result is None:  # the cache cannot hold them (its disk is full): in memory
+            result = lists()
+        job.result = result
+        return result
 
     def neighbour_lists(self, timeout: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
         """The neighbour lists, waiting for them (bounded) if they are being computed."""
         return self._neighbour_job.wait(timeout)
 
-    @lru_cache(maxsize=16)
+    @lru_cache(maxsize=8)  # a slider's last thresholds: about 5 bytes a vector each (50 MB at 10M)
     def duplicate_groups(self, threshold: float) -> Groups:
         D, I = self.neighbour_lists()
         return groups_at(D, I, threshold)

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
-from ..files import atomic_paths
+from ..files import atomic_paths, mapped_for_writing
 from ..outputs.idindex import read_lines, write_lines
 
 EDGE_BYTES = 12  # a bucket's edge on disk: int32 row, int32 column, float32 weight
@@ -49,8 +49,8 @@ def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> N
         for block in blocks:
             rows, D, I = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
             if files is None:  # sized by the first block's k; pages of a file, not the program's memory
-                files = [np.memmap(paths[0], np.int32, "w+", shape=(n, I.shape[1])),
-                         np.memmap(paths[1], np.float32, "w+", shape=(n, D.shape[1]))]
+                files = [mapped_for_writing(paths[0], (n, I.shape[1]), np.int32),
+                         mapped_for_writing(paths[1], (n, D.shape[1]), np.float32)]
             files[0][rows], files[1][rows] = I, D
             at += len(I)
     finally:
