@@ -179,6 +179,11 @@ def test_diffuse_from_a_raw_graph_equals_diffuse_from_the_features(tmp_path, cap
     assert main(["diffuse", "--features", str(other), "--labels", str(tmp_path / "few.tsv"), "--graph",
                  str(tmp_path / "g"), "--json"]) == 2
     assert "not the rows of" in capsys.readouterr().err
+    swapped = tmp_path / "s.npy"  # as many rows, two of them in another order: refused too
+    write_features(swapped, X[[1, 0] + list(range(2, len(X)))], [ids[1], ids[0]] + ids[2:])
+    assert main(["diffuse", "--features", str(swapped), "--labels", str(tmp_path / "train.tsv"), "--graph",
+                 str(tmp_path / "g"), "--json"]) == 2
+    assert "not the rows of" in capsys.readouterr().err
 
 
 def test_dedup_chooses_its_index_within_its_budget_and_finds_the_planted_duplicates(tmp_path, capsys, monkeypatch):
@@ -443,6 +448,13 @@ def test_ids_of_a_store_and_an_npy_are_arrow_and_look_up_as_a_dict(tmp_path, mon
             got[bad]
     (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\r\nc")
     assert list(idindex.read_lines(tmp_path / "crlf.txt")) == ["a", "b", "c"]
+    # lines_equal (diffuse --graph's check of a graph's ids): chunk by chunk, against a column or a list
+    lines = tmp_path / "f.ids.txt"
+    assert idindex.lines_equal(lines, got) and idindex.lines_equal(lines, ids)
+    assert idindex.lines_equal(tmp_path / "crlf.txt", ["a", "b", "c"])
+    for other in (ids[:-1], ids + ["x"], ids[:150] + ["photos/é0150.jpeg"] + ids[151:], [],
+                  idindex.StringColumn(ids[1:])):
+        assert not idindex.lines_equal(lines, other)
     (tmp_path / "bad.npy").write_bytes((tmp_path / "f.npy").read_bytes())
     (tmp_path / "bad.ids.txt").write_bytes(b"ok\n\xff\xfe\n")
     with pytest.raises(ImgfeatError, match="not UTF-8"):

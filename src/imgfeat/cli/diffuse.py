@@ -60,21 +60,20 @@ def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object
 def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
-    from ..outputs.idindex import release_arrow_pool
-    from ..tools.graph import RawGraph
+    from ..outputs.idindex import lines_equal
+    from ..tools.graph import RAW_SUFFIXES, RawGraph
     from ..tools.autoindex import build_index
     from ..tools.graph import save_graph
     from ..tools.exact import RECALL_SAMPLE, sampled_recall
 
     if args.graph:
-        graph = RawGraph.open(args.graph)
-        if graph.ids != all_ids:
-            raise ImgfeatError(f"--graph {args.graph} holds the graph of {graph.n:,} rows that are not the rows of "
-                               f"--features{' and --background' if args.background else ''} ({len(all_ids):,}, in "
-                               "order): make it with imgfeat knn --raw on the same features")
-        graph.ids = all_ids  # the same ids: one copy held, not two
-        release_arrow_pool()
-        return graph, "given", None
+        ids_file = f"{args.graph}{RAW_SUFFIXES[2]}"
+        # compared with the features' ids a chunk at a time: never a second copy of them (10M ids: 190 MB)
+        if os.path.isfile(ids_file) and not lines_equal(ids_file, all_ids, "--graph ids"):
+            raise ImgfeatError(f"--graph {args.graph} holds the graph of rows that are not the rows of --features"
+                               f"{' and --background' if args.background else ''} ({len(all_ids):,}, in order): make "
+                               "it with imgfeat knn --raw on the same features")
+        return RawGraph.open(args.graph, ids=all_ids), "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
     knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse",
