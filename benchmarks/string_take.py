@@ -10,6 +10,7 @@ joined copy it freed).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +20,8 @@ import pyarrow as pa
 
 from imgfeat.outputs.idindex import read_lines
 
-
-def anon_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import self_anon_mb  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +37,8 @@ def main() -> None:
         ids = read_lines(path)
     rng = np.random.default_rng(0)
     calls = [rng.integers(0, len(ids), 65_536) for _ in range(args.calls)]
-    print(f"| take, {len(ids):,} ids in {getattr(ids._values, 'num_chunks', 1)} Arrow chunk(s), {args.calls} calls of 65,536 rows "
+    chunks = getattr(ids._values, "num_chunks", 1)
+    print(f"| take, {len(ids):,} ids in {chunks} Arrow chunk(s), {args.calls} calls of 65,536 rows "
           f"| s a call | ratio | RssAnon after |\n|---|---|---|---|")
     base = None
     for name, take in (("Arrow's take on the chunked array (before)",
@@ -52,7 +50,7 @@ def main() -> None:
             take(rows)
         sec = (time.perf_counter() - t0) / len(calls)
         base = base or sec
-        print(f"| {name} | {sec:.3f} | x{base / sec:.1f} | {anon_mb():,.0f} MB |", flush=True)
+        print(f"| {name} | {sec:.3f} | x{base / sec:.1f} | {self_anon_mb():,.0f} MB |", flush=True)
         pa.default_memory_pool().release_unused()
 
 

@@ -61,9 +61,8 @@ def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
     from ..outputs.idindex import lines_equal
-    from ..tools.graph import RAW_SUFFIXES, RawGraph
     from ..tools.autoindex import build_index
-    from ..tools.graph import save_graph
+    from ..tools.graph import RAW_SUFFIXES, RawGraph, save_graph
     from ..tools.exact import RECALL_SAMPLE, sampled_recall
 
     if args.graph:

@@ -89,11 +89,11 @@ class StringColumn(Sequence):
             return self._values.take(pa.array(rows)).to_pylist()
         chunk = np.searchsorted(self._starts, rows, side="right") - 1
         order = np.argsort(chunk, kind="stable")
-        by_chunk, found = rows[order], []
-        ends = np.searchsorted(chunk[order], np.arange(len(self._starts)), side="right")
-        for c in np.flatnonzero(np.diff(np.r_[0, ends])).tolist():  # the chunks asked for, in order
-            part = by_chunk[(ends[c - 1] if c else 0):ends[c]]
-            found += self._values.chunk(c).take(pa.array(part - int(self._starts[c]))).to_pylist()
+        bounds = np.searchsorted(chunk[order], np.arange(len(self._starts)))  # chunk c: order[bounds[c]:bounds[c + 1]]
+        found: list = []
+        for c in np.unique(chunk).tolist():
+            part = rows[order[bounds[c]:bounds[c + 1]]] - int(self._starts[c])
+            found += self._values.chunk(c).take(pa.array(part)).to_pylist()
         out = np.empty(len(rows), dtype=object)
         out[order] = found
         return out.tolist()
@@ -118,20 +118,20 @@ def lines_equal(path, strings: Sequence[str], what: str = "ids") -> bool:
     ``READ_CHUNK`` at a time: never a second copy of every line)."""
     import pyarrow as pa
 
-    at, same = 0, True
-    for piece in _line_pieces(path, what):
-        n = len(piece)
-        if at + n > len(strings):
-            same = False
-        elif isinstance(strings, StringColumn):
-            same = strings._chunked().slice(at, n).cast(pa.large_string()).equals(pa.chunked_array([piece]))
-        else:
-            same = piece.to_pylist() == list(strings[at:at + n])
-        at += n
-        if not same:
-            break
-    release_arrow_pool()
-    return same and at == len(strings)
+    def same(piece, at: int) -> bool:
+        if isinstance(strings, StringColumn):
+            return strings._chunked().slice(at, len(piece)).cast(pa.large_string()).equals(pa.chunked_array([piece]))
+        return piece.to_pylist() == list(strings[at:at + len(piece)])
+
+    at = 0
+    try:
+        for piece in _line_pieces(path, what):
+            if at + len(piece) > len(strings) or not same(piece, at):
+                return False
+            at += len(piece)
+        return at == len(strings)
+    finally:
+        release_arrow_pool()
 
 
 def _line_pieces(path, what: str):
