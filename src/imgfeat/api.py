@@ -54,10 +54,11 @@ def list_layers(model: str) -> list[str]:
     return _layers(get_model_spec(model))
 
 
-def store_info(path: str | Path) -> dict:
-    """A store's manifest and the result of verifying every done shard against its checksums."""
+def store_info(path: str | Path, full: bool = False) -> dict:
+    """A store's manifest and the result of verifying every published file against its size and checksum (each
+    file state once, remembered; ``full``: every byte read again)."""
     store = FeatureStore.existing(path)
-    return {"manifest": store.manifest, "report": store.verify()}
+    return {"manifest": store.manifest, "report": store.verify(full=full)}
 
 
 def export_store(store_path: str | Path, out: str | Path) -> int:

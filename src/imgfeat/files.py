@@ -115,6 +115,42 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+CHUNK = 8 << 20  # bytes read at a time by the checksums: one reused buffer, bounded memory whatever the file
+
+
+def _read_chunks(path: Path) -> Iterator[memoryview]:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                return
+            yield view[:n]
+
+
+def xxh3(path: Path) -> str:
+    """The fast checksum every store reader verifies (xxh3-128: about 20 GB/s, faster than the disk or the page
+    cache can hand the bytes over; sha256 runs at 1.7 GB/s here)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    for chunk in _read_chunks(path):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def checksums(path: Path) -> tuple[str, str]:
+    """(sha256, xxh3) of a file in one read: what a store's writer records for each file it publishes."""
+    import xxhash
+
+    sha, fast = hashlib.sha256(), xxhash.xxh3_128()
+    for chunk in _read_chunks(path):
+        sha.update(chunk)
+        fast.update(chunk)
+    return sha.hexdigest(), fast.hexdigest()
+
+
 NPY_HEADER_BYTES = 128  # magic (6) + version (2) + length (2) + padded dict; rewritten with N at close
 
 

@@ -91,16 +91,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = api.store_info(args.store)
+    info = api.store_info(args.store, full=args.full)
     m, report = info["manifest"], info["report"]
     pending = report["pending"]
+    repair = f"imgfeat repair {args.store}"
     if args.json:
         print(json.dumps({"store": args.store, **{k: m.get(k) for k in (
             "model", "layer", "pool", "dim", "dtype", "relu", "l2", "input", "precision", "generation", "updated",
             "live_rows", "live_errors", "dead_rows", "removed_total", "superseded_total", "last_run",
             "last_compaction")}, "skipped": m.get("skipped") or {},
             "shards": len(m.get("segments") or m.get("shards") or []), "pending": pending,
-            "corrupt": report["corrupt"], "missing": report.get("missing", [])}))
+            "corrupt": report["corrupt"], "missing": report.get("missing", []), "damage": report["damage"],
+            "repair": repair if report["corrupt"] else None}))
         return 1 if report["corrupt"] else 0
     print(f"store     {args.store}")
     print(f"model     {m['model']}  layer {m['layer']}  pool {m['pool']}  dim {m['dim']}  dtype {m['dtype']}"
@@ -143,13 +145,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
     missing = report.get("missing", [])
     damaged = [f for f in report["corrupt"] if f not in missing]
     if missing:
-        print(f"MISSING   {len(missing)} file(s) of done shards are gone: {', '.join(missing[:10])}")
+        print(f"MISSING   {len(missing)} file(s) of published shards are gone: {', '.join(missing[:10])}")
     if damaged:
-        print(f"CORRUPT   {len(damaged)} file(s) fail their checksum: {', '.join(damaged[:10])}")
+        print(f"CORRUPT   {len(damaged)} file(s) are truncated or fail their checksum: {', '.join(damaged[:10])}")
     if report["corrupt"]:
-        print("          rerun the extraction after deleting those shards' .done.json markers to redo them")
+        shards = report["shards_damaged"]
+        print(f"repair    `{repair}` re-extracts shard(s) {_ranges(shards)} from their images (or rerun the extract "
+              "command that made the store); no reader hands their vectors on until then")
         return 1
-    print("verified  every done shard matches its checksums")
+    how = "read now" if args.full else "checked once per file state, remembered; --full reads every byte again"
+    print(f"verified  every file of the {len(m.get('segments') or m.get('shards') or [])} published shard(s) matches "
+          f"its size and checksum ({report['files']} files, {how})")
+    return 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from ..engines.update import repair_options
+    from ..outputs.store import FeatureStore
+
+    store = FeatureStore.existing(args.store)
+    found = store.damage(full=True)
+    if not found:
+        print(f"imgfeat: nothing to repair: every file of {args.store}'s published shards matches its size and "
+              "checksum (each read now)", file=sys.stderr)
+        return 0
+    shards = sorted({d.shard for d in found})
+    for d in found:
+        print(f"imgfeat: {store.shard_dir / d.name} {d.what}", file=sys.stderr)
+    opts = repair_options(store, args.data, args.store)
+    print(f"imgfeat: re-extracting shard(s) {_ranges(shards)} from {opts.data}", file=sys.stderr)
+    result = api.extract(options=opts, progress=None)
+    print(result.summary(), file=sys.stderr)
+    left = FeatureStore.existing(args.store).damage()
+    if left:
+        print(f"imgfeat: error: {len(left)} file(s) are still damaged after the repair, first "
+              f"{store.shard_dir / left[0].name}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -258,7 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a feature store and verify its shards")
     info.add_argument("store", help="a feature store directory (imgfeat extract --out DIR)")
     info.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    info.add_argument("--full", action="store_true",
+                      help="read every file's checksum again, even where the same file state was checked before")
     info.set_defaults(func=_cmd_info)
+    repair = sub.add_parser("repair", help="re-extract a store's damaged shards from their images",
+                            description="Check every file of a store's published shards (each read now); re-extract "
+                                        "each damaged shard from its images, in its place, with the options the "
+                                        "store recorded, as its next generation. Inputs whose images are gone are "
+                                        "dropped, counted.")
+    repair.add_argument("store", help="a feature store directory")
+    repair.add_argument("--data", default=None,
+                        help="the input the store was made from, where it moved or the store does not record it "
+                             "(default: the input the store records)")
+    repair.set_defaults(func=_cmd_repair, param_flags={"store": "STORE"})
     compact = sub.add_parser("compact", help="rewrite a store's shards without their removed and superseded rows",
                              description="Rewrite the shards of a feature store that hold dead rows (images "
                                          "removed from the input, or superseded by a changed file) without them, "
@@ -313,9 +356,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_outputs(args)
         return args.func(args)
-    except ImgfeatError as exc:
+    except ImgfeatError as exc:  # a usage error exits 2; a damaged file (``exit_code``) 1
         print(f"imgfeat: error: {_message(exc, args)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("imgfeat: interrupted; no partial output was left under the final name", file=sys.stderr)
         return 130

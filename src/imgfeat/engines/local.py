@@ -116,7 +116,7 @@ def _update_store(job: Job, source: Source, store: FeatureStore, progress: Optio
     upd.skipped = count_skipped(source, job.input.skipped_log)
     cheap = update.cheap_identity(job, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(job.output.out, store, upd, None, None, cheap)
+        return update.finish(job.output.out, store, upd, None, None, cheap, job)
     from .pipeline import store_identity
 
     def open_store(pipeline: Pipeline) -> None:  # a store that refuses this job does so before the export
@@ -126,11 +126,11 @@ def _update_store(job: Job, source: Source, store: FeatureStore, progress: Optio
     result = None
     if upd.pending:
         done = frozenset(store.done_shards())
-        plan = ShardPlan(size=job.update.shard_size, skip=done, part=part, offset=upd.base)
+        plan = ShardPlan(size=job.update.shard_size, skip=done, part=part, offset=upd.base, sizes=upd.sizes)
         finished = sum(json.loads(store.marker(k).read_text())["inputs"] for k in upd.done_of(done))
         target = StoreTarget(store, upd.plan, upd.base)
         result = _run(job, pipeline, PlanSource(upd.plan, source.describe()), plan, target, progress, store,
                       finished)
         result.shards_written = target.shards_written
         result.shards_skipped = len(upd.done_of(done))
-    return update.finish(job.output.out, store, upd, pipeline, result, cheap)
+    return update.finish(job.output.out, store, upd, pipeline, result, cheap, job)

@@ -199,11 +199,11 @@ def _run(ray, job: Job, source, store: FeatureStore, part: bool) -> ExtractResul
     upd.skipped = count_skipped(source, job.input.skipped_log)
     cheap = update.cheap_identity(job, source)
     if update.embeds_nothing(store, upd, cheap):  # no model
-        return update.finish(out, store, upd, None, None, cheap)
+        return update.finish(out, store, upd, None, None, cheap, job)
     pipeline = prepare_model(job.model, job.execution, torch.device("cpu"))  # the driver only fixes the identity
     store.open(store_identity(job, pipeline, source), ignore=("input",) if job.update.append else ())
     if not upd.pending:
-        return update.finish(out, store, upd, pipeline, None, cheap)
+        return update.finish(out, store, upd, pipeline, None, cheap, job)
     done = store.done_shards()
     fleet = Fleet(ray, job, *measurement_images(job, source))
     figures, refused = ray.get(fleet.actors[0].fidelity.remote())
@@ -211,7 +211,8 @@ def _run(ray, job: Job, source, store: FeatureStore, part: bool) -> ExtractResul
         raise FidelityError(refused)
     announce(figures, store)
     start = time.perf_counter()
-    plan = ShardPlan(size=job.update.shard_size, skip=frozenset(done), part=job.output.part, offset=upd.base)
+    plan = ShardPlan(size=job.update.shard_size, skip=frozenset(done), part=job.output.part, offset=upd.base,
+                     sizes=upd.sizes)
     records = PlanSource(upd.plan, source.describe()).records()
     totals = _dispatch(ray, fleet, _pending(records, plan, upd.plan, upd.base))
     seconds = time.perf_counter() - start
@@ -222,4 +223,4 @@ def _run(ray, job: Job, source, store: FeatureStore, part: bool) -> ExtractResul
                            n_retried=totals["retried"], n_recovered=totals["recovered"],
                            actors_lost=totals["actors_lost"], shards_retried=totals["shards_retried"],
                            failed_shards=totals["failed"], by_worker=dict(totals["by_pid"]))
-    return update.finish(out, store, upd, pipeline, result, cheap)
+    return update.finish(out, store, upd, pipeline, result, cheap, job)

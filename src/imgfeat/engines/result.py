@@ -81,6 +81,10 @@ class ExtractResult:
                      + (f", {u['duplicates']:,} duplicate ids skipped" if u.get("duplicates") else "")
                      + (f"; converted {u['converted']} shard(s) of a store written before updates" if u.get("converted")
                         else "")
+                     + (f"; repaired {u['shards_repaired']} damaged shard(s): {u.get('repaired', 0):,} input(s) "
+                        "re-extracted from their images" + (f", {u['dropped']:,} dropped (their images are gone)"
+                                                            if u.get("dropped") else "")
+                        if u.get("shards_repaired") else "")
                      + (f"; generation {self.generation}" if self.published else
                         "; published when every --shard part is done"))
         if self.model is None:  # nothing to extract: no model was built

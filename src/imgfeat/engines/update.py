@@ -29,7 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -76,10 +76,24 @@ class Update:
     digest: str = ""
     converted: int = 0
     skipped: dict = field(default_factory=dict)  # files of the input that are not images, by extension
+    # a repair (see ``prepare``): the damaged shards re-extracted each as one shard of the plan, in this order,
+    # ahead of its other shards; those with nothing left to extract (dropped); those whose inventory is lost
+    repair: list = field(default_factory=list)
+    emptied: list = field(default_factory=list)
+    lost: list = field(default_factory=list)
+    sizes: tuple = ()  # the record counts of the plan's repair shards (ShardPlan.sizes)
+    repaired: int = 0  # records re-extracted in place of damaged shards
+    dropped: int = 0  # inputs of damaged shards whose images are gone from the input
 
     def counts(self) -> dict:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
-                "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted}
+                "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted,
+                "repaired": self.repaired, "dropped": self.dropped, "shards_repaired": len(self.repair) +
+                len(self.emptied) + len(self.lost)}
+
+    def repairs(self) -> dict:
+        """{damaged shard: the plan's shard that replaces it, or None where nothing of it is left}."""
+        return {**{s: self.base + i for i, s in enumerate(self.repair)}, **{s: None for s in self.emptied}}
 
     def done_of(self, done) -> list[int]:
         """The plan's shards among ``done`` (a resumed plan's finished part)."""
@@ -87,7 +101,7 @@ class Update:
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.pending == 0 and not self.dead
+        return self.pending == 0 and not self.dead and not self.emptied and not self.lost
 
 
 def cheap_identity(job: Job, source: Source) -> dict:
@@ -100,6 +114,22 @@ def cheap_identity(job: Job, source: Source) -> dict:
             "input": None if job.update.append else source.describe(),  # --append: images from any input
             "stop": job.input.stop, "shard_size": job.update.shard_size, "random_weights": model.random_weights,
             "weights": _weights_stamp(model.weights)}
+
+
+def recipe(job: Job) -> dict:
+    """The extract options that make this store's vectors again from its input, as ``ExtractOptions`` fields:
+    recorded in the manifest (``extract``), what ``imgfeat repair`` runs. Paths are made absolute; an input that is
+    not a path (a Python list) is None, and a repair asks for ``--data``."""
+    data = job.input.data
+    data = (os.path.abspath(data) if os.path.exists(data) else data) if isinstance(data, (str, os.PathLike)) else None
+    m, e, d = job.model, job.execution, job.decode
+    return {"data": None if data is None else str(data), "image_column": job.input.image_column,
+            "id_column": job.input.id_column, "start": job.input.start, "stop": job.input.stop, "model": m.model,
+            "layer": m.layer, "pool": m.pool, "weights": os.path.abspath(m.weights) if m.weights else None,
+            "random_weights": m.random_weights, "relu": job.post.relu, "l2": job.post.l2, "dtype": job.post.dtype,
+            "precision": e.precision, "backend": e.backend, "device": e.device, "batch_size": e.batch_size,
+            "max_pixels": d.max_pixels, "min_fidelity": job.check.min_fidelity, "calibrate": job.check.calibrate,
+            "shard_size": job.update.shard_size}
 
 
 VECTOR_OPTIONS = ("model", "layer", "pool", "relu", "l2", "dtype", "precision", "random_weights", "weights")
@@ -162,7 +192,7 @@ DIFF_MEMORY = "1GB"  # DuckDB's memory limit for the diff; beyond it the join sp
 
 
 def diff(store: FeatureStore, listing: Path, append: bool = False,
-         memory_limit: str = DIFF_MEMORY) -> tuple[Update, np.ndarray]:
+         memory_limit: str = DIFF_MEMORY, segments: Optional[list] = None) -> tuple[Update, np.ndarray]:
     """The difference between the listing and the store's published state: the Update's counts and dead
     inputs, and the listing positions to extract (sorted: input order). One DuckDB full outer join of the
     listing's Parquet file (id, fp, its row number) with the store's inventory (streamed to DuckDB as Arrow, shard
@@ -178,7 +208,7 @@ def diff(store: FeatureStore, listing: Path, append: bool = False,
     try:
         schema = pa.schema([("id", pa.string()), ("sfp", pa.string()), ("shard", pa.int64()), ("spos", pa.int64())])
         inventory = pa.RecordBatchReader.from_batches(schema, (
-            b for t in store.iter_inventory() for b in t.cast(schema).to_batches()))
+            b for t in store.iter_inventory(segments) for b in t.cast(schema).to_batches()))
         con.register("inventory", inventory)
         con.execute("""CREATE TEMP TABLE joined AS
             WITH input AS (SELECT id, arg_min(fp, file_row_number) AS fp, min(file_row_number) AS pos,
@@ -218,29 +248,35 @@ def diff(store: FeatureStore, listing: Path, append: bool = False,
 
 def check_removals(upd: Update, live: int, prune: bool) -> None:
     """An input that suddenly reads as mostly gone (an unmounted drive, a share that timed out) must not wipe the
-    store: beyond PRUNE_SHARE of its inputs, a removal needs ``--prune``."""
-    if prune or upd.removed <= PRUNE_FLOOR or upd.removed <= PRUNE_SHARE * live:
+    store: beyond PRUNE_SHARE of its inputs, a removal needs ``--prune``. The inputs of damaged shards whose images
+    are gone too do not count: nothing readable of them is lost."""
+    removed = upd.removed - upd.dropped
+    if prune or removed <= PRUNE_FLOOR or removed <= PRUNE_SHARE * live:
         return
     raise ImgfeatError(
-        f"this run would remove {upd.removed:,} of the store's {live:,} inputs ({upd.removed / max(live, 1):.0%}): "
+        f"this run would remove {removed:,} of the store's {live:,} inputs ({removed / max(live, 1):.0%}): "
         f"their ids are no longer in the input. If the input is only partly there (an unmounted drive, a network "
         f"share that timed out), fix that and rerun; if they were really deleted, rerun with --prune; to add new "
         f"images without removing any, use --append")
 
 
 # ----------------------------------------------------------------------------- plan
-def _digest(plan, dead: dict, generation: int) -> str:
-    """What the plan will do: its records' ids and fingerprints (hashed as written) and the dead inputs."""
+def _digest(plan, dead: dict, generation: int, repair: tuple = ((), (), ())) -> str:
+    """What the plan will do: its records' ids and fingerprints (hashed as written), the dead inputs and the
+    shards it repairs."""
     h = plan if plan is not None else hashlib.sha256()
     h.update(f"g{generation}\n".encode())
+    if any(repair):
+        h.update(f"repair {list(repair[0])} emptied {list(repair[1])} lost {list(repair[2])}\n".encode())
     for s in sorted(dead):
         h.update(f"dead {s}:".encode() + np.asarray(dead[s], np.int64).tobytes())
     return h.hexdigest()
 
 
-def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int):
-    """The listing's rows at ``positions`` (sorted), one row group per shard; returns a sha256 of the plan's
-    ids and fingerprints (streamed: a first run of 100M images never holds them in Python)."""
+def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int, groups: Sequence = ()):
+    """The listing's rows at ``positions`` (sorted), one row group per shard, after ``groups`` (a repair's tables
+    of listing rows, each a shard of its own); returns a sha256 of the plan's ids and fingerprints (streamed: a
+    first run of 100M images never holds them in Python)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -261,6 +297,10 @@ def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int
         buffered, rows = ([table] if table.num_rows else []), table.num_rows
 
     with pq.ParquetWriter(tmp, _schema()) as writer:
+        for group in groups:
+            for i, f in zip(group.column("id").to_pylist(), group.column("fp").to_pylist()):
+                digest.update(f"{i}\t{f}\n".encode())
+            writer.write_table(group, row_group_size=max(1, group.num_rows))
         start = 0
         for g in range(pf.num_row_groups):
             size = pf.metadata.row_group(g).num_rows
@@ -281,7 +321,15 @@ def write_plan(listing: Path, positions: np.ndarray, path: Path, shard_size: int
 
 def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool = False) -> Update:
     """List the input, diff it against the store, and freeze (or resume) the plan. The caller holds the writer
-    lock, except ``--shard I/N`` parts, which share one plan and never drop another's work."""
+    lock, except ``--shard I/N`` parts, which share one plan and never drop another's work.
+
+    A store heals here: every published file is checked (``outputs.store.integrity``: once per file state), and
+    each damaged shard is re-extracted from its images. Its live inputs (its inventory, less its dead inputs and
+    what this diff finds changed or removed) are found by id in the listing and become one shard of the plan, ahead
+    of the new and changed records, which replaces the damaged one in place when the plan is published: the store
+    reads in the same order as before, every vector made again from its image. Inputs whose images are gone from
+    the input are dropped, counted. A shard whose inventory itself is damaged cannot say what it held: it is left
+    out of the diff, so its inputs still in the input are extracted as new, in its place."""
     folder = store.update_dir
     folder.mkdir(parents=True, exist_ok=True)
     upd = Update()
@@ -289,20 +337,31 @@ def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool
     listing = folder / f"input.{writer_tag()}.parquet"
     try:
         write_listing(source, listing, plan.shard_size)
-        found, positions = diff(store, listing, append=plan.append)
+        damage = store.damage()
+        lost = sorted({d.shard for d in damage if d.inventory_lost})
+        damaged = sorted({d.shard for d in damage} - set(lost))
+        for d in damage:
+            log.warning("%s %s: shard %06d is re-extracted from its images", store.shard_dir / d.name, d.what,
+                        d.shard)
+        segments = [seg for seg in store.segments() if seg["shard"] not in lost]
+        found, positions = diff(store, listing, append=plan.append, segments=segments)
         found.converted = upd.converted
         upd = found
+        upd.lost = lost
+        groups = _repair_groups(store, listing, damaged, upd) if damaged else []
         check_removals(upd, store.live_inputs(), plan.prune)
         generation = store.generation or 0
         plan_path = folder / "plan.parquet"
         meta_path = folder / "plan.json"
+        regular = len(positions)
+        upd.pending = regular + upd.repaired
         if upd.pending:
             fresh = folder / f"plan.{writer_tag()}.parquet"
-            plan_hash = write_plan(listing, positions, fresh, plan.shard_size)
+            plan_hash = write_plan(listing, positions, fresh, plan.shard_size, groups)
         else:
             fresh, plan_hash = None, None
-        upd.digest = _digest(plan_hash, upd.dead, generation)
-        upd.shards = -(-upd.pending // plan.shard_size)
+        upd.digest = _digest(plan_hash, upd.dead, generation, (upd.repair, upd.emptied, upd.lost))
+        upd.shards = len(upd.sizes) + -(-regular // plan.shard_size)
         held = _read_json(meta_path)
         if held is not None and held.get("digest") == upd.digest and plan_path.is_file() == bool(upd.pending):
             upd.base = held["base"]  # the same work as an interrupted run: resume it
@@ -321,7 +380,8 @@ def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool
             if fresh is not None:
                 os.replace(fresh, plan_path)
             meta = {"digest": upd.digest, "base": upd.base, "shards": upd.shards, "pending": upd.pending,
-                    "generation": generation, "counts": upd.counts()}
+                    "generation": generation, "counts": upd.counts(), "repair": upd.repair, "lost": upd.lost,
+                    "emptied": upd.emptied, "sizes": list(upd.sizes)}
             if part:
                 if not create_atomic(meta_path, json.dumps(meta).encode()):
                     return prepare(plan, source, store, part=part)  # another part froze it first: compare again
@@ -331,6 +391,42 @@ def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool
         return upd
     finally:
         listing.unlink(missing_ok=True)
+
+
+def _repair_groups(store: FeatureStore, listing: Path, damaged: list, upd: Update) -> list:
+    """For each damaged shard (whose inventory is sound), its live inputs that this update keeps as they are, as
+    listing rows in the shard's own order: the records that re-extract it. Sets ``upd``'s repair fields."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    by_shard = {seg["shard"]: seg for seg in store.segments()}
+    wanted = {}
+    for shard in damaged:
+        inv = store.inputs_table(shard)
+        live = np.setdiff1d(np.arange(inv.num_rows), store.dead_inputs(by_shard[shard]))
+        keep = np.setdiff1d(live, upd.dead.get(shard, np.zeros(0, np.int64)))  # changed ones are in the plan already
+        wanted[shard] = (inv.column("id").take(pa.array(live)).to_pylist(), set(keep.tolist()), live)
+    value_set = pa.array([i for ids, _, _ in wanted.values() for i in ids], pa.string())
+    rows: dict = {}
+    pf = pq.ParquetFile(listing)
+    for g in range(pf.num_row_groups):  # a row group at a time: bounded memory whatever the input's size
+        part = pf.read_row_group(g)
+        part = part.filter(pc.is_in(part.column("id"), value_set=value_set))
+        for i, row in zip(part.column("id").to_pylist(), part.to_pylist()):
+            rows.setdefault(i, row)  # an id repeated in the input keeps its first record, as the diff does
+    groups = []
+    for shard, (ids, keep, live) in wanted.items():
+        records = [rows[i] for i, pos in zip(ids, live.tolist()) if pos in keep and i in rows]
+        upd.dropped += sum(1 for i in ids if i not in rows)
+        if records:
+            groups.append(pa.Table.from_pylist(records, schema=_schema()))
+            upd.repair.append(shard)
+        else:
+            upd.emptied.append(shard)
+    upd.sizes = tuple(g.num_rows for g in groups)
+    upd.repaired = sum(upd.sizes)
+    return groups
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -347,20 +443,30 @@ def plan_done(store: FeatureStore, upd: Update) -> bool:
 def publish(store: FeatureStore, upd: Update) -> dict:
     """Record the plan's shards and the dead inputs as the next generation (one store call, one atomic manifest
     replace), then drop the plan. Run once every shard of the plan is done."""
-    manifest = store.publish_update(upd.dead, range(upd.base, upd.base + upd.shards), upd.counts())
+    manifest = store.publish_update(upd.dead, range(upd.base, upd.base + upd.shards), upd.counts(),
+                                    repairs=upd.repairs(), lost=upd.lost)
     for name in ("plan.json", "plan.parquet"):
         (store.update_dir / name).unlink(missing_ok=True)
     return manifest
 
 
 def finish(out, store: FeatureStore, upd: Update, pipeline: Optional[Pipeline],
-           result: Optional[ExtractResult], cheap: Optional[dict] = None) -> ExtractResult:
+           result: Optional[ExtractResult], cheap: Optional[dict] = None,
+           job: Optional[Job] = None) -> ExtractResult:
     """Publish the update once every shard of its plan is done (the last ``--shard`` part does it)."""
     published = plan_done(store, upd)
     if published and not upd.nothing_to_do:
         publish(store, upd)
     if published and cheap is not None and store.manifest.get("options") != cheap:
         store.annotate("options", cheap)
+    if published and job is not None and not job.update.append:
+        made = recipe(job)  # how to make its vectors again: what `imgfeat repair` runs, on the backend that ran
+        used = (pipeline.report.get("backend") if pipeline is not None else None) or \
+            (store.manifest.get("extract") or {}).get("backend")
+        if made["backend"] == "auto" and used in ("torch", "onnx", "openvino"):
+            made["backend"] = used
+        if store.manifest.get("extract") != made:
+            store.annotate("extract", made)
     if result is None:
         result = ExtractResult(n_done=0, n_failed=0, seconds=0.0, dim=store.manifest.get("dim") or 0,
                                model=pipeline.spec.name if pipeline is not None else None,
@@ -371,3 +477,30 @@ def finish(out, store: FeatureStore, upd: Update, pipeline: Optional[Pipeline],
     if published and store.manifest.get("skipped") != upd.skipped:
         store.annotate("skipped", upd.skipped)  # what the input held that is not an image, by extension
     return result
+
+
+def repair_options(store: FeatureStore, data: Optional[str], out) -> "ExtractOptions":
+    """The extract that repairs ``store``: the options its last run recorded (``recipe``), or for a store written
+    before they were, what its manifest says of its vectors and input; ``data`` where the input moved."""
+    import dataclasses
+
+    from ..options import ExtractOptions
+
+    m = store.manifest
+    recipe = dict(m.get("extract") or {})
+    if not recipe:
+        recipe = {k: m.get(k) for k in ("model", "layer", "pool", "relu", "l2", "dtype", "precision", "start", "stop",
+                                        "shard_size") if m.get(k) is not None}
+        recipe["random_weights"] = m.get("weights_source") == "random"
+        if m.get("weights_source") == "file":
+            raise ImgfeatError(f"{out} was made with --weights {m.get('weights_file')} before stores recorded where "
+                               "it lies: rerun the extract command that made the store, which repairs it")
+        kind, _, where = str(m.get("input") or "").partition(" ")
+        recipe["data"] = where if kind in ("folder", "TSV", "zip", "tar") else None
+    if data is not None:
+        recipe["data"] = data
+    if not recipe.get("data"):
+        raise ImgfeatError(f"{out} does not record a path to the images it was made from (input: {m.get('input')}): "
+                           "give --data, the input it was extracted from")
+    names = {f.name for f in dataclasses.fields(ExtractOptions)}
+    return ExtractOptions(**{k: v for k, v in recipe.items() if k in names}, out=str(out), format="store")

@@ -26,7 +26,10 @@ Blocks = Iterator[tuple[list[str], np.ndarray]]
 
 
 class FeaturesFileError(ImgfeatError):
-    """A features file or store that cannot be read as one: said in one line, never a traceback."""
+    """A features file or store that cannot be read as one: said in one line, never a traceback (exit status 1: the
+    file is damaged or foreign, not the command wrong)."""
+
+    exit_code = 1
 
 
 def _bad(path, what: str) -> FeaturesFileError:
@@ -42,8 +45,8 @@ def reading(path):
         raise
     except FileNotFoundError as exc:
         raise _bad(path, f"{exc.filename or exc} is missing" + (
-            " (a shard the store lists as done; `imgfeat info` shows the store's state, and rerunning the "
-            "extraction after deleting that shard's .done.json redoes it)" if Path(path).is_dir() else "")) from None
+            f" (a file of a published shard; `imgfeat info` shows the store's state, and `imgfeat repair {path}` "
+            "re-extracts it from its images)" if Path(path).is_dir() else "")) from None
     except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise _bad(path, f"not readable as imgfeat features ({type(exc).__name__}: {str(exc)[:200]})") from None
 

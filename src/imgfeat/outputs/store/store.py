@@ -14,11 +14,11 @@ import numpy as np
 
 from ..._version import __version__
 from ...errors import ImgfeatError
-from ...files import commit, create_atomic, partial_path, sha256, \
-    write_atomic, writer_tag
+from ...files import commit, create_atomic, partial_path, write_atomic, writer_tag
 from ..identity import VectorIdentity
 
 from .compaction import Compaction
+from .integrity import Damage, StoreDamagedError, Verified, damage_message, file_entry, find_damage
 from .inventory import empty_inventory, inputs_schema, write_inputs
 from .layout import FORMAT, IDENTITY, MANIFEST, StoreMismatchError, segment_of
 from .lock import Locking
@@ -56,7 +56,7 @@ class FeatureStore(Locking, Compaction):
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ImgfeatError(
+            raise StoreDamagedError(
                 f"{path} is damaged ({exc}); imgfeat writes it atomically, so something else changed it. "
                 "The shards with .done.json markers are intact: restore the manifest, or move the store away "
                 "and extract again.") from None
@@ -116,8 +116,19 @@ class FeatureStore(Locking, Compaction):
     def shard_writer(self, index: int) -> ShardWriter:
         return ShardWriter(self, index)
 
+    def read_marker(self, index: int) -> dict:
+        """A done-marker, or one line naming it when it is damaged (a marker of a published shard is not needed:
+        the manifest holds what it said)."""
+        path = self.marker(index)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreDamagedError(
+                f"{path} is damaged ({type(exc).__name__}): delete it and rerun the extraction, which redoes that "
+                "shard") from None
+
     def markers(self) -> list[dict]:
-        return [json.loads(self.marker(i).read_text()) for i in sorted(self.done_shards())]
+        return [self.read_marker(i) for i in sorted(self.done_shards())]
 
     def refresh_manifest(self, total_inputs: Optional[int] = None) -> None:
         """Rewrite the manifest's shard list (and totals, once known) from the done-markers. For a store with
@@ -160,6 +171,26 @@ class FeatureStore(Locking, Compaction):
             return [dict(seg) for seg in self.manifest.get("segments", [])]
         return [segment_of(m) for m in self.markers()]
 
+    @property
+    def verified(self) -> Verified:
+        """The file states whose checks passed (``integrity``), read once per store object."""
+        if getattr(self, "_verified", None) is None:
+            self._verified = Verified(self.path)
+        return self._verified
+
+    def damage(self, full: bool = False, segments: Optional[list[dict]] = None) -> list[Damage]:
+        """Every damaged file of the published state (``full``: every checksum read again, none remembered)."""
+        return find_damage(self.shard_dir, self.segments() if segments is None else segments, self.verified, full)
+
+    def checked_segments(self) -> list[dict]:
+        """The published segments, each of whose files holds what its writer wrote (checked once per file state);
+        a damaged one is :class:`StoreDamagedError`, never handed on."""
+        segments = self.segments()
+        found = self.damage(segments=segments)
+        if found:
+            raise StoreDamagedError(damage_message(self.path, found))
+        return segments
+
     def _shard_file(self, shard: int, suffix: str) -> Path:
         return self.shard_dir / f"{shard:06d}.{suffix}"
 
@@ -191,11 +222,11 @@ class FeatureStore(Locking, Compaction):
     def live_inputs(self) -> int:
         return sum(seg["inputs"] - seg.get("dead_inputs", 0) for seg in self.segments())
 
-    def iter_inventory(self):
-        """The inventory shard by shard (bounded memory)."""
+    def iter_inventory(self, segments: Optional[list[dict]] = None):
+        """The inventory shard by shard (bounded memory), of ``segments`` (default: the published ones)."""
         import pyarrow as pa
 
-        for seg in self.segments():
+        for seg in self.segments() if segments is None else segments:
             t = self.inputs_table(seg["shard"])
             pos = np.arange(t.num_rows, dtype=np.int64)
             dead = self.dead_inputs(seg)
@@ -238,7 +269,7 @@ class FeatureStore(Locking, Compaction):
             n += 1
         return n
 
-    def write_dead(self, shard: int, positions: np.ndarray, generation: int) -> str:
+    def write_dead(self, shard: int, positions: np.ndarray, generation: int) -> dict:
         """The dead-inputs file of ``shard`` as of ``generation`` (sorted, unique input positions)."""
         path = self._shard_file(shard, f"dead.g{generation}.npy")
         tmp = partial_path(path, writer_tag())
@@ -246,24 +277,45 @@ class FeatureStore(Locking, Compaction):
             np.save(fh, np.unique(np.asarray(positions, np.int64)))
             fh.flush()
             os.fsync(fh.fileno())
+        entry = {**file_entry(tmp), "name": path.name}
         commit(tmp, path)
-        return path.name
+        self.verified.remember([path])
+        return entry
 
-    def publish_update(self, dead: dict, new_shards: Sequence[int], run: dict) -> dict:
+    def publish_update(self, dead: dict, new_shards: Sequence[int], run: dict, repairs: Optional[dict] = None,
+                       lost: Sequence[int] = ()) -> dict:
         """The next generation of an update: the published segments with ``dead`` input positions added ({shard:
         positions}, written as each shard's immutable ``NNNNNN.dead.gG.npy``), then the ``new_shards`` (done), as
-        one atomic replace of the manifest."""
+        one atomic replace of the manifest. A repair (``engines.update``) replaces each damaged shard in place by its
+        re-extraction (``repairs``: {damaged shard: new shard}, which is then not appended), and drops the ``lost``
+        shards (whose inventory was damaged: their inputs are among the new shards, which take the first lost
+        shard's place in the order)."""
         generation = (self.generation or 0) + 1
+        repairs, lost = dict(repairs or {}), set(lost)
         segments = self.segments()
         by_shard = {seg["shard"]: seg for seg in segments}
         for shard, positions in dead.items():
+            if shard in repairs or shard in lost:
+                continue  # replaced or dropped whole
             seg = by_shard[shard]
             gone = np.union1d(self.dead_inputs(seg), positions)
-            seg["dead"] = self.write_dead(shard, gone, generation)
+            entry = self.write_dead(shard, gone, generation)
+            seg.update(dead=entry["name"], dead_file=entry)
             rows = self.inputs_table(shard).column("row").to_numpy()[gone]
             seg.update(dead_inputs=int(len(gone)), dead_rows=int((rows >= 0).sum()), dead_errors=int((rows < 0).sum()))
-        segments += [segment_of(json.loads(self.marker(k).read_text())) for k in new_shards]
-        return self.publish(segments, run)
+        replaced = {k for k in repairs.values() if k is not None}
+        added = [segment_of(self.read_marker(k)) for k in new_shards if k not in replaced]
+        out: list[dict] = []
+        for seg in segments:
+            if seg["shard"] in repairs:
+                if repairs[seg["shard"]] is not None:  # None: nothing of it is left in the input
+                    out.append(segment_of(self.read_marker(repairs[seg["shard"]])))
+            elif seg["shard"] in lost:
+                out += added  # the re-extracted inputs of a lost shard (and anything new) where it stood
+                added = []
+            else:
+                out.append(seg)
+        return self.publish(out + added, run)
 
     def publish(self, segments: list[dict], run: dict) -> dict:
         """Make ``segments`` the store's state, as the next generation (one atomic replace of the manifest)."""
@@ -310,18 +362,15 @@ class FeatureStore(Locking, Compaction):
             p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading
-    def verify(self) -> dict:
-        """Check every done shard's files against its checksums; report pending shards."""
-        bad, missing, rows, errors = [], [], 0, 0
-        for m in self.markers():
-            for f in m["files"].values():
-                p = self.shard_dir / f["name"]
-                if not p.is_file():
-                    missing.append(f["name"])
-                elif p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
-                    bad.append(f["name"])
-            rows += m["rows"]
-            errors += m["errors"]
+    def verify(self, full: bool = False) -> dict:
+        """Check every file of the published state (each shard's files and dead-inputs file) against its size and
+        checksum (``full``: read again even where the same file state was checked before); report pending shards."""
+        segments = self.segments()
+        found = self.damage(full=full, segments=segments)
+        missing = [d.name for d in found if d.what == "is missing"]
+        bad = [d.name for d in found if d.what != "is missing"]
+        rows = sum(seg["rows"] for seg in segments)
+        errors = sum(seg["errors"] for seg in segments)
         done = self.done_shards()
         total = self.manifest.get("total_shards")
         if self.generation is not None:  # the shards of an update in progress that are not done yet
@@ -333,7 +382,10 @@ class FeatureStore(Locking, Compaction):
         else:
             pending = sorted(set(range(total)) - done) if total is not None else None
         return {"done": len(done), "total_shards": total, "pending": pending, "corrupt": bad + missing,
-                "missing": missing, "rows": rows, "errors": errors}
+                "missing": missing, "rows": rows, "errors": errors, "files": sum(len(s.get("files", {})) +
+                                                                                 bool(s.get("dead")) for s in segments),
+                "damage": [{"shard": d.shard, "file": d.name, "problem": d.what} for d in found],
+                "shards_damaged": sorted({d.shard for d in found})}
 
     def load_columns(self, columns: Sequence[str] = ("id", "path")) -> tuple["pa.Table", "StoreMatrix"]:
         """The live rows' ``columns`` of the shards' id tables, as one Arrow table (no Python object per row), and a
@@ -342,7 +394,7 @@ class FeatureStore(Locking, Compaction):
         import pyarrow.parquet as pq
 
         tables, files, keeps = [], [], []
-        for seg in self.segments():
+        for seg in self.checked_segments():
             t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=list(columns))
             keep = self.live_rows(seg)
             tables.append(t if keep is None else t.take(pa.array(keep)))
@@ -355,7 +407,7 @@ class FeatureStore(Locking, Compaction):
     def error_ids(self) -> set[str]:
         """The ids of the published state's error rows (inputs that have no vector: their files failed)."""
         out: set[str] = set()
-        for seg in self.segments():
+        for seg in self.checked_segments():
             path = self._shard_file(seg["shard"], "errors.tsv")
             if not seg.get("errors") or not path.is_file():
                 continue
@@ -371,7 +423,7 @@ class FeatureStore(Locking, Compaction):
         """A stable key per live row, aligned with ``load_columns()``: shard << 32 | row in the shard (a reader that kept
         an index of an earlier state matches its rows to this one's with them)."""
         parts = []
-        for seg in self.segments():
+        for seg in self.checked_segments():
             keep = self.live_rows(seg)
             rows = np.arange(seg["rows"], dtype=np.int64) if keep is None else keep.astype(np.int64)
             parts.append((np.int64(seg["shard"]) << 32) | rows)
@@ -382,7 +434,7 @@ class FeatureStore(Locking, Compaction):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for seg in self.segments():
+        for seg in self.checked_segments():
             t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"))
             vectors = np.load(self._shard_file(seg["shard"], "npy"), mmap_mode="r")
             keep = self.live_rows(seg)

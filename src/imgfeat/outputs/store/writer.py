@@ -9,8 +9,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ...files import commit, error_row, fsync_path, npy_header, partial_path, sha256, \
-    stale_partials, write_atomic, writer_tag
+from ...files import commit, error_row, fsync_path, npy_header, partial_path, stale_partials, write_atomic, \
+    writer_tag
+from .integrity import file_entry
 from .inventory import write_inputs
 
 
@@ -69,9 +70,9 @@ class ShardWriter:
             write_inputs(self.tmp["inputs"], self.inputs, self.ids)
         files = {}
         for key in keys:
-            files[key] = {"name": self.final[key].name, "sha256": sha256(self.tmp[key]),
-                          "bytes": self.tmp[key].stat().st_size}
+            files[key] = {**file_entry(self.tmp[key]), "name": self.final[key].name}
             commit(self.tmp[key], self.final[key])
+        self.store.verified.remember(self.final[k] for k in keys)  # checked as written: the first read pays a stat
         marker = {"shard": self.index, "rows": len(self.ids), "errors": self.n_errors,
                   "inputs": self.n_inputs, "first_input": self.index * self.store.manifest["shard_size"],
                   "files": files}
