@@ -44,17 +44,18 @@ def files(tmp_path, monkeypatch):
     return tmp_path
 
 
+# (file, message, exit status): a damaged or foreign file is 1, a usage error (no such file, nothing in it) 2
 DAMAGED = [
-    ("notnpy.npy", "not a NumPy .npy file"),
-    ("noids.npy", "its ids file noids.ids.txt is missing"),
-    ("mismatch.npy", "2 ids for 5 vectors"),
-    ("trunc.npy", "not readable as imgfeat features"),
-    ("onedim.npy", "1-d array"),
-    ("zero.npy", "holds no feature vectors|PCA got no data"),
-    ("nofeat.h5", "no 'features' and no 'ids' dataset"),
-    ("garbage.h5", "not readable as imgfeat features"),
-    ("bad.tsv", "line 2 is not 'id<TAB>\\[json vector\\]'"),
-    ("nothere.npy", "must be an imgfeat output file or feature store"),
+    ("notnpy.npy", "not a NumPy .npy file", 1),
+    ("noids.npy", "its ids file noids.ids.txt is missing", 1),
+    ("mismatch.npy", "2 ids for 5 vectors", 1),
+    ("trunc.npy", "not readable as imgfeat features", 1),
+    ("onedim.npy", "1-d array", 1),
+    ("zero.npy", "holds no feature vectors|PCA got no data", 2),
+    ("nofeat.h5", "no 'features' and no 'ids' dataset", 1),
+    ("garbage.h5", "not readable as imgfeat features", 1),
+    ("bad.tsv", "line 2 is not 'id<TAB>\\[json vector\\]'", 1),
+    ("nothere.npy", "must be an imgfeat output file or feature store", 2),
 ]
 
 
@@ -63,11 +64,11 @@ DAMAGED = [
     ["search", "--query", "i0"], ["probe", "--labels", "lab.tsv"], ["map", "--out", "m.png"],
     ["diffuse", "--labels", "lab.tsv", "--json"],
 ])
-@pytest.mark.parametrize("name,message", DAMAGED)
-def test_damaged_features_files_are_one_clear_line(files, capsys, command, name, message):
+@pytest.mark.parametrize("name,message,status", DAMAGED)
+def test_damaged_features_files_are_one_clear_line(files, capsys, command, name, message, status):
     argv = command[:2] + ["--features", name] + command[2:] if command[0] == "pca" else \
         command[:1] + ["--features", name] + command[1:]
-    assert main(argv) == 2
+    assert main(argv) == status
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -85,9 +86,10 @@ def test_a_store_with_a_missing_shard_says_which_file(files, photo_dir, capsys):
     (files / "store" / "shards" / "000001.npy").unlink()
     for argv in (["knn", "--features", "store", "--k", "1", "--out", "g.npz"], ["export", "store", "x.npy"],
                  ["dedup", "--features", "store"]):
-        assert main(argv) == 2
+        assert main(argv) == 1
         err = capsys.readouterr().err
-        assert "store/shards/000001.npy is missing" in err and "imgfeat info" in err, err
+        assert "store/shards/000001.npy is missing" in err and "imgfeat repair store" in err, err
+        assert len(err.strip().splitlines()) == 1
 
 
 BAD_OPTIONS = [

@@ -82,16 +82,40 @@ def disk_full_message(exc: OSError, where, done: str) -> str:
     return f"{reason} holding {os.path.abspath(path)} ({free}): {done}"
 
 
+READ_ONLY_ERRNOS = (1, 13, 30)  # EPERM, EACCES, EROFS: a cache folder nobody may write
+_SAID_READ_ONLY: set = set()  # cache roots already warned about: a read-only cache is said once, not per request
+
+
+def _cache_root(where) -> str:
+    """The folder a read-only warning is said once for: the first existing folder above ``where``."""
+    from pathlib import Path
+
+    p = Path(where)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
 @contextmanager
 def best_effort_cache(what: str, where) -> Iterator[None]:
     """Around a write into a cache whose content can be computed again: a full disk (or quota) is a one-line
-    warning and the work goes on uncached, never a failed request. Other errors pass."""
+    warning and the work goes on uncached, never a failed request; so is a cache folder that cannot be written
+    (read-only, another user's), said once for that folder. Other errors pass."""
+    import logging
+
     try:
         yield
     except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            root = _cache_root(exc.filename or where)
+            if root not in _SAID_READ_ONLY:
+                _SAID_READ_ONLY.add(root)
+                logging.getLogger("imgfeat.cache").warning(
+                    "the cache folder %s cannot be written (%s): nothing is cached there; everything works, "
+                    "computed again when needed (give a writable --cache, or $IMGFEAT_CACHE, to keep it)",
+                    root, exc.strerror)
+            return
         if not is_disk_full(exc):
             raise
-        import logging
-
         logging.getLogger("imgfeat.cache").warning("%s not cached: %s", what, disk_full_message(
             exc, where, "it is computed again when needed; free some space to keep it"))

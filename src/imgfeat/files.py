@@ -216,3 +216,47 @@ def mapped_for_writing(path: str | Path, shape: tuple, dtype, *, npy: bool = Fal
     except OSError as exc:  # said with the file it was for (the disk-full message names its file system)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     return mapped
+
+
+# ----------------------------------------------------------------------------- caches that check themselves
+def _seal_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.xxh3")
+
+
+def seal(path: str | Path) -> None:
+    """Record ``path``'s size and xxh3 beside it (``.NAME.xxh3``) after a cache wrote it, so a later read can tell a
+    truncated or changed file from a good one (:func:`seal_broken`). Raises OSError like any cache write."""
+    path = Path(path)
+    st = path.stat()
+    record = f"{st.st_size} {xxh3(path)} {st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+    write_atomic(_seal_path(path), record.encode())
+
+
+def seal_broken(path: str | Path) -> str | None:
+    """None when a cache file holds what :func:`seal` recorded (the checksum read once per file state), else what
+    is wrong with it: a cache that fails is rebuilt, never served."""
+    path = Path(path)
+    try:
+        size, digest, state = _seal_path(path).read_text().split()
+        st = path.stat()
+    except FileNotFoundError:
+        return "is missing or was never sealed"
+    except (OSError, ValueError) as exc:
+        return f"has no readable checksum ({exc})"
+    if st.st_size != int(size):
+        return f"is truncated or overwritten ({st.st_size:,} bytes, {int(size):,} written)"
+    if state == f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}":
+        return None
+    if xxh3(path) != digest:
+        return "fails its checksum"
+    return None
+
+
+def unseal(*paths: str | Path) -> None:
+    """Remove cache files and their seals (a damaged cache entry, before it is made again)."""
+    for p in paths:
+        for q in (Path(p), _seal_path(Path(p))):
+            try:
+                q.unlink(missing_ok=True)
+            except OSError:
+                pass

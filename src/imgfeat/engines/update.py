@@ -86,10 +86,12 @@ class Update:
     dropped: int = 0  # inputs of damaged shards whose images are gone from the input
 
     def counts(self) -> dict:
-        return {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
-                "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted,
-                "repaired": self.repaired, "dropped": self.dropped, "shards_repaired": len(self.repair) +
-                len(self.emptied) + len(self.lost)}
+        counts = {"added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
+                  "duplicates": self.duplicates, "kept": self.kept, "converted": self.converted}
+        shards = len(self.repair) + len(self.emptied) + len(self.lost)
+        if shards:  # a run that healed damaged shards says so
+            counts.update(repaired=self.repaired, dropped=self.dropped, shards_repaired=shards)
+        return counts
 
     def repairs(self) -> dict:
         """{damaged shard: the plan's shard that replaces it, or None where nothing of it is left}."""

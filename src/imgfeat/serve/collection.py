@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ImgfeatError, best_effort_cache
-from ..files import atomic_paths, cache_dir, mapped_for_writing, write_atomic
+from ..files import atomic_paths, cache_dir, mapped_for_writing, seal, seal_broken, unseal, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
@@ -38,6 +38,23 @@ log = logging.getLogger(__name__)
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
 MAP_BLOCK = 65536  # rows per block when projecting a large collection for its map
+
+
+def _cached_array(path: Path, shape: tuple, mmap: bool = False) -> Optional[np.ndarray]:
+    """A cached array that holds what was written (its seal) with the ``shape`` expected, or None (said once, the
+    file removed): a damaged cache is computed again, never served."""
+    broken = seal_broken(path)
+    if broken is None:
+        try:
+            arr = np.load(path, mmap_mode="r" if mmap else None)
+            if arr.shape == tuple(shape):
+                return arr
+            broken = f"holds shape {arr.shape}, not {tuple(shape)}"
+        except (OSError, ValueError) as exc:
+            broken = f"cannot be read ({exc})"
+    log.warning("the cached %s %s: it is computed again", path, broken)
+    unseal(path)
+    return None
 
 
 class UnknownLabel(ImgfeatError):
@@ -370,7 +387,9 @@ class Collection:
         method = "tsne" if self.n <= MAP_TSNE_UP_TO else "pca"
         cached = self.cache / f"map-{method}.npy"
         if cached.is_file():
-            return np.arange(self.n), np.load(cached), method
+            xy = _cached_array(cached, (self.n, 2))
+            if xy is not None:
+                return np.arange(self.n), xy, method
         if method == "tsne":
             from ..tools.maps import embed_2d
 
@@ -394,6 +413,7 @@ class Collection:
         np.save(buf, xy)
         with best_effort_cache("the map", cached):
             write_atomic(cached, buf.getvalue())
+            seal(cached)
         return np.arange(self.n), xy, method
 
     # ------------------------------------------------------------------ duplicates
@@ -410,7 +430,17 @@ class Collection:
         files = self._neighbours_files()
         if not all(f.is_file() for f in files):
             return None
-        return tuple(np.load(f, mmap_mode="r") for f in files)  # pages of the cache's files, not the server's memory
+        # pages of the cache's files, not the server's memory; a damaged file is computed again
+        D, I = (_cached_array(f, (self.n, self.dup_k), mmap=True) for f in files)
+        if D is None or I is None:
+            unseal(*files)
+            return None
+        if len(I) and (int(I.min()) < -1 or int(I.max()) >= self.n):
+            log.warning("the cached neighbour lists %s hold row numbers outside the collection: computed again",
+                        files[1])
+            unseal(*files)
+            return None
+        return D, I
 
     def _compute_neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         job = self._neighbour_job
@@ -431,6 +461,8 @@ class Collection:
                 D, I = lists(out=lambda shape, dtype: mapped_for_writing(made[np.dtype(dtype)], shape, dtype, npy=True))
                 D.flush(), I.flush()
                 del D, I
+            for f in files:
+                seal(f)
             result = self._cached_neighbours()
         if result is None:  # the cache cannot hold them (its disk is full): in memory
             result = lists()

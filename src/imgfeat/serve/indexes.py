@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import best_effort_cache
-from ..files import atomic_paths, write_atomic
+from ..files import atomic_paths, seal, seal_broken, unseal, write_atomic
 from ..tools.knn import KNNIndex
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,28 @@ class IndexCache:
         meta = self._meta()
         if meta is None or not (self.folder / meta["index"]).is_file():
             return None
+        try:
+            return self._load(meta, state, keys, X, nprobe)
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:  # faiss raises RuntimeError
+            return self._discard(meta, f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+
+    def _discard(self, meta: dict, what: str) -> None:
+        """A cached index that fails its check is a cache miss: said once, removed, built again."""
+        log.warning("the cached index %s %s: it is built again", self.folder / meta.get("index", "?"), what)
+        unseal(*(self.folder / meta[k] for k in ("index", "keys") if meta.get(k)))
+        (self.folder / f"{self.name}.json").unlink(missing_ok=True)
+        return None
+
+    def _load(self, meta: dict, state: str, keys: Optional[np.ndarray], X, nprobe: Optional[int]):
+        for name in (meta["index"], meta.get("keys")):  # every file the cache wrote, checked before faiss reads it
+            broken = seal_broken(self.folder / name) if name else None
+            if broken:
+                return self._discard(meta, f"({name}) {broken}")
         nprobe = meta.get("nprobe", 16) if nprobe is None else nprobe
         if meta["state"] == state:
             knn = self._open(meta, X, nprobe)
             return knn if knn.n_ == len(X) else None
-        try:
-            old_keys = np.load(self.folder / meta["keys"]) if meta.get("keys") else None
-        except (OSError, ValueError):
-            return None
+        old_keys = np.load(self.folder / meta["keys"]) if meta.get("keys") else None
         plan = lined_up(old_keys, keys)
         if plan is None:
             return None
@@ -118,10 +132,12 @@ class IndexCache:
         with best_effort_cache(f"the {knn.index} index", self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
             knn.save(str(self.folder / index))
+            seal(self.folder / index)
             if keys is not None:
                 with atomic_paths([self.folder / key_file]) as (partial,):
                     with open(partial, "wb") as fh:
                         np.save(fh, keys)
+                seal(self.folder / key_file)
             meta = {"state": state, "kind": knn.index, "index": index, "keys": key_file if keys is not None else None,
                     "nprobe": knn.nprobe, "rerank": knn.rerank if getattr(knn, "source_", None) is not None else 0.0,
                     "recall": list(getattr(knn, "recall_", ())) or None, "rows": knn.n_}
@@ -129,5 +145,5 @@ class IndexCache:
             written = meta
             for old in self.folder.glob(f"{self.name}-*"):
                 if old.name not in (index, key_file):
-                    old.unlink(missing_ok=True)
+                    unseal(old)
         return written

@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import ImgfeatError, bad_param, is_disk_full
+from ..errors import READ_ONLY_ERRNOS, ImgfeatError, bad_param, is_disk_full
 from ..files import write_atomic
 from ..tools.audit import ISSUES
-from ..tools.labels import DECISIONS
+from ..tools.labels import DECISIONS, read_decisions
 
 ISSUE_FILES = tuple(i for i in ISSUES if i != "leak")  # the per-image issues (leaks are pairs)
 
@@ -71,15 +71,29 @@ class Review:
         # kept in the serve cache root by the report's path: they outlive a new generation of the served store
         report_key = hashlib.sha256(str(self.report.resolve()).encode("utf-8")).hexdigest()[:16]
         self.file = cache / f"review-{report_key}" / "audit-decisions.tsv"
-        self.file.parent.mkdir(parents=True, exist_ok=True)
+        # the labels reviewers created (confirmed in the app), one a line: a relabel in the decisions file to a
+        # label neither the report nor this list knows was not made in the app, and is refused
+        self.created_file = self.file.with_name("created-labels.txt")
         self._lock = threading.Lock()
         self.decisions: dict[str, tuple[str, str]] = {}
+        created = self._created()
+        self.known_labels |= created
         if self.file.is_file():
-            for line in self.file.read_text(encoding="utf-8").splitlines()[1:]:
-                rid, decision, label = (line.split("\t") + ["", ""])[:3]
-                self.decisions[rid] = (decision, label)
-                if label:  # a label a reviewer created is known from then on
-                    self.known_labels.add(label)
+            self.decisions = read_decisions(self.file, "the review's decisions file")
+            unknown = sorted({label for _, label in self.decisions.values() if label} - self.known_labels)
+            if unknown:
+                raise ImgfeatError(
+                    f"the review's decisions file {self.file} relabels to {unknown[:3]}, label(s) neither the audit "
+                    "report nor a reviewer created: it was edited outside the app; fix or delete those lines")
+
+    def _created(self) -> set[str]:
+        try:
+            return {line for line in self.created_file.read_text(encoding="utf-8").splitlines() if line}
+        except FileNotFoundError:
+            return set()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ImgfeatError(f"the review's created-labels file {self.created_file} cannot be read ({exc}): "
+                               "delete it (its labels are then refused in the decisions file)") from None
 
     def summary(self, extra_labels: Iterable[str] = ()) -> dict:
         return {"issues": {name: r.flagged for name, r in self.rankings.items()},
@@ -143,6 +157,10 @@ class Review:
             before = self.decisions.get(rid)
             self.decisions[rid] = (decision, (new_label or "") if decision == "relabel" else "")
             try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                if decision == "relabel" and new_label not in self.known_labels:  # created: recorded before it is used
+                    write_atomic(self.created_file, "".join(f"{lab}\n" for lab in sorted(
+                        self._created() | {new_label})).encode("utf-8"))
                 write_atomic(self.file, self.tsv().encode("utf-8"))
             except OSError as exc:
                 if before is None:
@@ -152,6 +170,9 @@ class Review:
                 if is_disk_full(exc):
                     raise DecisionNotKept(f"the decision was not kept: the disk holding {self.file.parent} is full; "
                                           "free some space and decide again (earlier decisions are safe)") from None
+                if exc.errno in READ_ONLY_ERRNOS:
+                    raise DecisionNotKept(f"the decision was not kept: {self.file.parent} cannot be written "
+                                          f"({exc.strerror}); restart serve with a writable --cache") from None
                 raise
             if decision == "relabel":
                 self.known_labels.add(new_label)

@@ -14,28 +14,43 @@ from ..errors import ImgfeatError, bad_param
 log = logging.getLogger(__name__)
 
 
-def read_labels(path: str | Path) -> dict[str, str]:
-    """``id<TAB>label`` lines -> dict; a header ``id<TAB>label`` is skipped; bad lines are errors."""
-    labels: dict[str, str] = {}
+def _text_lines(path: str | Path, what: str, expected: str):
+    """(line number, line) of a text file a user may have edited: UTF-8 with or without a byte-order mark, line ends
+    stripped; a file that cannot be read or is not text is one line naming it."""
     try:
-        fh = open(path, encoding="utf-8")
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel, Notepad) is not part of the first id
+            text = fh.read()
     except OSError as exc:
-        raise ImgfeatError(f"labels file {path}: {exc.strerror or exc}") from None
-    with fh:
-        try:
-            for n, line in enumerate(fh, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                parts = line.split("\t")
-                if n == 1 and [x.lower() for x in parts] == ["id", "label"]:
-                    continue
-                if len(parts) != 2:
-                    raise ImgfeatError(f"{path} line {n}: expected 'id<TAB>label', got {line[:80]!r}")
-                labels[parts[0]] = parts[1]
-        except UnicodeDecodeError:
-            raise ImgfeatError(f"labels file {path} is not UTF-8 text (a binary file?): expected "
-                               "'id<TAB>label' lines") from None
+        raise ImgfeatError(f"{what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ImgfeatError(f"{what} {path} is not UTF-8 text (byte {exc.start}; a binary file?): expected "
+                           f"{expected} lines") from None
+    return enumerate(text.splitlines(), 1)
+
+
+def read_labels(path: str | Path) -> dict[str, str]:
+    """``id<TAB>label`` lines -> dict; a header ``id<TAB>label`` is skipped. Refused with the line number: a line that
+    is not two fields, an empty id or label (spaces around a label are not part of it), and an id given two
+    different labels. A byte-order mark is not part of the first id."""
+    labels: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for n, line in _text_lines(path, "labels file", "'id<TAB>label'"):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if n == 1 and [x.strip().lower() for x in parts] == ["id", "label"]:
+            continue
+        if len(parts) != 2:
+            raise ImgfeatError(f"{path} line {n}: expected 'id<TAB>label', got {line[:80]!r}")
+        rid, label = parts[0], parts[1].strip()
+        if not rid or not label:
+            raise ImgfeatError(f"{path} line {n}: {'the id' if not rid else 'the label'} is empty "
+                               f"(got {line[:80]!r}); leave an unlabelled image out of the file")
+        if rid in labels and labels[rid] != label:
+            raise ImgfeatError(f"{path} line {n}: {rid!r} is labelled {label!r} here and {labels[rid]!r} on line "
+                               f"{first[rid]}: keep one")
+        labels[rid] = label
+        first.setdefault(rid, n)
     if not labels:
         raise ImgfeatError(f"{path} holds no labels")
     return labels
@@ -117,27 +132,46 @@ def without_error_rows(labels: dict[str, str], ids: Sequence[str], features: Opt
 DECISIONS = ("keep", "relabel", "drop")  # what a reviewer decides of an audit's suspect
 
 
-def read_corrections(path: Optional[str]) -> dict[str, tuple[str, str]]:
-    """A review's decisions (``id<TAB>decision<TAB>new_label``, as ``imgfeat serve --audit`` writes them): id ->
-    (keep|relabel|drop, the new label of a relabel). None: no decisions."""
-    if not path:
-        return {}
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as exc:
-        raise ImgfeatError(f"--corrections {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ImgfeatError(f"--corrections {path} is not UTF-8 text") from None
+DECISION_COLUMNS = ("id", "decision", "new_label")
+
+
+def read_decisions(path: str | Path, what: str = "--corrections") -> dict[str, tuple[str, str]]:
+    """A review's decisions file (``id<TAB>decision<TAB>new_label``, as ``imgfeat serve --audit`` writes them): id ->
+    (keep|relabel|drop, the new label of a relabel). Refused with the line number: other columns, a decision
+    that is not one of ``DECISIONS``, an empty id, a relabel without a label, an id decided twice differently."""
     out: dict[str, tuple[str, str]] = {}
-    for n, line in enumerate(lines, 1):
-        parts = line.split("\t")
-        if n == 1 and parts[:2] == ["id", "decision"] or not line.strip():
+    first: dict[str, int] = {}
+    expected = "'id<TAB>keep|relabel|drop<TAB>new_label'"
+    for n, line in _text_lines(path, what, expected):
+        if not line.strip():
             continue
-        if len(parts) < 2 or parts[1] not in DECISIONS or (parts[1] == "relabel" and (len(parts) < 3 or not parts[2])):
-            raise ImgfeatError(f"--corrections {path} line {n}: expected 'id<TAB>keep|relabel|drop<TAB>new_label', "
-                               f"got {line[:80]!r}")
-        out[parts[0]] = (parts[1], parts[2] if parts[1] == "relabel" else "")
+        parts = line.split("\t")
+        if n == 1 and parts[0].strip().lower() == "id":
+            if tuple(p.strip().lower() for p in parts) not in (DECISION_COLUMNS, DECISION_COLUMNS[:2]):
+                raise ImgfeatError(f"{what} {path} line 1: the columns are {parts}, not {list(DECISION_COLUMNS)}")
+            continue
+        decision = parts[1].strip() if len(parts) > 1 else ""
+        label = parts[2].strip() if len(parts) > 2 else ""
+        if len(parts) > 3 or decision not in DECISIONS:
+            raise ImgfeatError(f"{what} {path} line {n}: expected {expected}, got {line[:80]!r}"
+                               + (f" ({decision!r} is not one of {', '.join(DECISIONS)})" if len(parts) > 1 and
+                                  len(parts) <= 3 else ""))
+        if not parts[0]:
+            raise ImgfeatError(f"{what} {path} line {n}: the id is empty (got {line[:80]!r})")
+        if decision == "relabel" and not label:
+            raise ImgfeatError(f"{what} {path} line {n}: a relabel needs its new label (got {line[:80]!r})")
+        value = (decision, label if decision == "relabel" else "")
+        if parts[0] in out and out[parts[0]] != value:
+            raise ImgfeatError(f"{what} {path} line {n}: {parts[0]!r} is decided {'/'.join(filter(None, value))} "
+                               f"here and {'/'.join(filter(None, out[parts[0]]))} on line {first[parts[0]]}: keep one")
+        out[parts[0]] = value
+        first.setdefault(parts[0], n)
     return out
+
+
+def read_corrections(path: Optional[str]) -> dict[str, tuple[str, str]]:
+    """``--corrections``: a review's decisions (:func:`read_decisions`). None: no decisions."""
+    return read_decisions(path) if path else {}
 
 
 def apply_corrections(labels: dict[str, str], path: Optional[str]) -> dict[str, str]:

@@ -8,7 +8,6 @@
       shards/000012.inputs.parquet  its inventory: each input's id, fingerprint and vector row
       shards/000012.done.json    row counts, sizes, sha256 and xxh3 of the shard's files, written LAST
       shards/000012.dead.g3.npy  inputs of the shard removed or superseded as of generation 3
-      verified.log               file states whose checksums passed (``integrity``)
 
 A shard's files are written under temporary names and renamed; the done-marker goes last,
 so after ``kill -9`` at any moment a shard is either complete (marker present, checksums

@@ -2,10 +2,10 @@
 
 Each file a shard publishes carries its size and fast checksum (xxh3-128, recorded by the writer beside its sha256;
 about 20 GB/s, so checking costs less than reading). A file is checked once per *state*: its inode, size, mtime and
-ctime (ctime cannot be set back, so a write that restores the mtime still shows) are remembered in the store's
-``verified.log`` after a check passes, or after the writer wrote it, and a second read pays one ``stat``. A store
-that cannot be written (a read-only share) remembers its checks in the user's cache instead; failing that, it
-checks on every open.
+ctime (ctime cannot be set back, so a write that restores the mtime still shows) are remembered after a check
+passes, or after the writer wrote it, and a second read pays one ``stat``. They are remembered in the user's cache
+(``$IMGFEAT_CACHE/verified/``, a log per store path), never in the store: readers write nothing into a store, and a
+read-only store is checked the same way. Where the cache cannot be written, every open checks again.
 
 A file that fails is never handed on: the reader raises :class:`StoreDamagedError`, one line naming the file and
 the repair (``imgfeat repair STORE`` re-extracts the shard from the images the store recorded; see
@@ -26,7 +26,6 @@ from ...files import cache_dir, checksums, sha256, xxh3
 
 log = logging.getLogger("imgfeat.outputs.store")
 
-VERIFIED = "verified.log"
 # file kinds a segment lists (its ``files``), and the dead-inputs file an update adds
 KINDS = ("vectors", "ids", "errors", "inputs")
 
@@ -78,8 +77,8 @@ def file_entry(path: Path) -> dict:
 
 
 class Verified:
-    """The checks a store remembers: file name -> the state that passed (``verified.log``, appended a line at a
-    time, the last line of a name wins; rewritten when it has grown to several lines a file)."""
+    """The checks remembered of a store: file name -> the state that passed (a log in the user's cache, appended a
+    line at a time, the last line of a name wins; rewritten when it has grown to several lines a file)."""
 
     def __init__(self, store_path: Path) -> None:
         self.store_path = Path(store_path)
@@ -97,9 +96,6 @@ class Verified:
             pass
 
     def _where(self) -> Optional[Path]:
-        own = self.store_path / VERIFIED
-        if os.access(self.store_path, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
-            return own
         key = hashlib.sha256(str(self.store_path.resolve()).encode()).hexdigest()[:20]
         return cache_dir() / "verified" / f"{key}.log"
 
