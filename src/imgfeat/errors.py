@@ -10,6 +10,13 @@ class ImgfeatError(Exception):
     """Base class for errors imgfeat reports to the user (the CLI prints them without a traceback)."""
 
 
+class DamagedFileError(ImgfeatError):
+    """A file imgfeat reads is damaged, cut short or foreign: one line naming it and the repair. The command line
+    exits with 1 (a usage error exits with 2)."""
+
+    exit_code = 1
+
+
 class InvalidParameterError(ImgfeatError, ValueError):
     """A user-facing parameter had a value outside its allowed set; ``param`` names it."""
 

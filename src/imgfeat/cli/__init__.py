@@ -213,9 +213,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from ..tools.labels import read_labels
 
         files = dict(spec.split("=", 1) if "=" in spec else ("label", spec) for spec in args.labels)
-        done = export_lance(args.store, args.out, {name: read_labels(path) for name, path in files.items()})
+        done = export_lance(args.store, args.out, {name: read_labels(path) for name, path in files.items()},
+                            verify=True if args.verify else None)
         what = (f"{done['added']} added, {done['updated']} updated, {done['removed']} removed" if done["written"]
                 else "nothing to change: the dataset already holds this state")
+        if done.get("repaired"):
+            what += f"; {done['repaired']} row(s) that differed from the store (or repeated an id) written again"
+        what += "; every row compared with the store" + ("" if done.get("verified") else
+                                                         " by id, path and labels (--verify compares the vectors too)")
         print(f"imgfeat: {args.store} (generation {done['generation']}) -> {args.out}: {what}; {done['rows']} rows, "
               f"version {done['version']}", file=sys.stderr)
         if args.json:
@@ -320,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "and removed since, nothing written when nothing changed")
     export.add_argument("--labels", action="append", default=[], metavar="[NAME=]TSV",
                         help="with --to lance: a column NAME (default: label) from a TSV id<TAB>label; repeatable")
+    export.add_argument("--verify", action="store_true",
+                        help="with --to lance: compare every vector of the dataset with the store's (done anyway "
+                             "while the store's vectors are under 2 GiB; ids, paths and labels are always compared)")
     export.add_argument("--json", action="store_true", help="with --to lance: print what was done as JSON")
     export.set_defaults(func=_cmd_export, param_flags={"out": "OUT", "store": "STORE"})
     from .serve import add_parser as add_serve

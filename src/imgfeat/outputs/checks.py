@@ -95,3 +95,40 @@ def check_outputs(*pairs: tuple[str, Optional[str]], inputs: Iterable[tuple[str,
     for flag, out in pairs:
         if out:
             check_output_file(out, flag, inputs)
+
+
+def _store_above(path: Path) -> Optional[Path]:
+    """The feature store ``path`` is or lies inside (a folder up the tree with a store's manifest), if any."""
+    for folder in (path, *path.parents):
+        if (folder / MANIFEST).is_file() and (folder / "shards").is_dir():
+            return folder
+    return None
+
+
+def check_lance_output(out: str, flag: str = "OUT") -> None:
+    """A local Lance dataset path this export may write: not a feature store or inside one (the source or any
+    other), its parent folder exists (nothing is created above it), and it is missing, empty, or a Lance dataset
+    already (its ``_versions``). A URI (``s3://``) is the object store's to check."""
+    if "://" in out:
+        return
+    target = _resolved(out)
+    store = _store_above(target)
+    if store is not None:
+        raise ImgfeatError(f"{flag} {out} is {'a feature store' if store == target else f'inside the feature store {store}'}"
+                           ": a Lance dataset is written beside a store, never into one; give a path outside it")
+    p = Path(os.path.expanduser(out))
+    if p.exists() and not p.is_dir():
+        raise ImgfeatError(f"{flag} {out} is a file, not a Lance dataset folder")
+    if p.is_dir():
+        entries = sorted(os.listdir(p))
+        if entries and not (p / "_versions").is_dir():
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise ImgfeatError(f"{flag} {out} is a folder that is not a Lance dataset (it holds {shown}): give a new "
+                               "or empty folder, or a dataset imgfeat exported")
+        _probe_folder(p, out, flag)
+        return
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ImgfeatError(f"{flag} {out}: the folder {parent} does not exist" if not parent.exists()
+                           else f"{flag} {out}: {parent} is not a folder")
+    _probe_folder(parent, out, flag)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImgfeatError, bad_param
+from ..errors import DamagedFileError, ImgfeatError, bad_param
 from .idindex import StringColumn, read_lines
 from .sinks import H5Sink, NpySink, ParquetSink, PickleSink, Sink, TsvSink, npy_ids_path
 from .store import FeatureStore
@@ -25,11 +25,9 @@ DEFAULT_BLOCK = 65536
 Blocks = Iterator[tuple[list[str], np.ndarray]]
 
 
-class FeaturesFileError(ImgfeatError):
+class FeaturesFileError(DamagedFileError):
     """A features file or store that cannot be read as one: said in one line, never a traceback (exit status 1: the
     file is damaged or foreign, not the command wrong)."""
-
-    exit_code = 1
 
 
 def _bad(path, what: str) -> FeaturesFileError:

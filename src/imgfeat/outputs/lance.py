@@ -12,7 +12,13 @@ file; a dataset of another identity is refused with both named.
 An export writes the rows whose key the dataset lacks through one ``merge_insert`` on ``id`` (added and changed
 images), deletes the keys the store no longer holds (removed images, and renamed ones' old ids), then records the
 generation. An export with nothing to change writes nothing: the dataset's version stays as it is. Rows are read and
-written ``BLOCK`` at a time."""
+written ``BLOCK`` at a time.
+
+The dataset is a copy, so an export also heals it: every row's content is compared with the store's row of its key
+(id, path, labels; the vectors too with ``verify``, which is the default while the store's vectors are under
+``VERIFY_BYTES``), and a row that differs, a key held twice, or a second row of an id is deleted and written again
+from the store (``repaired``). A first export is written into a hidden folder beside the path and renamed into place
+when whole, so an interrupted one leaves nothing; the path is checked like every output (``check_lance_output``)."""
 
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from .store import FeatureStore
 
 KEY = "_imgfeat_key"
 META = "imgfeat"
+VERIFY_BYTES = 2 * 2**30  # vectors compared on every export up to this size of the store's vectors (else --verify)
 PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}
 BLOCK = 65536
 DELETE_BATCH = 8192  # keys a delete predicate names at a time
@@ -71,11 +78,15 @@ class LanceExport:
     column name -> {id: label} (ids without one get null)."""
 
     def __init__(self, store: str | Path, uri: str, labels: Optional[Mapping[str, Mapping[str, str]]] = None,
-                 block: int = BLOCK) -> None:
+                 block: int = BLOCK, verify: Optional[bool] = None) -> None:
         self.lance = require("lance", "lance", "imgfeat export --to lance")
         self.store_path, self.uri, self.block = Path(store), str(uri), block
         self.store = FeatureStore.existing(store)
+        from .checks import check_lance_output
+
+        check_lance_output(self.uri)
         m = self.store.manifest
+        self.verify = verify
         self.identity = VectorIdentity.from_manifest(m).as_dict()
         self.dim, self.dtype = int(m["dim"]), str(m["dtype"])
         labels = dict(labels or {})
@@ -119,46 +130,141 @@ class LanceExport:
         except (ValueError, FileNotFoundError, OSError):
             return None
 
+    def _create(self, table, X, keys):
+        """A first export: written whole into a hidden folder beside the path, then renamed into place (a local
+        path), so an interrupted one leaves nothing under the name. None where another export created it first."""
+        if "://" in self.uri:
+            return self.lance.write_dataset(self._reader(table, X, None, keys), self.uri, schema=self.schema,
+                                            mode="create")
+        import os
+        import shutil
+
+        from ..files import writer_tag
+
+        final = Path(self.uri)
+        staging = final.with_name(f".{final.name}.{writer_tag()}.partial")
+        try:
+            self.lance.write_dataset(self._reader(table, X, None, keys), str(staging), schema=self.schema,
+                                     mode="create")
+            if final.is_dir() and not any(final.iterdir()):
+                final.rmdir()  # an empty folder the user made for it
+            try:
+                os.rename(staging, final)
+            except OSError:  # another export was first (the folder is there now): follow it
+                return None
+            return self.lance.dataset(self.uri)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def run(self) -> dict:
         table, X = self.store.load_columns(("id", "path"))
         keys = self.store.live_keys()
         ds = self._open()
         if ds is None:
             try:
-                ds = self.lance.write_dataset(self._reader(table, X, None, keys), self.uri, schema=self.schema,
-                                              mode="create")
-                return self._summary(ds, None, added=len(keys), updated=0, removed=0)
+                ds = self._create(table, X, keys)
+                if ds is not None:
+                    return self._summary(ds, None, added=len(keys), updated=0, removed=0)
             except (OSError, ValueError) as exc:  # another export created it first: follow it as below
-                ds = self._open()
-                if ds is None:
+                if self._open() is None:
                     raise ImgfeatError(f"could not create the Lance dataset {self.uri}: {exc}") from None
+            ds = self._open()
+            if ds is None:
+                raise ImgfeatError(f"could not create the Lance dataset {self.uri}")
         before = ds.version
         recorded = _recorded(ds)
         self._check(ds, recorded)
         relabel = recorded.get("labels", {}) != self.meta["labels"]
-        old_keys = np.concatenate([b.column(0).to_numpy() for b in ds.to_batches(columns=[KEY])] or
-                                  [np.zeros(0, np.int64)])
-        new = np.flatnonzero(~np.isin(keys, old_keys)) if not relabel else np.arange(len(keys))
-        gone = np.setdiff1d(old_keys, keys)
+        verify = self.verify if self.verify is not None else X.shape[0] * X.shape[1] * X.dtype.itemsize <= VERIFY_BYTES
+        scan = self._scan(ds, table, X, keys, verify and not relabel)
+        repaired = 0
+        if len(scan["bad_keys"]):  # rows that differ from the store, or repeat a key or an id: out first
+            repaired = self._delete(ds, scan["bad_keys"])
+            ds = self.lance.dataset(self.uri)
+        new = np.union1d(np.flatnonzero(~scan["present"]), scan["rewrite"]) if not relabel else np.arange(len(keys))
+        gone = scan["gone"]
         if not len(new) and not len(gone):
             if recorded.get("generation") != self.meta["generation"]:
                 self._record(ds)
-            return self._summary(self.lance.dataset(self.uri), before, added=0, updated=0, removed=0)
+            return self._summary(self.lance.dataset(self.uri), before, added=0, updated=0, removed=0,
+                                 repaired=repaired, verified=bool(verify))
         stats = {"num_inserted_rows": 0, "num_updated_rows": 0}
         if len(new):
             stats = (ds.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
                      .execute(self._reader(table, X, new, keys)))
             ds = self.lance.dataset(self.uri)
+        removed = self._delete(ds, gone) if len(gone) else 0
+        ds = self.lance.dataset(self.uri)
+        self._record(ds)
+        inserted = int(stats["num_inserted_rows"]) - len(scan["rewrite"])  # a repaired row is written again
+        return self._summary(self.lance.dataset(self.uri), before, added=max(inserted, 0),
+                             updated=int(stats["num_updated_rows"]), removed=removed, repaired=repaired,
+                             verified=bool(verify))
+
+    def _delete(self, ds, keys: np.ndarray) -> int:
+        """Delete the rows of ``keys``; returns the rows deleted."""
         removed = 0
-        for s in range(0, len(gone), DELETE_BATCH):
-            part = gone[s:s + DELETE_BATCH]
+        for s in range(0, len(keys), DELETE_BATCH):
+            part = keys[s:s + DELETE_BATCH]
             before_rows = ds.count_rows()
             ds.delete(f"{KEY} IN ({', '.join(str(int(k)) for k in part)})")
             ds = self.lance.dataset(self.uri)
             removed += before_rows - ds.count_rows()
-        self._record(ds)
-        return self._summary(self.lance.dataset(self.uri), before, added=int(stats["num_inserted_rows"]),
-                             updated=int(stats["num_updated_rows"]), removed=removed)
+        return removed
+
+    def _scan(self, ds, table, X, keys: np.ndarray, verify: bool) -> dict:
+        """The dataset compared with the store, ``block`` rows at a time: ``present`` (store rows the dataset holds
+        once, as the store has them), ``rewrite`` (store rows whose copy differs or is held twice), ``bad_keys``
+        (dataset keys to delete before they are written again: differing or repeated rows, and rows of a key the
+        store no longer holds whose id another row holds as well), ``gone`` (keys of removed images)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        seen = np.zeros(len(keys), np.int32)
+        differs = np.zeros(len(keys), bool)
+        strays_k, strays_id = [], []
+        ids_col, paths_col = table.column("id"), table.column("path")
+        columns = [KEY, "id", "path", *self.labels] + (["vector"] if verify else [])
+        for batch in ds.to_batches(columns=columns, batch_size=self.block):
+            k = batch.column(0).to_numpy(zero_copy_only=False)
+            idx = np.minimum(np.searchsorted(sorted_keys, k), max(len(keys) - 1, 0))
+            found = (sorted_keys[idx] == k) if len(keys) else np.zeros(len(k), bool)
+            if (~found).any():
+                strays_k.append(k[~found])
+                strays_id += batch.column(1).filter(pa.array(~found)).to_pylist()
+            pos = order[idx[found]]
+            np.add.at(seen, pos, 1)
+            if not len(pos):
+                continue
+            mask = pa.array(found)
+            take = pa.array(pos)
+            same = pc.and_(pc.equal(batch.column(1).filter(mask), ids_col.take(take).combine_chunks()),
+                           pc.equal(batch.column(2).filter(mask), paths_col.take(take).combine_chunks()))
+            same = same.fill_null(False).to_numpy(zero_copy_only=False)
+            if self.labels:
+                want_ids = ids_col.take(take).to_pylist()
+                for j, (name, lab) in enumerate(self.labels.items()):
+                    got = batch.column(3 + j).filter(mask).to_pylist()
+                    same &= np.array([g == lab.get(i) for g, i in zip(got, want_ids)], bool)
+            if verify:
+                vec = batch.column(len(columns) - 1).filter(mask)
+                flat = vec.flatten().to_numpy(zero_copy_only=False).reshape(len(pos), self.dim)
+                want = np.asarray(X[pos])
+                same &= (flat.view(np.uint8).reshape(len(pos), -1) ==
+                         np.ascontiguousarray(want, dtype=flat.dtype).view(np.uint8).reshape(len(pos), -1)).all(axis=1)
+            differs[pos[~same]] = True
+        rewrite = np.flatnonzero(differs | (seen > 1))
+        gone = np.concatenate(strays_k) if strays_k else np.zeros(0, np.int64)
+        # a stray row whose id the store holds under a key the dataset holds too is a second row of that id
+        from .idindex import StringColumn
+
+        rows = StringColumn(ids_col).id_index().rows(strays_id) if strays_id else np.zeros(0, np.int64)
+        extra = np.zeros(len(gone), bool)
+        extra[rows >= 0] = seen[rows[rows >= 0]] > 0
+        bad = np.union1d(keys[rewrite], gone[extra])
+        return {"present": (seen == 1) & ~differs, "rewrite": rewrite, "bad_keys": bad, "gone": np.setdiff1d(gone, bad)}
 
     def _record(self, ds) -> None:
         """The generation exported (and the label files' digests) into the schema metadata: one more version."""
@@ -177,13 +283,16 @@ class LanceExport:
             raise ImgfeatError(f"{self.uri} has the columns {have}; this export writes "
                                f"{[f.name for f in self.schema]} (other --labels): export to a new path")
 
-    def _summary(self, ds, before: Optional[int], **counts) -> dict:
+    def _summary(self, ds, before: Optional[int], repaired: int = 0, verified: bool = True, **counts) -> dict:
         return {"uri": self.uri, "rows": ds.count_rows(), "version": ds.version, "previous_version": before,
-                "written": before is None or ds.version != before, "generation": self.meta["generation"], **counts}
+                "written": before is None or ds.version != before, "generation": self.meta["generation"],
+                "repaired": repaired, "verified": verified, **counts}
 
 
 def export_lance(store: str | Path, uri: str, labels: Optional[Mapping[str, Mapping[str, str]]] = None,
-                 block: int = BLOCK) -> dict:
+                 block: int = BLOCK, verify: Optional[bool] = None) -> dict:
     """Bring the Lance dataset at ``uri`` to the live rows of ``store`` (see the module); returns what was done:
-    ``rows``, ``added``, ``updated``, ``removed``, ``version``, ``previous_version`` and ``written``."""
-    return LanceExport(store, uri, labels, block).run()
+    ``rows``, ``added``, ``updated``, ``removed``, ``repaired`` (rows that differed from the store, written again),
+    ``verified`` (whether the vectors were compared too), ``version``, ``previous_version`` and ``written``.
+    ``verify`` None: the vectors are compared while the store's are under ``VERIFY_BYTES``."""
+    return LanceExport(store, uri, labels, block, verify).run()

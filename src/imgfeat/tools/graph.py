@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImgfeatError, bad_param, require
+from ..errors import DamagedFileError, ImgfeatError, bad_param, require
 from ..files import atomic_paths, mapped_for_writing
 from ..outputs.idindex import read_lines, write_lines
 from .memory import release_freed_heap
@@ -136,8 +136,25 @@ class RawGraph:
             raise ImgfeatError(f"--graph {prefix}: the .int32 and .float32 files do not hold {n} rows of the same k "
                                f"(the .ids.txt's rows): a graph written by another run, or cut short")
         k = size // (4 * n)
-        return cls(np.memmap(paths[0], np.int32, "r", shape=(n, k)), np.memmap(paths[1], np.float32, "r", shape=(n, k)),
-                   ids)
+        graph = cls(np.memmap(paths[0], np.int32, "r", shape=(n, k)),
+                    np.memmap(paths[1], np.float32, "r", shape=(n, k)), ids)
+        graph.check(f"--graph {prefix}")
+        return graph
+
+    def check(self, what: str) -> None:
+        """Every neighbour is a row of the graph (or -1) and every similarity a number: a damaged or foreign file
+        is one line naming it, before any work, never an IndexError or a silent wrong answer half-way (read a block
+        at a time: bounded memory)."""
+        for s, I, D in self.blocks():
+            if len(I) and (int(I.min()) < -1 or int(I.max()) >= self.n):
+                bad = int(np.flatnonzero((I < -1).any(axis=1) | (I >= self.n).any(axis=1))[0]) + s
+                raise DamagedFileError(f"{what}: row {bad} names neighbour rows outside the graph's {self.n:,} rows "
+                                   "(the .int32 file is damaged, or belongs to another graph): write it again with "
+                                   "imgfeat knn --raw")
+            if not np.isfinite(D).all():
+                bad = int(np.flatnonzero(~np.isfinite(D).all(axis=1))[0]) + s
+                raise DamagedFileError(f"{what}: row {bad} holds similarities that are not numbers (the .float32 file is "
+                                   "damaged): write it again with imgfeat knn --raw")
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for s in range(0, self.n, rows):

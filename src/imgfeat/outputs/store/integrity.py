@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ...errors import ImgfeatError
+from ...errors import DamagedFileError
 from ...files import cache_dir, checksums, sha256, xxh3
 
 log = logging.getLogger("imgfeat.outputs.store")
@@ -30,10 +30,8 @@ log = logging.getLogger("imgfeat.outputs.store")
 KINDS = ("vectors", "ids", "errors", "inputs")
 
 
-class StoreDamagedError(ImgfeatError):
+class StoreDamagedError(DamagedFileError):
     """A store's file is missing, truncated or fails its checksum: its vectors are not handed on (exit status 1)."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
