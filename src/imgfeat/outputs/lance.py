@@ -143,9 +143,25 @@ class LanceExport:
 
         final = Path(self.uri)
         staging = final.with_name(f".{final.name}.{writer_tag()}.partial")
+        interrupted = []
+
+        def batches():  # Lance turns an exception of the reader into its own: a Ctrl-C is told apart here
+            try:
+                yield from self._batches(table, X, None, keys)
+            except KeyboardInterrupt:
+                interrupted.append(True)
+                raise
+
+        import pyarrow as pa
+
         try:
-            self.lance.write_dataset(self._reader(table, X, None, keys), str(staging), schema=self.schema,
-                                     mode="create")
+            try:
+                self.lance.write_dataset(pa.RecordBatchReader.from_batches(self.schema, batches()), str(staging),
+                                         schema=self.schema, mode="create")
+            except Exception:
+                if interrupted:
+                    raise KeyboardInterrupt from None
+                raise
             if final.is_dir() and not any(final.iterdir()):
                 final.rmdir()  # an empty folder the user made for it
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import errno
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImgfeatError, best_effort_cache
+from ..errors import DamagedFileError, ImgfeatError, best_effort_cache
 from ..files import atomic_paths, cache_dir, mapped_for_writing, seal, seal_broken, unseal, write_atomic
 from ..outputs.formats import open_matrix, read_paths
 from ..outputs.idindex import IdIndex, StringColumn
@@ -47,7 +48,7 @@ def _cached_array(path: Path, shape: tuple, mmap: bool = False) -> Optional[np.n
     if broken is None:
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None)
-            if arr.shape == tuple(shape):
+            if arr.ndim == len(shape) and all(w is None or w == h for w, h in zip(shape, arr.shape)):
                 return arr
             broken = f"holds shape {arr.shape}, not {tuple(shape)}"
         except (OSError, ValueError) as exc:
@@ -103,15 +104,20 @@ class LiveCollection:
     def __init__(self, collection: "Collection") -> None:
         self.current = collection
         self._lock = threading.Lock()
+        self._refused = None  # the state on disk found damaged: not loaded again until it changes
 
     def get(self) -> "Collection":
         current = self.current
         if current.changed() and self._lock.acquire(blocking=False):
             try:
-                if self.current is current:
+                state = _stamp(current.path)
+                if self.current is current and state != self._refused:
                     self.current = current.refreshed()
                     log.info("%s changed: now %d vectors (generation %s)", current.path, self.current.n,
                              self.current.generation)
+            except DamagedFileError as exc:  # said once for this state: repair it, and the repaired state is served
+                self._refused = state
+                log.warning("the new state of %s is not served: %s; still serving the old one", current.path, exc)
             except Exception:  # noqa: BLE001 - a store caught mid-change is read again at the next request
                 log.exception("could not load the new state of %s; still serving the old one", current.path)
             finally:
@@ -412,8 +418,9 @@ class Collection:
         buf = io.BytesIO()
         np.save(buf, xy)
         with best_effort_cache("the map", cached):
-            write_atomic(cached, buf.getvalue())
-            seal(cached)
+            if self.cache.is_dir():  # not where the cache folder could not be made (said once)
+                write_atomic(cached, buf.getvalue())
+                seal(cached)
         return np.arange(self.n), xy, method
 
     # ------------------------------------------------------------------ duplicates
@@ -431,7 +438,7 @@ class Collection:
         if not all(f.is_file() for f in files):
             return None
         # pages of the cache's files, not the server's memory; a damaged file is computed again
-        D, I = (_cached_array(f, (self.n, self.dup_k), mmap=True) for f in files)
+        D, I = (_cached_array(f, (self.n, None), mmap=True) for f in files)
         if D is None or I is None:
             unseal(*files)
             return None
@@ -456,6 +463,8 @@ class Collection:
 
         files, result = self._neighbours_files(), None
         with best_effort_cache("the neighbour lists", files[0]):  # written in place: 88 bytes a vector not held
+            if not self.cache.is_dir():  # the cache folder could not be made (said once): in memory below
+                raise OSError(errno.EROFS, "the cache folder could not be made", str(self.cache))
             with atomic_paths(files) as partials:
                 made = dict(zip((np.dtype(np.float32), np.dtype(np.int32)), partials))
                 D, I = lists(out=lambda shape, dtype: mapped_for_writing(made[np.dtype(dtype)], shape, dtype, npy=True))

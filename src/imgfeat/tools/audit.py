@@ -162,7 +162,9 @@ class DatasetAudit(Params):
         for a, b, c in zip(rows[cross], other[cross], cols[cross]):
             key = (int(min(a, b)), int(max(a, b)))
             pairs[key] = max(pairs.get(key, -1.0), float(D[a, c]))
-        self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()), key=lambda t: -t[2])
+        # closest first; pairs equal to float precision (a copy and its original: 1.0 by one path, 0.99999994 by
+        # another, as BLAS threads sum) in row order, so the report does not depend on the machine
+        self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()), key=lambda t: (-round(t[2], 5), t[0], t[1]))
         self.summary_["leak"] = {"pairs": len(self.leaks_), "threshold": threshold,
                                  "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}
 
