@@ -396,8 +396,8 @@ def test_a_tampered_lance_dataset_ends_equal_to_the_store(base, tmp_path, capsys
     row = t.slice(2, 1)
     vec = np.asarray(row.column("vector")[0].values.to_numpy(), np.float32).copy()
     vec[0] += 1.0
-    changed = row.set_column(row.schema.get_field_index("vector"), "vector",
-                             pa.FixedSizeListArray.from_arrays(pa.array(vec), len(vec)).cast(row.schema.field("vector").type))
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(vec), len(vec)).cast(row.schema.field("vector").type)
+    changed = row.set_column(row.schema.get_field_index("vector"), "vector", vectors)
     ds = lance.dataset(str(uri))
     ds.delete(f"id = '{ids[2]}'")
     lance.write_dataset(changed, str(uri), mode="append")  # a vector changed
@@ -415,7 +415,8 @@ def test_a_tampered_lance_dataset_ends_equal_to_the_store(base, tmp_path, capsys
     assert lance.dataset(str(uri)).version == version
 
 
-@pytest.mark.parametrize("where", ["store", "store/shards", "store/sub/ds.lance", "other_store", "busy", "no/parent/ds"])
+@pytest.mark.parametrize("where", ["store", "store/shards", "store/sub/ds.lance", "other_store", "busy",
+                                   "no/parent/ds"])
 def test_lance_export_checks_where_it_writes(base, tmp_path, capsys, where):
     pytest.importorskip("lance")
     shutil.copytree(base["store"], tmp_path / "store")
@@ -448,3 +449,30 @@ def test_an_interrupted_first_lance_export_leaves_nothing(base, tmp_path, monkey
 
 def test_damage_errors_are_exit_status_1(tmp_path):
     assert issubclass(StoreDamagedError, DamagedFileError) and StoreDamagedError.exit_code == 1
+
+
+def _report(tmp_path) -> Path:
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("{}")
+    (report / "label.tsv").write_text("id\tscore\tflag\tgiven\tsuggested\nim00.png\t0.9\t1\tcat\tdog\n"
+                                      "im01.png\t0.1\t0\tdog\t\n")
+    return report
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"id\tdecision\tnew_label\n\xff\xfe\tkeep\t\n", "not UTF-8"),
+    (b"id\tdecision\tnew_label\nim00.png\texplode\t\n", "'explode' is not one of"),
+    (b"id\tdecision\tnew_label\nim00.png\trelabel\tzzz\n", "relabels to \\['zzz'\\]"),
+])
+def test_the_reviews_own_decisions_file_is_checked_when_serve_starts(tmp_path, content, message):
+    from imgfeat.serve.review import Review
+
+    report, cache = _report(tmp_path), tmp_path / "cache"
+    review = Review(report, cache)
+    review.decide("im01.png", "relabel", "bird", confirm_new_label=True)  # a label a reviewer created
+    assert Review(report, cache).decisions["im01.png"] == ("relabel", "bird")  # read back: known, accepted
+    review.file.write_bytes(content)
+    with pytest.raises(DamagedFileError, match=message) as err:
+        Review(report, cache)
+    assert str(review.file) in str(err.value) and "start the review over" in str(err.value)

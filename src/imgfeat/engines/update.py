@@ -41,6 +41,7 @@ from ..outputs.store import FeatureStore
 from .result import ExtractResult
 
 if TYPE_CHECKING:
+    from ..options import ExtractOptions
     from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)

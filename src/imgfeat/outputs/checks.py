@@ -114,8 +114,8 @@ def check_lance_output(out: str, flag: str = "OUT") -> None:
     target = _resolved(out)
     store = _store_above(target)
     if store is not None:
-        raise ImgfeatError(f"{flag} {out} is {'a feature store' if store == target else f'inside the feature store {store}'}"
-                           ": a Lance dataset is written beside a store, never into one; give a path outside it")
+        where = "a feature store" if store == target else f"inside the feature store {store}"
+        raise ImgfeatError(f"{flag} {out} is {where}: a Lance dataset is written beside a store, never into one; give a path outside it")
     p = Path(os.path.expanduser(out))
     if p.exists() and not p.is_dir():
         raise ImgfeatError(f"{flag} {out} is a file, not a Lance dataset folder")

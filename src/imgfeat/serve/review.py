@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import READ_ONLY_ERRNOS, ImgfeatError, bad_param, is_disk_full
+from ..errors import READ_ONLY_ERRNOS, DamagedFileError, ImgfeatError, bad_param, is_disk_full
 from ..files import write_atomic
 from ..tools.audit import ISSUES
 from ..tools.labels import DECISIONS, read_decisions
@@ -79,12 +79,17 @@ class Review:
         created = self._created()
         self.known_labels |= created
         if self.file.is_file():
-            self.decisions = read_decisions(self.file, "the review's decisions file")
+            try:
+                self.decisions = read_decisions(self.file, "the review's decisions file")
+            except ImgfeatError as exc:  # serve's own file, damaged or edited: exit 1, with what to do
+                raise DamagedFileError(f"{exc}; fix that line, or move the file away to start the review over "
+                                       "(download its decisions first if you need them)") from None
             unknown = sorted({label for _, label in self.decisions.values() if label} - self.known_labels)
             if unknown:
-                raise ImgfeatError(
+                raise DamagedFileError(
                     f"the review's decisions file {self.file} relabels to {unknown[:3]}, label(s) neither the audit "
-                    "report nor a reviewer created: it was edited outside the app; fix or delete those lines")
+                    "report nor a reviewer created: it was edited outside the app; fix those lines, or move the file "
+                    "away to start the review over")
 
     def _created(self) -> set[str]:
         try:
@@ -92,7 +97,7 @@ class Review:
         except FileNotFoundError:
             return set()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ImgfeatError(f"the review's created-labels file {self.created_file} cannot be read ({exc}): "
+            raise DamagedFileError(f"the review's created-labels file {self.created_file} cannot be read ({exc}): "
                                "delete it (its labels are then refused in the decisions file)") from None
 
     def summary(self, extra_labels: Iterable[str] = ()) -> dict:

@@ -164,7 +164,8 @@ class DatasetAudit(Params):
             pairs[key] = max(pairs.get(key, -1.0), float(D[a, c]))
         # closest first; pairs equal to float precision (a copy and its original: 1.0 by one path, 0.99999994 by
         # another, as BLAS threads sum) in row order, so the report does not depend on the machine
-        self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()), key=lambda t: (-round(t[2], 5), t[0], t[1]))
+        self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()),
+                             key=lambda t: (-round(t[2], 5), t[0], t[1]))
         self.summary_["leak"] = {"pairs": len(self.leaks_), "threshold": threshold,
                                  "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}
 

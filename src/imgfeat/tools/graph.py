@@ -153,8 +153,8 @@ class RawGraph:
                                    "imgfeat knn --raw")
             if not np.isfinite(D).all():
                 bad = int(np.flatnonzero(~np.isfinite(D).all(axis=1))[0]) + s
-                raise DamagedFileError(f"{what}: row {bad} holds similarities that are not numbers (the .float32 file is "
-                                   "damaged): write it again with imgfeat knn --raw")
+                raise DamagedFileError(f"{what}: row {bad} holds similarities that are not numbers (the .float32 "
+                                   "file is damaged): write it again with imgfeat knn --raw")
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for s in range(0, self.n, rows):

@@ -28,6 +28,7 @@ from .queries import query_weights
 from .store import FeatureStore
 from .writer import ShardWriter
 
-__all__ = ["DEFAULT_SHARD_SIZE", "Damage", "StoreDamagedError", "FORMAT", "IDENTITY", "LOCK", "MANIFEST", "FeatureStore", "ShardWriter",
+__all__ = ["DEFAULT_SHARD_SIZE", "Damage", "StoreDamagedError", "FORMAT", "IDENTITY", "LOCK", "MANIFEST",
+           "FeatureStore", "ShardWriter",
            "StoreLockedError", "StoreMatrix", "StoreMismatchError", "empty_inventory", "inputs_schema",
            "is_store_path", "query_weights", "write_inputs"]

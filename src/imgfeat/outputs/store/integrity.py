@@ -26,8 +26,6 @@ from ...files import cache_dir, checksums, sha256, xxh3
 
 log = logging.getLogger("imgfeat.outputs.store")
 
-# file kinds a segment lists (its ``files``), and the dead-inputs file an update adds
-KINDS = ("vectors", "ids", "errors", "inputs")
 
 
 class StoreDamagedError(DamagedFileError):
@@ -171,7 +169,8 @@ def segment_files(seg: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def find_damage(shard_dir: Path, segments: list[dict], verified: Optional[Verified], full: bool = False) -> list[Damage]:
+def find_damage(shard_dir: Path, segments: list[dict], verified: Optional[Verified],
+                full: bool = False) -> list[Damage]:
     """Every damaged file of ``segments`` (``full``: checksums read even where a state was checked before)."""
     found = []
     for seg in segments:
