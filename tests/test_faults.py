@@ -476,3 +476,17 @@ def test_the_reviews_own_decisions_file_is_checked_when_serve_starts(tmp_path, c
     with pytest.raises(DamagedFileError, match=message) as err:
         Review(report, cache)
     assert str(review.file) in str(err.value) and "start the review over" in str(err.value)
+
+
+def test_repair_drop_takes_a_shard_whose_images_are_gone_for_good_out_of_the_live_set(store, base, capsys):
+    victim = _shard_file(store, "npy")
+    _flip(victim)
+    assert main(["repair", str(store), "--drop"]) == 0
+    err = capsys.readouterr().err
+    assert "dropped shard(s)" in err and "3 vector(s) fewer" in err, err
+    assert main(["info", str(store)]) == 0
+    ids, X = imgfeat.load(store)
+    assert len(ids) == N - 3
+    want = dict(zip(base["ids"], base["X"]))
+    for rid, row in zip(ids, np.asarray(X)):
+        np.testing.assert_allclose(row, want[rid], rtol=1e-5, atol=1e-6)

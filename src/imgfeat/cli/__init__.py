@@ -172,6 +172,12 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     shards = sorted({d.shard for d in found})
     for d in found:
         print(f"imgfeat: {store.shard_dir / d.name} {d.what}", file=sys.stderr)
+    if args.drop:
+        with store.writer_lock():
+            rows = store.drop_shards(shards)
+        print(f"imgfeat: dropped shard(s) {_ranges(shards)} from the live set: {rows:,} vector(s) fewer; generation "
+              f"{store.generation}", file=sys.stderr)
+        return 0
     opts = repair_options(store, args.data, args.store)
     print(f"imgfeat: re-extracting shard(s) {_ranges(shards)} from {opts.data}", file=sys.stderr)
     result = api.extract(options=opts, progress=None)
@@ -306,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--data", default=None,
                         help="the input the store was made from, where it moved or the store does not record it "
                              "(default: the input the store records)")
+    repair.add_argument("--drop", action="store_true",
+                        help="drop the damaged shards' rows from the live set instead, as the next generation (their "
+                             "images are gone for good); said with the count")
     repair.set_defaults(func=_cmd_repair, param_flags={"store": "STORE"})
     compact = sub.add_parser("compact", help="rewrite a store's shards without their removed and superseded rows",
                              description="Rewrite the shards of a feature store that hold dead rows (images "

@@ -317,6 +317,16 @@ class FeatureStore(Locking, Compaction):
                 out.append(seg)
         return self.publish(out + added, run)
 
+    def drop_shards(self, shards: Sequence[int]) -> int:
+        """Publish the next generation without ``shards`` (damaged ones whose images are gone: ``imgfeat repair
+        --drop``); returns the live vectors they held. The caller holds the writer lock."""
+        segments = self.segments()
+        gone = [seg for seg in segments if seg["shard"] in set(shards)]
+        rows = sum(seg["rows"] - seg.get("dead_rows", 0) for seg in gone)
+        self.publish([seg for seg in segments if seg["shard"] not in set(shards)],
+                     {"dropped": rows, "shards_dropped": len(gone)})
+        return rows
+
     def publish(self, segments: list[dict], run: dict) -> dict:
         """Make ``segments`` the store's state, as the next generation (one atomic replace of the manifest)."""
         import time as _time
