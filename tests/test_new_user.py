@@ -379,7 +379,8 @@ def test_info_says_a_missing_shard_file_is_missing(work, photo_dir, capsys):
     (work / "store" / "shards" / "000001.npy").unlink()
     assert main(["info", "store"]) == 1
     out = capsys.readouterr().out
-    assert "MISSING   1 file(s) of done shards are gone: 000001.npy" in out and "CORRUPT" not in out
+    assert "MISSING   1 file(s) of published shards are gone: 000001.npy" in out and "CORRUPT" not in out
+    assert "imgfeat repair store" in out
 
 
 def test_accepted_fidelity_is_information_and_layers_prints_no_warning(work):
