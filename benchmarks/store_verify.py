@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each row (the median is shown)")
     ap.add_argument("--workdir", default=None, help="where the store is written (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgfeat-verify-", dir=args.workdir) as tmp:
@@ -96,19 +97,23 @@ def main() -> None:
         rows = []
 
         def run(label: str, argv, env=None, cold=False):
-            if cold and not drop_caches():
-                rows.append((label, None, None))
-                return
-            if env is not None:
-                shutil.rmtree(env["IMGFEAT_CACHE"], ignore_errors=True)
-            old = dict(os.environ)
-            os.environ.update(env or {})
-            try:
-                wall, peak, _ = measured(argv)
-            finally:
-                os.environ.clear()
-                os.environ.update(old)
-            rows.append((label, wall, peak))
+            walls, peaks = [], []
+            for _ in range(args.repeat):  # the median of the runs: one busy moment does not make the row
+                if cold and not drop_caches():
+                    rows.append((label, None, None))
+                    return
+                if env is not None:
+                    shutil.rmtree(env["IMGFEAT_CACHE"], ignore_errors=True)
+                old = dict(os.environ)
+                os.environ.update(env or {})
+                try:
+                    wall, peak, _ = measured(argv)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(old)
+                walls.append(wall)
+                peaks.append(peak)
+            rows.append((label, float(np.median(walls)), max(peaks)))
 
         for cold in (False, True):
             where = "page cache dropped" if cold else "page cache warm"
@@ -124,7 +129,7 @@ def main() -> None:
             run(f"sha256 of every file (info before), {where}", [py, "-c", SHA, str(store)], cold=cold)
         print(f"{args.rows:,} x {args.dim} float32 store, {gb:.2f} GB in {-(-args.rows // args.shard_size)} shards; "
               f"{os.cpu_count()} cores")
-        print("| read | wall s | x baseline | peak RssAnon MB |")
+        print(f"| read (median of {args.repeat}) | wall s | x baseline | peak RssAnon MB |")
         print("|---|---:|---:|---:|")
         base = {}
         for label, wall, peak in rows:
