@@ -490,3 +490,22 @@ def test_repair_drop_takes_a_shard_whose_images_are_gone_for_good_out_of_the_liv
     want = dict(zip(base["ids"], base["X"]))
     for rid, row in zip(ids, np.asarray(X)):
         np.testing.assert_allclose(row, want[rid], rtol=1e-5, atol=1e-6)
+
+
+def test_a_done_shard_damaged_before_its_run_is_published_is_extracted_again(base, tmp_path, monkeypatch, capsys):
+    """An interrupted first run: its done shards are not published yet. One of them is damaged (and another's marker
+    cut short) before the rerun, which must redo them rather than publish them."""
+    from imgfeat.engines import update
+
+    store = tmp_path / "store"
+    real = update.publish
+    monkeypatch.setattr(update, "publish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        imgfeat.extract(str(base["folder"]), str(store), **{**MODEL, "shard_size": 3})
+    monkeypatch.setattr(update, "publish", real)
+    _flip(store / "shards" / "000001.npy")
+    (store / "shards" / "000002.done.json").write_text('{"shard": 2, ')
+    result = imgfeat.extract(str(base["folder"]), str(store), **{**MODEL, "shard_size": 3})
+    assert result.shards_written == 2 and result.shards_skipped == 2
+    assert main(["info", str(store)]) == 0
+    _equals_fresh(store, base)

@@ -370,6 +370,7 @@ def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool
             upd.base = held["base"]  # the same work as an interrupted run: resume it
             if fresh is not None:
                 fresh.unlink(missing_ok=True)
+            _redo_damaged(store, upd)
         else:
             if held is not None and part:
                 raise ImgfeatError(
@@ -394,6 +395,24 @@ def prepare(plan: UpdatePart, source: Source, store: FeatureStore, *, part: bool
         return upd
     finally:
         listing.unlink(missing_ok=True)
+
+
+def _redo_damaged(store: FeatureStore, upd: Update) -> None:
+    """The resumed plan's done shards that are damaged since (a file or the marker itself) are removed, so the run
+    extracts them again instead of publishing them."""
+    from ..outputs.store import StoreDamagedError
+    from ..outputs.store.integrity import find_damage
+    from ..outputs.store.layout import segment_of
+
+    for shard in upd.done_of(store.done_shards()):
+        try:
+            found = find_damage(store.shard_dir, [segment_of(store.read_marker(shard))], store.verified)
+            what = f"{found[0].name} {found[0].what}" if found else None
+        except StoreDamagedError as exc:
+            what = str(exc).split(":")[0] + " is damaged"
+        if what:
+            log.warning("%s: shard %06d of the interrupted run is extracted again", what, shard)
+            store.remove_shard_files(shard)
 
 
 def _repair_groups(store: FeatureStore, listing: Path, damaged: list, upd: Update) -> list:
