@@ -52,6 +52,14 @@ def test_ray_store_equals_local_store(image_tsv, tmp_path, ray_cluster):
     assert imgfeat.load(resumed)[0] == _expected_ids()
     # and a second run finds nothing to do: no actor, no model
     assert imgfeat.extract(str(image_tsv), str(resumed), engine="ray", **_opts()).model is None
+    # a damaged shard is repaired through Ray as locally: re-extracted in its place (issue 47)
+    victim = distributed / "shards" / "000002.npy"
+    victim.write_bytes(victim.read_bytes()[:-8])
+    healed = imgfeat.extract(str(image_tsv), str(distributed), engine="ray", **_opts())
+    assert healed.update["shards_repaired"] == 1 and healed.shards_written == 1
+    ids_h, mat_h = imgfeat.load(distributed)
+    assert ids_h == ids_l
+    np.testing.assert_allclose(np.asarray(mat_h), np.asarray(mat_l), rtol=1e-5, atol=1e-5)
 
 
 def test_ray_engine_needs_a_store(tmp_path, ray_cluster):

@@ -509,3 +509,17 @@ def test_a_done_shard_damaged_before_its_run_is_published_is_extracted_again(bas
     assert result.shards_written == 2 and result.shards_skipped == 2
     assert main(["info", str(store)]) == 0
     _equals_fresh(store, base)
+
+
+def test_a_repair_plan_cuts_its_damaged_shards_by_their_own_sizes():
+    """The plan's first shards are the repaired ones, each as large as what it re-extracts (``ShardPlan.sizes``),
+    then the new records in shards of ``size``: every engine cuts them in this one place."""
+    from imgfeat.data.shards import ShardPlan, cut_shards
+    from imgfeat.data.sources import Record
+
+    records = [Record(str(i), f"/x/{i}.jpg", None) for i in range(9)]
+    plan = ShardPlan(size=2, offset=10, sizes=(3, 1))
+    got = {shard: [r.id for r in group] for shard, group in cut_shards(records, plan)}
+    assert got == {10: ["0", "1", "2"], 11: ["3"], 12: ["4", "5"], 13: ["6", "7"], 14: ["8"]}
+    skipping = ShardPlan(size=2, offset=10, sizes=(3, 1), skip=frozenset({11, 13}), part=(0, 2))
+    assert [s for s, g in cut_shards(records, skipping) if list(g) is not None] == [10, 12, 14]
