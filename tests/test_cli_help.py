@@ -48,3 +48,39 @@ def test_diffuse_help_says_twenty_percent(capsys):
     with pytest.raises(SystemExit):
         main(["diffuse", "--help"])
     assert "20% of each class" in " ".join(capsys.readouterr().out.split())
+
+
+# what a process may hold after `--help` or an argument error besides imgfeat and the standard library (site's own
+# hooks, the interpreter's main modules)
+_ALLOWED = {"imgfeat", "__main__", "__mp_main__", "_distutils_hack", "sitecustomize", "usercustomize"}
+_PROBE = """
+import json, sys
+from imgfeat.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in SUBCOMMANDS]
+                         + [["extract", "--batch-size", "two"], ["knn", "--k", "0"], ["nosuchcommand"]],
+                         ids=lambda a: " ".join(a))
+def test_help_and_argument_errors_import_only_the_standard_library(argv):
+    """Issue 48: `--help` and an argument argparse refuses answer at once, in a fresh interpreter: no NumPy, Pillow,
+    pyarrow or torch (each command's modules import them in the function that runs it)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, check=True)
+    third = set(json.loads(out.stdout.strip().splitlines()[-1])) - _ALLOWED
+    assert not third, f"{' '.join(argv)} imported {sorted(third)}"
+
+
+def test_the_declared_extensions_are_the_registered_formats():
+    from imgfeat.outputs.formats import extensions
+    from imgfeat.outputs.names import extensions as declared
+
+    assert declared() == extensions()

@@ -55,6 +55,14 @@ def _imports(path: Path) -> set[str]:
                     found.add(target)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("imgfeat"))
+        elif (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets)
+              and isinstance(node.value, ast.Dict)):  # a package's names imported on first use (PEP 562)
+            for value in node.value.values:
+                rel = value.value
+                dots = len(rel) - len(rel.lstrip("."))
+                base = package.split(".")
+                base = base[: len(base) - max(dots, 1) + 1]
+                found.add(".".join(base + [rel.lstrip(".")]))
     return {m for m in found if m in modules and m != name}
 
 

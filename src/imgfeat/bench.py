@@ -14,17 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-from PIL import Image
-
-from .api import extract
-from .data.sources import ListSource
 from .errors import ImgfeatError
-from .files import cache_dir
-from .models.registry import get_model_spec
 from .options import available_cores
 
-# torch and the model stack are imported by the functions that measure (the command line's parser reads SETS)
+# NumPy, Pillow, torch and the model stack are imported by the functions that measure: the command line's parser
+# reads SETS, and `imgfeat --help` imports nothing but the standard library
 
 PHOTOS = Path(__file__).parent / "_data" / "photos"
 SETS = {"imagenet": (500, 375), "camera": (4000, 3000)}  # ImageNet-like and camera-size JPEGs
@@ -41,6 +35,9 @@ class Row:
 
 
 def _make_one(args: tuple[int, str, tuple[int, int], str]) -> None:
+    import numpy as np
+    from PIL import Image
+
     i, out, size, photo = args
     rng = np.random.default_rng(i)
     img = Image.open(photo).convert("RGB")
@@ -122,6 +119,8 @@ def _precision_rows(kind: str, files: list[str], model: str, random_weights: boo
                     fp32_rate: float, rows: list[Row]) -> None:
     """End-to-end rate of each lower precision (its fidelity check included in the result, not in the rate),
     with its ratio to fp32 and the figures of its fidelity check against fp32 on the set's first images."""
+    from .api import extract
+
     for precision in precisions:
         if precision == "fp32":
             continue
@@ -147,8 +146,12 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
               precisions: tuple[str, ...] = ("fp32",)) -> tuple[list[Row], dict]:
     import torch
 
+    from .api import extract
     from .data.loader import make_loader
+    from .data.sources import ListSource
+    from .files import cache_dir
     from .models.backbone import build_feature_model
+    from .models.registry import get_model_spec
 
     workdir = Path(workdir or cache_dir() / "bench")
     spec = get_model_spec(model)
@@ -208,6 +211,8 @@ def run_bench(model: str = "efficientnet_lite0", random_weights: bool = False, s
 
 def naive_rate(spec, fm, files: list[str]) -> float:
     """The blog-post way: one image at a time, full PIL decode, torchvision transforms, torch eager."""
+    from PIL import Image
+
     import torch
     from torchvision import transforms as T
 

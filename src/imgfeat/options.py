@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, fields
 from numbers import Real
 from typing import Any, Callable, Optional
 
-from .data.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
+from .data.limits import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from .data.sources import accepted_inputs, open_source
 from .errors import bad_param
 from .models.names import BACKENDS, POOLS, PRECISIONS
 from .outputs.checks import check_output_dir, check_output_file
-from .outputs.formats import extensions
-from .outputs.store import is_store_path
+from .outputs.names import extensions
+from .outputs.store.layout import is_store_path
 
 DEVICES = "auto|cpu|cuda|cuda:N|mps"
 DTYPES = ("float32", "float16")

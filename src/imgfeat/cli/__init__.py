@@ -14,12 +14,19 @@ import sys
 import typing
 from typing import Optional, Sequence
 
-from .. import api
 from .._version import __version__
 from ..errors import ImgfeatError, disk_full_message, is_disk_full
 from ..options import ExtractOptions, option_fields
-from ..outputs.formats import extensions
+from ..outputs.names import extensions
 from .common import at_least, check_outputs, comma_list, flag_of, positive
+
+
+def _api():
+    """The Python API (the engines, the store), imported by the command that runs: ``--help`` and an argument error
+    import nothing beyond the standard library."""
+    from .. import api
+
+    return api
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +51,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     opts = ExtractOptions(**{f.name: getattr(args, f.name) for f in option_fields()})
     if opts.out is None:
         raise ImgfeatError(f"imgfeat extract needs --out FILE ({' '.join(extensions())}) or a store directory")
-    result = api.extract(options=opts, progress=None)
+    result = _api().extract(options=opts, progress=None)
     if not opts.quiet:
         print(result.summary(), file=sys.stderr)
     return 0
@@ -58,7 +65,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(name)
         return 0
     rows = [("name", "dim", "input", "default layer", "weights", "offline")]
-    for spec in api.list_models():
+    for spec in _api().list_models():
         h, w = spec.preprocess.crop_size
         rows.append((spec.name, str(spec.dim), f"{h}x{w}", spec.default_layer or "(pooled)",
                      spec.weights.describe(), "yes" if spec.weights.available() else "no"))
@@ -72,7 +79,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    for node in api.list_layers(args.model):
+    for node in _api().list_layers(args.model):
         print(node)
     return 0
 
@@ -91,7 +98,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = api.store_info(args.store, full=args.full)
+    info = _api().store_info(args.store, full=args.full)
     m, report = info["manifest"], info["report"]
     pending = report["pending"]
     repair = f"imgfeat repair {args.store}"
@@ -180,7 +187,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         return 0
     opts = repair_options(store, args.data, args.store)
     print(f"imgfeat: re-extracting shard(s) {_ranges(shards)} from {opts.data}", file=sys.stderr)
-    result = api.extract(options=opts, progress=None)
+    result = _api().extract(options=opts, progress=None)
     print(result.summary(), file=sys.stderr)
     left = FeatureStore.existing(args.store).damage()
     if left:
@@ -237,7 +244,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..outputs.checks import check_output_file
 
     check_output_file(args.out, "OUT", [("STORE", args.store)])  # a file's checks (a dataset is a folder or a URI)
-    n = api.export_store(args.store, args.out)
+    n = _api().export_store(args.store, args.out)
     print(f"imgfeat: exported {n} vectors from {args.store} -> {args.out}", file=sys.stderr)
     return 0
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from ..errors import ImgfeatError
-from ..outputs.formats import read_features, read_paths
-from ..tools.labels import align, apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
 from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args
 
 
 def _audit(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import read_features
+    from ..tools.labels import align, apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
     from ..tools.audit import ISSUES, DatasetAudit, write_report
 
     ids, X = read_features(args.features)
@@ -83,6 +83,8 @@ def _audit(args) -> int:
 
 
 def _paths_or_none(features: str) -> Optional[dict]:
+    from ..outputs.formats import read_paths
+
     try:
         return read_paths(features)
     except ImgfeatError:
@@ -90,7 +92,7 @@ def _paths_or_none(features: str) -> Optional[dict]:
 
 
 def add_parser(sub) -> None:
-    from ..tools.audit import ISSUES
+    from ..tools.names import ISSUES
 
     audit = sub.add_parser("audit", help="label errors, outliers, near-duplicates and train/test leaks (cleanlab)",
                            description="Find what is wrong with a labelled collection from its features: cleanlab's "

@@ -145,7 +145,7 @@ def label_spec(args: argparse.Namespace):
 
 def index_metavar() -> str:
     """The metavar of the tools' ``--index``/``--approx``: the named faiss indexes, or a factory string."""
-    from ..tools.knn import INDEXES
+    from ..tools.names import INDEXES
 
     return "|".join(INDEXES) + "|FACTORY"
 

@@ -9,12 +9,8 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-import numpy as np
-
 from ..errors import ImgfeatError, bad_param
-from ..outputs.formats import open_matrix, read_features
-from ..tools.diffusion import ITERATION_GRID
-from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
+from ..tools.names import ITERATION_GRID
 from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args, positive
 
 log = logging.getLogger(__name__)
@@ -49,6 +45,10 @@ def _iterations(args) -> int:
 
 def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object]:
     """The graph's vectors: the features, then ``--background``'s (ids no label can name), read into memory."""
+    import numpy as np
+
+    from ..outputs.formats import read_features
+
     if not args.background:
         return ids, X
     bids, bX = read_features(args.background)
@@ -60,6 +60,8 @@ def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object
 def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
+    import numpy as np
+
     from ..outputs.idindex import lines_equal
     from ..tools.autoindex import build_index
     from ..tools.graph import RAW_SUFFIXES, RawGraph, save_graph
@@ -121,6 +123,8 @@ def _timed(seconds: dict, part: str, work, *args, **kwargs):
 
 
 def _diffuse(args) -> int:
+    from ..outputs.formats import open_matrix
+    from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
     from ..outputs.idindex import id_index, ids_nbytes
     from ..tools.diffusion import GraphDiffusion, RowLabels, scored_against_logreg
     from ..tools.graph import locality_order

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from ..outputs.formats import read_features, read_paths
-from ..tools.labels import align, labels_for, without_error_rows
-from ..tools.maps import METHODS
+from ..tools.names import METHODS
 from .common import at_least, emit, features_arg, label_spec, labels_args
 
 
 def _map(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import read_features, read_paths
+    from ..tools.labels import align, labels_for, without_error_rows
     from ..tools.maps import embed_2d, mosaic_png, scatter_png
 
     ids, X = read_features(args.features)

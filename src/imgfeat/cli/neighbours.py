@@ -6,18 +6,15 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from ..errors import ImgfeatError
-from ..outputs.formats import open_matrix
-from ..tools.graph import RAW_SUFFIXES
-from ..tools.knn import INDEXES, METRICS
+from ..tools.names import INDEXES, METRICS, RAW_SUFFIXES
 from .common import at_least, emit, ending, features_arg, index_metavar, store_encoder, weights_args
 
 log = logging.getLogger(__name__)
 
 
 def _knn(args) -> int:
+    from ..outputs.formats import open_matrix
     from ..tools.autoindex import build_index
     from ..tools.graph import save_graph
     from ..tools.exact import sampled_recall
@@ -56,6 +53,9 @@ def _knn(args) -> int:
 
 
 def _search(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import open_matrix
     from ..outputs.idindex import id_index
     from ..tools.knn import KNNIndex
 
@@ -93,7 +93,10 @@ def _search(args) -> int:
 def _dedup(args) -> int:
     import tempfile
 
+    import numpy as np
+
     from ..files import mapped_for_writing
+    from ..outputs.formats import open_matrix
     from ..outputs.idindex import ids_nbytes
     from ..tools.autoindex import build_index, plan_index
     from ..tools.dedup import PAIR_BATCH, PAIR_BYTES, group_lines, grouping_bytes, groups_at, neighbour_lists

@@ -3,14 +3,12 @@ in ``imgfeat.tools``."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..outputs.formats import extensions, iter_blocks
-from ..tools.labels import check_dim
+from ..outputs.names import extensions
 from .common import at_least, emit, ending, features_arg
 
 
 def _pca_fit(args) -> int:
+    from ..outputs.formats import iter_blocks
     from ..tools.pca import StreamingPCA
 
     pca = StreamingPCA(n_components=args.dim, whiten=args.whiten).fit(b for _, b in iter_blocks(args.features))
@@ -23,6 +21,10 @@ def _pca_fit(args) -> int:
 
 
 def _pca_apply(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import iter_blocks
+    from ..tools.labels import check_dim
     from ..outputs.formats import write_blocks
     from ..tools.pca import StreamingPCA
 

@@ -7,16 +7,16 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ImgfeatError, bad_param
-from ..outputs.formats import iter_blocks, read_features
-from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
-from ..tools.probe import CLASSIFIERS
+from ..tools.names import CLASSIFIERS
 from .common import corrections_arg, emit, features_arg, fraction_open, label_spec, labels_args, positive
 
 
 def _probe(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import read_features
+    from ..tools.labels import align, apply_corrections, labels_for, read_labels, without_error_rows
     from ..tools.probe import LinearProbe, confusion_png
 
     ids, X = read_features(args.features)
@@ -68,6 +68,8 @@ def _load_probe(path: str):
 
 
 def _predict(args) -> int:
+    from ..outputs.formats import iter_blocks
+
     probe = _load_probe(args.probe)
     n = 0
     with open(args.out, "w", encoding="utf-8") as out:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ImgfeatError
 from ..models.names import BACKENDS
-from ..outputs.formats import extensions, open_matrix, write_blocks
+from ..outputs.names import extensions
 from .common import at_least, emit, features_arg, store_encoder, weights_args
 
 
@@ -28,6 +26,9 @@ def _read_texts(args) -> list[str]:
 
 
 def _classify(args) -> int:
+    import numpy as np
+
+    from ..outputs.formats import open_matrix
     from ..tools.labels import align, read_labels
     from ..tools.probe import confusion_png
     from ..tools.zeroshot import DEFAULT_PROMPTS, ZeroShotClassifier, prompts_for
@@ -64,6 +65,7 @@ def _classify(args) -> int:
 
 
 def _embed_text(args) -> int:
+    from ..outputs.formats import write_blocks
     from ..models.backbone import build_feature_model
     from ..models.clip import text_embeddings
     from ..models.registry import get_model_spec

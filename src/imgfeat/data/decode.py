@@ -30,13 +30,11 @@ from ..models.preprocess import Preprocess
 # plugin now gives every process the same order (23 ms); the retry in a fresh process (data.fresh) covers
 # whatever other state a decoder keeps.
 Image.init()
-from . import formats  # noqa: E402,F401 - HEIC/HEIF and JPEG XL plugins, in every decoding process
+from .formats import load_plugins  # noqa: E402
+from .limits import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS  # noqa: E402,F401 - what decode_record defaults to
 from .tables import cell_bytes, cell_image_path, is_cell  # noqa: E402
 
-# Pillow's own bomb threshold (it raises above 2 x MAX_IMAGE_PIXELS); imgfeat checks its own limit first.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
-# Seconds one image may take to read and decode (a stalled network mount or URL, a FIFO).
-DEFAULT_DECODE_TIMEOUT = 60.0
+load_plugins()  # HEIC/HEIF and JPEG XL, in every decoding process, after Pillow's own plugins
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

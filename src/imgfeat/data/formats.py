@@ -2,8 +2,9 @@
 need are loaded (HEIC/HEIF through pillow-heif, a default dependency; JPEG XL through pillow-jxl-plugin, the
 ``jxl`` extra; AVIF is Pillow's own). A new plugin is picked up without editing a list.
 
-Imported by every decoding process (``data.decode`` imports it), so extract's workers, the second attempt in a
-fresh process and serve's uploads and thumbnails decode the same formats.
+Every decoding process loads the plugins (``data.decode`` calls :func:`load_plugins` as it is imported), so
+extract's workers, the second attempt in a fresh process and serve's uploads and thumbnails decode the same formats.
+Pillow itself is imported on first use: the command line declares its inputs without it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 import os
 from collections import Counter
 from functools import lru_cache
-
-from PIL import Image, ImageFile
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,19 @@ def _load_plugins() -> dict[str, bool]:
     return loaded
 
 
-PLUGINS = _load_plugins()
+@lru_cache(maxsize=1)
+def load_plugins() -> dict[str, bool]:
+    """The Pillow plugins of phones' formats (and ``IMGFEAT_PILLOW_PLUGINS``) registered, once a process: which
+    loaded."""
+    return _load_plugins()
 
 
 @lru_cache(maxsize=1)
 def image_extensions() -> frozenset:
     """Lower-case extensions (with the dot) of every format a registered decoder opens."""
+    from PIL import Image, ImageFile
+
+    load_plugins()
     Image.init()
     out = set()
     for ext, fmt in Image.registered_extensions().items():

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DamagedFileError, ImgfeatError, bad_param
 from .idindex import StringColumn, read_lines
+from .names import FORMAT_EXTENSIONS
 from .sinks import H5Sink, NpySink, ParquetSink, PickleSink, Sink, TsvSink, npy_ids_path
 from .store import FeatureStore
 
@@ -185,9 +186,12 @@ _FORMATS: dict[str, Format] = {}
 
 
 def register_format(ext: str, fmt: Format) -> None:
-    """Make ``ext`` an output format; a second registration of the same extension is an error."""
+    """Make ``ext`` an output format; a second registration of the same extension is an error, and so is one the
+    command line does not declare (``outputs.names``: the help is printed without importing this module)."""
     if ext in _FORMATS:
         raise ValueError(f"a format is already registered for {ext!r}")
+    if ext not in FORMAT_EXTENSIONS:
+        raise ValueError(f"{ext!r} is not in outputs.names.FORMAT_EXTENSIONS: declare it there too")
     _FORMATS[ext] = fmt
 
 

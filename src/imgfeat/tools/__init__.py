@@ -5,16 +5,24 @@ through ``imgfeat.outputs.formats`` and never reaches back into the extraction p
 May import: ``imgfeat.errors``, ``imgfeat.outputs``.
 """
 
-from ..outputs.formats import iter_blocks, read_features, read_paths
-from .audit import DatasetAudit
-from .dedup import duplicate_groups
-from .diffusion import LabelDiffusion
-from .exact import recall_at_k
-from .knn import KNNIndex
-from .labels import align, read_labels
-from .maps import embed_2d, mosaic_png, scatter_png
-from .pca import StreamingPCA
-from .probe import LinearProbe
+import importlib
+
+_LAZY = {"iter_blocks": "..outputs.formats", "read_features": "..outputs.formats", "read_paths": "..outputs.formats",
+         "DatasetAudit": ".audit", "duplicate_groups": ".dedup", "LabelDiffusion": ".diffusion",
+         "recall_at_k": ".exact", "KNNIndex": ".knn", "align": ".labels", "read_labels": ".labels",
+         "embed_2d": ".maps", "mosaic_png": ".maps", "scatter_png": ".maps", "StreamingPCA": ".pca",
+         "LinearProbe": ".probe"}
+
+
+def __getattr__(name: str):
+    """The names below imported on first use (PEP 562): ``imgfeat.tools.names``, which the command line reads to
+    print its help, does not pay for NumPy, faiss and scikit-learn."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["DatasetAudit", "StreamingPCA", "LinearProbe", "KNNIndex", "LabelDiffusion", "duplicate_groups", "embed_2d",
            "scatter_png", "mosaic_png", "recall_at_k", "iter_blocks", "read_features", "read_labels",

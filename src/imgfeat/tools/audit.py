@@ -20,8 +20,8 @@ from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
 from .autoindex import build_index
 from .exact import RECALL_SAMPLE, sampled_recall
+from .names import ISSUES
 
-ISSUES = ("label", "outlier", "near_duplicate", "leak")
 
 
 

@@ -11,6 +11,7 @@ from ..errors import ImgfeatError, bad_param
 from ._base import Params
 from .graph import RawGraph, normalized_graph, propagate, ranks
 from .knn import KNNIndex
+from .names import ITERATION_GRID
 
 
 class RowLabels(Sequence):
@@ -217,7 +218,6 @@ def best_iterations(tracked: dict[int, np.ndarray], classes: np.ndarray, truth: 
     return max(tracked, key=lambda t: (scores[t], top1[t], t)), scores, top1
 
 
-ITERATION_GRID = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
 BEST_ROWS = 65_536  # GraphDiffusion: the rows whose best class is updated at a time
 MIN_VALIDATION_PER_CLASS = 5  # fewer held-out images per class: the iterations chosen on them are noise
 

@@ -30,6 +30,7 @@ from ..errors import DamagedFileError, ImgfeatError, bad_param, require
 from ..files import atomic_paths, mapped_for_writing
 from ..outputs.idindex import read_lines, write_lines
 from .memory import release_freed_heap
+from .names import RAW_SUFFIXES
 
 EDGE_BYTES = 12  # a bucket's edge on disk: int32 row, int32 column, float32 weight
 BLOCK_ROWS = 65_536  # rows of the raw graph read at a time
@@ -37,7 +38,6 @@ ORDER_CELL_ROWS = 2_000  # locality_order: about this many rows a cell (2,000 x 
 ORDER_CELLS_MAX = 1_024  # ... and no more cells (assigning 10M rows to 1,024 centroids: about a minute on 2 cores)
 
 
-RAW_SUFFIXES = (".int32", ".float32", ".ids.txt")  # the low-shot diffusion code's bare graph files
 
 
 def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> None:

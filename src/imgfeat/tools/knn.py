@@ -15,12 +15,11 @@ from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
 from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, sample_rows
+from .names import INDEXES, METRICS
 from .subset import Subset
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ip", "l2", "cosine")  # cosine: inner product of L2-normalised vectors
-INDEXES = ("exact", "ivf", "hnsw", "pca")  # or any faiss index_factory string, e.g. "IVF65536,PQ32"
 TRAIN_PER_CELL = 39  # faiss asks for at least 39 training points per IVF cell
 KMEANS_ITERATIONS = 10  # IVF cells' k-means: 10 iterations instead of faiss's 25 (training was ~40% of dedup at 1M)
 RERANK_BYTES = 256 * 2**20  # the candidate vectors of one block of re-ranked queries

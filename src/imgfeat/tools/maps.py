@@ -9,8 +9,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import bad_param, require
+from .names import METHODS
 
-METHODS = ("tsne", "umap")
 
 
 def embed_2d(X: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0,

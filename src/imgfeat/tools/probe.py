@@ -8,8 +8,8 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param
 from ._base import Params
+from .names import CLASSIFIERS
 
-CLASSIFIERS = ("svm", "logreg")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 

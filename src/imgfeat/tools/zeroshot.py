@@ -12,10 +12,9 @@ import numpy as np
 from ..errors import bad_param
 from ._base import Params
 from .exact import l2_normalise
+from .names import DEFAULT_PROMPTS
 
 # A short ensemble in the spirit of CLIP's ImageNet templates (open_clip's SIMPLE_IMAGENET_TEMPLATES).
-DEFAULT_PROMPTS = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-                   "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
 
 def prompts_for(classes: Sequence[str], templates: Sequence[str]) -> list[str]:

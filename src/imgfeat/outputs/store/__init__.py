@@ -19,16 +19,23 @@ weights, preprocessing, input, shard size...) differs is refused. Several writer
 (``--shard I/N``, Ray actors) may fill one store: each shard is written by exactly one of them.
 """
 
-from .integrity import Damage, StoreDamagedError
-from .inventory import empty_inventory, inputs_schema, write_inputs
-from .layout import DEFAULT_SHARD_SIZE, FORMAT, IDENTITY, LOCK, MANIFEST, StoreLockedError, StoreMismatchError, \
-    is_store_path
-from .matrix import StoreMatrix
-from .queries import query_weights
-from .store import FeatureStore
-from .writer import ShardWriter
+import importlib
 
-__all__ = ["DEFAULT_SHARD_SIZE", "Damage", "StoreDamagedError", "FORMAT", "IDENTITY", "LOCK", "MANIFEST",
-           "FeatureStore", "ShardWriter",
-           "StoreLockedError", "StoreMatrix", "StoreMismatchError", "empty_inventory", "inputs_schema",
-           "is_store_path", "query_weights", "write_inputs"]
+_LAZY = {"Damage": ".integrity", "StoreDamagedError": ".integrity", "empty_inventory": ".inventory",
+         "inputs_schema": ".inventory", "write_inputs": ".inventory", "DEFAULT_SHARD_SIZE": ".layout", "FORMAT": ".layout",
+         "IDENTITY": ".layout", "LOCK": ".layout", "MANIFEST": ".layout", "StoreLockedError": ".layout",
+         "StoreMismatchError": ".layout", "is_store_path": ".layout", "StoreMatrix": ".matrix",
+         "query_weights": ".queries", "FeatureStore": ".store", "ShardWriter": ".writer"}
+
+
+def __getattr__(name: str):
+    """The names below imported on first use (PEP 562): ``layout`` (what tells a store path, read by the options the
+    command line declares) does not pay for NumPy."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
