@@ -1,17 +1,22 @@
-"""How long the command line takes to answer (issue 24): whole processes, median of ``--runs`` after a warm-up.
+"""How long the command line takes to answer (issues 24 and 48): whole processes, median of ``--runs`` after a
+warm-up, this checkout against a previous release (``--baseline``, a git ref: its ``src/`` is taken with ``git
+archive`` and put first on ``PYTHONPATH``), both measured in the same run on the same machine.
 
     python benchmarks/cli_latency.py --runs 5
+    python benchmarks/cli_latency.py --runs 5 --baseline 6f63bd4
 
-Each command runs in a fresh process with its own cache folder (``IMGFEAT_CACHE``), after one untimed run that
-exports the model (and records it for the quick path). Baselines measured in the same run: ``python -c "import
-torch"`` and, for the small job, the same command on the full path (``IMGFEAT_QUICK=0``: torch, the network built,
-then the same cached ONNX export). Prints a Markdown table; the "modules" column says whether torch was imported
-(``-X importtime``).
+Each side has its own cache folder (``IMGFEAT_CACHE``); the warm-up run makes what a warm command finds there (the
+model's export and its record, a text tower's export). The CLIP store is made with a weights file (ViT-B-32 with a
+seeded random checkpoint: no hub weights offline), as issue 48's scripts do. ``search --text`` and ``classify`` are
+measured warm (the same text again, as a user repeating or paging a query) and, for the text query, with a text never
+asked before (a new query: the text tower runs). Prints a Markdown table; "torch" says whether this checkout's
+command imported torch (``-X importtime``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -21,77 +26,80 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMGFEAT = [sys.executable, "-m", "imgfeat"]
+# main as it landed before issue 48 (CI passed at stop 45): the previous release these figures are compared with
+DEFAULT_BASELINE = "6f63bd4"
+_fresh = itertools.count()
 
 
-def timed(argv: list[str], env: dict, runs: int) -> tuple[float, bool]:
-    """(median wall seconds over ``runs``, whether torch was imported) of ``argv`` in fresh processes."""
-    subprocess.run(argv, env=env, check=True, capture_output=True)  # warm-up: page cache, exports, records
+def timed(argv: list[str], env: dict, runs: int, fresh_text: bool = False) -> float:
+    """Median wall seconds over ``runs`` of ``argv`` in fresh processes, after one untimed warm-up. ``fresh_text``:
+    the last argument gets a number no run used before (a text query never asked)."""
+    def args() -> list[str]:
+        return argv[:-1] + [f"{argv[-1]} {next(_fresh)}"] if fresh_text else argv
+
+    subprocess.run(args(), env=env, check=True, capture_output=True)  # warm-up: page cache, exports, records
     walls = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, capture_output=True)
+        subprocess.run(args(), env=env, check=True, capture_output=True)
         walls.append(time.perf_counter() - t0)
-    trace = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], env=env, check=True, capture_output=True,
+    return statistics.median(walls)
+
+
+def imports_torch(argv: list[str], env: dict) -> bool:
+    trace = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, check=True, capture_output=True,
                            text=True).stderr
-    torch_imported = any(line.split("|")[-1].strip() == "torch" for line in trace.splitlines())
-    return statistics.median(walls), torch_imported
+    return any(line.split("|")[-1].strip() == "torch" for line in trace.splitlines())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="the git ref of the release to compare with")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imgfeat-latency-"))
-    env = {**os.environ, "IMGFEAT_CACHE": str(work / "cache")}
+    base_src = work / "baseline"
+    base_src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    py = sys.executable
+    sides = {"now": {**os.environ, "IMGFEAT_CACHE": str(work / "cache-now"), "PYTHONPATH": str(ROOT / "src")},
+             "baseline": {**os.environ, "IMGFEAT_CACHE": str(work / "cache-baseline"),
+                          "PYTHONPATH": str(base_src / "src")}}
+    imgfeat = [py, "-m", "imgfeat"]
     data = str(ROOT / "examples" / "images.tsv")
     store = str(work / "store")
-    subprocess.run(IMGFEAT + ["extract", "--data", data, "--out", store, "--quiet"], env=env, check=True,
+    now = sides["now"]
+    subprocess.run(imgfeat + ["extract", "--data", data, "--out", store, "--quiet"], env=now, check=True,
                    capture_output=True)
-    query = str(next(p for p in sorted((ROOT / "examples" / "images").iterdir()) if p.suffix == ".jpg"))
-    # text queries: a CLIP store (ViT-B-32; no hub weights offline: a seeded random checkpoint given as --weights)
     clip, ckpt = str(work / "clip-store"), str(work / "vit-b-32.pt")
-    subprocess.run([sys.executable, "-c", "import open_clip, torch; torch.manual_seed(0); torch.save(open_clip."
+    subprocess.run([py, "-c", "import open_clip, torch; torch.manual_seed(0); torch.save(open_clip."
                     f"create_model('ViT-B-32', pretrained=None).state_dict(), {ckpt!r})"], check=True,
                    capture_output=True)
-    subprocess.run(IMGFEAT + ["extract", "--data", data, "--out", clip, "--model", "clip:ViT-B-32/none",
-                              "--weights", ckpt, "--quiet"], env=env, check=True, capture_output=True)
-    text = ["search", "--features", clip, "--text", "a cat", "--k", "3", "--weights", ckpt]
-    classify = ["classify", "--features", clip, "--classes", "cat,dog,coffee", "--weights", ckpt]
-    rows = [
-        ("`python -c \"import torch\"` (baseline)", [sys.executable, "-c", "import torch"], env),
-        ("`imgfeat --help`", IMGFEAT + ["--help"], env),
-        ("`imgfeat extract --help`", IMGFEAT + ["extract", "--help"], env),
-        ("`imgfeat models`", IMGFEAT + ["models"], env),
-        ("`imgfeat info STORE`", IMGFEAT + ["info", store], env),
-        ("`imgfeat search --features STORE --query ID`", IMGFEAT + ["search", "--features", store, "--query",
-                                                                    "chelsea", "--k", "3"], env),
-        ("`imgfeat extract` of 6 photos to .npy, full path (`IMGFEAT_QUICK=0`, baseline)",
-         IMGFEAT + ["extract", "--data", data, "--out", str(work / "f.npy"), "--quiet"], {**env, "IMGFEAT_QUICK": "0"}),
-        ("`imgfeat extract` of 6 photos to .npy, quick path",
-         IMGFEAT + ["extract", "--data", data, "--out", str(work / "q.npy"), "--quiet"], env),
-        ("`imgfeat extract` into a store that holds every input (nothing to do)",
-         IMGFEAT + ["extract", "--data", data, "--out", store, "--quiet"], env),
-        ("`imgfeat search --features STORE --query IMAGE`, full path (`IMGFEAT_QUICK=0`: the store's model in torch)",
-         IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], {**env, "IMGFEAT_QUICK": "0"}),
-        ("`imgfeat search --features STORE --query IMAGE`, quick path (the store's recorded export)",
-         IMGFEAT + ["search", "--features", store, "--query", query, "--k", "3"], env),
-        ("`imgfeat search --features CLIP_STORE --text \"a cat\"`, full path (`IMGFEAT_QUICK=0`: ViT-B-32 in torch)",
-         IMGFEAT + text, {**env, "IMGFEAT_QUICK": "0"}),
-        ("`imgfeat search --features CLIP_STORE --text \"a cat\"`, quick path (the text tower's recorded export)",
-         IMGFEAT + text, env),
-        ("`imgfeat classify --features CLIP_STORE --classes cat,dog,coffee`, full path (`IMGFEAT_QUICK=0`)",
-         IMGFEAT + classify, {**env, "IMGFEAT_QUICK": "0"}),
-        ("`imgfeat classify --features CLIP_STORE --classes cat,dog,coffee`, quick path",
-         IMGFEAT + classify, env),
+    subprocess.run(imgfeat + ["extract", "--data", data, "--out", clip, "--model", "clip:ViT-B-32/none", "--weights",
+                              ckpt, "--quiet"], env=now, check=True, capture_output=True)
+    text = ["search", "--features", clip, "--k", "3", "--weights", ckpt, "--text", "a cat"]
+    classify = ["classify", "--features", clip, "--weights", ckpt, "--classes", "cat,dog,coffee"]
+    tsv = str(work / "six.tsv")
+    rows = [  # (label, argv after `python -m imgfeat`, goal in s, fresh text)
+        ("`imgfeat --help`", ["--help"], 0.5, False),
+        ("`imgfeat extract --help`", ["extract", "--help"], None, False),
+        ("`imgfeat info STORE`", ["info", store], None, False),
+        ("6 photos (500x375) to a TSV, warm", ["extract", "--data", data, "--out", tsv, "--quiet"], 1.5, False),
+        ("`search --text` on a CLIP store, warm (the same text again)", text, 1.5, False),
+        ("`search --text` on a CLIP store, a text never asked before", text, None, True),
+        ("`classify` on a CLIP store, warm", classify, 1.5, False),
     ]
-    print(f"{args.runs} runs each after a warm-up, median wall time of the whole process\n")
-    print("| command | wall | imports torch | ratio to `import torch` |\n|---|---|---|---|")
-    base = None
-    for label, argv, e in rows:
-        wall, heavy = timed(argv, e, args.runs)
-        base = base or wall
-        print(f"| {label} | {wall:.2f} s | {'yes' if heavy else 'no'} | {wall / base:.2f} |", flush=True)
+    print(f"{args.runs} runs each after a warm-up, median wall time of the whole process; baseline: {args.baseline}\n")
+    print("| command | now | baseline | now / baseline | goal | imports torch (now) |\n|---|---|---|---|---|---|")
+    for label, argv, goal, fresh in rows:
+        walls = {}
+        for side, env in sides.items():  # (the TSV is replaced by each run, as a user's rerun replaces it)
+            walls[side] = timed(imgfeat + argv, env, args.runs, fresh)
+        heavy = imports_torch(imgfeat + argv, now)
+        print(f"| {label} | {walls['now']:.2f} s | {walls['baseline']:.2f} s | {walls['now'] / walls['baseline']:.2f} "
+              f"| {f'< {goal} s' if goal else ''} | {'yes' if heavy else 'no'} |", flush=True)
 
 
 if __name__ == "__main__":

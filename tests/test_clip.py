@@ -287,3 +287,35 @@ print(json.dumps(out))
     top = np.array(["cat", "rocket", "coffee"])[np.argmax(np.asarray(X) @ T.T, axis=1)]
     rows = [line.split("\t") for line in (tmp_path / "p.tsv").read_text().splitlines()]
     assert [r[1] for r in rows] == top.tolist()
+
+
+def test_a_text_asked_again_is_read_and_the_text_towers_optimised_graph_is_kept(tiny, store, tmp_path, monkeypatch):
+    """Issue 48: the text tower's ONNX Runtime graph is optimised once and kept beside its export (a later session
+    loads it without optimising), and a text embedded before is read from the export's text cache, not run: the
+    same vectors, bit for bit; a cache entry cut short is made again."""
+    from imgfeat.engines import quick
+
+    monkeypatch.setenv("IMGFEAT_QUICK", "1")
+    monkeypatch.setenv("IMGFEAT_CACHE", str(tmp_path / "cache"))
+    assert main(["search", "--features", str(store), "--text", TEXTS[3], "--k", "3", "--weights",
+                 tiny["weights"]]) == 0  # the first text query records the text tower's export (torch)
+
+    def encoder():
+        enc = quick.query_encoder(store, tiny["weights"], text=True)
+        assert isinstance(enc, quick.QuickEncoder)
+        return enc
+
+    first = encoder().encode_text(TEXTS[:2])
+    np.testing.assert_allclose(first, reference_texts(tiny, TEXTS[:2]), atol=1e-5)
+    export = Path(encoder().text["export"])
+    from imgfeat.models.runtimes import optimized_path
+
+    assert optimized_path(export).is_file()  # saved by the first session, loaded by the next
+    real = quick._runner
+    monkeypatch.setattr(quick, "_runner", lambda *a: pytest.fail("the text tower ran for a text it had embedded"))
+    np.testing.assert_array_equal(encoder().encode_text(TEXTS[:2]), first)
+    entry = quick.TextCache(export.parent / "texts")._file(TEXTS[0])
+    entry.write_bytes(entry.read_bytes()[:-4])
+    monkeypatch.setattr(quick, "_runner", real)
+    np.testing.assert_array_equal(encoder().encode_text(TEXTS[:2]), first)
+    assert quick.TextCache(export.parent / "texts").get(TEXTS[0]) is not None  # made again

@@ -523,3 +523,30 @@ def test_a_repair_plan_cuts_its_damaged_shards_by_their_own_sizes():
     assert got == {10: ["0", "1", "2"], 11: ["3"], 12: ["4", "5"], 13: ["6", "7"], 14: ["8"]}
     skipping = ShardPlan(size=2, offset=10, sizes=(3, 1), skip=frozenset({11, 13}), part=(0, 2))
     assert [s for s, g in cut_shards(records, skipping) if list(g) is not None] == [10, 12, 14]
+
+
+def test_a_damaged_optimised_onnx_graph_is_made_again(tmp_path):
+    """The optimised graph ONNX Runtime keeps beside an export (issue 48) is a cache: sealed, and one whose bytes
+    changed is optimised again, never run."""
+    torch = pytest.importorskip("torch")
+    from imgfeat.models.runtimes import onnx_runner, optimized_path
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    export = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 3, 2, 2),), str(export), input_names=["pixels"],
+                      dynamic_axes={"pixels": {0: "n"}}, dynamo=False)
+    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2)).astype(np.float32)
+    want = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(onnx_runner(export, 1)(x), want, rtol=1e-5, atol=1e-6)
+    optimised = optimized_path(export)
+    assert optimised.is_file()
+    np.testing.assert_allclose(onnx_runner(export, 1)(x), want, rtol=1e-5, atol=1e-6)  # from the kept graph
+    data = bytearray(optimised.read_bytes())
+    weights = data.find(np.asarray(model[1].weight.detach().numpy()[0, :2], np.float32).tobytes())
+    assert weights > 0
+    data[weights + 3] ^= 0x40  # a weight changed, the graph still loads: only the seal tells
+    optimised.write_bytes(bytes(data))
+    np.testing.assert_allclose(onnx_runner(export, 1)(x), want, rtol=1e-5, atol=1e-6)
+    from imgfeat.files import seal_broken
+
+    assert seal_broken(optimised) is None  # optimised again, whole

@@ -31,16 +31,14 @@ from typing import Optional
 import numpy as np
 
 from .._version import __version__
-from ..data.batches import decode_batch, planned_batches
 from ..data.shards import ShardPlan
 from ..data.sources import Source
 from ..files import cache_dir, write_atomic
 from ..models.names import CPU_BACKENDS
 from ..models.preprocess import Preprocess
-from ..errors import ImgfeatError, InvalidParameterError
+from ..errors import ImgfeatError, InvalidParameterError, best_effort_cache
 from ..options import ExecPart, Job, ModelPart, available_cores
 from ..outputs.identity import VectorIdentity
-from ..outputs.targets import FileTarget
 from .inputs import finish_file_run, require_input
 from .loop import drive, postprocess
 from .result import ExtractResult
@@ -159,6 +157,9 @@ def _runner(record: dict, threads: int):
 
 
 def _run(job: Job, record: dict, source: Source, records: list) -> ExtractResult:
+    from ..data.batches import decode_batch, planned_batches  # Pillow: not on a text query's path
+    from ..outputs.targets import FileTarget
+
     require_input(source, job.input.start)
     start = time.perf_counter()
     pp = Preprocess.from_identity(record["preprocess"])
@@ -241,6 +242,40 @@ def remember_text(identity: VectorIdentity, body, executor, weights: Optional[st
     write_atomic(path, json.dumps(record, indent=1).encode())
 
 
+class TextCache:
+    """The embeddings a text tower export made, one small file a text beside the export (``texts/``, named by the
+    text's sha256): the class prompts of ``classify`` and a query asked again are read, not run. Each file holds the
+    vector's xxh3 before it; one that does not match (cut short, changed) is made again. Writes are best effort."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _file(self, text: str) -> Path:
+        h = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self.folder / h[:2] / f"{h}.f32"
+
+    def get(self, text: str) -> Optional[np.ndarray]:
+        import xxhash
+
+        try:
+            data = self._file(text).read_bytes()
+        except OSError:
+            return None
+        body = data[16:]
+        if len(data) <= 16 or len(body) % 4 or xxhash.xxh3_128(body).digest() != data[:16]:
+            return None
+        return np.frombuffer(body, np.float32)
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        import xxhash
+
+        body = np.ascontiguousarray(vector, np.float32).tobytes()
+        path = self._file(text)
+        with best_effort_cache("a text embedding", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, xxhash.xxh3_128(body).digest() + body)
+
+
 class QuickEncoder:
     """Queries embedded as a store's vectors were, without torch: the exports full runs recorded for the store's
     model, layer, pool and weights hash: its image tower (``encode`` / ``encode_files``) and, for a CLIP store, its
@@ -278,17 +313,27 @@ class QuickEncoder:
         return self.encode(decode_queries(files, self.preprocess, max_pixels))
 
     def encode_text(self, texts, batch: int = 256) -> np.ndarray:
-        """L2-normalised text embeddings in the store's space: the recorded tokenizer and text tower export."""
-        if self._text is None:
-            from ..models.tokenizer import ClipTokenizer
-
-            self._text = (ClipTokenizer.load(Path(self.text["tokenizer"]), self.text["context_length"]),
-                          _runner(self.text, self.threads))
-        tokenizer, run = self._text
+        """L2-normalised text embeddings in the store's space: the recorded tokenizer and text tower export. A text
+        this export embedded before is read from its cache (``TextCache``): the tokenizer and the session are made
+        only for texts it has not seen."""
         texts = list(texts)
-        out = [postprocess(run(tokenizer.encode(texts[s:s + batch])), False, True)
-               for s in range(0, len(texts), batch)]
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        cache = TextCache(Path(self.text["export"]).parent / "texts")
+        found = [cache.get(t) for t in texts]
+        todo = [i for i, v in enumerate(found) if v is None]
+        if todo:
+            if self._text is None:
+                from ..models.tokenizer import ClipTokenizer
+
+                self._text = (ClipTokenizer.load(Path(self.text["tokenizer"]), self.text["context_length"]),
+                              _runner(self.text, self.threads))
+            tokenizer, run = self._text
+            for s in range(0, len(todo), batch):
+                rows = todo[s:s + batch]
+                made = postprocess(run(tokenizer.encode([texts[i] for i in rows])), False, True)
+                for i, vector in zip(rows, made):
+                    found[i] = vector
+                    cache.put(texts[i], vector)
+        return np.stack(found).astype(np.float32, copy=False) if found else np.zeros((0, 0), np.float32)
 
     def text_scoring(self) -> tuple[float, float, bool]:
         """The model's logit scale and bias and whether it scores with a sigmoid (SigLIP): zero-shot's softmax."""

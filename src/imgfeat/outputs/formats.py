@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import DamagedFileError, ImgfeatError, bad_param
 from .idindex import StringColumn, read_lines
 from .names import FORMAT_EXTENSIONS
+from .parquet import read_table
 from .sinks import H5Sink, NpySink, ParquetSink, PickleSink, Sink, TsvSink, npy_ids_path
 from .store import FeatureStore
 
@@ -162,9 +163,7 @@ def _parquet_matrix(column) -> np.ndarray:
 
 
 def _load_parquet(path: Path):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["id", "feature"])
+    table = read_table(path, columns=["id", "feature"])
     return table.column("id").to_pylist(), _parquet_matrix(table.column("feature"))
 
 
@@ -176,9 +175,7 @@ def _blocks_parquet(path: Path, rows: int) -> Blocks:
 
 
 def _paths_parquet(path: Path) -> dict[str, str]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path, columns=["id", "path"])
+    t = read_table(path, columns=["id", "path"])
     return dict(zip(t.column("id").to_pylist(), t.column("path").to_pylist()))
 
 

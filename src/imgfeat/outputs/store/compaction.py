@@ -8,6 +8,7 @@ import numpy as np
 
 from ...errors import ImgfeatError
 
+from ..parquet import read_table
 from .layout import segment_of
 
 
@@ -18,8 +19,6 @@ class Compaction:
         """Rewrite every shard that has dead rows without them (as new shards, in the same place of the order),
         publish that as the next generation, then delete the files no published state refers to. The caller
         holds the writer lock."""
-        import pyarrow.parquet as pq
-
         if (self.update_dir / "plan.json").is_file():
             raise ImgfeatError(f"{self.path} has an update in progress (update/plan.json): finish it (rerun the same "
                                "extract) before compacting")
@@ -33,7 +32,7 @@ class Compaction:
             live = np.setdiff1d(np.arange(inv.num_rows), dead)
             keep = self.live_rows(seg)
             keep = np.arange(seg["rows"]) if keep is None else keep
-            t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"))
+            t = read_table(self._shard_file(seg["shard"], "ids.parquet"))
             vectors = np.load(self._shard_file(seg["shard"], "npy"), mmap_mode="r")
             live_ids = set(inv.column("id").take(live).to_pylist())
             errors = [line.split("\t") for line in

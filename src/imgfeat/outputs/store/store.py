@@ -16,7 +16,7 @@ from ..._version import __version__
 from ...errors import ImgfeatError
 from ...files import commit, create_atomic, partial_path, write_atomic, writer_tag
 from ..identity import VectorIdentity
-
+from ..parquet import read_table
 from .compaction import Compaction
 from .integrity import Damage, StoreDamagedError, Verified, damage_message, file_entry, find_damage
 from .inventory import empty_inventory, inputs_schema, write_inputs
@@ -196,9 +196,7 @@ class FeatureStore(Locking, Compaction):
 
     def inputs_table(self, shard: int):
         """A shard's inventory (id, fp, row) - written with the shard, or converted from an old store's files."""
-        import pyarrow.parquet as pq
-
-        return pq.read_table(self._shard_file(shard, "inputs.parquet"), schema=inputs_schema())
+        return read_table(self._shard_file(shard, "inputs.parquet"), schema=inputs_schema())
 
     def dead_inputs(self, seg: dict) -> np.ndarray:
         return np.load(self.shard_dir / seg["dead"]) if seg.get("dead") else np.zeros(0, np.int64)
@@ -253,14 +251,12 @@ class FeatureStore(Locking, Compaction):
     def _convert_inputs(self) -> int:
         """Give every done shard of an old store its inventory (ids from its .ids.parquet and .errors.tsv, with
         no fingerprint: taken as unchanged while the id stays in the input). Returns the shards converted."""
-        import pyarrow.parquet as pq
-
         n = 0
         for m in self.markers():
             path = self._shard_file(m["shard"], "inputs.parquet")
             if path.is_file():
                 continue
-            ids = pq.read_table(self._shard_file(m["shard"], "ids.parquet"), columns=["id"]).column("id").to_pylist()
+            ids = read_table(self._shard_file(m["shard"], "ids.parquet"), columns=["id"]).column("id").to_pylist()
             errors = [line.split("\t", 1)[0] for line in
                       self._shard_file(m["shard"], "errors.tsv").read_text(encoding="utf-8").splitlines() if line]
             tmp = partial_path(path, writer_tag())
@@ -401,11 +397,10 @@ class FeatureStore(Locking, Compaction):
         """The live rows' ``columns`` of the shards' id tables, as one Arrow table (no Python object per row), and a
         matrix over the live vectors of the published state, aligned with it."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         tables, files, keeps = [], [], []
         for seg in self.checked_segments():
-            t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=list(columns))
+            t = read_table(self._shard_file(seg["shard"], "ids.parquet"), columns=columns)
             keep = self.live_rows(seg)
             tables.append(t if keep is None else t.take(pa.array(keep)))
             files.append(self._shard_file(seg["shard"], "npy"))
@@ -442,10 +437,9 @@ class FeatureStore(Locking, Compaction):
     def iter_shards(self) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
         """(ids, paths, vectors) of the live rows, shard by shard (memory-mapped where a shard has no dead rows)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         for seg in self.checked_segments():
-            t = pq.read_table(self._shard_file(seg["shard"], "ids.parquet"))
+            t = read_table(self._shard_file(seg["shard"], "ids.parquet"))
             vectors = np.load(self._shard_file(seg["shard"], "npy"), mmap_mode="r")
             keep = self.live_rows(seg)
             if keep is not None:
