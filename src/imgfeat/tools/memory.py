@@ -14,18 +14,79 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB"
 
 
 def available_bytes() -> int:
-    """Memory a new allocation can have now: MemAvailable (Linux), else the physical memory."""
+    """Memory a new allocation can have now: the machine's MemAvailable (Linux), else its physical memory, and at
+    most what the process's memory cgroup leaves (a container's limit: Docker, Kubernetes and Slurm set one; the
+    kernel kills a process that goes over it, whatever the machine has free), as the JVM and Go runtimes read it."""
+    machine = None
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    machine = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
+    if machine is None:
+        try:
+            machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            machine = 8 * 2**30
+    left = cgroup_available()
+    return machine if left is None else min(machine, left)
+
+
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as about 2^63 rounded down to a page
+
+
+def cgroup_available(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """What the memory cgroup of this process leaves for new anonymous memory: its limit (the tightest of its
+    ancestors') less the anonymous memory charged to it (file pages, the store's memory-mapped vectors among
+    them, are reclaimed under the limit and do not count). None where no limit is set, or cgroups cannot be read.
+    cgroup v2 (``memory.max``, ``memory.stat`` anon) and v1 (``memory.stat`` hierarchical_memory_limit,
+    total_rss)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+        with open(proc_cgroup, encoding="utf-8") as fh:
+            lines = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+    except OSError:
+        return None
+    v1 = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), None)
+    if v1 is not None:
+        stat = _stat(os.path.join(root, "memory", v1.lstrip("/"), "memory.stat")) or \
+            _stat(os.path.join(root, "memory", "memory.stat"))  # a cgroup namespace mounts its own at the root
+        limit = stat.get("hierarchical_memory_limit") if stat else None
+        if limit is None or limit >= UNLIMITED:
+            return None
+        return max(0, limit - stat.get("total_rss", stat.get("rss", 0)))
+    v2 = next((path for hid, controllers, path in lines if hid == "0" and controllers == ""), None)
+    if v2 is None:
+        return None
+    folder = os.path.join(root, v2.lstrip("/"))
+    if not os.path.isdir(folder):
+        folder = root
+    limits, probe = [], folder
+    while True:  # every ancestor's memory.max bounds this cgroup
+        try:
+            with open(os.path.join(probe, "memory.max"), encoding="ascii") as fh:
+                value = fh.read().strip()
+            if value != "max":
+                limits.append(int(value))
+        except (OSError, ValueError):
+            pass
+        if os.path.normpath(probe) == os.path.normpath(root) or probe in ("/", ""):
+            break
+        probe = os.path.dirname(probe)
+    if not limits:
+        return None
+    stat = _stat(os.path.join(folder, "memory.stat")) or {}
+    return max(0, min(limits) - stat.get("anon", 0))
+
+
+def _stat(path: str) -> Optional[dict]:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return {k: int(v) for k, v in (line.split() for line in fh if len(line.split()) == 2)}
+    except (OSError, ValueError):
+        return None
 
 
 def parse_size(text: Optional[str], name: str = "max_memory") -> Optional[int]:

@@ -1,0 +1,105 @@
+"""Issue 49: a command's default memory budget is what its container allows, not what the host has free: the memory
+cgroup's limit (v2 ``memory.max`` of the cgroup and its ancestors, v1 ``hierarchical_memory_limit``) less the
+anonymous memory charged to it. Read from a made-up cgroup tree, and (as root, where cgroup v1 is mounted) from a
+real cgroup a child process is moved into."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgfeat.tools.memory import available_bytes, budget, cgroup_available
+
+MB = 2**20
+
+
+def _v1(tmp_path: Path, limit: int, rss: int, path: str = "/job/step") -> tuple[str, str]:
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"9:pids:/\n4:memory:{path}\n1:cpu,cpuacct:/\n0::/\n")
+    folder = tmp_path / "fs" / "memory" / path.lstrip("/")
+    folder.mkdir(parents=True)
+    (folder / "memory.stat").write_text(f"cache 123\nrss {rss}\nhierarchical_memory_limit {limit}\n"
+                                        f"total_cache 999999\ntotal_rss {rss}\n")
+    return str(proc), str(tmp_path / "fs")
+
+
+def test_a_v1_limit_less_the_anonymous_memory_charged(tmp_path):
+    assert cgroup_available(*_v1(tmp_path, 1536 * MB, 200 * MB)) == 1336 * MB  # the page cache is not counted
+
+
+def test_a_v1_cgroup_without_a_limit_is_none(tmp_path):
+    assert cgroup_available(*_v1(tmp_path, 9223372036854771712, 200 * MB)) is None
+
+
+def test_v2_takes_the_tightest_ancestor_and_its_own_anon(tmp_path):
+    root = tmp_path / "fs"
+    leaf = root / "kubepods" / "pod1" / "ctr"
+    leaf.mkdir(parents=True)
+    (root / "kubepods" / "memory.max").write_text("max\n")
+    (root / "kubepods" / "pod1" / "memory.max").write_text(f"{1024 * MB}\n")
+    (leaf / "memory.max").write_text(f"{4096 * MB}\n")
+    (leaf / "memory.stat").write_text(f"anon {100 * MB}\nfile {700 * MB}\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    assert cgroup_available(str(proc), str(root)) == 924 * MB
+    (root / "kubepods" / "pod1" / "memory.max").write_text("max\n")
+    assert cgroup_available(str(proc), str(root)) == 3996 * MB
+
+
+def test_v2_in_a_cgroup_namespace_reads_the_root(tmp_path):
+    """Inside a container the cgroup is mounted at the root and /proc/self/cgroup says '0::/'."""
+    root = tmp_path / "fs"
+    root.mkdir()
+    (root / "memory.max").write_text(f"{2048 * MB}\n")
+    (root / "memory.stat").write_text(f"anon {48 * MB}\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/\n")
+    assert cgroup_available(str(proc), str(root)) == 2000 * MB
+
+
+def test_no_cgroup_information_is_none(tmp_path):
+    assert cgroup_available(str(tmp_path / "missing"), str(tmp_path)) is None
+    (tmp_path / "cgroup").write_text("0::/\n")
+    assert cgroup_available(str(tmp_path / "cgroup"), str(tmp_path / "nothing-mounted")) is None
+
+
+def test_the_budget_is_the_containers(monkeypatch):
+    from imgfeat.tools import memory
+
+    monkeypatch.setattr(memory, "cgroup_available", lambda: 300 * MB)  # far below what this machine has free
+    assert available_bytes() == 300 * MB
+    assert budget(None) == 300 * MB and budget("2GB") == 2 * 2**30  # --max-memory still says what it says
+    monkeypatch.setattr(memory, "cgroup_available", lambda: None)
+    assert available_bytes() > 300 * MB
+
+
+@pytest.fixture
+def v1_cgroup():
+    """A real cgroup v1 memory cgroup of 512 MB (root, with the v1 memory controller mounted), removed after."""
+    base = Path("/sys/fs/cgroup/memory")
+    if not (base / "cgroup.procs").is_file() or os.geteuid() != 0:
+        pytest.skip("no cgroup v1 memory controller to make a cgroup in (needs root)")
+    folder = base / f"imgfeat-test-{os.getpid()}"
+    try:
+        folder.mkdir()
+        (folder / "memory.limit_in_bytes").write_text(str(512 * MB))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    yield folder
+    for _ in range(100):  # bounded: the child has exited, the kernel empties the cgroup
+        try:
+            folder.rmdir()
+            break
+        except OSError:
+            os.sched_yield()
+
+
+def test_a_process_in_a_limited_cgroup_budgets_within_the_limit(v1_cgroup):
+    code = "from imgfeat.tools.memory import budget; print(budget(None))"
+    script = f"echo $$ > {v1_cgroup}/cgroup.procs && exec {sys.executable} -c '{code}'"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout.strip()) <= 512 * MB
