@@ -103,3 +103,34 @@ def test_a_process_in_a_limited_cgroup_budgets_within_the_limit(v1_cgroup):
     script = f"echo $$ > {v1_cgroup}/cgroup.procs && exec {sys.executable} -c '{code}'"
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert 0 < int(out.stdout.strip()) <= 512 * MB
+
+
+class _Huge:
+    """A matrix of more rows than int32 can number, never read: the refusal must come first."""
+
+    shape = (2**31, 4)
+    ndim = 2
+    dtype = __import__("numpy").dtype("float32")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        raise AssertionError("read before the refusal")
+
+
+@pytest.mark.parametrize("make", ["knn", "join", "dedup"])
+def test_more_rows_than_int32_numbers_are_refused_before_any_work(make):
+    """Issue 49: row numbers are int32 in neighbour lists, graphs and cells; past 2^31 - 1 rows they would wrap
+    silently. One line, before anything is read."""
+    pytest.importorskip("faiss")
+    from imgfeat.errors import ImgfeatError
+    from imgfeat.tools.celljoin import CellJoin
+    from imgfeat.tools.dedup import neighbour_lists
+    from imgfeat.tools.knn import KNNIndex
+
+    run = {"knn": lambda: KNNIndex(metric="cosine").fit(_Huge()),
+           "join": lambda: CellJoin(metric="cosine").fit(_Huge()),
+           "dedup": lambda: neighbour_lists(_Huge(), 10)}[make]
+    with pytest.raises(ImgfeatError, match="2,147,483,648 vectors are more than the 2,147,483,647 rows"):
+        run()

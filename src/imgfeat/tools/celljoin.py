@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
-from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, sample_rows
+from .exact import check_rows, drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, \
+    sample_rows
 from .knn import KMEANS_ITERATIONS, METRICS, TARGET_RECALL, TRAIN_PER_CELL, TUNE_SAMPLE
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class CellJoin(Params):
         if self.metric not in METRICS:
             raise bad_param("metric", f"one of {METRICS}", self.metric)
         n, d = len(X), X.shape[1]
+        check_rows(n, "the join of cells")
         if n == 0:
             raise ImgfeatError("no feature vectors to index")
         self.normalise_ = self.metric == "cosine"

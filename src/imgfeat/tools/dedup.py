@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import bad_param
+from .exact import check_rows
 from .knn import KNNIndex
 
 THRESHOLD_RANGE = (-1.0, 1.0)  # cosine similarity
@@ -39,6 +40,7 @@ def neighbour_lists(X, k: int = 10, index: str = "exact", knn: Optional[KNNIndex
     ``progress(rows_done)`` is called after each block of ``block`` queries (default: the index's block).
     ``out(shape, dtype)``: where the two arrays are made (e.g. memory maps of files: 88 bytes a row at k=10 that
     need not be held; default: in memory)."""
+    check_rows(len(X), "the neighbour lists")
     knn = knn or KNNIndex(metric="cosine", index=index).fit(X)
     n, kk = len(X), min(k + 1, len(X))
     block = block or knn.block

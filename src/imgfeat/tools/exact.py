@@ -8,9 +8,20 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from ..errors import require
+from ..errors import ImgfeatError, require
 
 RECALL_SAMPLE = 1000  # rows whose exact neighbours score a non-exact graph (audit's and diffuse's graph_recall)
+
+
+MAX_ROWS = 2**31 - 1  # row numbers are int32 in neighbour lists, graphs and cells (the low-shot code's files)
+
+
+def check_rows(n: int, what: str) -> None:
+    """Refuse, before any work, a collection whose row numbers int32 cannot hold (they would wrap, silently)."""
+    if n > MAX_ROWS:
+        raise ImgfeatError(f"{what}: {n:,} vectors are more than the {MAX_ROWS:,} rows its int32 row numbers can "
+                           "name; split the collection (--start/--stop of its stores) and build one graph or index "
+                           "a part")
 
 
 def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:

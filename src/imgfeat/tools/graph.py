@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import DamagedFileError, ImgfeatError, bad_param, require
 from ..files import atomic_paths, mapped_for_writing
 from ..outputs.idindex import read_lines, write_lines
+from .exact import check_rows
 from .memory import release_freed_heap
 from .names import RAW_SUFFIXES
 
@@ -244,6 +245,7 @@ def normalized_graph(graph: RawGraph, gamma: float, memory: int, folder: Optiona
     ``memory`` bytes (about 3 x 12 bytes an edge while it is summed) it is built in memory; else on disk in
     ``folder`` (a temporary folder by default), one bucket of rows at a time, and memory-mapped. With ``order``
     (``locality_order``'s renumbering) S is that of the renumbered graph: its row i is the old row ``order[i]``."""
+    check_rows(graph.n, "the diffusion graph")
     n = graph.n
     rank = None if order is None else ranks(order)
     deg = np.zeros(n, np.float64)

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
-from .exact import drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, sample_rows
+from .exact import check_rows, drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, \
+    sample_rows
 from .names import INDEXES, METRICS
 from .subset import Subset
 
@@ -140,6 +141,7 @@ class KNNIndex(Params):
             X = np.concatenate([np.asarray(b, dtype=np.float32) for b in X])
         self.normalise_ = self.metric == "cosine"
         n, d = len(X), X.shape[1]
+        check_rows(n, "the kNN index")
         if n == 0:
             raise ImgfeatError("no feature vectors to index")
         idx = self._new_index(faiss, d, n)

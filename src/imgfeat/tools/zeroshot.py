@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import bad_param
 from ._base import Params
 from .exact import l2_normalise
-from .names import DEFAULT_PROMPTS
+from .names import DEFAULT_PROMPTS  # noqa: F401 - the prompts classify uses, named here too
 
 # A short ensemble in the spirit of CLIP's ImageNet templates (open_clip's SIMPLE_IMAGENET_TEMPLATES).
 
