@@ -134,3 +134,38 @@ def test_more_rows_than_int32_numbers_are_refused_before_any_work(make):
            "dedup": lambda: neighbour_lists(_Huge(), 10)}[make]
     with pytest.raises(ImgfeatError, match="2,147,483,648 vectors are more than the 2,147,483,647 rows"):
         run()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_search_streams_the_collection_in_blocks_and_equals_the_exact_index(metric):
+    """Issue 49: `search` reads the collection a block of rows at a time (never an index of all of it in memory);
+    tiny blocks give what faiss's exact index gives."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("faiss")
+    from imgfeat.tools.exact import exact_search
+    from imgfeat.tools.knn import KNNIndex
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 16)).astype(np.float32)
+    Q = rng.standard_normal((4, 16)).astype(np.float32)
+    D, I = exact_search(X, Q, 10, metric, block=7)
+    D0, I0 = KNNIndex(metric=metric, index="exact").fit(X).search(Q, 10)
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_allclose(D, D0, rtol=1e-5, atol=1e-5)
+
+
+def test_the_search_command_builds_no_index(tmp_path, monkeypatch, capsys):
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("faiss")
+    from imgfeat.cli import main
+    from imgfeat.tools import knn
+
+    X = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"r{i}\n" for i in range(300)))
+    monkeypatch.setattr(knn.KNNIndex, "fit", lambda *a, **k: pytest.fail("search built an index of the collection"))
+    assert main(["search", "--features", str(tmp_path / "f.npy"), "--query", "r5", "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    want = [f"r{j}" for j in np.argsort(-(Xn @ Xn[5]))[1:4]]
+    assert [line.split("\t")[2] for line in lines] == want

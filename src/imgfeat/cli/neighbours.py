@@ -57,7 +57,7 @@ def _search(args) -> int:
 
     from ..outputs.formats import open_matrix
     from ..outputs.idindex import id_index
-    from ..tools.knn import KNNIndex
+    from ..tools.exact import exact_search
 
     if not args.query and not args.text:
         raise ImgfeatError("imgfeat search needs --query ID|IMAGE [...] and/or --text TEXT [...]")
@@ -81,8 +81,9 @@ def _search(args) -> int:
             vectors.update(zip(args.text, encoder.encode_text(args.text)))
     names = list(dict.fromkeys(queries + list(args.text or [])))
     Q = np.stack([np.asarray(vectors[q], np.float32) for q in names])
-    # one rule with knn and serve's /api/neighbours: a query by id does not find itself
-    D, I = KNNIndex(metric=args.metric).fit(X).search(Q, min(args.k + 1, len(ids)))
+    # one rule with knn and serve's /api/neighbours: a query by id does not find itself. The store is streamed once
+    # (exact, a block of rows at a time): a few queries never need an index of the whole collection in memory
+    D, I = exact_search(X, Q, min(args.k + 1, len(ids)), args.metric)
     own = [index_of.get(q, -1) if q in queries else -1 for q in names]
     hits = {q: [{"id": ids[j], "score": float(d)} for d, j in zip(Ds, Js) if j != self_row and j >= 0][:args.k]
             for q, Ds, Js, self_row in zip(names, D, I, own)}

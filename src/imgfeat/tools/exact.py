@@ -60,6 +60,21 @@ def exact_graph_rows(X, rows: np.ndarray, k: int, metric: str = "ip",
     return drop_self(D.astype(np.float32), I.astype(np.int32), rows, k)
 
 
+def exact_search(X, Q, k: int, metric: str = "cosine", block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows of X for the queries Q (D float32: similarities, or squared L2 for "l2"; I
+    int64), X streamed in row blocks through faiss's ``knn_ground_truth``: what ``search`` asks of a collection, in
+    O(len(Q) x k) memory and a block of rows whatever N is (an index of all of X would hold N x D floats: 102 GB at
+    100M x 256), and each row read once, in the order it is stored."""
+    faiss = require("faiss", "science", "kNN graphs")
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    cosine = metric == "cosine"
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    Q = l2_normalise(Q) if cosine else Q
+    D, I = knn_ground_truth(Q, row_blocks(X, block, cosine), k, metric_type=faiss_metric(faiss, metric))
+    return D.astype(np.float32), I.astype(np.int64)
+
+
 def recall_at_k(approx_I: np.ndarray, exact_I: np.ndarray) -> float:
     """Mean fraction of the exact k neighbours that the approximate search also returned."""
     hits = [len(set(a) & set(e)) / len(e) for a, e in zip(approx_I.tolist(), exact_I.tolist())]
