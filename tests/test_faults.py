@@ -550,3 +550,28 @@ def test_a_damaged_optimised_onnx_graph_is_made_again(tmp_path):
     from imgfeat.files import seal_broken
 
     assert seal_broken(optimised) is None  # optimised again, whole
+
+
+def test_a_read_only_store_is_read_and_refuses_writers_in_one_line(base, tmp_path, capsys):
+    """A store on a read-only mount: every reader works (its checks are remembered in the user's cache, never in the
+    store); a writer (compact, extract) says so in one line and changes nothing."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {exc!r}")
+    try:
+        shutil.copytree(base["store"], mnt / "store")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        store = mnt / "store"
+        assert main(["info", str(store)]) == 0
+        _equals_fresh(store, base)
+        assert main(["knn", "--features", str(store), "--k", "2", "--out", str(tmp_path / "g.npz")]) == 0
+        capsys.readouterr()
+        assert main(["compact", str(store)]) == 2
+        _one_line(capsys, "cannot be written", "nothing was changed")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

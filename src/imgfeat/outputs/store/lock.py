@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional
 
+from ...errors import READ_ONLY_ERRNOS, ImgfeatError
 from ...files import create_atomic
 from .layout import LOCK, StoreLockedError
 
@@ -22,6 +24,20 @@ def _alive(pid) -> bool:
     return True
 
 
+def _created(path: Path, data: bytes) -> bool:
+    """``create_atomic`` of the lock, a store that cannot be written said in one line (a read-only mount, another
+    user's folder): nothing is changed, readers still read it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return create_atomic(path, data)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY_ERRNOS:
+            raise
+        raise ImgfeatError(f"{path.parent} cannot be written ({exc.strerror}): nothing was changed. Readers still "
+                           "read it; to update, repair or compact it, make it writable (or copy it somewhere that "
+                           "is)") from None
+
+
 class Locking:
     """The writer lock of a ``FeatureStore`` (mixed into it)."""
 
@@ -33,10 +49,9 @@ class Locking:
         import time as _time
 
         path = self.path / LOCK
-        self.path.mkdir(parents=True, exist_ok=True)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": _time.strftime("%Y-%m-%d %H:%M:%S")}
         data = json.dumps(mine).encode()
-        while not create_atomic(path, data):
+        while not _created(path, data):
             try:
                 held = json.loads(path.read_text())
             except (OSError, ValueError):
