@@ -223,10 +223,24 @@ class LanceExport:
         for s in range(0, len(keys), DELETE_BATCH):
             part = keys[s:s + DELETE_BATCH]
             before_rows = ds.count_rows()
-            ds.delete(f"{KEY} IN ({', '.join(str(int(k)) for k in part)})")
-            ds = self.lance.dataset(self.uri)
-            removed += before_rows - ds.count_rows()
+            ds = self._committed(lambda d: d.delete(f"{KEY} IN ({', '.join(str(int(k)) for k in part)})"), ds)
+            removed += max(0, before_rows - ds.count_rows())
         return removed
+
+    def _committed(self, change, ds, attempts: int = 20):
+        """Apply ``change`` to the dataset and return it at its new version. Another export committing at the same
+        moment (two exports at once) is a conflict Lance reports rather than retries for some operations (a schema
+        metadata update, a delete): the change is applied again to the version that won, a bounded number of
+        times."""
+        for attempt in range(attempts):
+            try:
+                change(ds)
+                return self.lance.dataset(self.uri)
+            except Exception as exc:  # noqa: BLE001 - Lance raises OSError or its own errors for a conflict
+                if "onflict" not in str(exc) or attempt == attempts - 1:
+                    raise
+                ds = self.lance.dataset(self.uri)
+        return ds
 
     def _scan(self, ds, table, X, keys: np.ndarray, verify: bool) -> dict:
         """The dataset compared with the store, ``block`` rows at a time: ``present`` (store rows the dataset holds
@@ -284,7 +298,7 @@ class LanceExport:
 
     def _record(self, ds) -> None:
         """The generation exported (and the label files' digests) into the schema metadata: one more version."""
-        ds.update_schema_metadata({META: json.dumps(self.meta, sort_keys=True)})
+        self._committed(lambda d: d.update_schema_metadata({META: json.dumps(self.meta, sort_keys=True)}), ds)
 
     def _check(self, ds, recorded: dict) -> None:
         theirs = recorded.get("identity")
