@@ -169,3 +169,26 @@ def test_the_search_command_builds_no_index(tmp_path, monkeypatch, capsys):
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     want = [f"r{j}" for j in np.argsort(-(Xn @ Xn[5]))[1:4]]
     assert [line.split("\t")[2] for line in lines] == want
+
+
+def test_knn_with_default_flags_makes_a_graph_where_the_exact_index_does_not_fit(tmp_path, capsys):
+    """Issue 49: `knn` with default flags chooses its index within the budget (`--approx auto`): exact while it fits
+    half of it, else the join of cells, with its recall sampled; before, it asked for the exact index and was
+    refused (or, without the container's limit, killed)."""
+    import json
+
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("faiss")
+    from imgfeat.cli import main
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    X = centres[rng.integers(0, 40, 20000)] + 0.3 * rng.standard_normal((20000, 32)).astype(np.float32)
+    np.save(tmp_path / "f.npy", X)
+    (tmp_path / "f.ids.txt").write_text("".join(f"r{i}\n" for i in range(len(X))))
+    argv = ["knn", "--features", str(tmp_path / "f.npy"), "--k", "5", "--raw", str(tmp_path / "g"), "--json"]
+    assert main(argv + ["--max-memory", "2MB"]) == 0  # the exact index (2.6 MB) does not fit half of it
+    small = json.loads(capsys.readouterr().out)
+    assert "exact" not in small["index"] and small["recall_at_k"] >= 0.9
+    assert main(argv) == 0  # the machine's budget: exact
+    assert json.loads(capsys.readouterr().out)["index"].startswith("exact")

@@ -24,7 +24,7 @@ def _knn(args) -> int:
         raise ImgfeatError("imgfeat knn needs --out graph.npz, --raw PREFIX, or both")
     if args.nlist is not None and args.approx not in ("ivf", "join"):
         raise ImgfeatError("--nlist sets the cells of --approx ivf or join (a factory string names its own: IVF4096,...); "
-                           f"it does nothing {'without --approx' if not args.approx else 'with --approx ' + args.approx}")
+                           f"it does nothing with --approx {args.approx}")
 
     ids, X = open_matrix(args.features)
     if args.engine == "ray" and (args.out or not args.raw):
@@ -32,7 +32,7 @@ def _knn(args) -> int:
                            "reads, as --features is) and no --out")
     if args.ray_address and args.engine != "ray":
         raise ImgfeatError("--ray-address is the cluster of --engine ray")
-    index = build_index(X, args.approx or "exact", args.k, memory=budget(args.max_memory), metric=args.metric,
+    index = build_index(X, args.approx, args.k, memory=budget(args.max_memory), metric=args.metric,
                         nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", graph=True)
     if args.engine == "ray":
         from ..tools.raygraph import ray_graph
@@ -149,13 +149,14 @@ def _add_knn(sub) -> None:
     knn.add_argument("--metric", choices=METRICS, default="cosine",
                      help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
                           "product (the same on --l2 features); l2 the Euclidean distance")
-    knn.add_argument("--approx", default=None, metavar="auto|" + "|".join(INDEXES[1:]) + "|join|FACTORY",
-                     help="approximate index: ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
+    knn.add_argument("--approx", default="auto", metavar="auto|" + "|".join(INDEXES) + "|join|FACTORY",
+                     help="the index: exact, ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
                           "near-exact and faster for high-dimensional features; cosine and l2 only), join (each "
                           "k-means cell searched exactly among its --nprobe nearest cells, the vectors read from disk: "
                           "the graph of a collection whose vectors do not fit in memory), a faiss index_factory "
                           "string such as 'IVF65536,PQ32' (compressed codes), or auto: chosen by size within "
-                          "--max-memory, as diffuse and audit choose")
+                          "--max-memory, as diffuse and audit choose (exact while its index fits half of it, so a "
+                          "collection that does not fit the machine, or its container, gets a graph, not a refusal)")
     knn.add_argument("--max-memory", metavar="SIZE",
                      help="memory the index may hold (default: what the machine has available): --approx auto "
                           "chooses within it; the plan is logged before the work, and an index that does not fit "
