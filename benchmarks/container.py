@@ -35,8 +35,10 @@ def commands(folder: Path) -> dict:
     }
 
 
-def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float, float, str]:
-    """(wall s, peak RssAnon MB, outcome) of ``argv`` run in a fresh memory cgroup of ``limit`` bytes."""
+def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float, float, int, str]:
+    """(wall s, peak RssAnon MB, major page faults, outcome) of ``argv`` run in a fresh memory cgroup of ``limit``
+    bytes. The page faults tell a store read in storage order (few) from one read at random through a page cache
+    smaller than it (many: each a read from the disk)."""
     group = CGROUPS / name
     group.mkdir()
     try:
@@ -51,10 +53,12 @@ def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float,
         _, err = proc.communicate()
         wall = time.perf_counter() - t0
         oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
+        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
+        faults = int(stat.get("total_pgmajfault", 0))
         killed = proc.returncode in (-9, 137) or "oom_kill 1" in oom
         outcome = "killed (out of memory)" if killed else "ok" if proc.returncode == 0 else \
             f"exit {proc.returncode}: {err.strip().splitlines()[-1][:120] if err.strip() else ''}"
-        return wall, peak, outcome
+        return wall, peak, faults, outcome
     finally:
         for _ in range(600):
             try:
@@ -91,12 +95,12 @@ def main() -> None:
     table = commands(folder)
     print(f"{args.rows:,} x 256 float32 ({args.rows * 1024 / 1e9:.1f} GB) in a {args.limit} memory cgroup, default "
           "flags\n")
-    print("| command | code | wall | peak RssAnon | outcome |\n|---|---|---|---|---|")
+    print("| command | code | wall | peak RssAnon | major page faults | outcome |\n|---|---|---|---|---|---|")
     for name in args.commands:
         for side, env in sides.items():
-            wall, peak, outcome = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
-                                            f"imgfeat-bench-{os.getpid()}-{name}")
-            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {outcome} |", flush=True)
+            wall, peak, faults, outcome = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
+                                                    f"imgfeat-bench-{os.getpid()}-{name}")
+            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} |", flush=True)
 
 
 if __name__ == "__main__":
