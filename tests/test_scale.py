@@ -499,7 +499,7 @@ def test_each_index_states_its_memory_plan_before_the_work_and_refuses_what_does
         raise AssertionError("the index was built before the budget was checked")
 
     monkeypatch.setattr(KNNIndex, "fit", no_work)
-    for argv in (["knn", "--k", "5", "--raw", str(tmp_path / "c")], ["dedup", "--index", "exact"]):
+    for argv in (["knn", "--k", "5", "--raw", str(tmp_path / "c"), "--approx", "exact"], ["dedup", "--index", "exact"]):
         assert main([*argv, "--features", str(tmp_path / "f.npy"), "--max-memory", "100KB"]) == 2
         err = capsys.readouterr().err
         assert "the exact index of 6,000 vectors (" in err and "needs at least 750.0 KB of memory; the budget is " \
