@@ -219,6 +219,12 @@ def mapped_for_writing(path: str | Path, shape: tuple, dtype, *, npy: bool = Fal
 
 
 # ----------------------------------------------------------------------------- caches that check themselves
+def file_state(st: os.stat_result) -> str:
+    """A file's state, as checks remember it: a write changes its size or ctime (which cannot be set back), a
+    replacement its inode."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
 def _seal_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.xxh3")
 
@@ -228,7 +234,7 @@ def seal(path: str | Path) -> None:
     truncated or changed file from a good one (:func:`seal_broken`). Raises OSError like any cache write."""
     path = Path(path)
     st = path.stat()
-    record = f"{st.st_size} {xxh3(path)} {st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+    record = f"{st.st_size} {xxh3(path)} {file_state(st)}\n"
     write_atomic(_seal_path(path), record.encode())
 
 
@@ -245,7 +251,7 @@ def seal_broken(path: str | Path) -> str | None:
         return f"has no readable checksum ({exc})"
     if st.st_size != int(size):
         return f"is truncated or overwritten ({st.st_size:,} bytes, {int(size):,} written)"
-    if state == f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}":
+    if state == file_state(st):
         return None
     if xxh3(path) != digest:
         return "fails its checksum"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ...errors import DamagedFileError
-from ...files import cache_dir, checksums, sha256, xxh3
+from ...files import cache_dir, checksums, file_state, sha256, xxh3
 
 log = logging.getLogger("imgfeat.outputs.store")
 
@@ -61,11 +61,6 @@ def damage_message(store: str | os.PathLike, found: list[Damage]) -> str:
             "the store); `imgfeat info` lists every damaged file")
 
 
-def stamp(st: os.stat_result) -> str:
-    """A file's state: a write changes size or ctime, a replacement the inode."""
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-
-
 def file_entry(path: Path) -> dict:
     """What a segment records of a file it publishes: name, size, sha256 and the fast checksum."""
     sha, fast = checksums(path)
@@ -96,7 +91,7 @@ class Verified:
         return cache_dir() / "verified" / f"{key}.log"
 
     def passed(self, name: str, st: os.stat_result) -> bool:
-        return self.seen.get(name) == stamp(st)
+        return self.seen.get(name) == file_state(st)
 
     def remember(self, paths: Iterable[Path]) -> None:
         """Record the current state of ``paths`` as checked (best effort: a store nobody may write is checked again
@@ -104,7 +99,7 @@ class Verified:
         lines = []
         for p in paths:
             try:
-                state = stamp(p.stat())
+                state = file_state(p.stat())
             except OSError:
                 continue
             if self.seen.get(p.name) != state:
