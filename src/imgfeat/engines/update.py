@@ -401,12 +401,11 @@ def _redo_damaged(store: FeatureStore, upd: Update) -> None:
     """The resumed plan's done shards that are damaged since (a file or the marker itself) are removed, so the run
     extracts them again instead of publishing them."""
     from ..outputs.store import StoreDamagedError
-    from ..outputs.store.integrity import find_damage
     from ..outputs.store.layout import segment_of
 
     for shard in upd.done_of(store.done_shards()):
         try:
-            found = find_damage(store.shard_dir, [segment_of(store.read_marker(shard))], store.verified)
+            found = store.damage(segments=[segment_of(store.read_marker(shard))])
             what = f"{found[0].name} {found[0].what}" if found else None
         except StoreDamagedError as exc:
             what = str(exc).split(":")[0] + " is damaged"
