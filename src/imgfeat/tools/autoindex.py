@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import bad_param
-from .celljoin import CANDIDATE_BYTES, NPROBE, CellJoin, join_bytes, join_cells
+from .celljoin import CANDIDATE_BYTES, GROUP_BYTES, NPROBE, CellJoin, join_bytes, join_cells
 from .knn import RERANK_BYTES, TARGET_RECALL, TRAIN_PER_CELL, KNNIndex, ivf_cells
 from .memory import available_bytes, human, refuse_unless
 
@@ -104,6 +104,7 @@ class IndexPlan:
     block: int
     rerank_bytes: int
     nlist: Optional[int] = None  # a join's cells
+    group_bytes: int = GROUP_BYTES  # a join's candidates of a group of cells, gathered in one pass
 
     @property
     def total(self) -> int:
@@ -189,13 +190,16 @@ def plan_index(n: int, d: int, index: str = "auto", k: int = 10, memory: Optiona
     train_rows = min(n, want, max(floor, memory // 2 // (d * 4))) if trained else None
     block = int(min(BLOCK, max(64, memory // 8 // (d * 8 + (k + 1) * 12))))
     rerank_bytes = int(min(RERANK_BYTES, max(memory // 8, 1))) if rerank else 0
-    if name == "join":  # the candidates of one cell's search, in place of re-ranked ones
+    group = 0
+    if name == "join":  # the candidates of one cell's search, in place of re-ranked ones; and of a group of cells,
+        #                 read in one pass along the file (a quarter of the budget: fewer passes over a large store)
         rerank_bytes = int(min(CANDIDATE_BYTES, max(memory // 8, 1)))
+        group = int(max(rerank_bytes, min(memory // 4, max(GROUP_BYTES, n * d * 4 // 8))))
     parts = {"index": held, "training sample": (train_rows or 0) * d * 4,
              "query block": min(n, block) * (d * 8 + (k + 1) * 12),
-             "cell candidates" if name == "join" else "re-ranking": rerank_bytes}
+             "cell candidates" if name == "join" else "re-ranking": rerank_bytes, "group's candidates": group}
     return IndexPlan(name, rerank, n, memory, {p: v for p, v in parts.items() if v != 0}, train_rows, block,
-                     rerank_bytes or RERANK_BYTES, nlist if name == "join" else None)
+                     rerank_bytes or RERANK_BYTES, nlist if name == "join" else None, group or GROUP_BYTES)
 
 
 def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: str = "cosine", nprobe: int = 16,
@@ -216,7 +220,7 @@ def build_index(X, index: str, k: int, *, memory: Optional[int] = None, metric: 
         first = max(1, min(NPROBE, plan.rerank_bytes // max(1, len(X) // plan.nlist * 2 * X.shape[1] * 4)))
         join = CellJoin(metric=metric, nlist=plan.nlist, nprobe=nprobe if named else first,
                         train_rows=plan.train_rows,
-                        block=plan.block, candidate_bytes=plan.rerank_bytes).fit(X)
+                        block=plan.block, candidate_bytes=plan.rerank_bytes, group_bytes=plan.group_bytes).fit(X)
         join.plan_ = plan
         return join if named else join.tune(X, min(k, join.n_ - 1), target)
     knn = KNNIndex(metric=metric, index=plan.index, rerank=plan.rerank, nprobe=nprobe,

@@ -8,7 +8,13 @@ multiply-adds, linear in N; a PQ index scans codes one query at a time and re-ra
 
 ``tune`` widens ``nprobe`` until recall@k on sampled rows reaches the target, as ``KNNIndex.tune`` does for an index.
 Rows come out a group of cells at a time (``iter_graph`` yields their row numbers), which ``graph.save_graph`` writes
-in place."""
+in place.
+
+Reads in storage order: the cells are numbered so that near cells have near numbers (``locality_order``), and a
+group of consecutive cells gathers the candidates of all its cells once, their rows sorted, in one pass along the
+file (``_gathered``). A store larger than the page cache (a container's limit, a 100M collection) is then read
+sequentially a group at a time, never a page at random for each cell: 3M x 256 in a 1.5 GiB cgroup took 591,000
+major page faults in 50 minutes without it (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ NPROBE = 4  # the cells each cell's rows are searched in at first (tune widens i
 #            cells, about as many candidates as 8 cells' own rows
 SECOND_CAP = 1.0  # a cell's rows as second cell: at most this many times its own rows (or the mean cell's)
 CANDIDATE_BYTES = 256 * 2**20  # the candidate vectors of one cell's search, read and normalised (tune's limit)
+GROUP_BYTES = 2**30  # the candidates of a group of cells gathered in one pass (more where the store is larger)
 
 
 def join_cells(n: int) -> int:
@@ -53,6 +60,31 @@ def _by_cell(cell: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows sorted by ``cell`` (int32, in row order within a cell) and where each cell's rows start and end."""
     bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=nlist))]).astype(np.int64)
     return np.argsort(cell, kind="stable").astype(np.int32), bounds
+
+
+def locality_order(centroids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An order of the cells in which near cells come close together: the centroids clustered into about sqrt(nlist)
+    super-cells, those chained nearest to nearest, the cells of each super-cell together. A group of consecutive
+    cells then shares most of its candidates (the cells near it are mostly its own)."""
+    faiss = require("faiss", "science", "kNN graphs")
+    nlist = len(centroids)
+    if nlist <= 16:
+        return np.arange(nlist)
+    supers = int(np.sqrt(nlist))
+    kmeans = faiss.Kmeans(centroids.shape[1], supers, niter=10, seed=seed, verbose=False)
+    kmeans.cp.min_points_per_centroid = 1
+    kmeans.train(centroids)
+    _, owner = kmeans.index.search(centroids, 1)
+    centre = kmeans.centroids
+    chain, left = [0], np.ones(supers, bool)
+    left[0] = False
+    while left.any():  # each next super-cell the nearest one not yet taken
+        d = ((centre[left] - centre[chain[-1]]) ** 2).sum(axis=1)
+        chain.append(int(np.flatnonzero(left)[np.argmin(d)]))
+        left[chain[-1]] = False
+    rank = np.empty(supers, np.int64)
+    rank[chain] = np.arange(supers)
+    return np.lexsort((np.arange(nlist), rank[owner[:, 0]]))
 
 
 def _margin(dist: np.ndarray) -> np.ndarray:
@@ -89,9 +121,10 @@ class CellJoin(Params):
 
     def __init__(self, *, metric: str = "cosine", nlist: Optional[int] = None, nprobe: int = NPROBE, seed: int = 0,
                  train_rows: Optional[int] = None, block: int = 65536,
-                 candidate_bytes: int = CANDIDATE_BYTES) -> None:
+                 candidate_bytes: int = CANDIDATE_BYTES, group_bytes: int = GROUP_BYTES) -> None:
         self.metric, self.nlist, self.nprobe, self.seed = metric, nlist, nprobe, seed
         self.train_rows, self.block, self.candidate_bytes = train_rows, block, candidate_bytes
+        self.group_bytes = group_bytes
 
     def fit(self, X) -> "CellJoin":
         faiss = require("faiss", "science", "kNN graphs")
@@ -112,7 +145,9 @@ class CellJoin(Params):
         kmeans.cp.min_points_per_centroid = 1  # fewer rows than TRAIN_PER_CELL a cell is allowed (a small sample)
         kmeans.train(sample)
         del sample
-        self.centroids_ = np.ascontiguousarray(kmeans.centroids, np.float32)
+        # near cells numbered near each other, so that a group of consecutive cells reads few others' rows
+        self.centroids_ = np.ascontiguousarray(kmeans.centroids[locality_order(kmeans.centroids, self.seed)],
+                                               np.float32)
         quantizer = faiss.IndexHNSWFlat(d, 32) if nlist >= HNSW_CELLS else faiss.IndexFlatL2(d)
         quantizer.add(self.centroids_)
         if nlist >= HNSW_CELLS:
@@ -159,14 +194,55 @@ class CellJoin(Params):
             [rows[bounds[c]:bounds[c + 1]] for c in cells
              for rows, bounds in ((self.order_, self.bounds_), (self.second_, self.second_bounds_))]))
 
-    def _search_cell(self, X, near: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k neighbours (self removed) of ``queries`` (rows of one cell) among the members of the cells
-        ``near``: one exact search, its candidates read from ``X`` in row order."""
-        faiss = require("faiss", "science", "kNN graphs")
-        cand = self._members(near[near >= 0])
-        Y = np.ascontiguousarray(X[cand], dtype=np.float32)
+    def _batches(self, cells: np.ndarray, near: list[np.ndarray], block: Optional[int] = None) -> Iterator[list]:
+        """``(cell, probes)`` of ``cells`` in batches whose candidates together (the members of every cell probed)
+        fit ``group_bytes`` as float32, and whose own rows are at most ``block`` (None: any): the unit one pass of
+        ``_gathered`` reads. A cell's own cell is always among its probes (its rows are the queries)."""
+        sizes = np.diff(self.bounds_) + np.diff(self.second_bounds_)
+        own = np.diff(self.bounds_)
+        limit = max(1, self.group_bytes // (self.dim_ * 4))
+        batch, held, rows, taken = [], 0, 0, np.zeros(self.nlist_, bool)
+        for c, probes in zip(cells, near):
+            probes = probes[probes >= 0]
+            if not (probes == c).any():
+                probes = np.append(probes, c)
+            if batch and (held + int(sizes[probes[~taken[probes]]].sum()) > limit or
+                          (block is not None and rows + own[c] > block)):
+                yield batch
+                batch, held, rows = [], 0, 0
+                taken[:] = False
+            held += int(sizes[probes[~taken[probes]]].sum())
+            taken[probes] = True
+            rows += int(own[c])
+            batch.append((int(c), probes))
+        if batch:
+            yield batch
+
+    def _gathered(self, X, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` (sorted), float32 and normalised for cosine, read in storage order a slice of
+        rows at a time (one pass along the file: sequential reads where it is not in the page cache)."""
+        Y = np.empty((len(rows), self.dim_), np.float32)
+        for s in range(0, len(rows), self.block):
+            Y[s:s + self.block] = X[rows[s:s + self.block]]
         if self.normalise_:
             l2_normalise(Y, out=Y)
+        return Y
+
+    def _search_batch(self, X, batch: list, queries_of, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(cell, queries, D, I) of each cell of ``batch``, its candidates gathered once for the whole batch."""
+        union = self._members(np.unique(np.concatenate([p for _, p in batch])))
+        Y = self._gathered(X, union)
+        for c, probes in batch:
+            queries = queries_of(c)
+            if len(queries):
+                cand = self._members(probes)
+                yield (c, queries, *self._search_cell(Y[np.searchsorted(union, cand)], cand, queries, k))
+
+    def _search_cell(self, Y: np.ndarray, cand: np.ndarray, queries: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k neighbours (self removed) of ``queries`` (rows of one cell) among the candidate rows ``cand`` (their
+        vectors ``Y``, normalised): one exact search."""
+        faiss = require("faiss", "science", "kNN graphs")
         Q = np.ascontiguousarray(Y[np.searchsorted(cand, queries)])
         fetch = min(k + 1, len(cand))
         D, I = faiss.knn(Q, Y, fetch, faiss_metric(faiss, self.metric))
@@ -183,39 +259,34 @@ class CellJoin(Params):
         if k >= self.n_:
             raise bad_param("k", f"an integer < the number of vectors ({self.n_})", k)
 
-    def groups(self, block: Optional[int] = None) -> list[tuple[int, int]]:
-        """The cells ``c0 .. c1`` of each block of output, consecutive and holding about ``block`` rows together (the
-        unit ``iter_graph`` yields and a Ray task computes); cells without rows at the end belong to none."""
-        block, out, start, held = block or GROUP_ROWS, [], 0, 0
-        for c, size in enumerate(np.diff(self.bounds_).tolist()):
-            held += size
-            if held >= block:
-                out.append((start, c + 1))
-                start, held = c + 1, 0
-        if held:
-            out.append((start, self.nlist_))
+    def groups(self, block: Optional[int] = None, k: int = 1) -> list[tuple[int, int]]:
+        """The cells ``c0 .. c1`` of each block of output: consecutive, their candidates within ``group_bytes`` and
+        their rows at most ``block`` (the unit ``iter_graph`` yields and a Ray task computes); cells without rows at
+        the end belong to none."""
+        cells = np.arange(self.nlist_)
+        out = []
+        for batch in self._batches(cells, self._near(cells, k), block):
+            out.append((batch[0][0], batch[-1][0] + 1))
+        while out and not np.diff(self.bounds_)[out[-1][0]:out[-1][1]].any():
+            out.pop()
         return out
 
     def search_cells(self, X, c0: int, c1: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, D, I) of the rows of cells ``c0 .. c1``: each row's k neighbours, its own entry removed."""
         self._check_k(k)
-        rows, Ds, Is = [], [], []
-        for c, probes in zip(range(c0, c1), self._near(np.arange(c0, c1), k)):
-            queries = self.order_[self.bounds_[c]:self.bounds_[c + 1]]
-            if len(queries):
-                D, I = self._search_cell(X, probes, queries, k)
-                rows.append(queries)
-                Ds.append(D)
-                Is.append(I)
-        if not rows:
+        cells = np.arange(c0, c1)
+        found = [part[1:] for batch in self._batches(cells, self._near(cells, k))
+                 for part in self._search_batch(X, batch, lambda c: self.order_[self.bounds_[c]:self.bounds_[c + 1]],
+                                                k)]
+        if not found:
             return self.order_[:0], np.empty((0, k), np.float32), np.empty((0, k), np.int32)
-        return np.concatenate(rows), np.concatenate(Ds), np.concatenate(Is)
+        return tuple(np.concatenate(part) for part in zip(*found))
 
     def iter_graph(self, X, k: int, block: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The graph, as (rows, D, I) blocks of whole cells (``groups``): each row's k neighbours, its own entry
         removed; the rows of a block are not consecutive (write them in place)."""
         self._check_k(k)
-        for c0, c1 in self.groups(block):
+        for c0, c1 in self.groups(block, k):
             yield self.search_cells(X, c0, c1, k)
 
     def graph(self, X, k: int, block: Optional[int] = None,
@@ -226,10 +297,12 @@ class CellJoin(Params):
         D, I = np.empty((len(rows), k), np.float32), np.empty((len(rows), k), np.int32)
         cells = self.cell_[rows]
         used = np.unique(cells)
-        near = self._near(used, k)
-        for c, probes in zip(used, near):
-            at = np.flatnonzero(cells == c)
-            D[at], I[at] = self._search_cell(X, probes, rows[at], k)
+        by_cell = np.argsort(cells, kind="stable")
+        starts = np.searchsorted(cells[by_cell], used)
+        at = {int(c): by_cell[s:e] for c, s, e in zip(used, starts, np.append(starts[1:], len(rows)))}
+        for batch in self._batches(used, self._near(used, k)):
+            for c, _, Dc, Ic in self._search_batch(X, batch, lambda c: rows[at[c]], k):
+                D[at[c]], I[at[c]] = Dc, Ic
         return D, I
 
     def candidates(self, nprobe: int, k: int = 1) -> int:
