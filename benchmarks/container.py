@@ -35,11 +35,20 @@ def commands(folder: Path) -> dict:
     }
 
 
+def drop_page_cache() -> None:
+    """Start each command with the store out of the page cache: pages cached before (by the run that wrote the
+    collection, or the command before) are charged to the cgroup that first read them, so a command would read a
+    3 GB store from memory that its own 1.5 GiB limit never sees."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float, float, int, str]:
     """(wall s, peak RssAnon MB, major page faults, outcome) of ``argv`` run in a fresh memory cgroup of ``limit``
     bytes. The page faults tell a store read in storage order (few) from one read at random through a page cache
     smaller than it (many: each a read from the disk)."""
     group = CGROUPS / name
+    drop_page_cache()
     group.mkdir()
     try:
         (group / "memory.limit_in_bytes").write_text(str(limit))

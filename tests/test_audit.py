@@ -57,6 +57,47 @@ def test_label_issues_equal_cleanlabs_own_from_the_same_neighbours():
     assert np.array_equal(ours["flag"], theirs["is_label_issue"].to_numpy())
 
 
+def test_the_streamed_audit_is_cleanlabs_on_the_same_graph(tmp_path):
+    """Issue 49: the audit of a collection too large for Datalab computes each issue a block of rows at a time
+    from a graph on disk: outliers, near-duplicates and leaks equal the in-memory audit's (cleanlab's Datalab), and
+    the label issues equal cleanlab's batched path (``find_label_issues_batched``) run on the whole array of class
+    shares; the planted flips are found and the graph's folder is gone after ``close``."""
+    from cleanlab.experimental.label_issues_batched import find_label_issues_batched
+    from imgfeat.tools.auditblocks import class_shares
+
+    X, y, splits, flipped = planted(2)
+    whole = DatasetAudit(k=10, index="exact", streamed=False).fit(X, y, splits)
+    parts = DatasetAudit(k=10, index="exact", streamed=True, workdir=str(tmp_path)).fit(X, y, splits)
+    assert parts.summary_["streamed"] and list(tmp_path.iterdir())
+    for name in ("outlier", "near_duplicate"):
+        np.testing.assert_allclose(parts.issues_[name]["score"], whole.issues_[name]["score"], rtol=1e-9)
+        assert np.array_equal(parts.issues_[name]["flag"], whole.issues_[name]["flag"]), name
+        assert parts.summary_[name]["score"] == pytest.approx(whole.summary_[name]["score"])
+    assert parts.leaks_ == whole.leaks_ and parts.summary_["leak"] == whole.summary_["leak"]
+    np.testing.assert_array_equal(parts.knn_[1], whole.knn_[1])
+    # labels: cleanlab's batched path on the class shares of the same graph
+    classes = np.array(sorted(set(y)))
+    codes = np.searchsorted(classes, np.array(y, dtype=str))
+    pred = class_shares(codes, whole.knn_[1], len(classes))
+    theirs = find_label_issues_batched(labels=codes, pred_probs=pred, batch_size=50, verbose=False,
+                                       num_issue_kwargs={"estimation_method": "off_diagonal_calibrated"})
+    label = parts.issues_["label"]
+    assert np.array_equal(np.flatnonzero(label["flag"]), np.sort(theirs))
+    assert np.array_equal(label["suggested"], classes[pred.argmax(axis=1)])
+    assert flipped <= set(label["rows"][label["flag"]].tolist())
+    parts.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_audit_streams_where_datalab_would_pass_the_budget(tmp_path):
+    """Without ``streamed`` the budget decides: Datalab's arrays (N x classes probabilities among them) within half
+    the memory stay in memory, more go block by block."""
+    X, y, splits, _ = planted(3)
+    assert "streamed" not in DatasetAudit(k=10, index="exact").fit(X, y, splits).summary_
+    small = DatasetAudit(k=10, index="exact", memory=2**18, workdir=str(tmp_path)).fit(X, y, splits)
+    assert small.summary_["streamed"] and small.summary_["label"]["flagged"] > 0
+
+
 def test_cli_writes_the_report(tmp_path, capsys):
     X, y, splits, flipped = planted()
     ids = [f"i{k:03d}" for k in range(len(y))]

@@ -14,8 +14,11 @@ def _audit(args) -> int:
     import numpy as np
 
     from ..outputs.formats import read_features
-    from ..tools.labels import align, apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
-    from ..tools.audit import ISSUES, DatasetAudit, write_report
+    from ..outputs.idindex import id_index
+    from ..tools.audit import DatasetAudit, write_report
+    from ..tools.names import ISSUES
+    from ..tools.exact import RowView
+    from ..tools.labels import apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
 
     ids, X = read_features(args.features)
     spec = label_spec(args)
@@ -24,35 +27,46 @@ def _audit(args) -> int:
     decisions = read_corrections(args.corrections)
     dropped = {i for i, (d, _) in decisions.items() if d == "drop" and i in given}
     given = apply_corrections(given, args.corrections)
-    split_of: dict[str, str] = {}
+    # labels and splits as one column of rows each (no dict of every id kept beside the ids)
+    index, n = id_index(ids), len(ids)
+    label_of, split_of = np.full(n, None, object), np.full(n, None, object)
+    label_of[_rows(index, given, "labels")] = list(given.values())
     if args.test_labels:
         test, test_no_vector = without_error_rows(read_labels(args.test_labels), ids, args.features, "test labels")
         no_vector += test_no_vector
-        split_of = {**{i: "train" for i in given}, **{i: "test" for i in test}}
-        given = {**given, **test}
+        split_of[_rows(index, given, "labels")] = "train"
+        rows = _rows(index, test, "test labels")
+        label_of[rows], split_of[rows] = list(test.values()), "test"
+        del test
     elif args.splits:
-        split_of, _ = without_error_rows(read_labels(args.splits), ids, args.features, "splits")
-    for what, table in (("labels", given), ("splits", split_of)):
-        if table:
-            align(ids, X, table, what)  # every labelled id must have a vector (error rows were left out above)
+        splits, _ = without_error_rows(read_labels(args.splits), ids, args.features, "splits")
+        split_of[_rows(index, splits, "splits")] = list(splits.values())
+        del splits
+    labelled = bool(given) or args.test_labels is not None
+    del given, index
     issues = [i.strip() for i in args.issues.split(",") if i.strip()]
     left_out = left_dropped = 0
-    if given and len(given) < len(ids):  # audit the labelled part, and say so
-        keep = np.array([i in given or i in split_of for i in ids])
-        left_dropped = sum(1 for i, k in zip(ids, keep) if not k and i in dropped)
+    keep = (label_of != None) | (split_of != None)  # noqa: E711 - an object column's missing entries
+    if labelled and not keep.all():  # audit the labelled part, and say so
+        left_dropped = sum(1 for i, k in zip(ids, keep.tolist()) if not k and i in dropped)
         left_out = int((~keep).sum()) - left_dropped
-        ids, X = [i for i, k in zip(ids, keep) if k], X[keep]
-    labels = [given.get(i) for i in ids] if given else None
-    splits = [split_of.get(i) for i in ids] if split_of else None
-    audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold,
-                         nprobe=args.nprobe)
-    audit.fit(X, labels, splits)
-    kept = {i for i, (d, _) in decisions.items() if d == "keep"}
-    audit.keep(np.array([i in kept for i in ids], bool))  # what a reviewer kept is not flagged again
+        ids, X = [i for i, k in zip(ids, keep.tolist()) if k], RowView(X, np.flatnonzero(keep))
+        label_of, split_of = label_of[keep], split_of[keep]
+    labels = label_of if labelled else None
+    splits = split_of if (split_of != None).any() else None  # noqa: E711
     out = Path(args.out)
-    summary = write_report(audit, out, ids, labels, splits, _paths_or_none(args.features),
-                           {"unlabelled_left_out": left_out, "dropped_by_corrections": left_dropped,
-                            "labels_without_vector": no_vector})
+    out.mkdir(parents=True, exist_ok=True)
+    audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold,
+                         nprobe=args.nprobe, workdir=str(out))
+    try:
+        audit.fit(X, labels, splits)
+        kept = {i for i, (d, _) in decisions.items() if d == "keep"}
+        audit.keep(np.array([i in kept for i in ids], bool))  # what a reviewer kept is not flagged again
+        summary = write_report(audit, out, ids, labels, splits, lambda wanted: _paths_or_none(args.features, wanted),
+                               {"unlabelled_left_out": left_out, "dropped_by_corrections": left_dropped,
+                                "labels_without_vector": no_vector})
+    finally:
+        audit.close()
     lines = [f"audit of {len(ids)} vectors (k={args.k}, {audit.summary_['index']} graph) -> {out}/"]
     if "graph_recall" in audit.summary_:
         lines.append(f"  graph recall@{args.k} against exact neighbours: {audit.summary_['graph_recall']['recall_at_k']}"
@@ -82,11 +96,21 @@ def _audit(args) -> int:
     return emit(args, summary, lines)
 
 
-def _paths_or_none(features: str) -> Optional[dict]:
+def _rows(index, table: dict, what: str):
+    """The rows of ``table``'s ids (every one must have a vector: error rows were left out before)."""
+    rows = index.rows(table)
+    if (rows < 0).any():
+        missing = [rid for rid, row in zip(table, rows.tolist()) if row < 0]
+        raise ImgfeatError(f"{len(missing)} id(s) of the {what} file have no feature vector, e.g. {missing[:5]}")
+    return rows
+
+
+def _paths_or_none(features: str, wanted: set) -> Optional[dict]:
+    """The image paths of the ``wanted`` ids (the few a report draws), where the features record paths."""
     from ..outputs.formats import read_paths
 
     try:
-        return read_paths(features)
+        return read_paths(features, wanted)
     except ImgfeatError:
         return None
 

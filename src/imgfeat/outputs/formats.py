@@ -322,13 +322,16 @@ def read_error_ids(path: str | Path) -> set[str]:
     return {line.split("\t", 1)[0] for line in log.read_text(encoding="utf-8").splitlines() if line}
 
 
-def read_paths(path: str | Path) -> dict[str, str]:
-    """id -> image path, where the output records paths (stores, .h5, .parquet)."""
+def read_paths(path: str | Path, wanted: Optional[set] = None) -> dict[str, str]:
+    """id -> image path, where the output records paths (stores, .h5, .parquet); only the ``wanted`` ids if given
+    (a store's shards read one at a time: no dict of every path)."""
     p = _existing(path, "features")
     with reading(p):
         if p.is_dir():
-            return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)}
+            return {i: q for ids, paths, _ in FeatureStore.existing(p).iter_shards() for i, q in zip(ids, paths)
+                    if wanted is None or i in wanted}
         fmt = _format(p, "features")
         if fmt.paths is None:
             raise ImgfeatError(f"{path} does not record image paths (use a feature store, .h5 or .parquet output)")
-        return fmt.paths(p)
+        found = fmt.paths(p)
+        return found if wanted is None else {i: q for i, q in found.items() if i in wanted}

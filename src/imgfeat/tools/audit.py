@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
+from .auditblocks import datalab_bytes, remove_graph, streamed_issues
 from .autoindex import build_index
+from .memory import available_bytes
 from .exact import RECALL_SAMPLE, sampled_recall
 from .names import ISSUES
 
@@ -40,9 +42,10 @@ class DatasetAudit(Params):
     ``summary_``."""
 
     def __init__(self, *, k: int = 10, index: str = "auto", issues: Sequence[str] = ISSUES,
-                 leak_threshold: Optional[float] = None, nprobe: int = 16) -> None:
+                 leak_threshold: Optional[float] = None, nprobe: int = 16, memory: Optional[int] = None,
+                 streamed: Optional[bool] = None, workdir: Optional[str] = None) -> None:
         self.k, self.index, self.issues, self.leak_threshold = k, index, tuple(issues), leak_threshold
-        self.nprobe = nprobe
+        self.nprobe, self.memory, self.streamed, self.workdir = nprobe, memory, streamed, workdir
 
     def fit(self, X, labels: Optional[Sequence[Optional[str]]] = None,
             splits: Optional[Sequence[Optional[str]]] = None) -> "DatasetAudit":
@@ -54,8 +57,21 @@ class DatasetAudit(Params):
         n = len(X)
         if self.k >= n:
             raise bad_param("k", f"an integer below the number of vectors ({n})", self.k)
-        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph", graph=True)
+        if labels is not None and not isinstance(labels, np.ndarray):
+            labels = np.array(labels, dtype=object)
+        classes = len({x for x in labels if x is not None}) if labels is not None else 0
+        memory = available_bytes() if self.memory is None else int(self.memory)
+        streamed = self.streamed if self.streamed is not None else datalab_bytes(n, self.k, classes) > memory // 2
+        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph", graph=True,
+                          memory=memory)
         index = knn.index
+        if streamed:  # cleanlab's own formulas and its batched label issues, a block of rows at a time
+            y, names = _codes(labels)
+            s = _codes(splits)[0] if splits is not None and len({x for x in splits if x is not None}) > 1 else None
+            streamed_issues(self, X, y, names, s, knn, self.workdir)
+            self._recall(X, index)
+            self.summary_["streamed"] = True
+            return self
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
         D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
@@ -64,9 +80,7 @@ class DatasetAudit(Params):
         graph = csr_matrix((dist.ravel(), I.ravel().astype(np.int64), np.arange(0, n * self.k + 1, self.k)),
                            shape=(n, n))
         self.issues_, self.summary_ = {}, {"n": n, "k": self.k, "index": knn.description}
-        if index != "exact":  # what the faster graph cost: recall@k against exact neighbours of a sample
-            recall, sampled = sampled_recall(X, lambda rows: I[rows], self.k, "cosine", RECALL_SAMPLE)
-            self.summary_["graph_recall"] = {"recall_at_k": round(recall, 4), "sampled_rows": sampled}
+        self._recall(X, index)
         cleanlab_issues = [i for i in ("outlier", "near_duplicate") if i in self.issues]
         if cleanlab_issues:
             self._datalab(graph, None, None, cleanlab_issues)
@@ -78,6 +92,22 @@ class DatasetAudit(Params):
         if "leak" in self.issues:
             self._leaks(D, I, splits, dist)
         return self
+
+    def _recall(self, X, index: str) -> None:
+        """What a faster graph than the exact one cost: recall@k against exact neighbours of a sample."""
+        if index != "exact":
+            I = self.knn_[1]
+            recall, sampled = sampled_recall(X, lambda rows: I[rows], self.k, "cosine", RECALL_SAMPLE)
+            self.summary_["graph_recall"] = {"recall_at_k": round(recall, 4), "sampled_rows": sampled}
+
+    def _issue(self, name: str, score: np.ndarray, flag: np.ndarray, **extra) -> None:
+        """Record an issue's per-row arrays and its summary (flagged, and the mean score, as cleanlab's)."""
+        self.issues_[name] = {"score": score, "flag": flag, **extra}
+        self.summary_[name] = {"flagged": int(flag.sum()), "score": float(score.mean()) if len(score) else None}
+
+    def close(self) -> None:
+        """Remove the graph a streamed audit kept on disk (``knn_`` reads it until then)."""
+        remove_graph(self)
 
     def keep(self, reviewed: np.ndarray) -> "DatasetAudit":
         """Stop flagging the rows a reviewer kept as they are (``reviewed``: a boolean per fitted row); each issue
@@ -162,6 +192,13 @@ class DatasetAudit(Params):
         for a, b, c in zip(rows[cross], other[cross], cols[cross]):
             key = (int(min(a, b)), int(max(a, b)))
             pairs[key] = max(pairs.get(key, -1.0), float(D[a, c]))
+        self._leak_pairs(pairs, s, threshold)
+
+    def _leak_pairs(self, pairs: dict, splits, threshold: Optional[float]) -> None:
+        if splits is None:
+            self.summary_["leak"] = {"skipped": "one split only (give --test-labels or --splits)"}
+            self.leaks_ = []
+            return
         # closest first; pairs equal to float precision (a copy and its original: 1.0 by one path, 0.99999994 by
         # another, as BLAS threads sum) in row order, so the report does not depend on the machine
         self.leaks_ = sorted(((a, b, cos) for (a, b), cos in pairs.items()),
@@ -170,22 +207,34 @@ class DatasetAudit(Params):
                                  "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}
 
 
+def _codes(values) -> tuple[np.ndarray, np.ndarray]:
+    """A code per row (-1: None) and the sorted names they number."""
+    values = np.asarray(values, dtype=object)
+    known = np.array([v is not None for v in values])
+    names, codes = np.unique(values[known].astype(str), return_inverse=True)
+    out = np.full(len(values), -1, np.int32)
+    out[known] = codes
+    return out, names
+
+
 # ----------------------------------------------------------------------------- the report
 REPORT_COLUMNS = ("id", "score", "flag", "given", "suggested", "neighbours", "neighbour_labels", "reviewed")
 
 
 def write_report(audit: DatasetAudit, out, ids: Sequence[str], labels: Optional[Sequence[Optional[str]]],
-                 splits: Optional[Sequence[Optional[str]]], paths: Optional[dict], extra: Optional[dict] = None) -> dict:
+                 splits: Optional[Sequence[Optional[str]]], paths, extra: Optional[dict] = None) -> dict:
     """The report folder ``imgfeat serve --audit`` reviews: per issue a TSV ranking every image (``review_order``:
     flagged first, then by score, ties by the neighbours' agreement) with its given and suggested label, its 5
     nearest neighbours and their labels and whether a review kept it; ``leak.tsv`` (pairs across splits); a
-    picture of the worst flagged images where ``paths`` (id -> image file) are known; ``summary.json`` (the
+    picture of the worst flagged images where ``paths`` (id -> image file, or a function giving that dict for a set
+    of ids: the few drawn) are known; ``summary.json`` (the
     audit's summary, the files written and ``extra``). Returns the summary."""
     import json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _, I = audit.knn_
+    has_labels = labels is not None and len(labels) > 0
     written = {}
     for name in [i for i in ISSUES if i in audit.issues_]:
         entry = audit.issues_[name]
@@ -198,22 +247,25 @@ def write_report(audit: DatasetAudit, out, ids: Sequence[str], labels: Optional[
             fh.write("\t".join(REPORT_COLUMNS) + "\n")
             for j in order:
                 r = int(rows[j])
-                nb = [ids[int(x)] for x in I[r][:5]]
+                near = I[r][:5].tolist()
                 fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
-                         f"{labels[r] if labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
-                         f"{','.join(nb)}\t{','.join(str(labels[int(x)]) for x in I[r][:5]) if labels else ''}\t"
+                         f"{labels[r] if has_labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
+                         f"{','.join(ids[x] for x in near)}\t"
+                         f"{','.join(str(labels[x]) for x in near) if has_labels else ''}\t"
                          f"{'keep' if reviewed[j] else ''}\n")
         written[name] = str(path)
         worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
-        if paths and worst:
-            written[f"{name}_png"] = worst_png(out / f"{name}.png", worst, ids, labels, paths,
+        found = (paths({ids[r] for r in worst}) if callable(paths) else paths) if worst and paths else None
+        if found:
+            written[f"{name}_png"] = worst_png(out / f"{name}.png", worst, ids, labels if has_labels else None, found,
                                                entry.get("suggested"), rows, name)
     if "leak" in audit.issues:
         path = out / "leak.tsv"
         with open(path, "w", encoding="utf-8") as fh:
             fh.write("id\tsplit\tother_id\tother_split\tcosine\n")
             for a, b, cos in audit.leaks_:
-                fh.write(f"{ids[a]}\t{splits[a] if splits else ''}\t{ids[b]}\t{splits[b] if splits else ''}\t"
+                fh.write(f"{ids[a]}\t{splits[a] if splits is not None else ''}\t{ids[b]}\t"
+                         f"{splits[b] if splits is not None else ''}\t"
                          f"{cos:.6f}\n")
         written["leak"] = str(path)
     summary = {**audit.summary_, "files": written, **(extra or {})}
@@ -241,7 +293,7 @@ def worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, rows
                 ax.imshow(im.convert("RGB"))
         except Exception:  # noqa: BLE001 - a missing image still gets its caption
             pass
-        caption = ids[r] + (f"\ngiven {labels[r]}" if labels else "")
+        caption = ids[r] + (f"\ngiven {labels[r]}" if labels is not None else "")
         if suggested is not None:
             caption += f", suggested {suggested[pos[r]]}"
         ax.set_title(caption, fontsize=8)

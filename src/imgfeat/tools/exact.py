@@ -32,6 +32,32 @@ def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
         yield l2_normalise(b) if normalise else b
 
 
+class RowView:
+    """Some rows of a matrix (sorted row numbers), read only when asked: ``len``, ``shape``, ``dtype``, slices and
+    integer arrays of its own rows, each turned into a read of the matrix's rows in increasing order. The labelled
+    part of a collection, audited without a copy of it in memory."""
+
+    def __init__(self, X, rows: np.ndarray) -> None:
+        self.X, self.rows = X, np.asarray(rows, np.int64)
+        self.shape, self.dtype, self.ndim = (len(self.rows), X.shape[1]), X.dtype, 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.X[int(self.rows[key])]
+        wanted = self.rows[key]
+        order = np.argsort(wanted, kind="stable")
+        out = np.empty((len(wanted), self.shape[1]), self.dtype)
+        out[order] = self.X[wanted[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        full = self[:]
+        return full.astype(dtype, copy=False) if dtype is not None else full
+
+
 def faiss_metric(faiss, metric: str):
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 

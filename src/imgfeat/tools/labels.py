@@ -33,7 +33,7 @@ def read_labels(path: str | Path) -> dict[str, str]:
     is not two fields, an empty id or label (spaces around a label are not part of it), and an id given two
     different labels. A byte-order mark is not part of the first id."""
     labels: dict[str, str] = {}
-    first: dict[str, int] = {}
+    names: dict[str, str] = {}  # each label's one string: millions of rows share a few hundred labels
     for n, line in _text_lines(path, "labels file", "'id<TAB>label'"):
         if not line.strip():
             continue
@@ -47,10 +47,11 @@ def read_labels(path: str | Path) -> dict[str, str]:
             raise ImgfeatError(f"{path} line {n}: {'the id' if not rid else 'the label'} is empty "
                                f"(got {line[:80]!r}); leave an unlabelled image out of the file")
         if rid in labels and labels[rid] != label:
+            first = next(m for m, text in _text_lines(path, "labels file", "'id<TAB>label'")
+                         if text.split("\t")[0] == rid)  # found again only when refusing (no line kept per id)
             raise ImgfeatError(f"{path} line {n}: {rid!r} is labelled {label!r} here and {labels[rid]!r} on line "
-                               f"{first[rid]}: keep one")
-        labels[rid] = label
-        first.setdefault(rid, n)
+                               f"{first}: keep one")
+        labels[rid] = names.setdefault(label, label)
     if not labels:
         raise ImgfeatError(f"{path} holds no labels")
     return labels
@@ -177,6 +178,8 @@ def read_corrections(path: Optional[str]) -> dict[str, tuple[str, str]]:
 def apply_corrections(labels: dict[str, str], path: Optional[str]) -> dict[str, str]:
     """``labels`` with a review's decisions applied: ``relabel`` gives the new label, ``drop`` removes the id,
     ``keep`` changes nothing (``imgfeat audit`` also stops flagging a kept image)."""
+    if not path:
+        return labels  # no copy of millions of labels for nothing
     out = dict(labels)
     for rid, (decision, label) in read_corrections(path).items():
         if decision == "drop":
