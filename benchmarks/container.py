@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import make, tree_anon_mb  # noqa: E402
+from scale import PLANTED, make, planted_sources, tree_anon_mb  # noqa: E402
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+FLIPPED = 0.01  # audit: the share of rows whose label (its cluster's class) is changed to another class
 
 ROOT = Path(__file__).resolve().parents[1]
 CGROUPS = Path("/sys/fs/cgroup/memory")
@@ -28,11 +34,58 @@ def commands(folder: Path) -> dict:
     return {
         "search": ["search", "--features", f, "--query", "img000000005", "--k", "10"],
         "knn": ["knn", "--features", f, "--k", "10", "--raw", str(folder / "graph"), "--json"],
-        "dedup": ["dedup", "--features", f, "--threshold", "0.99", "--out", str(folder / "dups.tsv"), "--json"],
+        "dedup": ["dedup", "--features", f, "--out", str(folder / "dups.tsv"), "--json"],
         "diffuse": ["diffuse", "--features", f, "--labels", str(folder / "train.tsv"), "--test-labels",
                     str(folder / "test.tsv"), "--json"],
-        "audit": ["audit", "--features", f, "--labels", str(folder / "train.tsv"), "--out", str(folder / "report")],
+        "audit": ["audit", "--features", f, "--labels", str(folder / "all.tsv"), "--out", str(folder / "report"),
+                  "--json"],
     }
+
+
+def all_labels(folder: Path, rows: int) -> None:
+    """``all.tsv``: every row labelled with its cluster's class (as ``scale.make`` labels train and test), a
+    ``FLIPPED`` share changed to another class; the flipped ids in ``flipped.txt``."""
+    if (folder / "all.tsv").is_file():
+        return
+    from scale import CLASSES, CLUSTERS
+
+    rng = np.random.default_rng(0)
+    rng.standard_normal((CLUSTERS, 256))  # scale.make's draws, in its order: the same clusters
+    label = rng.integers(0, CLUSTERS, rows) % CLASSES
+    flipped = np.random.default_rng(5).choice(rows, int(rows * FLIPPED), replace=False)
+    given = label.copy()
+    given[flipped] = (label[flipped] + 1 + np.random.default_rng(6).integers(0, CLASSES - 1, len(flipped))) % CLASSES
+    with open(folder / "all.tsv", "w") as fh:
+        for s in range(0, rows, 100_000):
+            fh.write("".join(f"img{i:09d}\tc{c:03d}\n" for i, c in zip(range(s, s + 100_000), given[s:s + 100_000])))
+    (folder / "flipped.txt").write_text("".join(f"img{i:09d}\n" for i in sorted(flipped)))
+
+
+def quality(name: str, folder: Path, rows: int, out: str) -> str:
+    """What each command's answer is worth, from its output: the graph's recall, diffusion's top-1, the planted
+    near-copies grouped, the flipped labels found."""
+    try:
+        r = json.loads(out) if out.strip().startswith("{") else {}
+        if name == "knn":
+            return f"recall@10 {r.get('recall_at_k', 1.0):.3f} ({r.get('index')})"
+        if name == "diffuse":
+            return f"top-1 {r['accuracy']:.3f} (logistic regression {r['logreg_accuracy']:.3f})"
+        if name == "dedup":
+            group = dict(line.rstrip("\n").split("\t")[::-1] for line in open(folder / "dups.tsv"))
+            pairs = zip(planted_sources(rows).tolist(), range(rows - PLANTED, rows))
+            found = sum(group.get(f"img{a:09d}") is not None and group.get(f"img{a:09d}") == group.get(f"img{b:09d}")
+                        for a, b in pairs)
+            return f"{found}/{PLANTED} planted near-copies grouped"
+        if name == "audit":
+            flipped = set((folder / "flipped.txt").read_text().split())
+            flagged = [line.split("\t")[0] for line in open(folder / "report" / "label.tsv") if line.split("\t")[2] == "1"]
+            hit = len(flipped.intersection(flagged))
+            return f"flips found {hit / len(flipped):.3f}, precision {hit / max(1, len(flagged)):.3f}"
+        if name == "search":
+            return f"{len(out.splitlines())} lines"
+    except (OSError, KeyError, ValueError) as e:
+        return f"not read: {e}"
+    return ""
 
 
 def drop_page_cache() -> None:
@@ -43,7 +96,7 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float, float, int, str]:
+def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float, float, int, str, str]:
     """(wall s, peak RssAnon MB, major page faults, outcome) of ``argv`` run in a fresh memory cgroup of ``limit``
     bytes. The page faults tell a store read in storage order (few) from one read at random through a page cache
     smaller than it (many: each a read from the disk)."""
@@ -59,7 +112,7 @@ def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float,
         while proc.poll() is None:
             peak = max(peak, tree_anon_mb(proc.pid))
             time.sleep(0.1)
-        _, err = proc.communicate()
+        out, err = proc.communicate()
         wall = time.perf_counter() - t0
         oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
         stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
@@ -67,7 +120,7 @@ def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float,
         killed = proc.returncode in (-9, 137) or "oom_kill 1" in oom
         outcome = "killed (out of memory)" if killed else "ok" if proc.returncode == 0 else \
             f"exit {proc.returncode}: {err.strip().splitlines()[-1][:120] if err.strip() else ''}"
-        return wall, peak, faults, outcome
+        return wall, peak, faults, outcome, out
     finally:
         for _ in range(600):
             try:
@@ -92,6 +145,7 @@ def main() -> None:
     if not (folder / "f.npy").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         make(args.rows, folder, 32)
+    all_labels(folder, args.rows)
     sides = {"now": {**os.environ, "PYTHONPATH": str(ROOT / "src")}}
     if args.baseline:
         base = Path(args.workdir) / f"src-{args.baseline}"
@@ -104,12 +158,13 @@ def main() -> None:
     table = commands(folder)
     print(f"{args.rows:,} x 256 float32 ({args.rows * 1024 / 1e9:.1f} GB) in a {args.limit} memory cgroup, default "
           "flags\n")
-    print("| command | code | wall | peak RssAnon | major page faults | outcome |\n|---|---|---|---|---|---|")
+    print("| command | code | wall | peak RssAnon | major page faults | outcome | quality |\n|---|---|---|---|---|---|---|")
     for name in args.commands:
         for side, env in sides.items():
-            wall, peak, faults, outcome = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
-                                                    f"imgfeat-bench-{os.getpid()}-{name}")
-            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} |", flush=True)
+            wall, peak, faults, outcome, out = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
+                                                         f"imgfeat-bench-{os.getpid()}-{name}")
+            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} | "
+                  f"{quality(name, folder, args.rows, out) if outcome == 'ok' else ''} |", flush=True)
 
 
 if __name__ == "__main__":

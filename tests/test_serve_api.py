@@ -606,3 +606,34 @@ def test_an_unknown_label_is_a_404_on_every_route_and_in_search(served):
     assert r.status_code == 404 and r.json()["parameter"] == "label"
     with pytest.raises(UnknownLabel):
         served["collection"].search(served["collection"].vector(0), 3, label="no-such-label")
+
+
+def test_a_large_collection_maps_a_sample_and_finds_duplicates_by_the_join(tmp_path, monkeypatch):
+    """Issue 49: above ``MAP_POINTS`` rows the map is a PCA of that many rows drawn at random (read in storage
+    order), not every row sent to the browser; and where ``auto`` builds a graph of this size by the join of cells
+    (what ``dedup`` runs), the duplicates' neighbour lists come from it, read in storage order, not from one search
+    of the served index a vector; the planted copies are found either way."""
+    import imgfeat.serve.collection as coll
+    from imgfeat.outputs.formats import write_blocks
+    from imgfeat.tools.celljoin import CellJoin
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((30, 16)).astype(np.float32)
+    X = centres[rng.integers(0, 30, 30_000)] + 0.3 * rng.standard_normal((30_000, 16)).astype(np.float32)
+    X[-20:] = X[:20] + 1e-3  # planted near-copies
+    ids = [f"r{i}" for i in range(len(X))]
+    write_blocks(str(tmp_path / "f.npy"), 16, "float32", iter([(ids, ids, X)]))
+    monkeypatch.setattr(coll, "MAP_POINTS", 5_000)
+    c = Collection(tmp_path / "f.npy", cache=tmp_path / "cache", max_memory=2**20)
+    built = []
+    real = coll.build_index
+    monkeypatch.setattr(coll, "build_index", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    m = c.map()
+    assert m["method"] == "pca" and len(m["rows"]) == 5_000 and (np.diff(m["rows"]) > 0).all()
+    assert m["xy"].shape == (5_000, 2) and np.abs(m["xy"]).max() <= 1
+    c.start_neighbours()
+    D, I = c.neighbour_lists()
+    assert len(built) == 1 and isinstance(built[0], CellJoin)
+    groups = c.duplicate_groups(0.99)
+    together = {frozenset(ids[r] for r in g) for g in groups}
+    assert all(any({f"r{i}", f"r{len(X) - 20 + i}"} <= g for g in together) for i in range(20))

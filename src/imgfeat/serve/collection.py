@@ -28,9 +28,9 @@ from ..outputs.idindex import IdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import Groups, groups_at, neighbour_lists
 from ..tools.autoindex import build_index, plan_index
-from ..tools.exact import l2_normalise, row_blocks
+from ..tools.exact import RowView, l2_normalise, row_blocks, sample_rows
 from ..tools.knn import KNNIndex, faiss_threads
-from ..tools.memory import human, release_freed_heap
+from ..tools.memory import budget, human, release_freed_heap
 from ..tools.labels import FolderLabels, LabelSpec, labels_for, read_labels
 from .indexes import SEARCH_K, SERVE_MEMORY, IndexCache, follow, lined_up, safe_name
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAP_TSNE_UP_TO = 20_000  # auto map: t-SNE up to this many vectors, PCA above (say so)
 UNLABELLED = "(unlabelled)"
 MAP_BLOCK = 65536  # rows per block when projecting a large collection for its map
+MAP_POINTS = 200_000  # the map of a larger collection is of this many rows drawn at random (the rest found by search):
+#                       8 bytes a point to the browser, and points a browser can draw and a person can see
 
 
 def _cached_array(path: Path, shape: tuple, mmap: bool = False) -> Optional[np.ndarray]:
@@ -215,7 +217,8 @@ class Collection:
                     shutil.rmtree(old, ignore_errors=True)
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
-        self.memory = SERVE_MEMORY if max_memory is None else max_memory
+        # the default is held to what the machine (or a container's limit) has available, as every command's
+        self.memory = budget(None, SERVE_MEMORY) if max_memory is None else max_memory
         # a named index is held to --max-memory only where one was given (else: what the machine has)
         self.plan = plan_index(self.n, self.dim, index, SEARCH_K,
                                self.memory if index == "auto" or max_memory is not None else None,
@@ -391,11 +394,12 @@ class Collection:
 
     def _computed_map(self) -> tuple[np.ndarray, np.ndarray, str]:
         method = "tsne" if self.n <= MAP_TSNE_UP_TO else "pca"
-        cached = self.cache / f"map-{method}.npy"
+        rows = np.arange(self.n) if self.n <= MAP_POINTS else np.sort(sample_rows(self.n, MAP_POINTS, 0))
+        cached = self.cache / f"map-{method}-{len(rows)}.npy"
         if cached.is_file():
-            xy = _cached_array(cached, (self.n, 2))
+            xy = _cached_array(cached, (len(rows), 2))
             if xy is not None:
-                return np.arange(self.n), xy, method
+                return rows, xy, method
         if method == "tsne":
             from ..tools.maps import embed_2d
 
@@ -406,14 +410,16 @@ class Collection:
             xy = embed_2d(X, "tsne", step=lambda what: self._say(what, next(said, len(steps) - 1), len(steps))) \
                 if self.n >= 3 else np.random.default_rng(0).normal(size=(self.n, 2)).astype(np.float32)
         else:
-            log.warning("%d vectors: the map is a PCA projection; for a t-SNE/UMAP map run "
-                        "imgfeat map --method umap --coords FILE and pass --map FILE", self.n)
+            log.warning("%d vectors: the map is a PCA projection%s; for a t-SNE/UMAP map run imgfeat map --method "
+                        "umap --coords FILE and pass --map FILE", self.n,
+                        f" of {len(rows):,} rows drawn at random" if len(rows) < self.n else "")
             from ..tools.pca import StreamingPCA
 
-            self._say(f"fitting a 2-D PCA on {self.n:,} vectors", 0, 2)
-            pca = StreamingPCA(n_components=2).fit(row_blocks(self.X, MAP_BLOCK))
-            self._say(f"projecting {self.n:,} vectors", 1, 2)
-            xy = np.concatenate([pca.transform(b) for b in row_blocks(self.X, MAP_BLOCK)])
+            sample = RowView(self.X, rows)  # read in storage order, a block at a time
+            self._say(f"fitting a 2-D PCA on {len(rows):,} vectors", 0, 2)
+            pca = StreamingPCA(n_components=2).fit(row_blocks(sample, MAP_BLOCK))
+            self._say(f"projecting {len(rows):,} vectors", 1, 2)
+            xy = np.concatenate([pca.transform(b) for b in row_blocks(sample, MAP_BLOCK)])
         xy = np.asarray(xy, np.float32)
         buf = io.BytesIO()
         np.save(buf, xy)
@@ -421,7 +427,7 @@ class Collection:
             if self.cache.is_dir():  # not where the cache folder could not be made (said once)
                 write_atomic(cached, buf.getvalue())
                 seal(cached)
-        return np.arange(self.n), xy, method
+        return rows, xy, method
 
     # ------------------------------------------------------------------ duplicates
     def _neighbours_files(self) -> list[Path]:
@@ -458,7 +464,7 @@ class Collection:
         def lists(out=None) -> tuple[np.ndarray, np.ndarray]:
             with faiss_threads(os.cpu_count() or 1):  # a batch job: every core
                 # blocks of about 1% of the rows (256 to 65,536): progress a person can watch move
-                return neighbour_lists(self.X, self.dup_k, knn=self.knn, progress=done, out=out,
+                return neighbour_lists(self.X, self.dup_k, knn=self._graph_index(), progress=done, out=out,
                                        block=int(np.clip(self.n // 100, 256, 65536)))
 
         files, result = self._neighbours_files(), None
@@ -477,6 +483,17 @@ class Collection:
             result = lists()
         job.result = result
         return result
+
+    def _graph_index(self):
+        """What finds every vector's neighbours: the join of cells ``dedup`` and ``knn`` build where ``auto`` chooses
+        it for a graph of this size and budget (the vectors read once, in storage order, a group of cells at a
+        time), else the served index (one search a vector, its candidates re-ranked: random reads of the vectors,
+        cheap while they sit in the page cache)."""
+        if self.index_arg != "auto" or plan_index(self.n, self.dim, "auto", self.dup_k, self.memory,
+                                                  graph=True).index != "join":
+            return self.knn
+        return build_index(self.X, "auto", self.dup_k, memory=self.memory, what="the duplicates' neighbour lists",
+                           graph=True)
 
     def neighbour_lists(self, timeout: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
         """The neighbour lists, waiting for them (bounded) if they are being computed."""
