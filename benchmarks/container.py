@@ -130,11 +130,85 @@ def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float,
                 time.sleep(0.1)
 
 
+def serve_in_cgroup(folder: Path, env: dict, limit: int, name: str, patience: float) -> tuple:
+    """``imgfeat serve`` (default flags, a fresh cache) in a memory cgroup: the seconds until it answers, then a
+    search, the map (its binary points) and the duplicates page, each asked until ready (bounded by ``patience``);
+    (wall, peak RssAnon MB, major faults, outcome, quality)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    group = CGROUPS / name
+    drop_page_cache()
+    group.mkdir()
+    cache = folder / "serve-cache"
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    script = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+    argv = [sys.executable, "-m", "imgfeat", "serve", str(folder / "f.npy"), "--port", str(port)]
+    proc = subprocess.Popen(["sh", "-c", script, "sh", *argv], env={**env, "IMGFEAT_CACHE": str(cache)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url, t0, peak, marks = f"http://127.0.0.1:{port}", time.perf_counter(), 0.0, {}
+
+    def ask(path: str):
+        try:
+            with urllib.request.urlopen(url + path, timeout=600) as r:
+                return r.status, r.read()
+        except OSError:
+            return None, b""
+
+    steps = [("start", "/api/info"), ("search", "/api/neighbours/img000000005?k=10"), ("map", "/api/map"),
+             ("map points", "/api/map/xy.f32"), ("duplicates", "/api/duplicates?threshold=0.95"),
+             ("groups", "/api/duplicates.tsv?threshold=0.95")]
+    body, outcome = b"", "ok"
+    try:
+        for step, path in steps:
+            while proc.poll() is None and time.perf_counter() - t0 < patience:
+                peak = max(peak, tree_anon_mb(proc.pid))
+                status, body = ask(path)
+                if status == 200:
+                    marks[step] = time.perf_counter() - t0
+                    break
+                time.sleep(1.0)
+            if step not in marks:
+                break
+    finally:
+        peak = max(peak, tree_anon_mb(proc.pid)) if proc.poll() is None else peak
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
+        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
+        for _ in range(600):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    if "oom_kill 1" in oom or proc.returncode in (-9, 137):
+        outcome = "killed (out of memory)"
+    elif len(marks) < len(steps):
+        outcome = f"not ready after {patience:.0f} s: {err.strip().splitlines()[-1][:100] if err.strip() else ''}"
+    quality = ", ".join(f"{step} at {sec:.0f} s" for step, sec in marks.items())
+    if "groups" in marks:
+        group_of = dict(line.split("\t")[::-1] for line in body.decode().splitlines() if "\t" in line)
+        rows = sum(1 for _ in open(folder / "f.ids.txt"))
+        found = sum(group_of.get(f"img{a:09d}") is not None and group_of.get(f"img{a:09d}") == group_of.get(f"img{b:09d}")
+                    for a, b in zip(planted_sources(rows).tolist(), range(rows - PLANTED, rows)))
+        quality += f"; {found}/{PLANTED} planted near-copies grouped"
+    return marks.get("groups", time.perf_counter() - t0), peak, int(stat.get("total_pgmajfault", 0)), outcome, quality
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=3_000_000)
     ap.add_argument("--limit", default="1.5GiB", help="the cgroup's memory limit")
-    ap.add_argument("--commands", nargs="+", default=["search", "knn", "dedup", "diffuse", "audit"])
+    ap.add_argument("--commands", nargs="+", default=["search", "knn", "dedup", "diffuse", "audit", "serve"])
+    ap.add_argument("--serve-patience", type=float, default=3600.0, help="seconds serve's pages may take, in all")
     ap.add_argument("--baseline", default=None, help="a git ref whose commands run too, in the same cgroup")
     ap.add_argument("--workdir", default="/tmp/imgfeat-container", help="where the collection is made (kept)")
     args = ap.parse_args()
@@ -161,6 +235,11 @@ def main() -> None:
     print("| command | code | wall | peak RssAnon | major page faults | outcome | quality |\n|---|---|---|---|---|---|---|")
     for name in args.commands:
         for side, env in sides.items():
+            if name == "serve":
+                wall, peak, faults, outcome, q = serve_in_cgroup(folder, env, limit, f"imgfeat-bench-{os.getpid()}-serve",
+                                                                 args.serve_patience)
+                print(f"| `serve` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} | {q} |", flush=True)
+                continue
             wall, peak, faults, outcome, out = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
                                                          f"imgfeat-bench-{os.getpid()}-{name}")
             print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} | "

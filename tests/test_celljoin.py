@@ -226,3 +226,30 @@ def test_build_index_gives_the_join_only_to_a_graph():
     assert isinstance(join, CellJoin) and join.nprobe == 3 and join.plan_.index == "join"
     with pytest.raises(ImgfeatError, match="join builds a graph"):
         build_index(X, "join", 5)
+
+
+def test_knn_out_npz_is_copied_from_the_graph_on_disk_and_reads_as_savez_wrote_it(tmp_path):
+    """Issue 49: ``knn --out`` no longer holds N x k x 8 bytes and the ids to write the .npz: the archive is copied
+    from the raw graph a chunk of rows at a time (no temporary left), and reads as ``np.savez``'s did (I, D, ids as
+    fixed-width strings), its arrays memory-mappable where they lie."""
+    from imgfeat.tools.graph import npz_member, write_npz
+
+    X = _clustered(2000)
+    join = CellJoin(nlist=8, nprobe=8).fit(X)
+    ids = [f"image-{i}" + "x" * (i % 7) for i in range(len(X))]
+    read = save_graph(join, X, ids, 5, npz=str(tmp_path / "g.npz"))
+    D, I = join.graph(X, 5)
+    with np.load(tmp_path / "g.npz") as z:
+        np.testing.assert_array_equal(z["I"], I)
+        np.testing.assert_array_equal(z["D"], D)
+        assert z["ids"].tolist() == ids and z["ids"].dtype == np.array(ids).dtype
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz"]
+    np.testing.assert_array_equal(read(np.arange(10)), I[:10])
+    np.testing.assert_array_equal(npz_member(str(tmp_path / "g.npz"), "D"), D)
+    # a chunk smaller than the rows: the same archive
+    save_graph(join, X, ids, 5, raw=str(tmp_path / "r"))
+    write_npz(str(tmp_path / "h.npz"), [str(tmp_path / f"r{e}") for e in (".int32", ".float32")], len(X), 5, ids,
+              chunk=300)
+    with np.load(tmp_path / "h.npz") as z:
+        np.testing.assert_array_equal(z["I"], I)
+        assert z["ids"].tolist() == ids

@@ -383,6 +383,23 @@ def test_cli_diffuse_beats_nothing_and_reports_the_baseline(h5_features, tmp_pat
     assert res["logreg_accuracy"] == pytest.approx(float((baseline.predict(X[rest]) == y[rest]).mean()))
 
 
+def test_cli_diffuse_over_a_background_read_from_disk(h5_features, tmp_path, capsys):
+    """``--background`` adds unlabelled vectors to the graph (read as the graph asks, not copied into memory): the
+    graph holds both, and the answer for the features' own rows is still right."""
+    f, ids, X, y = h5_features
+    rng = np.random.default_rng(4)
+    bg = X[rng.integers(0, len(X), 150)] + 0.01 * rng.standard_normal((150, X.shape[1])).astype(np.float32)
+    write_features(tmp_path / "bg.npy", bg.astype(np.float32), [f"bg{i}" for i in range(150)])
+    few = [i * 50 for i in range(4)]
+    write_labels(tmp_path / "few.tsv", [ids[i] for i in few], [y[i] for i in few])
+    rest = [i for i in range(len(ids)) if i not in few]
+    write_labels(tmp_path / "rest.tsv", [ids[i] for i in rest], [y[i] for i in rest])
+    assert main(["diffuse", "--features", f, "--labels", str(tmp_path / "few.tsv"), "--test-labels",
+                 str(tmp_path / "rest.tsv"), "--background", str(tmp_path / "bg.npy"), "--k", "10", "--json"]) == 0
+    res = _json(capsys)
+    assert res["n"] == len(X) + 150 and res["accuracy"] > 0.95
+
+
 def test_cli_dedup(h5_features, tmp_path, capsys):
     f, ids, X, _ = h5_features
     assert main(["dedup", "--features", f, "--threshold", "0.999", "--json"]) == 0
@@ -685,3 +702,25 @@ def test_tuned_diffusion_chooses_the_iterations_a_grid_of_separate_runs_would():
     refit = TunedLabelDiffusion(k=8, grid=grid).fit(X, start, held, refit_y=[str(v) if i in labelled or i in held
                                                                                else None for i, v in enumerate(y)])
     assert refit.iterations_ == tuned.iterations_ and (refit.transduction_ == y).mean() >= (tuned.transduction_ == y).mean()
+
+
+def test_row_views_read_what_is_asked_in_storage_order():
+    """Issue 49: the labelled part of a collection (``RowView``) and features with a background set (``Stacked``)
+    are read from disk as asked, never copied whole: every slice and array of rows gives what the copy would."""
+    from imgfeat.tools.exact import RowView, Stacked
+
+    A = np.arange(40, dtype=np.float32).reshape(20, 2)
+    B = -np.arange(10, dtype=np.float32).reshape(5, 2)
+    whole = np.concatenate([A, B])
+    both = Stacked(A, B)
+    assert len(both) == 25 and both.shape == (25, 2)
+    for key in (slice(None), slice(3, 22), slice(19, 21), slice(21, 25), slice(0, 25, 3), np.array([24, 0, 20, 19]),
+                np.array([], int)):
+        np.testing.assert_array_equal(both[key], whole[key])
+    assert both[-1].tolist() == whole[-1].tolist() and np.asarray(both).shape == (25, 2)
+    rows = np.array([1, 4, 5, 11, 19])
+    view = RowView(A, rows)
+    np.testing.assert_array_equal(view[:], A[rows])
+    np.testing.assert_array_equal(view[np.array([4, 0, 2])], A[rows[[4, 0, 2]]])
+    np.testing.assert_array_equal(view[1:3], A[rows[1:3]])
+    assert view[3].tolist() == A[11].tolist() and np.asarray(view, np.float64).dtype == np.float64

@@ -44,17 +44,17 @@ def _iterations(args) -> int:
 
 
 def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object]:
-    """The graph's vectors: the features, then ``--background``'s (ids no label can name), read into memory."""
-    import numpy as np
-
-    from ..outputs.formats import read_features
+    """The graph's vectors: the features, then ``--background``'s (ids no label can name), both read from disk as
+    the graph asks (never copied into memory: the paper's 100M background images are exactly there)."""
+    from ..outputs.formats import open_matrix
+    from ..tools.exact import Stacked
 
     if not args.background:
         return ids, X
-    bids, bX = read_features(args.background)
+    bids, bX = open_matrix(args.background)
     if bX.shape[1] != X.shape[1]:
         raise bad_param("background", f"features of dimension {X.shape[1]}", f"dimension {bX.shape[1]}")
-    return list(ids) + [f"\0bg{i}" for i in range(len(bids))], np.concatenate([np.asarray(X, np.float32), bX])
+    return list(ids) + [f"\0bg{i}" for i in range(len(bids))], Stacked(X, bX)
 
 
 def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):

@@ -144,8 +144,8 @@ def _add_knn(sub) -> None:
     features_arg(knn)
     knn.add_argument("--k", type=at_least(1), required=True, help="neighbours per vector (the vector itself excluded)")
     knn.add_argument("--out", type=ending(".npz"),
-                     help=".npz with I (int32), D (float32) and ids (the graph is held in memory to "
-                          "write it; for 100M rows use --raw alone)")
+                     help=".npz with I (int32), D (float32) and ids, as np.savez writes them (copied from the graph "
+                          "on disk a chunk at a time: memory stays flat whatever N is)")
     knn.add_argument("--metric", choices=METRICS, default="cosine",
                      help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
                           "product (the same on --l2 features); l2 the Euclidean distance")

@@ -58,6 +58,43 @@ class RowView:
         return full.astype(dtype, copy=False) if dtype is not None else full
 
 
+class Stacked:
+    """Two matrices of the same width as one (``diffuse --background``: the features, then the background's), read
+    only when asked: slices and integer arrays turned into reads of each part."""
+
+    def __init__(self, first, second) -> None:
+        self.parts, self.split = (first, second), len(first)
+        self.shape, self.ndim = (len(first) + len(second), first.shape[1]), 2
+        self.dtype = np.result_type(first.dtype, second.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            key = int(key) + (len(self) if key < 0 else 0)
+            return self.parts[0][key] if key < self.split else self.parts[1][key - self.split]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                a = self.parts[0][min(start, self.split):min(stop, self.split)]
+                b = self.parts[1][max(start, self.split) - self.split:max(stop, self.split) - self.split]
+                return np.concatenate([np.asarray(a, self.dtype), np.asarray(b, self.dtype)])
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        low = rows < self.split
+        if low.any():
+            out[low] = self.parts[0][rows[low]]
+        if (~low).any():
+            out[~low] = self.parts[1][rows[~low] - self.split]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        full = self[:]
+        return full.astype(dtype, copy=False) if dtype is not None else full
+
+
 def faiss_metric(faiss, metric: str):
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 

@@ -67,35 +67,84 @@ def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> N
 def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
                raw: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
     """Compute the k-NN graph of ``X`` with the fitted ``index`` (a ``KNNIndex`` or a ``CellJoin``) block by block and
-    write it: ``raw`` (``write_raw``: memory stays flat whatever N is) and/or ``npz`` (I, D and ids, collected in
-    memory). Every file appears under its final name only when all are complete. Returns a function that reads rows
-    of I back (to score an approximate graph's recall)."""
+    write it: ``raw`` (``write_raw``: memory stays flat whatever N is) and/or ``npz`` (I, D and ids, copied into the
+    archive from the raw files a chunk at a time: a temporary raw graph beside it when no ``raw`` is asked). Every
+    file appears under its final name only when all are complete. Returns a function that reads rows of I back (to
+    score an approximate graph's recall)."""
     if not npz and not raw:
         raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
     finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
     n = len(ids)
-    held = (np.empty((n, k), np.float32), np.empty((n, k), np.int32)) if npz else None
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         at = 0
         for block in index.iter_graph(X, k):
             rows, D, I = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
             at += len(I)
-            if held is not None:
-                held[0][rows], held[1][rows] = D, I
             yield rows, D, I
 
     with atomic_paths(finals + ([npz] if npz else [])) as partials:
-        if raw:
-            write_raw(partials[:3], blocks(), ids)
-        else:
-            for _ in blocks():
-                pass
-        if npz:
-            with open(partials[-1], "wb") as fh:  # a file object: np.savez would add ".npz" to a name
-                np.savez(fh, I=held[1], D=held[0], ids=np.array(list(ids)))
-            return lambda rows: held[1][rows]
+        work = None if raw else tempfile.mkdtemp(prefix=".imgfeat-graph-", dir=os.path.dirname(os.path.abspath(npz)))
+        try:
+            files = partials[:3] if raw else [os.path.join(work, f"graph{ext}") for ext in RAW_SUFFIXES]
+            write_raw(files, blocks(), ids)
+            if npz:
+                write_npz(partials[-1], files, n, k, ids)
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+    if not raw:
+        return lambda rows: npz_member(npz, "I")[rows]
     return raw_rows(raw, len(ids), k)
+
+
+def npz_member(path: str, name: str) -> np.ndarray:
+    """An array of an uncompressed .npz (``write_npz``'s, ``np.savez``'s) memory-mapped where it lies in the file."""
+    import struct
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path) as z:
+            return z[name]
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = npformat.read_magic(fh)
+        read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+        offset = fh.tell()
+    return np.memmap(path, dtype, "r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def write_npz(path: str, raw_files: Sequence[str], n: int, k: int, ids: Sequence[str], chunk: int = 65_536) -> None:
+    """``knn --out``: the .npz (I int32, D float32, ids as a fixed-width string array, as ``np.savez`` writes them)
+    copied from a raw graph's files a chunk of rows at a time, never the graph or the ids whole in memory."""
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    width = max((len(i) for i in ids), default=1)
+    with open(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, source, dtype in (("I", raw_files[0], np.int32), ("D", raw_files[1], np.float32)):
+            mapped = np.memmap(source, dtype, "r", shape=(n, k)) if n else np.empty((0, k), dtype)
+            with z.open(f"{name}.npy", "w", force_zip64=True) as out:
+                npformat.write_array_header_2_0(out, {"descr": npformat.dtype_to_descr(np.dtype(dtype)),
+                                                      "fortran_order": False, "shape": (n, k)})
+                for s in range(0, n, chunk):
+                    out.write(np.ascontiguousarray(mapped[s:s + chunk]).tobytes())
+            del mapped
+        text = np.dtype(f"<U{width}")
+        with z.open("ids.npy", "w", force_zip64=True) as out:
+            npformat.write_array_header_2_0(out, {"descr": npformat.dtype_to_descr(text), "fortran_order": False,
+                                                  "shape": (n,)})
+            for s in range(0, n, chunk):
+                out.write(np.array(list(ids[s:s + chunk]), text).tobytes())
 
 
 def raw_rows(raw: str, n: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
