@@ -60,12 +60,8 @@ def _with_background(args, ids: Sequence[str], X) -> tuple[Sequence[str], object
 def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
     """The kNN graph the labels diffuse over: ``--graph PREFIX`` (``knn --raw``'s files, memory-mapped), or built
     here block by block into ``work`` (the index chosen by size with ``--index auto``, as ``audit`` does)."""
-    import numpy as np
-
     from ..outputs.idindex import lines_equal
-    from ..tools.autoindex import build_index
-    from ..tools.graph import RAW_SUFFIXES, RawGraph, save_graph
-    from ..tools.exact import RECALL_SAMPLE, sampled_recall
+    from ..tools.graph import RAW_SUFFIXES, RawGraph, build_graph
 
     if args.graph:
         ids_file = f"{args.graph}{RAW_SUFFIXES[2]}"
@@ -77,15 +73,9 @@ def _graph(args, all_ids: Sequence[str], all_X, work: str, memory: int):
         return RawGraph.open(args.graph, ids=all_ids), "given", None
     if args.k >= len(all_ids):
         raise bad_param("k", f"an integer below the number of vectors ({len(all_ids)}): each needs k others", args.k)
-    knn = build_index(all_X, args.index, args.k, memory=memory, what="the graph of imgfeat diffuse",
-                      graph=True)
-    save_graph(knn, all_X, all_ids, args.k, raw=os.path.join(work, "graph"))
-    graph = RawGraph.open(os.path.join(work, "graph"), ids=all_ids)
-    if knn.index != "exact":  # what the faster graph cost, on the user's own data (as audit and knn --approx say it)
-        recall, sampled = sampled_recall(all_X, lambda rows: np.asarray(graph.I[rows]), args.k, "cosine",
-                                         RECALL_SAMPLE)
-        return graph, knn.description, {"recall_at_k": round(recall, 4), "sampled_rows": sampled}
-    return graph, knn.description, None
+    built = build_graph(all_X, all_ids, args.k, index=args.index, memory=memory, what="the graph of imgfeat diffuse",
+                        raw=os.path.join(work, "graph"))
+    return RawGraph.open(os.path.join(work, "graph"), ids=all_ids), built.description, built.recall
 
 
 def _tuned(run, y: Sequence, final_y: Sequence, truth: list, grid_max: int):

@@ -15,9 +15,7 @@ log = logging.getLogger(__name__)
 
 def _knn(args) -> int:
     from ..outputs.formats import open_matrix
-    from ..tools.autoindex import build_index
-    from ..tools.graph import save_graph
-    from ..tools.exact import sampled_recall
+    from ..tools.graph import build_graph
     from ..tools.memory import budget
 
     if not args.out and not args.raw:
@@ -32,23 +30,26 @@ def _knn(args) -> int:
                            "reads, as --features is) and no --out")
     if args.ray_address and args.engine != "ray":
         raise ImgfeatError("--ray-address is the cluster of --engine ray")
-    index = build_index(X, args.approx, args.k, memory=budget(args.max_memory), metric=args.metric,
-                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", graph=True)
-    if args.engine == "ray":
+    def on_ray(index, X, ids, k, npz, raw):
         from ..tools.raygraph import ray_graph
 
-        approx_rows = ray_graph(index, args.features, ids, args.k, args.raw, address=args.ray_address)
-    else:
-        approx_rows = save_graph(index, X, ids, args.k, npz=args.out, raw=args.raw)
+        return ray_graph(index, args.features, ids, k, raw, address=args.ray_address)
+
+    graph = build_graph(X, ids, args.k, index=args.approx, memory=budget(args.max_memory), metric=args.metric,
+                        nprobe=args.nprobe, nlist=args.nlist, what="imgfeat knn", raw=args.raw, npz=args.out,
+                        recall_sample=args.recall_sample,
+                        write=on_ray if args.engine == "ray" else None)
+    index = graph.index
     result = {"out": args.out, "n": len(ids), "k": args.k, "metric": args.metric,
               "index": index.description, "memory": index.plan_.as_dict()}
     if args.raw:
         result["raw"] = [f"{args.raw}{ext}" for ext in RAW_SUFFIXES]
     where = " and ".join(x for x in (args.out, args.raw and f"{args.raw}.{{int32,float32,ids.txt}}") if x)
     lines = [f"{args.k}-NN graph of {len(ids)} vectors ({result['index']}, {args.metric}) -> {where}"]
-    if index.index != "exact":
-        result["recall_at_k"], n = sampled_recall(X, approx_rows, args.k, args.metric, args.recall_sample)
-        lines.append(f"recall@{args.k} against exact on {n} queries: {result['recall_at_k']:.4f}")
+    if graph.recall is not None:
+        result["recall_at_k"] = graph.recall["recall_at_k"]
+        lines.append(f"recall@{args.k} against exact on {graph.recall['sampled_rows']} queries: "
+                     f"{result['recall_at_k']:.4f}")
     return emit(args, result, lines)
 
 

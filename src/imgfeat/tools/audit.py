@@ -62,16 +62,15 @@ class DatasetAudit(Params):
         classes = len({x for x in labels if x is not None}) if labels is not None else 0
         memory = available_bytes() if self.memory is None else int(self.memory)
         streamed = self.streamed if self.streamed is not None else datalab_bytes(n, self.k, classes) > memory // 2
-        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph", graph=True,
-                          memory=memory)
-        index = knn.index
         if streamed:  # cleanlab's own formulas and its batched label issues, a block of rows at a time
             y, names = _codes(labels)
             s = _codes(splits)[0] if splits is not None and len({x for x in splits if x is not None}) > 1 else None
-            streamed_issues(self, X, y, names, s, knn, self.workdir)
-            self._recall(X, index)
+            streamed_issues(self, X, y, names, s, memory, self.workdir)
             self.summary_["streamed"] = True
             return self
+        knn = build_index(X, self.index, self.k, nprobe=self.nprobe, what="the audit's graph", graph=True,
+                          memory=memory)
+        index = knn.index
         D, I = knn.graph(X, self.k)
         order = np.argsort(-D, axis=1, kind="stable")  # nearest first, as cleanlab expects
         D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)

@@ -23,7 +23,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import require
-from ..files import mapped_for_writing
+from .graph import build_graph
+from .names import RAW_SUFFIXES
 
 BLOCK_ROWS = 65_536
 # how many label issues: cleanlab's calibrated count of off-diagonal confident examples, its option. The class shares
@@ -40,24 +41,6 @@ def datalab_bytes(n: int, k: int, classes: int) -> int:
     and cleanlab's sparse matrix of them), cleanlab's N x classes probabilities and its copies, and its per-row
     DataFrames and lists (about 400 bytes a row)."""
     return n * k * (4 + 4 + 8 + 16) + n * max(classes, 1) * 8 * 3 + n * 400
-
-
-def write_sorted_graph(knn, X, k: int, folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """The graph of ``X`` against itself from the fitted ``knn`` (an index or a join), each row's neighbours nearest
-    first (as cleanlab expects), written to ``folder`` and returned memory-mapped (D similarities, I rows)."""
-    n = len(X)
-    paths = [os.path.join(folder, name) for name in ("graph.float32", "graph.int32")]
-    D, I = mapped_for_writing(paths[0], (n, k), np.float32), mapped_for_writing(paths[1], (n, k), np.int32)
-    at = 0
-    for block in knn.iter_graph(X, k):
-        rows, Db, Ib = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
-        at += len(Ib)
-        order = np.argsort(-Db, axis=1, kind="stable")
-        D[rows], I[rows] = np.take_along_axis(Db, order, 1), np.take_along_axis(Ib, order, 1)
-    for f in (D, I):
-        f.flush()
-    del D, I
-    return np.memmap(paths[0], np.float32, "r", shape=(n, k)), np.memmap(paths[1], np.int32, "r", shape=(n, k))
 
 
 def _distances(D: np.ndarray) -> np.ndarray:
@@ -79,8 +62,14 @@ def class_shares(y: np.ndarray, I: np.ndarray, classes: int) -> np.ndarray:
     return pred
 
 
+def _nearest_first(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A block of the graph with each row's neighbours nearest first, as cleanlab expects."""
+    order = np.argsort(-D, axis=1, kind="stable")
+    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
 def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndarray], splits: Optional[np.ndarray],
-                    knn, workdir: Optional[str]) -> None:
+                    memory: int, workdir: Optional[str]) -> None:
     """Fill ``audit`` (a ``DatasetAudit``) as its in-memory ``fit`` does, a block of rows at a time: ``y`` a class
     code per row (-1: unlabelled) of ``classes``, ``splits`` a split code per row (-1: none) or None. The graph lives
     in a temporary folder under ``workdir`` while the audit runs; ``audit.knn_`` reads it from there until
@@ -90,8 +79,11 @@ def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndar
     n, k = len(X), audit.k
     folder = tempfile.mkdtemp(prefix=".imgfeat-audit-", dir=workdir)
     audit._folder = folder
-    D, I = write_sorted_graph(knn, X, k, folder)
-    audit.knn_ = (D, I)
+    built = build_graph(X, None, k, index=audit.index, memory=memory, nprobe=audit.nprobe, what="the audit's graph",
+                        raw=os.path.join(folder, "graph"))
+    D, I = (np.memmap(os.path.join(folder, f"graph{ext}"), dtype, "r", shape=(n, k))
+            for ext, dtype in ((RAW_SUFFIXES[1], np.float32), (RAW_SUFFIXES[0], np.int32)))
+    audit.knn_ = _Sorted(D, I)
     names = [i for i in ("outlier", "near_duplicate") if i in audit.issues]
     labelled = y is not None and "label" in audit.issues and (y >= 0).any()
     inspector = None
@@ -103,13 +95,13 @@ def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndar
                                    num_issue_kwargs=NUM_ISSUES)
     avg, nearest = np.empty(n, np.float64), np.empty(n, np.float64)
     for s in range(0, n, BLOCK_ROWS):  # pass 1: per-row distances, and cleanlab's confident thresholds
-        dist = _distances(D[s:s + BLOCK_ROWS])
+        Db, Ib = _nearest_first(np.asarray(D[s:s + BLOCK_ROWS]), np.asarray(I[s:s + BLOCK_ROWS]))
+        dist = _distances(Db)
         avg[s:s + len(dist)], nearest[s:s + len(dist)] = dist.mean(axis=1), dist[:, 0]
         if inspector is not None:
             mine = y[s:s + len(dist)] >= 0
             if mine.any():
-                inspector.update_confident_thresholds(y[s:s + len(dist)][mine],
-                                                      class_shares(y, I[s:s + len(dist)][mine], len(classes)))
+                inspector.update_confident_thresholds(y[s:s + len(dist)][mine], class_shares(y, Ib[mine], len(classes)))
     median_nn = max(float(np.median(nearest)), _epsilon())
     radius = NEAR_DUPLICATE_THRESHOLD * median_nn
     near_flag = np.zeros(n, bool)
@@ -123,7 +115,7 @@ def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndar
     threshold = audit.leak_threshold if audit.leak_threshold is not None else 1.0 - radius
     at = 0
     for s in range(0, n, BLOCK_ROWS):  # pass 2: near-duplicate sets, label scores, leaks
-        Db, Ib = np.asarray(D[s:s + BLOCK_ROWS]), np.asarray(I[s:s + BLOCK_ROWS])
+        Db, Ib = _nearest_first(np.asarray(D[s:s + BLOCK_ROWS]), np.asarray(I[s:s + BLOCK_ROWS]))
         within = _distances(Db) < radius  # cleanlab's radius: a set holds both ends of each such edge
         near_flag[s + np.flatnonzero(within.any(axis=1))] = True
         near_flag[Ib[within]] = True
@@ -148,7 +140,9 @@ def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndar
             for a, b, cos in zip((s + r[cross]).tolist(), other[cross].tolist(), Db[r[cross], c[cross]].tolist()):
                 key = (min(a, b), max(a, b))
                 leaks[key] = max(leaks.get(key, -1.0), cos)
-    audit.issues_, audit.summary_ = {}, {"n": n, "k": k, "index": knn.description}
+    audit.issues_, audit.summary_ = {}, {"n": n, "k": k, "index": built.description}
+    if built.recall is not None:
+        audit.summary_["graph_recall"] = built.recall
     if "outlier" in names:
         cut = float(np.percentile(avg, 75) + (1 / OUTLIER_THRESHOLD - 1) * iqr(avg))
         scale = float(max(np.median(avg), 100 * np.finfo(np.float64).eps))
@@ -175,6 +169,32 @@ def streamed_issues(audit, X, y: Optional[np.ndarray], classes: Optional[np.ndar
                 audit.summary_["label"]["unlabelled_left_out"] = int(n - len(rows))
     if "leak" in audit.issues:
         audit._leak_pairs(leaks, splits, threshold)
+
+
+class _Sorted(tuple):
+    """(D, I) of the graph on disk, each row's neighbours nearest first when read (the report reads a row's 5
+    nearest)."""
+
+    def __new__(cls, D, I):
+        return super().__new__(cls, (_Rows(D, I, 0), _Rows(D, I, 1)))
+
+
+class _Rows:
+    def __init__(self, D, I, which: int) -> None:
+        self.D, self.I, self.which, self.shape = D, I, which, D.shape
+
+    def __len__(self) -> int:
+        return len(self.D)
+
+    def __getitem__(self, key):
+        single = isinstance(key, (int, np.integer))
+        rows = np.array([key]) if single else key
+        out = _nearest_first(np.asarray(self.D[rows]), np.asarray(self.I[rows]))[self.which]
+        return out[0] if single else out
+
+    def __array__(self, dtype=None, copy=None):
+        full = self[np.arange(len(self))]
+        return full.astype(dtype, copy=False) if dtype is not None else full
 
 
 def _epsilon() -> float:

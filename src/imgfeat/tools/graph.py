@@ -29,7 +29,8 @@ import numpy as np
 from ..errors import DamagedFileError, ImgfeatError, bad_param, require
 from ..files import atomic_paths, mapped_for_writing
 from ..outputs.idindex import read_lines, write_lines
-from .exact import check_rows
+from .autoindex import build_index
+from .exact import RECALL_SAMPLE, check_rows, sampled_recall
 from .memory import release_freed_heap
 from .names import RAW_SUFFIXES
 
@@ -41,12 +42,13 @@ ORDER_CELLS_MAX = 1_024  # ... and no more cells (assigning 10M rows to 1,024 ce
 
 
 
-def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> None:
+def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str], n: Optional[int] = None) -> None:
     """The one writer of a raw graph (``knn --raw``, ``knn --engine ray``, ``diffuse``): ``(D, I)`` blocks in row order,
     or ``(rows, D, I)`` blocks of any rows (a ``CellJoin``'s cells, written in place through a memory map), to
     ``paths[0]`` (int32 I) and ``paths[1]`` (float32 D), row-major, and the ids to ``paths[2]``; the caller's
-    ``atomic_paths`` gives them their final names."""
-    n, at, files = len(ids), 0, None
+    ``atomic_paths`` gives them their final names. ``ids`` None: ``n`` rows, no ids file (a graph kept only while a
+    command runs)."""
+    n, at, files = len(ids) if ids is not None else n, 0, None
     try:
         for block in blocks:
             rows, D, I = block if len(block) == 3 else (slice(at, at + len(block[1])), *block)
@@ -61,7 +63,40 @@ def write_raw(paths: Sequence, blocks: Iterable[tuple], ids: Sequence[str]) -> N
     if files is None:  # no rows: empty files
         for path in paths[:2]:
             open(path, "wb").close()
-    write_lines(paths[2], ids)
+    if ids is not None:
+        write_lines(paths[2], ids)
+
+
+@dataclass
+class BuiltGraph:
+    """A kNN graph built and written by ``build_graph``: the fitted ``index`` (an index or a join), the ``rows``
+    function reading neighbour rows back from what was written, and ``recall`` (``recall_at_k``, ``sampled_rows``:
+    against exact neighbours of a seeded sample; None for an exact graph)."""
+
+    index: object
+    rows: Callable[[np.ndarray], np.ndarray]
+    recall: Optional[dict]
+
+    @property
+    def description(self) -> str:
+        return self.index.description
+
+
+def build_graph(X, ids: Sequence[str], k: int, *, index: str = "auto", memory: Optional[int] = None,
+                metric: str = "cosine", nprobe: int = 16, nlist: Optional[int] = None, what: str = "a kNN graph",
+                raw: Optional[str] = None, npz: Optional[str] = None, recall_sample: int = RECALL_SAMPLE,
+                write: Optional[Callable] = None) -> BuiltGraph:
+    """The one way ``knn``, ``diffuse`` and ``audit`` make a graph of ``X`` against itself: ``build_index`` (``auto``
+    within ``memory``: exact, PCA, IVF, then the join of cells), the graph written block by block (``save_graph``'s
+    ``raw`` and/or ``npz``; or ``write(index, X, ids, k, npz=, raw=)``, the Ray engine's), and what an approximate
+    graph cost in recall, measured on the user's own data."""
+    knn = build_index(X, index, k, memory=memory, metric=metric, nprobe=nprobe, nlist=nlist, what=what, graph=True)
+    rows = (write or save_graph)(knn, X, ids, k, npz=npz, raw=raw)
+    recall = None
+    if knn.index != "exact":
+        found, sampled = sampled_recall(X, rows, k, metric, recall_sample)
+        recall = {"recall_at_k": round(found, 4), "sampled_rows": sampled}
+    return BuiltGraph(knn, rows, recall)
 
 
 def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = None,
@@ -73,8 +108,9 @@ def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = Non
     score an approximate graph's recall)."""
     if not npz and not raw:
         raise bad_param("out", "a .npz path, a raw PREFIX, or both", None)
-    finals = [f"{raw}{ext}" for ext in RAW_SUFFIXES] if raw else []
-    n = len(ids)
+    suffixes = RAW_SUFFIXES if ids is not None else RAW_SUFFIXES[:2]  # no ids: the graph of a command's own use
+    finals = [f"{raw}{ext}" for ext in suffixes] if raw else []
+    n = len(X)
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         at = 0
@@ -86,8 +122,8 @@ def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = Non
     with atomic_paths(finals + ([npz] if npz else [])) as partials:
         work = None if raw else tempfile.mkdtemp(prefix=".imgfeat-graph-", dir=os.path.dirname(os.path.abspath(npz)))
         try:
-            files = partials[:3] if raw else [os.path.join(work, f"graph{ext}") for ext in RAW_SUFFIXES]
-            write_raw(files, blocks(), ids)
+            files = partials[:len(finals)] if raw else [os.path.join(work, f"graph{ext}") for ext in RAW_SUFFIXES]
+            write_raw(files, blocks(), ids, n)
             if npz:
                 write_npz(partials[-1], files, n, k, ids)
         finally:
@@ -95,7 +131,7 @@ def save_graph(index, X, ids: Sequence[str], k: int, *, npz: Optional[str] = Non
                 shutil.rmtree(work, ignore_errors=True)
     if not raw:
         return lambda rows: npz_member(npz, "I")[rows]
-    return raw_rows(raw, len(ids), k)
+    return raw_rows(raw, n, k)
 
 
 def npz_member(path: str, name: str) -> np.ndarray:
