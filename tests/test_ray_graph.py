@@ -90,3 +90,18 @@ def test_knn_engine_ray_from_the_command_line(cluster, tmp_path, capsys):
     assert main(["knn", "--features", str(features), "--k", "5", "--out", str(tmp_path / "g.npz"), "--engine",
                  "ray"]) == 2
     assert "--raw PREFIX" in capsys.readouterr().err
+
+
+def test_a_graph_task_reads_the_vectors_without_the_ids(tmp_path):
+    """Issue 49: each Ray task of a graph opens the features' vectors only (``open_vectors``): thousands of tasks
+    over 100M rows would each read 2.5 GB of ids. An ids file cut short, which ``open_matrix`` refuses, is not read."""
+    from imgfeat.errors import ImgfeatError
+    from imgfeat.outputs.formats import open_vectors
+
+    features = _features(tmp_path, n=500)
+    _, X = open_matrix(features)
+    ids_file = tmp_path / "f.ids.txt"
+    ids_file.write_text("".join(ids_file.read_text().splitlines(keepends=True)[:10]))
+    with pytest.raises(ImgfeatError):
+        open_matrix(features)
+    np.testing.assert_array_equal(open_vectors(features), X)

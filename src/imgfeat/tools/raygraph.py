@@ -32,18 +32,18 @@ def _graph_block(index_file: str, features: str, metric: str, nprobe: int, reran
                  k: int) -> tuple[np.ndarray, np.ndarray]:
     """One block of the graph, on whichever node runs it: rows ``start .. stop`` of ``features`` searched in the
     index ``index_file`` as ``KNNIndex.graph`` does on one machine."""
-    from ..outputs.formats import open_matrix
+    from ..outputs.formats import open_vectors
 
-    _, X = open_matrix(features)
+    X = open_vectors(features)
     knn = KNNIndex.load(index_file, metric, nprobe).reranking(X, rerank)
     return knn.graph(X, k, rows=np.arange(start, stop))
 
 
 def _join_block(join: CellJoin, features: str, c0: int, c1: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows of cells ``c0 .. c1`` and their neighbours, as ``CellJoin.iter_graph`` computes them on one machine."""
-    from ..outputs.formats import open_matrix
+    from ..outputs.formats import open_vectors
 
-    _, X = open_matrix(features)
+    X = open_vectors(features)
     return join.search_cells(X, c0, c1, k)
 
 
