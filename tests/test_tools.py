@@ -290,6 +290,32 @@ def test_duplicate_groups_streamed_in_small_blocks_and_batches_equal_the_plain_r
     assert len(groups_at(D, I, 1.0)) == 0
 
 
+def test_duplicate_groups_read_the_pairs_twice_not_once_a_batch(monkeypatch):
+    """Issue 49: the pairs above the threshold are read back once (per ``OPEN_BUCKETS`` batches) into a file per
+    batch, not scanned again for every batch (pairs x batches at 100M); the groups are the same, with every batch
+    in its own pass too."""
+    import imgfeat.tools.dedup as dedup
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 3)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    np.fill_diagonal(S, -2)
+    I = np.argsort(-S, axis=1)[:, :6].astype(np.int32)
+    D = np.take_along_axis(S, I, axis=1)
+    want = [g.tolist() for g in dedup.groups_at(D, I, 0.97)]
+    calls, real = [], dedup._order_key
+    monkeypatch.setattr(dedup, "_order_key", lambda sim: calls.append(len(sim)) or real(sim))
+    got = dedup.groups_at(D, I, 0.97, batch=1)
+    pairs = calls[0]  # the first pass: every pair of the one block of lists
+    assert [g.tolist() for g in got] == want and pairs > 50
+    assert len(calls) == 2  # the lists' one block, then the pairs once: not once for each of the >50 batches
+    monkeypatch.setattr(dedup, "OPEN_BUCKETS", 4)
+    calls.clear()
+    assert [g.tolist() for g in dedup.groups_at(D, I, 0.97, batch=1)] == want
+    assert 2 < len(calls) <= 1 + -(-pairs // 4)
+
+
 def test_group_lines_write_every_group_a_chunk_of_ids_at_a_time():
     from imgfeat.outputs.idindex import StringColumn
     from imgfeat.tools.dedup import Groups, group_lines

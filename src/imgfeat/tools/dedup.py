@@ -159,11 +159,12 @@ def groups_at(D: np.ndarray, I: np.ndarray, threshold: float, *, block: int = RO
         total = int(hist.sum())
         spilled = [np.memmap(name, dtype, "r", shape=(total,)) if total else np.zeros(0, dtype)
                    for name, dtype in zip(names, (np.int32, np.int32, np.float32))]
-        for lo, hi in _batches(hist, batch):  # closest first
-            a, b, sim = _collect(*spilled, lo, hi, block * 16)
-            order = np.lexsort((b, a, -sim))  # closest first; ties by the pair's rows
-            a, b = a[order], b[order]
-            del sim, order
+        for path in _bucketed(spilled, _batches(hist, batch), work, block * 16):  # closest first
+            pairs = np.fromfile(path, PAIR)
+            os.unlink(path)
+            order = np.lexsort((pairs["b"], pairs["a"], -pairs["sim"]))  # closest first; ties by the pair's rows
+            a, b = pairs["a"][order], pairs["b"][order]
+            del pairs, order
             _take(a, b, degree, rep)
         del spilled
     return _by_group(rep)
@@ -185,14 +186,41 @@ def _batches(hist: np.ndarray, batch: int) -> list[tuple[int, int]]:
     return out
 
 
-def _collect(a, b, sim, lo: int, hi: int, chunk: int):
-    """The pairs whose similarity's key step is in [lo, hi), read ``chunk`` pairs at a time."""
-    parts = []
-    for s in range(0, len(a), chunk):
-        step = _order_key(sim[s:s + chunk]) >> _KEY_SHIFT
-        inside = np.flatnonzero((step >= lo) & (step < hi))
-        parts.append((a[s:s + chunk][inside], b[s:s + chunk][inside], sim[s:s + chunk][inside]))
-    return tuple(np.concatenate(p) for p in zip(*parts))
+PAIR = np.dtype([("a", "<i4"), ("b", "<i4"), ("sim", "<f4")])
+OPEN_BUCKETS = 256  # bucket files written at once (more batches: one more pass over the pairs per 256)
+
+
+def _bucketed(spilled, ranges: list[tuple[int, int]], work: str, chunk: int) -> Iterator[str]:
+    """A file of the pairs of each batch of ``ranges`` (similarity key steps, closest first), in that order (the
+    caller reads and removes it): the pair files are read once (per ``OPEN_BUCKETS`` batches) and each pair appended
+    to its batch's file, so the pairs are read twice in all, never once per batch (pairs x batches)."""
+    a_all, b_all, sim_all = spilled
+    step_batch = np.full(2 ** (32 - _KEY_SHIFT), -1, np.int32)
+    for j, (lo, hi) in enumerate(ranges):
+        step_batch[lo:hi] = j
+    for first in range(0, len(ranges), OPEN_BUCKETS):
+        last = min(len(ranges), first + OPEN_BUCKETS)
+        paths = [os.path.join(work, f"batch-{j}.pairs") for j in range(first, last)]
+        files = [open(path, "wb") for path in paths]
+        try:
+            for s in range(0, len(a_all), chunk):
+                which = step_batch[_order_key(sim_all[s:s + chunk]) >> _KEY_SHIFT]
+                inside = np.flatnonzero((which >= first) & (which < last))
+                if not len(inside):
+                    continue
+                rec = np.empty(len(inside), PAIR)
+                rec["a"], rec["b"], rec["sim"] = a_all[s:s + chunk][inside], b_all[s:s + chunk][inside], \
+                    sim_all[s:s + chunk][inside]
+                which = which[inside]
+                order = np.argsort(which, kind="stable")
+                rec, which = rec[order], which[order]
+                cuts = np.flatnonzero(np.r_[True, which[1:] != which[:-1], True])
+                for c0, c1 in zip(cuts[:-1], cuts[1:]):
+                    files[int(which[c0]) - first].write(rec[c0:c1].tobytes())
+        finally:
+            for fh in files:
+                fh.close()
+        yield from paths
 
 
 def _take(a: np.ndarray, b: np.ndarray, degree: np.ndarray, rep: np.ndarray) -> None:
