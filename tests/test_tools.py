@@ -750,3 +750,19 @@ def test_row_views_read_what_is_asked_in_storage_order():
     np.testing.assert_array_equal(view[np.array([4, 0, 2])], A[rows[[4, 0, 2]]])
     np.testing.assert_array_equal(view[1:3], A[rows[1:3]])
     assert view[3].tolist() == A[11].tolist() and np.asarray(view, np.float64).dtype == np.float64
+
+
+def test_a_sample_of_a_huge_collection_holds_the_sample_only():
+    """Issue 49: the seeded sample of training, tuning and recall over 100M rows no longer draws a permutation of
+    every row (800 MB): distinct sorted rows in range, the same for the same seed, memory about the sample's."""
+    import tracemalloc
+
+    from imgfeat.tools.exact import sample_rows
+
+    tracemalloc.start()
+    rows = sample_rows(100_000_000, 50_000, 7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(np.unique(rows)) == 50_000 and (np.diff(rows) > 0).all() and rows[-1] < 100_000_000
+    assert peak < 50 * 2**20 and np.array_equal(rows, sample_rows(100_000_000, 50_000, 7))
+    assert np.array_equal(sample_rows(1000, 10, 3), np.sort(np.random.default_rng(3).permutation(1000)[:10]))
