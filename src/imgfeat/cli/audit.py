@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ImgfeatError
-from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args
+from .common import at_least, corrections_arg, emit, features_arg, index_args, label_spec, labels_args
 
 
 def _audit(args) -> int:
@@ -16,6 +16,7 @@ def _audit(args) -> int:
     from ..outputs.formats import read_features
     from ..outputs.idindex import id_index
     from ..tools.audit import DatasetAudit, write_report
+    from ..tools.memory import parse_size
     from ..tools.names import ISSUES
     from ..tools.exact import RowView
     from ..tools.labels import apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
@@ -57,7 +58,7 @@ def _audit(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     audit = DatasetAudit(k=args.k, index=args.index, issues=issues, leak_threshold=args.leak_threshold,
-                         nprobe=args.nprobe, workdir=str(out))
+                         nprobe=args.nprobe, workdir=str(out), memory=parse_size(args.max_memory))
     try:
         audit.fit(X, labels, splits)
         kept = {i for i, (d, _) in decisions.items() if d == "keep"}
@@ -131,12 +132,7 @@ def add_parser(sub) -> None:
                                              "the two)")
     split.add_argument("--splits", help="TSV id<TAB>split name, for leaks across any splits")
     audit.add_argument("--k", type=at_least(1), default=10, help="neighbours per image in the kNN graph")
-    audit.add_argument("--index", default="auto", metavar="auto|" + index_metavar(),
-                       help="faiss index of the graph (as imgfeat knn --approx): auto is exact below 20,000 vectors "
-                            "or 512 dimensions and pca above (PCA-128 candidates re-ranked on the full vectors: "
-                            "near-exact, about 3x faster), the join of k-means cells above (each cell searched exactly "
-                            "among its nearest cells); the recall of a non-exact graph, "
-                            "sampled, is in summary.json")
+    index_args(audit)
     audit.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query (an IVF --index)")
     audit.add_argument("--issues", default=",".join(ISSUES), help=f"comma list of {', '.join(ISSUES)}")
     audit.add_argument("--leak-threshold", type=float, default=None,

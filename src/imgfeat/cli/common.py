@@ -143,11 +143,25 @@ def label_spec(args: argparse.Namespace):
     return getattr(args, "labels", None)
 
 
-def index_metavar() -> str:
-    """The metavar of the tools' ``--index``/``--approx``: the named faiss indexes, or a factory string."""
+def index_args(p: argparse.ArgumentParser, *, flag: str = "--index", graph: bool = True,
+               memory: str = "what the machine has available") -> None:
+    """The one ``--index`` (``knn``: ``--approx``) and ``--max-memory`` of every command that builds an index:
+    ``graph`` for the commands that build a graph of the vectors against themselves (they may take the join)."""
     from ..tools.names import INDEXES
 
-    return "|".join(INDEXES) + "|FACTORY"
+    kinds = INDEXES + (("join",) if graph else ())
+    last = ("the join of k-means cells (each cell searched exactly among its nearest cells, the vectors read from "
+            "disk in storage order)" if graph else "compressed PQ codes whose candidates are re-ranked against the "
+            "vectors")
+    p.add_argument(flag, default="auto", metavar="auto|" + "|".join(kinds) + "|FACTORY",
+                   help=f"the faiss index: auto (chosen by size within --max-memory: exact while it fits half of it, "
+                        f"pca for high dimensions, ivf, then {last}; an approximate one is tuned to recall@k >= 0.95 "
+                        "and says what it reached), one of those by name, or a faiss index_factory string such as "
+                        "IVF4096,PQ32")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help=f"memory the command may hold (e.g. 4GB; default: {memory}, never more than its container's "
+                        "limit allows); auto chooses within it, the plan is logged before the work, and an index that "
+                        "does not fit is refused with the figure")
 
 
 def corrections_arg(p: argparse.ArgumentParser) -> None:

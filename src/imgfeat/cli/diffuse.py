@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..errors import ImgfeatError, bad_param
 from ..tools.names import ITERATION_GRID
-from .common import at_least, corrections_arg, emit, features_arg, index_metavar, label_spec, labels_args, positive
+from .common import at_least, corrections_arg, emit, features_arg, index_args, label_spec, labels_args, positive
 
 log = logging.getLogger(__name__)
 
@@ -242,18 +242,11 @@ def add_parser(sub) -> None:
                          help=f"diffusion iterations, or 'auto': the best of {list(ITERATION_GRID)} by top-5 "
                               "(top-1 with <= 5 classes) on labelled training images held out of the sources (the "
                               f"undrawn novel images, or {VALIDATION_FRACTION * 100:.0f}%% of each class)")
-    diffuse.add_argument("--index", default="auto", metavar=index_metavar(),
-                         help="faiss index of the kNN graph (as imgfeat knn --approx), e.g. IVF4096,PQ32; auto: "
-                              "chosen by size within --max-memory as knn and audit choose (exact, pca, ivf, then "
-                              "join: each k-means cell searched exactly among its nearest cells, the vectors read "
-                              "from disk)")
+    index_args(diffuse, memory="1 GiB, or what the machine has available if less: the class scores go through "
+                                     "in blocks that fit")
     diffuse.add_argument("--graph", metavar="PREFIX",
                          help="diffuse over this graph (imgfeat knn --raw PREFIX on the same features), memory-mapped, "
                               "instead of building one")
-    diffuse.add_argument("--max-memory", metavar="SIZE",
-                         help="memory the diffusion may hold (e.g. 4GB; default: 1 GiB, or what the machine has "
-                              "available if less); the class scores go through in blocks that fit, and a budget too "
-                              "small is refused before any work")
     diffuse.add_argument("--workdir", help="folder for the graph and its normalised form while it runs (default: the "
                                            "system's temporary folder)")
     diffuse.add_argument("--C", type=positive, default=1.0, help="C of the logistic-regression baseline")

@@ -7,8 +7,8 @@ import logging
 import os
 
 from ..errors import ImgfeatError
-from ..tools.names import INDEXES, METRICS, RAW_SUFFIXES
-from .common import at_least, emit, ending, features_arg, index_metavar, store_encoder, weights_args
+from ..tools.names import METRICS, RAW_SUFFIXES
+from .common import at_least, emit, ending, features_arg, index_args, store_encoder, weights_args
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +150,7 @@ def _add_knn(sub) -> None:
     knn.add_argument("--metric", choices=METRICS, default="cosine",
                      help="cosine (every tool's default) normalises each block as it is read; ip is the raw inner "
                           "product (the same on --l2 features); l2 the Euclidean distance")
-    knn.add_argument("--approx", default="auto", metavar="auto|" + "|".join(INDEXES) + "|join|FACTORY",
-                     help="the index: exact, ivf, hnsw, pca (PCA-128 candidates re-ranked on the full vectors: "
-                          "near-exact and faster for high-dimensional features; cosine and l2 only), join (each "
-                          "k-means cell searched exactly among its --nprobe nearest cells, the vectors read from disk: "
-                          "the graph of a collection whose vectors do not fit in memory), a faiss index_factory "
-                          "string such as 'IVF65536,PQ32' (compressed codes), or auto: chosen by size within "
-                          "--max-memory, as diffuse and audit choose (exact while its index fits half of it, so a "
-                          "collection that does not fit the machine, or its container, gets a graph, not a refusal)")
-    knn.add_argument("--max-memory", metavar="SIZE",
-                     help="memory the index may hold (default: what the machine has available): --approx auto "
-                          "chooses within it; the plan is logged before the work, and an index that does not fit "
-                          "is refused with the figure")
+    index_args(knn, flag="--approx")
     knn.add_argument("--nlist", type=at_least(1), default=None,
                      help="IVF cells of --approx ivf (default: 4 sqrt(n), at most n/39) or join (default: about "
                           "1,000 rows a cell)")
@@ -198,13 +187,7 @@ def _add_dedup(sub) -> None:
                        help="cosine similarity each member of a group has at least with the group's first image "
                             "(its representative)")
     dedup.add_argument("--k", type=at_least(1), default=10, help="neighbours examined per image")
-    dedup.add_argument("--index", default="auto", metavar=index_metavar(),
-                       help="faiss index (as imgfeat knn --approx); auto: chosen by size within --max-memory (exact, "
-                            "pca for high dimensions, ivf, then the join of k-means cells: each cell searched "
-                            "exactly among its nearest cells, the vectors read from disk)")
-    dedup.add_argument("--max-memory", metavar="SIZE",
-                       help="memory the index may hold (e.g. 4GB; default: what the machine has available); the "
-                            "plan is logged before the work, and an index that does not fit is refused with the figure")
+    index_args(dedup)
     dedup.add_argument("--out", help="TSV group<TAB>id, each group's representative first")
     dedup.add_argument("--workdir", help="folder for the neighbour lists while it runs (88 bytes a vector at --k 10; "
                                          "default: the system's temporary folder)")

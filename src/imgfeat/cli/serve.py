@@ -7,7 +7,7 @@ import sys
 
 from ..errors import bad_param
 from ..models.names import BACKENDS
-from .common import at_least, label_spec, labels_args, port, positive
+from .common import at_least, index_args, label_spec, labels_args, port, positive
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -50,14 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--map", help="2-D coordinates id<TAB>x<TAB>y (imgfeat map --coords); default: computed on first "
                                  "use (t-SNE up to 20,000 vectors, PCA above) and cached")
     labels_args(p, "TSV id<TAB>label: map colours, label filter and labels on results")
-    p.add_argument("--index", default="auto", help="faiss index: auto (as the tools choose within --max-memory: exact "
-                                                  "up to 100,000 vectors, ivf, then 4-bit PQ codes whose candidates are "
-                                                  "re-ranked against the vectors, tuned to recall@10 >= 0.95), exact, "
-                                                  "ivf, hnsw or an index_factory string such as IVF4096,PQ32")
-    p.add_argument("--max-memory", metavar="SIZE", help="memory the index may hold (default for auto 2GB: 10M "
-                                                        "256-d vectors take PQ codes, the vectors stay on disk; a "
-                                                        "named index: what the machine has); the plan is logged at "
-                                                        "start, and an index that does not fit is refused")
+    index_args(p, graph=False, memory="2GB for auto (10M 256-d vectors take PQ codes, the vectors stay on disk), or "
+                                      "what the machine has available if less")
     p.add_argument("--index-file", help="a faiss index file of these features to load (memory-mapped where faiss "
                                         "allows); written there after building when it does not exist")
     p.add_argument("--nprobe", type=at_least(1), default=16, help="IVF cells visited per query")
