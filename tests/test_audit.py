@@ -98,7 +98,10 @@ def test_the_audit_streams_where_datalab_would_pass_the_budget(tmp_path):
     assert small.summary_["streamed"] and small.summary_["label"]["flagged"] > 0
 
 
-def test_cli_writes_the_report(tmp_path, capsys):
+@pytest.mark.parametrize("memory", [None, "200KB"])
+def test_cli_writes_the_report(tmp_path, capsys, memory):
+    """The same report in memory (cleanlab's Datalab) and, within a budget Datalab would pass, a block of rows at a
+    time from a graph on disk (removed when done)."""
     X, y, splits, flipped = planted()
     ids = [f"i{k:03d}" for k in range(len(y))]
     np.save(tmp_path / "f.npy", X)
@@ -109,9 +112,12 @@ def test_cli_writes_the_report(tmp_path, capsys):
     (tmp_path / "test.tsv").write_text("".join(f"{ids[k]}\t{y[k]}\n" for k in test))
     out = tmp_path / "report"
     assert main(["audit", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "train.tsv"),
-                 "--test-labels", str(tmp_path / "test.tsv"), "--out", str(out), "--json"]) == 0
+                 "--test-labels", str(tmp_path / "test.tsv"), "--out", str(out), "--json"]
+                + (["--max-memory", memory] if memory else [])) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["leak"]["pairs"] == 3 and summary["label"]["flagged"] >= len(flipped)
+    assert summary.get("streamed", False) == bool(memory)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     leak = (out / "leak.tsv").read_text().splitlines()
     assert leak[0] == "id\tsplit\tother_id\tother_split\tcosine" and len(leak) == 4
     assert {tuple(line.split("\t")[:4]) for line in leak[1:]} == {
