@@ -302,6 +302,7 @@ def test_damaged_cached_neighbour_lists_and_map_are_computed_again(base, tmp_pat
     pytest.importorskip("fastapi")
     cache = tmp_path / "cache"
     first = _collection(base["store"], cache)
+    first_ids = list(first.ids)
     first.start_neighbours()
     D, I = first.neighbour_lists()
     _, xy, _ = first._computed_map()
@@ -310,8 +311,13 @@ def test_damaged_cached_neighbour_lists_and_map_are_computed_again(base, tmp_pat
     del first, D  # a server that stopped: its lists are memory-mapped while it runs
     gc.collect()
     _flip(lists[1], len(lists[1].read_bytes()) - 3)
-    _truncate(lists[0].parent / "map-tsne.npy")
+    _truncate(next(lists[0].parent.glob("map-tsne*.npy")))
+    ids = list(first_ids)
+    # the ids and their lookup kept memory-mapped beside them: a damaged one is made again, never a wrong row
+    _flip(lists[0].parent / "columns.arrow", len((lists[0].parent / "columns.arrow").read_bytes()) // 2)
+    _flip(lists[0].parent / "ids.hashes.npy", len((lists[0].parent / "ids.hashes.npy").read_bytes()) - 5)
     second = _collection(base["store"], cache)
+    assert list(second.ids) == ids and all(second.row_of[i] == r for r, i in enumerate(ids))
     second.start_neighbours()
     D2, I2 = second.neighbour_lists()
     np.testing.assert_array_equal(np.asarray(I2), np.asarray(I))

@@ -637,3 +637,27 @@ def test_a_large_collection_maps_a_sample_and_finds_duplicates_by_the_join(tmp_p
     groups = c.duplicate_groups(0.99)
     together = {frozenset(ids[r] for r in g) for g in groups}
     assert all(any({f"r{i}", f"r{len(X) - 20 + i}"} <= g for g in together) for i in range(20))
+
+
+def test_ids_and_their_lookup_are_pages_of_the_cache_not_the_servers_memory(served, tmp_path, monkeypatch):
+    """Issue 49: the ids and paths are an Arrow file in the cache read memory-mapped (their buffers lie in the
+    file's mapping, not Arrow's allocator) and the id lookup a stable hash kept beside them; a second start reads
+    neither from the store again, and answers the same rows."""
+    import pyarrow as pa
+
+    from imgfeat.outputs.store import FeatureStore
+
+    first = Collection(served["store"], cache=tmp_path / "cache")
+    ids = list(first.ids)
+    assert isinstance(first.row_of._hashes, np.memmap) and (first.cache / "columns.arrow").is_file()
+    before = pa.total_allocated_bytes()
+    real = FeatureStore.load_columns
+
+    def vectors_only(self, columns=("id", "path")):
+        assert not columns, "the ids were read from the store again"
+        return real(self, columns)
+
+    monkeypatch.setattr(FeatureStore, "load_columns", vectors_only)
+    second = Collection(served["store"], cache=tmp_path / "cache")
+    assert list(second.ids) == ids and [second.row_of[i] for i in ids] == list(range(len(ids)))
+    assert second.paths[0] == first.paths[0] and pa.total_allocated_bytes() - before < 4096

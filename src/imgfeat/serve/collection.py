@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import DamagedFileError, ImgfeatError, best_effort_cache
 from ..files import atomic_paths, cache_dir, mapped_for_writing, seal, seal_broken, unseal, write_atomic
-from ..outputs.formats import open_matrix, read_paths
-from ..outputs.idindex import IdIndex, StringColumn
+from ..outputs.formats import open_matrix, open_vectors, read_paths
+from ..outputs.idindex import StableIdIndex, StringColumn
 from ..outputs.store import MANIFEST, FeatureStore
 from ..tools.dedup import Groups, groups_at, neighbour_lists
 from ..tools.autoindex import build_index, plan_index
@@ -174,6 +174,33 @@ class Job:
         return self.result
 
 
+def _id_table(ids):
+    import pyarrow as pa
+
+    return pa.table({"id": ids._chunked() if isinstance(ids, StringColumn) else pa.array(list(ids), pa.large_string())})
+
+
+def mapped_table(path: Path, make: Callable[[], Any]):
+    """The Arrow table ``make()`` gives, kept at ``path`` as an Arrow IPC file (sealed) and read back memory-mapped:
+    its columns are pages of the file, which the kernel can drop and read again, not the process's memory. Made
+    again where the file is missing or fails its seal; ``make()``'s table as it is where the cache cannot be
+    written (said once)."""
+    import pyarrow as pa
+
+    if not path.is_file() or seal_broken(path):
+        table = make()
+        with best_effort_cache("the ids", path):
+            with atomic_paths([path]) as (partial,):
+                with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table, max_chunksize=1 << 20)
+            seal(path)
+        if not path.is_file():
+            return table
+        del table
+        release_freed_heap()
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
 class Collection:
     """``search(vector, k, offset, label)`` and ``neighbours(row, ...)`` go through one faiss index (``auto``: the
     tools' choice within ``max_memory`` bytes, tuned to recall@10 >= 0.95 with candidates re-ranked against the
@@ -187,25 +214,14 @@ class Collection:
         self.path = Path(features)
         self._args = dict(labels=labels, map_coords=map_coords, index=index, index_file=index_file, nprobe=nprobe,
                           cache=cache, dup_k=dup_k, max_memory=max_memory)
+        if not self.path.exists():
+            open_matrix(self.path)  # what is missing, said in the words of every command
         self.stamp = _stamp(self.path)  # read before the data: a change while loading is seen at the next check
         self.store = FeatureStore.existing(self.path) if self.path.is_dir() else None
-        if self.store is not None:  # one published state: ids, vectors and keys from the same manifest
-            table, self.X = self.store.load_columns(("id", "path"))
-            self.ids: Sequence[str] = StringColumn(table.column("id"))  # no Python object per row
-            self._store_paths = StringColumn(table.column("path"))
-            del table
-            self.keys: Optional[np.ndarray] = self.store.live_keys()
-        else:
-            self.ids, self.X = open_matrix(self.path)
-            self.keys = None
-        self.n, self.dim = len(self.ids), int(self.X.shape[1])
-        self.row_of = IdIndex(self.ids)  # 12 bytes an id, no Python object per row
-        self.manifest = self.store.manifest if self.store else {}
-        self.generation = self.manifest.get("generation")
         self.key = features_key(self.path)
         # derived data lives under the cache root (``cache``, default $IMGFEAT_CACHE/serve) in the folder of this
-        # features path: the index (updated from one state to the next) in index/, the map, neighbour lists and
-        # thumbnails in a folder of this state's key, the folders of earlier states removed
+        # features path: the index (updated from one state to the next) in index/, the map, neighbour lists,
+        # thumbnails, ids and their lookup in a folder of this state's key, the folders of earlier states removed
         self.cache_root = Path(cache) if cache else cache_dir() / "serve"
         self.home = self.cache_root / path_key(self.path)  # everything derived from this features path
         self.cache = self.home / self.key
@@ -215,6 +231,29 @@ class Collection:
             for old in self.cache.parent.iterdir():
                 if old.is_dir() and old.name not in (self.key, "index"):
                     shutil.rmtree(old, ignore_errors=True)
+        # ids (and a store's paths) memory-mapped from an Arrow file of this state in the cache: pages of a file, not
+        # the server's memory (100M ids and paths: about 5 GB), read once from the features at the first start
+        if self.store is not None:  # one published state: ids, vectors and keys from the same manifest
+            self.X = self.store.load_columns(())[1]
+            table = mapped_table(self.cache / "columns.arrow", lambda: self.store.load_columns(("id", "path"))[0])
+            self.ids: Sequence[str] = StringColumn(table.column("id"))  # no Python object per row
+            self._store_paths = StringColumn(table.column("path"))
+            del table
+            self.keys: Optional[np.ndarray] = self.store.live_keys()
+        else:
+            self.X = open_vectors(self.path)
+            table = mapped_table(self.cache / "columns.arrow",
+                                 lambda: _id_table(open_matrix(self.path)[0]))
+            self.ids = StringColumn(table.column("id"))
+            del table
+            self.keys = None
+        if len(self.ids) != len(self.X):
+            raise ImgfeatError(f"{self.path} holds {len(self.X)} vectors but {len(self.ids)} ids")
+        self.n, self.dim = len(self.ids), int(self.X.shape[1])
+        # 12 bytes an id, no Python object per row, kept beside the ids and memory-mapped from there
+        self.row_of = StableIdIndex.cached(self.ids, self.cache)
+        self.manifest = self.store.manifest if self.store else {}
+        self.generation = self.manifest.get("generation")
         self.paths = self._paths()
         self.categories, self.codes = self._labels(labels)
         # the default is held to what the machine (or a container's limit) has available, as every command's
