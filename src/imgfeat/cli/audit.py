@@ -13,7 +13,7 @@ from .common import at_least, corrections_arg, emit, features_arg, index_args, l
 def _audit(args) -> int:
     import numpy as np
 
-    from ..outputs.formats import read_features
+    from ..outputs.formats import open_matrix
     from ..outputs.idindex import id_index
     from ..tools.audit import DatasetAudit, write_report
     from ..tools.memory import parse_size
@@ -21,7 +21,7 @@ def _audit(args) -> int:
     from ..tools.exact import RowView
     from ..tools.labels import apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
 
-    ids, X = read_features(args.features)
+    ids, X = open_matrix(args.features)  # memory-mapped, ids a column: read as the audit asks
     spec = label_spec(args)
     given = labels_for(spec, ids, args.features) if spec is not None else {}
     given, no_vector = without_error_rows(given, ids, args.features)

@@ -244,14 +244,19 @@ def write_report(audit: DatasetAudit, out, ids: Sequence[str], labels: Optional[
         path = out / f"{name}.tsv"
         with open(path, "w", encoding="utf-8") as fh:
             fh.write("\t".join(REPORT_COLUMNS) + "\n")
-            for j in order:
-                r = int(rows[j])
-                near = I[r][:5].tolist()
-                fh.write(f"{ids[r]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
-                         f"{labels[r] if has_labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
-                         f"{','.join(ids[x] for x in near)}\t"
-                         f"{','.join(str(labels[x]) for x in near) if has_labels else ''}\t"
-                         f"{'keep' if reviewed[j] else ''}\n")
+            for s in range(0, len(order), REPORT_BLOCK):  # a block of rows, their ids and neighbours' read at once
+                js = order[s:s + REPORT_BLOCK]
+                rs = np.asarray(rows)[js].astype(np.int64)
+                near = np.asarray(I[rs])[:, :5].astype(np.int64)
+                names, near_names = _take(ids, rs), _take(ids, near.ravel())
+                given = _take(labels, rs) if has_labels else None
+                near_given = _take(labels, near.ravel()) if has_labels else None
+                fh.writelines(
+                    f"{names[t]}\t{entry['score'][j]:.6f}\t{int(entry['flag'][j])}\t"
+                    f"{given[t] if has_labels else ''}\t{entry['suggested'][j] if 'suggested' in entry else ''}\t"
+                    f"{','.join(near_names[5 * t:5 * t + 5])}\t"
+                    f"{','.join(str(x) for x in near_given[5 * t:5 * t + 5]) if has_labels else ''}\t"
+                    f"{'keep' if reviewed[j] else ''}\n" for t, j in enumerate(js.tolist()))
         written[name] = str(path)
         worst = [int(rows[j]) for j in order[:16] if entry["flag"][j]]
         found = (paths({ids[r] for r in worst}) if callable(paths) else paths) if worst and paths else None
@@ -270,6 +275,18 @@ def write_report(audit: DatasetAudit, out, ids: Sequence[str], labels: Optional[
     summary = {**audit.summary_, "files": written, **(extra or {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+REPORT_BLOCK = 65_536
+
+
+def _take(values, rows: np.ndarray) -> list:
+    """``values`` at ``rows`` as a list: a column's ``take``, an array's fancy index, a list's items."""
+    if hasattr(values, "take") and not isinstance(values, np.ndarray):
+        return values.take(rows)
+    if isinstance(values, np.ndarray):
+        return values[rows].tolist()
+    return [values[r] for r in rows.tolist()]
 
 
 def worst_png(path: Path, worst: list, ids, labels, paths: dict, suggested, rows, name: str) -> str:
