@@ -143,6 +143,7 @@ def serve_in_cgroup(folder: Path, env: dict, limit: int, name: str, patience: fl
     group = CGROUPS / name
     drop_page_cache()
     group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(limit))
     cache = folder / "serve-cache"
     subprocess.run(["rm", "-rf", str(cache)], check=True)
     script = f'echo $$ > {group}/cgroup.procs && exec "$@"'

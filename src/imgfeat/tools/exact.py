@@ -32,6 +32,37 @@ def row_blocks(X, block: int, normalise: bool = False) -> Iterator[np.ndarray]:
         yield l2_normalise(b) if normalise else b
 
 
+def random_access(X):
+    """``X`` for reads of scattered rows (re-ranking a search's candidates): a memory map of the same file mapped
+    again with ``MADV_RANDOM``, so that a row read from disk costs its own page, not the kernel's read-around of up to
+    128 KB about it (32 x the bytes, and the page cache filled with rows nobody asked for: a store larger than the
+    page cache, as in a container, is then read at random at the disk's speed). A store's matrix gets the same for
+    each shard; anything else is returned as it is."""
+    import mmap
+
+    def remapped(part):
+        if not isinstance(part, np.memmap) or not getattr(part, "filename", None) or not hasattr(mmap, "MADV_RANDOM"):
+            return part
+        again = np.memmap(part.filename, part.dtype, "r", offset=part.offset, shape=part.shape,
+                          order="F" if part.flags["F_CONTIGUOUS"] and not part.flags["C_CONTIGUOUS"] else "C")
+        try:
+            again._mmap.madvise(mmap.MADV_RANDOM)
+        except (AttributeError, OSError, ValueError):
+            pass
+        return again
+
+    if isinstance(X, np.memmap):
+        return remapped(X)
+    parts = getattr(X, "_parts", None)
+    if parts is not None:  # a StoreMatrix: its shards, each remapped
+        import copy
+
+        out = copy.copy(X)
+        out._parts = [remapped(p) for p in parts]
+        return out
+    return X
+
+
 class RowView:
     """Some rows of a matrix (sorted row numbers), read only when asked: ``len``, ``shape``, ``dtype``, slices and
     integer arrays of its own rows, each turned into a read of the matrix's rows in increasing order. The labelled

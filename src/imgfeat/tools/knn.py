@@ -14,8 +14,8 @@ import numpy as np
 from ..errors import ImgfeatError, bad_param, require
 from ..files import atomic_paths
 from ._base import Params
-from .exact import check_rows, drop_self, exact_graph_rows, faiss_metric, l2_normalise, recall_at_k, row_blocks, \
-    sample_rows
+from .exact import check_rows, drop_self, exact_graph_rows, faiss_metric, l2_normalise, random_access, recall_at_k, \
+    row_blocks, sample_rows
 from .names import INDEXES, METRICS
 from .subset import Subset
 
@@ -169,7 +169,7 @@ class KNNIndex(Params):
         ivf = faiss.try_extract_index_ivf(idx)
         if ivf is not None:
             _set_nprobe(faiss, ivf, self.nprobe)
-        self.source_ = X if self.rerank and self.rerank > 1 else None
+        self.source_ = random_access(X) if self.rerank and self.rerank > 1 else None
         # a re-ranked cosine index divides by the rows' norms (4 bytes a row), kept as the rows are normalised
         keep_norms = self.normalise_ and self.source_ is not None
         norms = []
@@ -194,7 +194,7 @@ class KNNIndex(Params):
         """Re-rank ``factor`` x k candidates of each search against ``X`` (the rows this index holds, e.g. a
         memory-mapped store), as ``rerank`` does after ``fit``; for an index read from a file."""
         self.rerank = factor
-        self.source_ = X if factor and factor > 1 else None
+        self.source_ = random_access(X) if factor and factor > 1 else None
         self.norms_ = None
         return self
 
