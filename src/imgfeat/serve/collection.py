@@ -201,6 +201,20 @@ def mapped_table(path: Path, make: Callable[[], Any]):
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
+def mapped_array(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """``make()``'s array kept at ``path`` (sealed) and read back memory-mapped, as ``mapped_table`` keeps a table."""
+    if path.is_file() and not seal_broken(path):
+        return np.load(path, mmap_mode="r")
+    values = make()
+    with best_effort_cache("the keys", path):
+        with atomic_paths([path]) as (partial,):
+            with open(partial, "wb") as fh:
+                np.save(fh, values)
+        seal(path)
+        return np.load(path, mmap_mode="r")
+    return values
+
+
 class Collection:
     """``search(vector, k, offset, label)`` and ``neighbours(row, ...)`` go through one faiss index (``auto``: the
     tools' choice within ``max_memory`` bytes, tuned to recall@10 >= 0.95 with candidates re-ranked against the
@@ -239,7 +253,7 @@ class Collection:
             self.ids: Sequence[str] = StringColumn(table.column("id"))  # no Python object per row
             self._store_paths = StringColumn(table.column("path"))
             del table
-            self.keys: Optional[np.ndarray] = self.store.live_keys()
+            self.keys: Optional[np.ndarray] = mapped_array(self.cache / "keys.npy", self.store.live_keys)
         else:
             self.X = open_vectors(self.path)
             table = mapped_table(self.cache / "columns.arrow",
