@@ -239,11 +239,11 @@ def main() -> None:
             if name == "serve":
                 wall, peak, faults, outcome, q = serve_in_cgroup(folder, env, limit, f"imgfeat-bench-{os.getpid()}-serve",
                                                                  args.serve_patience)
-                print(f"| `serve` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} | {q} |", flush=True)
+                print(f"| `serve` | {side} | {wall:.0f} s | {peak:,.0f} MiB | {faults:,} | {outcome} | {q} |", flush=True)
                 continue
             wall, peak, faults, outcome, out = in_cgroup([sys.executable, "-m", "imgfeat", *table[name]], env, limit,
                                                          f"imgfeat-bench-{os.getpid()}-{name}")
-            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MB | {faults:,} | {outcome} | "
+            print(f"| `{name}` | {side} | {wall:.0f} s | {peak:,.0f} MiB | {faults:,} | {outcome} | "
                   f"{quality(name, folder, args.rows, out) if outcome == 'ok' else ''} |", flush=True)
 
 

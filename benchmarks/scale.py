@@ -79,7 +79,7 @@ def planted_sources(rows: int) -> np.ndarray:
 
 
 def tree_anon_mb(pid: int) -> float:
-    """RssAnon of ``pid`` and its descendants, in MB."""
+    """RssAnon of ``pid`` and its descendants, in MiB (the kernel counts kB: 1,024 bytes)."""
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
