@@ -264,6 +264,8 @@ class StableIdIndex(IdIndex):
             if len(index._rows) == len(ids):
                 return index
         index = cls(ids)
+        if not folder.is_dir():  # a cache folder that could not be made (said once by its maker): in memory
+            return index
         with best_effort_cache("the id lookup", folder):
             with atomic_paths(files) as partials:
                 for partial, values in zip(partials, (index._hashes, index._rows)):

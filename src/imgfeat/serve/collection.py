@@ -189,6 +189,8 @@ def mapped_table(path: Path, make: Callable[[], Any]):
 
     if not path.is_file() or seal_broken(path):
         table = make()
+        if not path.parent.is_dir():  # the cache folder could not be made (said once): in memory
+            return table
         with best_effort_cache("the ids", path):
             with atomic_paths([path]) as (partial,):
                 with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -206,6 +208,8 @@ def mapped_array(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
     if path.is_file() and not seal_broken(path):
         return np.load(path, mmap_mode="r")
     values = make()
+    if not path.parent.is_dir():  # the cache folder could not be made (said once): in memory
+        return values
     with best_effort_cache("the keys", path):
         with atomic_paths([path]) as (partial,):
             with open(partial, "wb") as fh:
