@@ -114,20 +114,30 @@ def in_cgroup(argv: list[str], env: dict, limit: int, name: str) -> tuple[float,
             time.sleep(0.1)
         out, err = proc.communicate()
         wall = time.perf_counter() - t0
-        oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
-        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
+        oom, stat = cgroup_state(group)
         faults = int(stat.get("total_pgmajfault", 0))
         killed = proc.returncode in (-9, 137) or "oom_kill 1" in oom
         outcome = "killed (out of memory)" if killed else "ok" if proc.returncode == 0 else \
             f"exit {proc.returncode}: {err.strip().splitlines()[-1][:120] if err.strip() else ''}"
         return wall, peak, faults, outcome, out
     finally:
-        for _ in range(600):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(group)
+
+
+def cgroup_state(group: Path) -> tuple[str, dict]:
+    """The cgroup's ``memory.oom_control`` text and its ``memory.stat`` counters."""
+    oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
+    return oom, dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
+
+
+def remove_cgroup(group: Path) -> None:
+    """Remove the cgroup once its processes are gone (bounded: a minute)."""
+    for _ in range(600):
+        try:
+            group.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)
 
 
 def serve_in_cgroup(folder: Path, env: dict, limit: int, name: str, patience: float) -> tuple:
@@ -182,14 +192,8 @@ def serve_in_cgroup(folder: Path, env: dict, limit: int, name: str, patience: fl
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-        oom = (group / "memory.oom_control").read_text() if (group / "memory.oom_control").exists() else ""
-        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
-        for _ in range(600):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        oom, stat = cgroup_state(group)
+        remove_cgroup(group)
     if "oom_kill 1" in oom or proc.returncode in (-9, 137):
         outcome = "killed (out of memory)"
     elif len(marks) < len(steps):
