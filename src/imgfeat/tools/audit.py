@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ImgfeatError, bad_param, require
 from ._base import Params
-from .auditblocks import datalab_bytes, remove_graph, streamed_issues
+from .auditblocks import class_shares, datalab_bytes, remove_graph, streamed_issues
 from .autoindex import build_index
 from .memory import available_bytes
 from .exact import RECALL_SAMPLE, sampled_recall
@@ -63,7 +63,8 @@ class DatasetAudit(Params):
         memory = available_bytes() if self.memory is None else int(self.memory)
         streamed = self.streamed if self.streamed is not None else datalab_bytes(n, self.k, classes) > memory // 2
         if streamed:  # cleanlab's own formulas and its batched label issues, a block of rows at a time
-            y, names = _codes(labels)
+            labelled = labels is not None and "label" in self.issues and classes > 0
+            y, names = label_codes(labels) if labelled else (None, None)
             s = _codes(splits)[0] if splits is not None and len({x for x in splits if x is not None}) > 1 else None
             streamed_issues(self, X, y, names, s, memory, self.workdir)
             self.summary_["streamed"] = True
@@ -145,24 +146,9 @@ class DatasetAudit(Params):
         then cleanlab's label issues."""
         from scipy.sparse import csr_matrix
 
-        rows = np.flatnonzero(np.array([lab is not None for lab in labels]))
-        classes = np.array(sorted({str(x) for x in labels[rows]}))
-        if len(classes) < 2:
-            raise ImgfeatError(f"the labels hold a single class ({classes[0]}); label issues need at least 2")
-        code = {c: j for j, c in enumerate(classes)}
-        y = np.full(len(labels), -1)
-        y[rows] = [code[str(x)] for x in labels[rows]]
-        neighbours = y[I[rows]]  # -1: an unlabelled neighbour, no vote
-        # class shares built in one n x C float64 array (cleanlab's pred_probs), in place: at 1M images x 100
-        # classes that array is 800 MB, and the three temporaries of the same size a naive version makes are not
-        n_classes, owner = len(classes), np.repeat(np.arange(len(rows)), neighbours.shape[1])
-        vote = neighbours.ravel() >= 0
-        pred = np.bincount(owner[vote] * n_classes + neighbours.ravel()[vote], weights=np.ones(int(vote.sum())),
-                           minlength=len(rows) * n_classes).reshape(len(rows), n_classes)
-        del owner, vote
-        votes = pred.sum(axis=1, keepdims=True)
-        pred /= np.maximum(votes, 1)
-        pred[votes[:, 0] == 0] = 1.0 / n_classes
+        y, classes = label_codes(labels)
+        rows = np.flatnonzero(y >= 0)
+        pred = class_shares(y, I[rows], len(classes))  # cleanlab's pred_probs: n x C float64
         # the labelled part only (cleanlab's label issue reads the probabilities; the graph is only carried)
         sub = graph if len(rows) == len(labels) else csr_matrix(graph[rows][:, rows])
         self._datalab(sub, classes[y[rows]], pred, ["label"], rows)
@@ -204,6 +190,15 @@ class DatasetAudit(Params):
                              key=lambda t: (-round(t[2], 5), t[0], t[1]))
         self.summary_["leak"] = {"pairs": len(self.leaks_), "threshold": threshold,
                                  "images": len({x for a, b, _ in self.leaks_ for x in (a, b)})}
+
+
+def label_codes(labels) -> tuple[np.ndarray, np.ndarray]:
+    """The label issue's classes: a code per row (-1: unlabelled) and the sorted class names; refused in one line
+    where the labels hold fewer than 2 classes."""
+    y, classes = _codes(labels)
+    if len(classes) < 2:
+        raise ImgfeatError(f"the labels hold a single class ({classes[0]}); label issues need at least 2")
+    return y, classes
 
 
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:

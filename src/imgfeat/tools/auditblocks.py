@@ -2,14 +2,15 @@
 N x classes array of probabilities and a DataFrame a row): the same issues computed a block of rows at a time from a
 kNN graph written to disk, every array O(N) small.
 
-- the graph: ``build_index(graph=True)`` (a ``CellJoin`` at scale, reading the store in storage order), each block of
-  rows sorted nearest first and written through a memory map (``graph.write_raw``);
+- the graph: ``graph.build_graph`` (a ``CellJoin`` at scale, reading the store in storage order) written to a
+  temporary folder, each block of rows sorted nearest first as it is read;
 - outliers and near-duplicates: cleanlab's own formulas (``OutlierIssueManager`` and ``NearDuplicateIssueManager``
   given a ``knn_graph``: the mean and the nearest of each row's cosine distances, their median, quartiles and
   thresholds), from per-row arrays, tested equal to ``Datalab`` on small data;
 - label issues: cleanlab's batched path (``cleanlab.experimental.label_issues_batched.LabelInspector``, what
-  ``find_label_issues_batched`` runs, with its calibrated count of issues), fed each block's out-of-sample class shares among the neighbours, computed
-  from the graph and never held for all rows (two passes: confident thresholds, then scores);
+  ``find_label_issues_batched`` runs, with its calibrated count of issues), fed each block's out-of-sample class
+  shares among the neighbours (``class_shares``, the in-memory audit's too), never held for all rows (two passes:
+  confident thresholds, then scores);
 - leaks: pairs across splits within cleanlab's near-duplicate radius, found in the same pass.
 """
 
@@ -50,12 +51,15 @@ def _distances(D: np.ndarray) -> np.ndarray:
 def class_shares(y: np.ndarray, I: np.ndarray, classes: int) -> np.ndarray:
     """Out-of-sample class shares of rows from their neighbours' labels (``y`` a class code per row of the graph,
     -1 unlabelled: no vote); a row with no labelled neighbour gets 1/classes for each (as the in-memory audit)."""
-    votes = y[I]
+    votes = y[I].ravel()
     n = len(I)
     owner = np.repeat(np.arange(n), I.shape[1])
-    has = votes.ravel() >= 0
-    pred = np.bincount(owner[has] * classes + votes.ravel()[has], minlength=n * classes).reshape(n, classes)
-    pred = pred.astype(np.float64)
+    has = votes >= 0
+    # one n x classes float64 array, divided in place: at 1M images x 100 classes it is 800 MB, and the temporaries
+    # of the same size a naive version makes are not
+    pred = np.bincount(owner[has] * classes + votes[has], weights=np.ones(int(has.sum())),
+                       minlength=n * classes).reshape(n, classes)
+    del owner, has, votes
     total = pred.sum(axis=1, keepdims=True)
     pred /= np.maximum(total, 1)
     pred[total[:, 0] == 0] = 1.0 / classes
