@@ -14,14 +14,16 @@ def _audit(args) -> int:
     import numpy as np
 
     from ..outputs.formats import open_matrix
-    from ..outputs.idindex import id_index
+    from ..outputs.idindex import StringColumn
     from ..tools.audit import DatasetAudit, write_report
     from ..tools.memory import parse_size
     from ..tools.names import ISSUES
     from ..tools.exact import RowView
-    from ..tools.labels import apply_corrections, labels_for, read_corrections, read_labels, without_error_rows
+    from ..tools.labels import (apply_corrections, label_rows, labels_for, read_corrections, read_labels,
+                                without_error_rows)
 
     ids, X = open_matrix(args.features)  # memory-mapped, ids a column: read as the audit asks
+    ids = ids if isinstance(ids, StringColumn) else StringColumn(ids)  # one id lookup for every table below
     spec = label_spec(args)
     given = labels_for(spec, ids, args.features) if spec is not None else {}
     given, no_vector = without_error_rows(given, ids, args.features)
@@ -29,22 +31,23 @@ def _audit(args) -> int:
     dropped = {i for i, (d, _) in decisions.items() if d == "drop" and i in given}
     given = apply_corrections(given, args.corrections)
     # labels and splits as one column of rows each (no dict of every id kept beside the ids)
-    index, n = id_index(ids), len(ids)
+    n = len(ids)
     label_of, split_of = np.full(n, None, object), np.full(n, None, object)
-    label_of[_rows(index, given, "labels")] = list(given.values())
+    train = label_rows(ids, given)
+    label_of[train] = list(given.values())
     if args.test_labels:
         test, test_no_vector = without_error_rows(read_labels(args.test_labels), ids, args.features, "test labels")
         no_vector += test_no_vector
-        split_of[_rows(index, given, "labels")] = "train"
-        rows = _rows(index, test, "test labels")
+        split_of[train] = "train"
+        rows = label_rows(ids, test, "test labels")
         label_of[rows], split_of[rows] = list(test.values()), "test"
         del test
     elif args.splits:
         splits, _ = without_error_rows(read_labels(args.splits), ids, args.features, "splits")
-        split_of[_rows(index, splits, "splits")] = list(splits.values())
+        split_of[label_rows(ids, splits, "splits")] = list(splits.values())
         del splits
     labelled = bool(given) or args.test_labels is not None
-    del given, index
+    del given, train
     issues = [i.strip() for i in args.issues.split(",") if i.strip()]
     left_out = left_dropped = 0
     keep = (label_of != None) | (split_of != None)  # noqa: E711 - an object column's missing entries
@@ -95,15 +98,6 @@ def _audit(args) -> int:
         lines.append(f"  ({no_vector} labelled image(s) have no vector: they are error rows of {args.features}, "
                      "their files could not be read; left out)")
     return emit(args, summary, lines)
-
-
-def _rows(index, table: dict, what: str):
-    """The rows of ``table``'s ids (every one must have a vector: error rows were left out before)."""
-    rows = index.rows(table)
-    if (rows < 0).any():
-        missing = [rid for rid, row in zip(table, rows.tolist()) if row < 0]
-        raise ImgfeatError(f"{len(missing)} id(s) of the {what} file have no feature vector, e.g. {missing[:5]}")
-    return rows
 
 
 def _paths_or_none(features: str, wanted: set) -> Optional[dict]:

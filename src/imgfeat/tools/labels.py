@@ -189,17 +189,26 @@ def apply_corrections(labels: dict[str, str], path: Optional[str]) -> dict[str, 
     return out
 
 
+def label_rows(ids: Sequence[str], labels: dict[str, str], what: str = "labels",
+               require_all: bool = True) -> np.ndarray:
+    """The row of each id of ``labels`` in ``ids`` (-1: absent), looked up through an ``IdIndex`` (no dict of every
+    id). Labelled ids missing from the features are an error (they usually mean the wrong file), unless
+    ``require_all`` is False."""
+    from ..outputs.idindex import id_index
+
+    rows = id_index(ids).rows(labels)
+    if require_all and (rows < 0).any():
+        missing = [rid for rid, row in zip(labels, rows.tolist()) if row < 0]
+        raise ImgfeatError(f"{len(missing)} id(s) of the {what} file have no feature vector, e.g. {missing[:5]}")
+    return rows
+
+
 def align(ids: Sequence[str], X: np.ndarray, labels: dict[str, str], what: str = "labels",
           require_all: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows of X that have a label, their labels, and their ids. Labelled ids missing from the
     features are an error (they usually mean the wrong file), unless ``require_all`` is False. The ids are looked up
     through an ``IdIndex`` (no dict of every id)."""
-    from ..outputs.idindex import id_index
-
-    rows = id_index(ids).rows(labels)
-    missing = [rid for rid, row in zip(labels, rows.tolist()) if row < 0]
-    if missing and require_all:
-        raise ImgfeatError(f"{len(missing)} id(s) of the {what} file have no feature vector, e.g. {missing[:5]}")
+    rows = label_rows(ids, labels, what, require_all)
     keep = [rid for rid, row in zip(labels, rows.tolist()) if row >= 0]
     if not keep:
         raise ImgfeatError(f"no id of the {what} file is in the features")
