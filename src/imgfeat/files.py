@@ -266,3 +266,19 @@ def unseal(*paths: str | Path) -> None:
                 q.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+def remapped_random(part):
+    """A memory map mapped again over the same file region, advised ``MADV_RANDOM`` where the system has it; any
+    other array as it is."""
+    import mmap
+
+    if not isinstance(part, np.memmap) or not getattr(part, "filename", None) or not hasattr(mmap, "MADV_RANDOM"):
+        return part
+    again = np.memmap(part.filename, part.dtype, "r", offset=part.offset, shape=part.shape,
+                      order="F" if part.flags["F_CONTIGUOUS"] and not part.flags["C_CONTIGUOUS"] else "C")
+    try:
+        again._mmap.madvise(mmap.MADV_RANDOM)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return again

@@ -38,29 +38,11 @@ def random_access(X):
     128 KB about it (32 x the bytes, and the page cache filled with rows nobody asked for: a store larger than the
     page cache, as in a container, is then read at random at the disk's speed). A store's matrix gets the same for
     each shard; anything else is returned as it is."""
-    import mmap
-
-    def remapped(part):
-        if not isinstance(part, np.memmap) or not getattr(part, "filename", None) or not hasattr(mmap, "MADV_RANDOM"):
-            return part
-        again = np.memmap(part.filename, part.dtype, "r", offset=part.offset, shape=part.shape,
-                          order="F" if part.flags["F_CONTIGUOUS"] and not part.flags["C_CONTIGUOUS"] else "C")
-        try:
-            again._mmap.madvise(mmap.MADV_RANDOM)
-        except (AttributeError, OSError, ValueError):
-            pass
-        return again
-
     if isinstance(X, np.memmap):
-        return remapped(X)
-    parts = getattr(X, "_parts", None)
-    if parts is not None:  # a StoreMatrix: its shards, each remapped
-        import copy
+        from ..files import remapped_random
 
-        out = copy.copy(X)
-        out._parts = [remapped(p) for p in parts]
-        return out
-    return X
+        return remapped_random(X)
+    return X.random_access() if hasattr(X, "random_access") else X  # a store's matrix remaps each shard
 
 
 class RowView:

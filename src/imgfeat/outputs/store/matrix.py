@@ -74,6 +74,17 @@ class StoreMatrix:
             idx = np.flatnonzero(idx)
         return self._rows(np.where(idx < 0, idx + len(self), idx))
 
+    def random_access(self) -> "StoreMatrix":
+        """The same rows for reads at random (re-ranking): each shard mapped again, advised ``MADV_RANDOM``
+        (``tools.exact.random_access``)."""
+        import copy
+
+        from ...files import remapped_random
+
+        out = copy.copy(self)
+        out._parts = [remapped_random(part) for part in self._parts]
+        return out
+
     def iter_blocks(self, rows: int = 65536) -> Iterator[np.ndarray]:
         for start in range(0, len(self), rows):
             yield self[start:start + rows]
